@@ -1,0 +1,281 @@
+//! A throwaway PostgreSQL cluster per test process, and a fresh database per test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool, postgres::PgPoolOptions};
+
+use crate::supervisor::{self, Supervised};
+use crate::{HarnessError, binaries, free_port, random_token};
+
+/// A PostgreSQL server the tests may use as superuser.
+#[derive(Debug, Clone)]
+pub struct PgServer {
+    pub host: String,
+    pub port: u16,
+    pub superuser: String,
+    /// The throwaway superuser password (password authentication is on for TCP, so
+    /// tests that check credentials really check them).
+    pub password: String,
+    /// The cluster's data directory, `None` for a server given by `EDUMIND_TEST_POSTGRES_URL`.
+    pub data_dir: Option<PathBuf>,
+    /// How long starting the cluster took (zero for an external server).
+    pub startup: Duration,
+}
+
+/// A database created for one test. It is not dropped afterwards: the whole cluster
+/// goes away with the test process.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub name: String,
+    /// Superuser URL for this database.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// A small pool on this database, tied to the calling test's runtime.
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to test database {}: {e}", self.name))
+    }
+
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to test database {}: {e}", self.name))
+    }
+}
+
+static SHARED: OnceLock<Result<PgServer, String>> = OnceLock::new();
+
+/// The process-wide PostgreSQL server, started on first use. Blocks while starting.
+pub fn postgres_blocking() -> &'static PgServer {
+    let result = SHARED.get_or_init(|| match std::env::var("EDUMIND_TEST_POSTGRES_URL") {
+        Ok(url) => PgServer::from_url(&url).map_err(|e| e.to_string()),
+        Err(_) => PgServer::start_supervised()
+            .map(|(server, supervised)| {
+                supervisor::register_at_exit(supervised);
+                server
+            })
+            .map_err(|e| e.to_string()),
+    });
+    match result {
+        Ok(server) => server,
+        Err(e) => panic!("test PostgreSQL unavailable: {e}"),
+    }
+}
+
+/// The process-wide PostgreSQL server, started on first use without blocking the runtime.
+pub async fn postgres() -> &'static PgServer {
+    match tokio::task::spawn_blocking(postgres_blocking).await {
+        Ok(server) => server,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+const TEMPLATE_DB: &str = "edumind_test_template";
+
+impl PgServer {
+    fn from_url(url: &str) -> Result<Self, HarnessError> {
+        let opts: sqlx::postgres::PgConnectOptions = url
+            .parse()
+            .map_err(|e| HarnessError(format!("EDUMIND_TEST_POSTGRES_URL is not a URL: {e}")))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| HarnessError(format!("EDUMIND_TEST_POSTGRES_URL is not a URL: {e}")))?;
+        Ok(Self {
+            host: opts.get_host().to_string(),
+            port: opts.get_port(),
+            superuser: opts.get_username().to_string(),
+            password: parsed.password().unwrap_or_default().to_string(),
+            data_dir: None,
+            startup: Duration::ZERO,
+        })
+    }
+
+    /// Starts a new cluster under a supervisor; the caller decides its lifetime.
+    pub fn start_supervised() -> Result<(Self, Supervised), HarnessError> {
+        let started = Instant::now();
+        let bindir = binaries::pg_bindir()?;
+        let run_as = binaries::pg_run_as()?;
+        let password = random_token(24);
+        let mut last_error = None;
+        for _attempt in 0..3 {
+            let dir = supervisor::server_dir("edumind-pg-", run_as)?;
+            initdb(&bindir, &dir, &password, run_as)?;
+            let port = free_port()?;
+            let cmd = format!(
+                "exec '{postgres}' -D \"$DIR/data\" -p {port} -k \"$DIR\" \
+                 -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB \
+                 -c max_locks_per_transaction=256 -c log_min_messages=warning",
+                postgres = bindir.join("postgres").display()
+            );
+            let mut supervised = Supervised::spawn(&dir, &cmd, "QUIT", run_as)?;
+            match wait_until_ready(&dir.join("data"), &mut supervised) {
+                Ok(()) => {
+                    let server = PgServer {
+                        host: "127.0.0.1".into(),
+                        port,
+                        superuser: "postgres".into(),
+                        password: password.clone(),
+                        data_dir: Some(dir.join("data")),
+                        startup: started.elapsed(),
+                    };
+                    return Ok((server, supervised));
+                }
+                Err(e) => last_error = Some(e), // e.g. the port was taken meanwhile
+            }
+        }
+        Err(last_error.unwrap_or_else(|| HarnessError("PostgreSQL did not start".into())))
+    }
+
+    /// Superuser URL for `database`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{}:{}@{}:{}/{}",
+            self.superuser, self.password, self.host, self.port, database
+        )
+    }
+
+    /// Superuser URL for the maintenance database.
+    pub fn admin_url(&self) -> String {
+        self.url("postgres")
+    }
+
+    pub async fn admin(&self) -> PgConnection {
+        PgConnection::connect(&self.admin_url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to test PostgreSQL: {e}"))
+    }
+
+    /// A new empty database with a unique name.
+    pub async fn database(&self) -> TestDatabase {
+        self.create_database(None).await
+    }
+
+    /// A new database with every embedded migration applied (cloned from a template that
+    /// is migrated once per process).
+    pub async fn migrated_database(&self) -> TestDatabase {
+        static TEMPLATE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        TEMPLATE
+            .get_or_init(|| async {
+                let mut admin = self.admin().await;
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                )
+                .bind(TEMPLATE_DB)
+                .fetch_one(&mut admin)
+                .await
+                .expect("query pg_database");
+                if exists {
+                    // A shared external server: another process may have built it with an
+                    // older schema, so build it anew.
+                    admin
+                        .execute(AssertSqlSafe(format!(
+                            "DROP DATABASE \"{TEMPLATE_DB}\" WITH (FORCE)"
+                        )))
+                        .await
+                        .expect("drop old template");
+                }
+                admin
+                    .execute(AssertSqlSafe(format!("CREATE DATABASE \"{TEMPLATE_DB}\"")))
+                    .await
+                    .expect("create template database");
+                let mut conn = PgConnection::connect(&self.url(TEMPLATE_DB))
+                    .await
+                    .expect("connect to template database");
+                edumind_schema::migrate(&mut conn)
+                    .await
+                    .expect("migrations apply to a fresh database");
+                conn.close().await.expect("close template connection");
+            })
+            .await;
+        self.create_database(Some(TEMPLATE_DB)).await
+    }
+
+    async fn create_database(&self, template: Option<&str>) -> TestDatabase {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            random_token(6)
+        );
+        // Names are generated here, never taken from input; quoted all the same.
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE \"{name}\" TEMPLATE \"{t}\""),
+            None => format!("CREATE DATABASE \"{name}\""),
+        };
+        let mut admin = self.admin().await;
+        admin
+            .execute(AssertSqlSafe(sql))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        let _ = admin.close().await;
+        TestDatabase {
+            url: self.url(&name),
+            name,
+        }
+    }
+}
+
+fn initdb(
+    bindir: &Path,
+    dir: &Path,
+    password: &str,
+    run_as: Option<(u32, u32)>,
+) -> Result<(), HarnessError> {
+    use std::os::unix::process::CommandExt;
+    let pwfile = dir.join("pwfile");
+    std::fs::write(&pwfile, password)?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
+    }
+    let mut cmd = Command::new(bindir.join("initdb"));
+    cmd.arg("-D")
+        .arg(dir.join("data"))
+        .args(["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+        .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .current_dir(dir);
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| HarnessError(format!("cannot run initdb: {e}")))?;
+    let _ = std::fs::remove_file(&pwfile);
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(HarnessError(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// Waits until the postmaster reports "ready" in `postmaster.pid` (what `pg_ctl -w` does).
+fn wait_until_ready(data: &Path, supervised: &mut Supervised) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pidfile = data.join("postmaster.pid");
+    loop {
+        if let Ok(contents) = std::fs::read_to_string(&pidfile)
+            && contents.lines().nth(7).map(str::trim) == Some("ready")
+        {
+            return Ok(());
+        }
+        let log = supervised.log();
+        if log.contains("FATAL") || !supervised.is_running() || Instant::now() > deadline {
+            supervised.stop();
+            return Err(HarnessError(format!("PostgreSQL did not start: {log}")));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
