@@ -24,7 +24,10 @@ pub fn latest_version() -> i64 {
 /// when the database has a migration this build does not know (it was migrated by a
 /// newer release), rather than silently running on a schema it does not understand.
 pub async fn migrate(conn: &mut PgConnection) -> Result<(), MigrateError> {
-    MIGRATOR.run(conn).await
+    // `run_direct` is what `Migrator::run` calls after acquiring the connection; calling
+    // it directly avoids sqlx's "Acquire is not general enough" error, which otherwise
+    // makes this future unusable inside `tokio::spawn` (sqlx's own comment on it says so).
+    MIGRATOR.run_direct(None, conn, false).await
 }
 
 /// The newest migration version recorded in the database, `None` when it was never migrated.

@@ -7,6 +7,9 @@
 //! every case — `read` returns and the supervisor stops the server and removes its
 //! temporary directory. Nothing is left behind even after `kill -9` of a test binary.
 //!
+//! The supervisor ignores SIGINT, SIGTERM and SIGHUP: Ctrl-C or `timeout` signal the
+//! whole process group, and the supervisor must outlive the test process to clean up.
+//!
 //! Process-wide servers are also registered with [`register_at_exit`], so on a normal
 //! exit the test process waits until the cleanup has finished instead of racing it.
 
@@ -35,7 +38,8 @@ impl Supervised {
     ) -> Result<Self, HarnessError> {
         use std::os::unix::process::CommandExt;
         let script = format!(
-            r#"{server_cmd} >"$DIR/server.log" 2>&1 &
+            r#"trap '' INT TERM HUP
+{server_cmd} >"$DIR/server.log" 2>&1 &
 pid=$!
 read -r _ignored || true
 kill -{stop_signal} "$pid" 2>/dev/null
