@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need and a fresh Debian 12 machine lacks:
-# redis-server (not installed there) and, if missing, the PostgreSQL server binaries.
+# redis-server (not installed there), if missing the PostgreSQL server binaries, and
+# moto's local S3-compatible server (PyPI) for the backup-storage tests.
 # Idempotent: does nothing when both are present. Needs root (or sudo) only to install.
 set -euo pipefail
 
@@ -15,6 +16,11 @@ have_pg_server || missing+=(postgresql)
 [ -n "${EDUMIND_TEST_REDIS_URL:-}" ] && missing=("${missing[@]/redis-server}")
 [ -n "${EDUMIND_TEST_POSTGRES_URL:-}" ] && missing=("${missing[@]/postgresql}")
 read -r -a missing <<<"${missing[*]:-}"
+
+if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
+    echo "installing: moto[server] (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
