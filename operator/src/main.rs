@@ -29,6 +29,8 @@ enum Command {
     },
     /// Print the schema version this build's migrations produce.
     SchemaVersion,
+    /// Print the `School` CustomResourceDefinition as YAML (for `kubectl apply -f -`).
+    Crd,
 }
 
 #[tokio::main]
@@ -45,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
             println!("schema version {}", version.unwrap_or(0));
         }
         Command::SchemaVersion => println!("{}", edumind_schema::latest_version()),
+        Command::Crd => print!("{}", edumind_crds::crd_yaml()?),
     }
     Ok(())
 }
