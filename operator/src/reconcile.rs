@@ -132,11 +132,11 @@ impl Context {
         Ok(handle)
     }
 
-    /// Forgets a server's pool so the next reconcile re-reads its admin Secret.
+    /// Forgets a server's pool so the next reconcile re-reads its admin Secret. The pool
+    /// is not closed: concurrent reconciles may still hold it, and it closes itself when
+    /// the last handle is dropped.
     async fn forget_server(&self, name: &str) {
-        if let Some(h) = self.pools.lock().await.remove(name) {
-            h.pool.close().await;
-        }
+        self.pools.lock().await.remove(name);
     }
 }
 

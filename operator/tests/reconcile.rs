@@ -711,3 +711,79 @@ async fn reclaim_policies() {
         .await
         .expect("adopted with repaired credentials");
 }
+
+#[tokio::test]
+async fn racing_reconciles_create_one_database_and_one_winner() {
+    let env = env().await;
+    // The same new School reconciled twice at once (two replicas during a failover).
+    env.create("race", env.spec(&env.code("Race"))).await;
+    let school = Arc::new(env.get("race").await);
+    let (a, b) = tokio::join!(
+        reconcile::reconcile(school.clone(), env.ctx.clone()),
+        reconcile::reconcile(school.clone(), env.ctx.clone())
+    );
+    // One of them may lose the status write race; the next reconcile converges.
+    assert!(a.is_ok() || b.is_ok(), "{a:?} {b:?}");
+    let school = env.reconcile("race").await;
+    assert_eq!(ready(&school).0, "True");
+    let mut conn = connect(&env.secret("race").await.unwrap()).await.unwrap();
+    assert_eq!(count_tables(&mut conn).await, 13);
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied, 2, "each migration applied once");
+
+    // Two new Schools with one code at once: exactly one wins.
+    let code = env.code("Twin");
+    env.create("twin-a", env.spec(&code)).await;
+    env.create("twin-b", env.spec(&code)).await;
+    let (x, y) = (
+        Arc::new(env.get("twin-a").await),
+        Arc::new(env.get("twin-b").await),
+    );
+    let _ = tokio::join!(
+        reconcile::reconcile(x, env.ctx.clone()),
+        reconcile::reconcile(y, env.ctx.clone())
+    );
+    let reasons = [
+        ready(&env.get("twin-a").await).1,
+        ready(&env.get("twin-b").await).1,
+    ];
+    let mut sorted = reasons.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["Conflict".to_string(), "Provisioned".to_string()],
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_status_events_and_metrics_count_reconciles() {
+    let env = env().await;
+    env.create("quiet", env.spec(&env.code("Quiet"))).await;
+    env.reconcile("quiet").await;
+    env.annotate("quiet", reconcile::ANNOTATION_ROTATE, "now")
+        .await;
+    let school = env.reconcile("quiet").await;
+    let password = env.secret("quiet").await.unwrap()["password"].clone();
+    let status = serde_json::to_string(&school.status).unwrap();
+    let events = serde_json::to_string(&env.events().await).unwrap();
+    assert!(!status.contains(&password) && !events.contains(&password));
+    assert!(!status.contains(&edumind_tests::postgres().await.password));
+
+    let text = env.ctx.metrics.encode();
+    assert!(
+        text.contains("edumind_operator_reconciles_total{result=\"ok\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edumind_operator_schools{ready=\"true\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edumind_operator_reconcile_duration_seconds_count 2"),
+        "{text}"
+    );
+}
