@@ -1,4 +1,26 @@
-//! The EduMind operator: reconciles `School` resources into per-school PostgreSQL
-//! databases, and the command-line tools that run next to it.
+//! The EduMind operator: reconciles `School` resources into isolated PostgreSQL
+//! databases (see the crate README and `docs/operator.md`).
+//!
+//! * [`naming`]: deterministic, safe database/role/Secret names and SQL quoting (pure).
+//! * [`credentials`]: passwords and SCRAM-SHA-256 verifiers (pure).
+//! * [`config`]: the target servers the platform team configures.
+//! * [`pg`]: idempotent steps inside PostgreSQL.
+//! * [`reconcile`]: the School reconcile pipeline, status, events, deletion.
+//! * [`fleet`]: `migrate --all` over every school database of a server.
+//! * [`run`]: the controller process (leader election, metrics, health, shutdown).
+//! * [`backup`]: verified logical backups, retention and restore (the backup runner).
+//!
+//! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
+//! [`reconcile::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
+//! names and a claim, so provisioning `edumind_selfservice` reuses them with its own
+//! RLS migration step.
 
 pub mod backup;
+pub mod config;
+pub mod credentials;
+pub mod fleet;
+pub mod metrics;
+pub mod naming;
+pub mod pg;
+pub mod reconcile;
+pub mod run;

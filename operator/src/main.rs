@@ -1,12 +1,14 @@
-//! `edumind-operator`: the reconciler for `School` resources (see the operator issue) and
-//! the command-line tools platform teams run next to it.
+//! `edumind-operator`: the School controller (`run`) and the command-line tools platform
+//! teams use next to it (`crd`, `migrate`, `schema-version`, `backup`, `restore`,
+//! `list-backups`, `check-config`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use edumind_operator::backup::{self, BackupJob, BackupStore, ConnectionInfo, PgTools};
-use sqlx::Connection;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 
 #[derive(Parser)]
 #[command(name = "edumind-operator", version, about)]
@@ -17,21 +19,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply the embedded schema migrations to one database and print its schema version.
+    /// Run the controller (leader-elected, with /metrics, /healthz and /readyz).
+    Run(edumind_operator::run::RunArgs),
+    /// Apply the embedded schema migrations to one database, or with `--all` to every
+    /// school database on a server, and print schema versions.
     ///
-    /// The URL is read from the environment so that its password never shows in the
-    /// process list. Safe to run concurrently with other migrators on the same database.
+    /// URLs are read from the environment so that passwords never show in the process
+    /// list. Safe to run concurrently with the controller and other migrators.
     Migrate {
-        /// PostgreSQL URL of the database to migrate.
+        /// PostgreSQL URL of the one database to migrate.
         #[arg(
             long = "database-url",
             env = "EDUMIND_DATABASE_URL",
-            hide_env_values = true
+            hide_env_values = true,
+            required_unless_present = "all"
         )]
-        database_url: String,
+        database_url: Option<String>,
+        /// Migrate every school database the operator created on the server.
+        #[arg(long, requires = "admin_url")]
+        all: bool,
+        /// Superuser URL of the server (maintenance database) for `--all`.
+        #[arg(long = "admin-url", env = "EDUMIND_ADMIN_URL", hide_env_values = true)]
+        admin_url: Option<String>,
+        /// How many databases to migrate at once with `--all`.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
     /// Print the schema version this build's migrations produce.
     SchemaVersion,
+    /// Print the `School` CustomResourceDefinition as YAML (for `kubectl apply -f -`).
+    Crd,
     /// Take one verified logical backup of a school database, then apply retention.
     ///
     /// Runs `pg_dump --format=custom` with the school's own credentials, verifies the dump
@@ -74,6 +91,11 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Check a target server configuration file and print the servers it defines.
+    CheckConfig {
+        #[arg(long, env = "EDUMIND_SERVERS_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -115,8 +137,29 @@ impl Target {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // kube-fake-client and kube pull in two rustls providers; choose one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
-        Command::Migrate { database_url } => {
+        Command::Run(args) => edumind_operator::run::run(args).await?,
+        Command::Migrate {
+            all: true,
+            admin_url: Some(url),
+            concurrency,
+            ..
+        } => {
+            let options: PgConnectOptions = url.parse().context("invalid admin URL")?;
+            let options = options.disable_statement_logging();
+            let failed =
+                edumind_operator::fleet::migrate_all(&options, concurrency, |p| println!("{p}"))
+                    .await?;
+            if failed > 0 {
+                anyhow::bail!("{failed} database(s) failed to migrate");
+            }
+        }
+        Command::Migrate {
+            database_url: Some(database_url),
+            ..
+        } => {
             let mut conn = sqlx::PgConnection::connect(&database_url)
                 .await
                 .context("cannot connect to the database")?;
@@ -126,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
             let version = edumind_schema::applied_version(&mut conn).await?;
             println!("schema version {}", version.unwrap_or(0));
         }
+        Command::Migrate { .. } => anyhow::bail!("give --database-url, or --all with --admin-url"),
         Command::SchemaVersion => println!("{}", edumind_schema::latest_version()),
         Command::Backup {
             target,
@@ -181,6 +225,21 @@ async fn main() -> anyhow::Result<()> {
                     dump.taken_at.to_rfc3339(),
                     dump.size,
                     dump.object
+                );
+            }
+        }
+        Command::Crd => print!("{}", edumind_crds::crd_yaml()?),
+        Command::CheckConfig { config } => {
+            let text = tokio::fs::read_to_string(&config).await?;
+            let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;
+            for s in servers.iter() {
+                println!(
+                    "{}{} {}:{} (admin Secret {})",
+                    s.name,
+                    if s.default { " (default)" } else { "" },
+                    s.host,
+                    s.port,
+                    s.admin_secret
                 );
             }
         }

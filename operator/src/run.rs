@@ -1,0 +1,261 @@
+//! The controller process: JSON logs, leader election on a `coordination.k8s.io` Lease
+//! (two replicas are safe: only the holder reconciles), Prometheus `/metrics`,
+//! `/healthz`, `/readyz`, a reconcile concurrency limit and graceful shutdown on
+//! SIGTERM/SIGINT (in-flight reconciles finish, the Lease is released).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use edumind_crds::School;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::{Controller, watcher};
+use tokio::sync::watch;
+
+use crate::config::TargetServers;
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context};
+
+/// Name of the Lease the replicas compete for.
+pub const LEASE_NAME: &str = "edumind-operator-leader";
+/// How long a Lease stays valid without renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Target server configuration (YAML; see the `config` module docs).
+    #[arg(long, env = "EDUMIND_SERVERS_CONFIG")]
+    pub config: PathBuf,
+    /// The operator's namespace: admin Secrets and the leader Lease live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "edumind-system")]
+    pub namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "edumind-operator")]
+    pub identity: String,
+    /// Address of the metrics and health endpoints.
+    #[arg(long, env = "EDUMIND_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Most Schools reconciled at once (protects the PostgreSQL servers).
+    #[arg(long, env = "EDUMIND_RECONCILE_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+}
+
+/// Tries once to take or renew the Lease for `identity`. Returns whether this replica
+/// holds it afterwards. Conflicting writes (another replica won) count as "not held".
+pub async fn try_acquire(
+    api: &Api<Lease>,
+    identity: &str,
+    duration: Duration,
+) -> Result<bool, kube::Error> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
+        holder_identity: Some(identity.to_string()),
+        lease_duration_seconds: Some(duration.as_secs() as i32),
+        acquire_time: acquired.or(Some(MicroTime(now))),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..Default::default()
+    };
+    let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(LEASE_NAME.into()),
+                ..Default::default()
+            },
+            spec: Some(spec(0, None)),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        };
+    };
+    let current = lease.spec.clone().unwrap_or_default();
+    let holder = current.holder_identity.clone().unwrap_or_default();
+    let expired = match (current.renew_time.as_ref(), current.lease_duration_seconds) {
+        (Some(renewed), Some(secs)) => renewed.0 + Duration::from_secs(secs.max(0) as u64) < now,
+        _ => true,
+    };
+    if holder != identity && !holder.is_empty() && !expired {
+        return Ok(false);
+    }
+    let transitions = current.lease_transitions.unwrap_or(0) + i32::from(holder != identity);
+    let acquired = if holder == identity {
+        current.acquire_time.clone()
+    } else {
+        None
+    };
+    lease.spec = Some(spec(transitions, acquired));
+    // The resourceVersion in `lease` makes this a compare-and-swap.
+    match api
+        .replace(LEASE_NAME, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives the Lease up (on shutdown) so a standby takes over at once.
+pub async fn release(api: &Api<Lease>, identity: &str) -> Result<(), kube::Error> {
+    if let Some(mut lease) = api.get_opt(LEASE_NAME).await?
+        && let Some(spec) = lease.spec.as_mut()
+        && spec.holder_identity.as_deref() == Some(identity)
+    {
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        api.replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT or until leadership is lost.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let text = tokio::fs::read_to_string(&args.config).await?;
+    let servers = TargetServers::from_yaml(&text)?;
+    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // HTTP: metrics and probes.
+    let app = {
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || async move { metrics.encode() }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || async move {
+                    if ready.load(Ordering::Relaxed) {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }),
+            )
+    };
+    let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    // Ready once configuration and the API client work; a standby is ready too.
+    ready.store(true, Ordering::Relaxed);
+
+    // Leader election: wait for the Lease, then keep renewing it.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
+    let mut stop = stop_rx.clone();
+    loop {
+        if *stop.borrow() {
+            let _ = http.await;
+            return Ok(());
+        }
+        match try_acquire(&leases, &args.identity, LEASE_DURATION).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RENEW_EVERY) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    tracing::info!(identity = %args.identity, "became leader");
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let renew = {
+        let (leases, identity, mut stop) = (leases.clone(), args.identity.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RENEW_EVERY) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if !matches!(
+                    try_acquire(&leases, &identity, LEASE_DURATION).await,
+                    Ok(true)
+                ) {
+                    tracing::error!("lost the leader Lease; stopping");
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+            }
+        })
+    };
+
+    let ctx = Context::new(client.clone(), servers, args.namespace.clone(), metrics);
+    let schools: Api<School> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let (mut stop_a, mut lost_a) = (stop_rx.clone(), lost_rx.clone());
+    Controller::new(schools, watcher::Config::default())
+        .owns(
+            secrets,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=edumind-operator"),
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+        .graceful_shutdown_on(async move {
+            tokio::select! {
+                _ = stop_a.wait_for(|s| *s) => {}
+                _ = lost_a.wait_for(|l| *l) => {}
+            }
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    renew.abort();
+    if *lost_rx.borrow() {
+        anyhow::bail!("lost leadership");
+    }
+    if let Err(e) = release(&leases, &args.identity).await {
+        tracing::warn!(error = %e, "cannot release the leader Lease");
+    }
+    tracing::info!("stopped");
+    let _ = http.await;
+    Ok(())
+}

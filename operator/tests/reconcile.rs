@@ -1,0 +1,789 @@
+//! The School reconciler against a real PostgreSQL (the harness) and the Kubernetes API
+//! faked in memory (kube-fake-client). Each test uses its own namespace and codes, since
+//! the PostgreSQL server is shared by the whole test process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use edumind_crds::{ReclaimPolicy, School, SchoolSpec};
+use edumind_operator::config::{TargetServer, TargetServers};
+use edumind_operator::metrics::Metrics;
+use edumind_operator::reconcile::{self, Context};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sqlx::{Connection, Executor, PgConnection};
+
+const OPERATOR_NS: &str = "edumind-system";
+
+struct Env {
+    client: Client,
+    ctx: Arc<Context>,
+    ns: String,
+    tag: String,
+}
+
+async fn env() -> Env {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pg = edumind_tests::postgres().await;
+    let admin = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("pg-admin".into()),
+            namespace: Some(OPERATOR_NS.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                "username".to_string(),
+                ByteString(pg.superuser.clone().into_bytes()),
+            ),
+            (
+                "password".to_string(),
+                ByteString(pg.password.clone().into_bytes()),
+            ),
+        ])),
+        ..Default::default()
+    };
+    let client = kube_fake_client::ClientBuilder::new()
+        .with_resource::<School>()
+        .with_status_subresource::<School>()
+        .with_object(admin)
+        .build()
+        .await
+        .unwrap();
+    let servers = TargetServers::new(vec![TargetServer {
+        name: "main".into(),
+        host: pg.host.clone(),
+        port: pg.port,
+        admin_secret: "pg-admin".into(),
+        default: true,
+        client_host: None,
+        client_port: None,
+        maintenance_database: "postgres".into(),
+    }])
+    .unwrap();
+    let ctx = Context::new(
+        client.clone(),
+        servers,
+        OPERATOR_NS.into(),
+        Arc::new(Metrics::default()),
+    );
+    let tag = edumind_tests::random_token(6);
+    Env {
+        client,
+        ctx,
+        ns: format!("ns-{tag}"),
+        tag,
+    }
+}
+
+impl Env {
+    fn schools(&self) -> Api<School> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn spec(&self, code: &str) -> SchoolSpec {
+        serde_json::from_value(
+            json!({"code": code, "name": format!("School {code}"), "address": "1 Main St",
+            "contactEmail": "office@school.example"}),
+        )
+        .unwrap()
+    }
+
+    /// A unique code for this test.
+    fn code(&self, base: &str) -> String {
+        format!("{base}-{}", self.tag)
+    }
+
+    async fn create(&self, name: &str, spec: SchoolSpec) -> School {
+        let mut s = School::new(name, spec);
+        s.metadata.namespace = Some(self.ns.clone());
+        self.schools()
+            .create(&PostParams::default(), &s)
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, name: &str) -> School {
+        self.schools().get(name).await.unwrap()
+    }
+
+    async fn reconcile(&self, name: &str) -> School {
+        let school = self.get(name).await;
+        reconcile::reconcile(Arc::new(school), self.ctx.clone())
+            .await
+            .expect("reconcile");
+        self.get(name).await
+    }
+
+    async fn secret(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let s = self
+            .secrets()
+            .get_opt(&edumind_operator::naming::secret_name(name))
+            .await
+            .unwrap()?;
+        Some(
+            s.data
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+                .collect(),
+        )
+    }
+
+    async fn events(&self) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    }
+
+    async fn annotate(&self, name: &str, key: &str, value: &str) {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.schools()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    async fn set_spec(&self, name: &str, patch: serde_json::Value) {
+        self.schools()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": patch})),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn ready(school: &School) -> (String, String, String) {
+    let c = school
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .expect("Ready condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+async fn admin() -> PgConnection {
+    edumind_tests::postgres().await.admin().await
+}
+
+async fn exists(kind: &str, name: &str) -> bool {
+    let q = if kind == "db" {
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)"
+    } else {
+        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)"
+    };
+    sqlx::query_scalar(q)
+        .bind(name)
+        .fetch_one(&mut admin().await)
+        .await
+        .unwrap()
+}
+
+/// Connects with the Secret's `uri`, as an application would.
+async fn connect(secret: &BTreeMap<String, String>) -> Result<PgConnection, sqlx::Error> {
+    PgConnection::connect(&secret["uri"]).await
+}
+
+async fn count_tables(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> '_sqlx_migrations'")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn new_school_becomes_ready_with_an_isolated_migrated_database() {
+    let env = env().await;
+    let code = env.code("Lincoln High");
+    env.create("lincoln", env.spec(&code)).await;
+    let school = env.reconcile("lincoln").await;
+
+    let (status, reason, _) = ready(&school);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Provisioned"));
+    let st = school.status.clone().unwrap();
+    assert_eq!(st.schema_version, Some(edumind_schema::latest_version()));
+    assert_eq!(st.observed_generation, school.metadata.generation);
+    let id = edumind_operator::naming::derived_school_id(&env.ns, "lincoln");
+    assert_eq!(st.school_id, Some(id.to_string()));
+    let database = st.database.clone().unwrap();
+    assert_eq!(
+        database,
+        edumind_operator::naming::school_database(&code, id)
+    );
+    assert_eq!(st.role.as_deref(), Some(database.as_str()));
+    assert!(
+        school
+            .finalizers()
+            .contains(&reconcile::FINALIZER.to_string())
+    );
+
+    // The Secret: contract shape, labels, owner, and credentials that really connect.
+    let raw = env
+        .secrets()
+        .get(&st.secret_name.clone().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(raw.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    assert_eq!(
+        raw.labels()["app.kubernetes.io/managed-by"],
+        "edumind-operator"
+    );
+    assert_eq!(raw.labels()["edumind.ai/school-id"], id.to_string());
+    assert!(raw.labels().contains_key("edumind.ai/school-code"));
+    assert_eq!(raw.owner_references()[0].uid, school.uid().unwrap());
+    let secret = env.secret("lincoln").await.unwrap();
+    for key in [
+        "username", "user", "password", "host", "port", "dbname", "uri", "jdbc-uri", "pgpass",
+    ] {
+        assert!(secret.contains_key(key), "{key}");
+    }
+    assert!(
+        secret[&format!("School-{id}-ConnectionString")].contains(&format!("Database={database}"))
+    );
+    assert_eq!(secret["dbname"], database);
+    let mut conn = connect(&secret)
+        .await
+        .expect("the published credentials connect");
+    assert_eq!(count_tables(&mut conn).await, 13);
+    // The school role owns its tables and can use them.
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT tableowner::text FROM pg_tables WHERE schemaname = 'public'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(owners, vec![database.clone()]);
+    conn.execute("INSERT INTO schools (id, name, code, address, contact_email, is_active, created_at, updated_at) VALUES (gen_random_uuid(), 'x', 'x', 'a', 'e', true, now(), now())").await.unwrap();
+    // An unprivileged role.
+    let (sup, createdb, createrole): (bool, bool, bool) = sqlx::query_as(
+        "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(!sup && !createdb && !createrole);
+
+    // A second school: neither role can connect to the other's database.
+    let other_code = env.code("Other");
+    env.create("other", env.spec(&other_code)).await;
+    env.reconcile("other").await;
+    let other = env.secret("other").await.unwrap();
+    let url = |who: &BTreeMap<String, String>, db: &str| {
+        format!(
+            "postgresql://{}:{}@{}:{}/{db}",
+            who["user"], who["password"], who["host"], who["port"]
+        )
+    };
+    let err = PgConnection::connect(&url(&secret, &other["dbname"]))
+        .await
+        .expect_err("school A's role must not reach school B's database");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    let err = PgConnection::connect(&url(&other, &secret["dbname"]))
+        .await
+        .expect_err("nor B's role A's");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    PgConnection::connect(&url(&other, &other["dbname"]))
+        .await
+        .expect("B's own database works");
+
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Provisioned")),
+        "{events:?}"
+    );
+}
+
+/// Rows whose xmin changes whenever DDL touches the school's role or database.
+async fn catalog_fingerprint(database: &str) -> Vec<String> {
+    let mut admin = admin().await;
+    let mut fp: Vec<String> = sqlx::query_scalar(
+        "SELECT xmin::text FROM pg_authid WHERE rolname = $1 UNION ALL SELECT xmin::text FROM pg_database WHERE datname = $1 \
+         UNION ALL SELECT xmin::text FROM pg_shdescription WHERE description LIKE '%' || $1 || '%' OR objoid IN (SELECT oid FROM pg_database WHERE datname = $1)",
+    )
+    .bind(database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let url = edumind_tests::postgres().await.url(database);
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    let inner: String = sqlx::query_scalar("SELECT string_agg(xmin::text || relname, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = 'public'::regnamespace")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    fp.push(inner);
+    fp
+}
+
+#[tokio::test]
+async fn a_second_reconcile_changes_nothing() {
+    let env = env().await;
+    env.create("steady", env.spec(&env.code("Steady"))).await;
+    let first = env.reconcile("steady").await;
+    let database = first.status.clone().unwrap().database.unwrap();
+    let secret_rv = env
+        .secrets()
+        .get(&edumind_operator::naming::secret_name("steady"))
+        .await
+        .unwrap()
+        .resource_version();
+    let fp = catalog_fingerprint(&database).await;
+    let events = env.events().await.len();
+
+    let second = env.reconcile("steady").await;
+    assert_eq!(
+        second.resource_version(),
+        first.resource_version(),
+        "no School write"
+    );
+    assert_eq!(
+        env.secrets()
+            .get(&edumind_operator::naming::secret_name("steady"))
+            .await
+            .unwrap()
+            .resource_version(),
+        secret_rv,
+        "no Secret write"
+    );
+    assert_eq!(catalog_fingerprint(&database).await, fp, "no DDL");
+    assert_eq!(env.events().await.len(), events, "no new events");
+}
+
+#[tokio::test]
+async fn deleted_secret_and_broken_credentials_are_repaired() {
+    let env = env().await;
+    env.create("drift", env.spec(&env.code("Drift"))).await;
+    env.reconcile("drift").await;
+    let before = env.secret("drift").await.unwrap();
+
+    env.secrets()
+        .delete(
+            &edumind_operator::naming::secret_name("drift"),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    env.reconcile("drift").await;
+    let recreated = env.secret("drift").await.expect("Secret recreated");
+    connect(&recreated)
+        .await
+        .expect("recreated credentials connect");
+    assert_ne!(
+        recreated["password"], before["password"],
+        "a lost password is replaced, never read back"
+    );
+
+    // Someone changes the role's password behind the operator's back.
+    let role = recreated["username"].clone();
+    admin()
+        .await
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER ROLE \"{role}\" PASSWORD 'tampered'"
+        )))
+        .await
+        .unwrap();
+    assert!(connect(&recreated).await.is_err());
+    env.reconcile("drift").await;
+    connect(&env.secret("drift").await.unwrap())
+        .await
+        .expect("credentials repaired");
+
+    // Privileges and PUBLIC access granted behind its back are taken away again.
+    let db = recreated["dbname"].clone();
+    admin()
+        .await
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER ROLE \"{role}\" CREATEDB; GRANT CONNECT ON DATABASE \"{db}\" TO PUBLIC"
+        )))
+        .await
+        .unwrap();
+    env.reconcile("drift").await;
+    let (createdb, public): (bool, bool) = sqlx::query_as(
+        "SELECT (SELECT rolcreatedb FROM pg_roles WHERE rolname = $1), EXISTS (SELECT 1 FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $2 AND a.grantee = 0)",
+    )
+    .bind(&role)
+    .bind(&db)
+    .fetch_one(&mut admin().await)
+    .await
+    .unwrap();
+    assert!(!createdb && !public);
+}
+
+#[tokio::test]
+async fn a_vanished_database_is_reported_and_never_recreated_empty() {
+    let env = env().await;
+    env.create("gone", env.spec(&env.code("Gone"))).await;
+    let school = env.reconcile("gone").await;
+    let database = school.status.unwrap().database.unwrap();
+    admin()
+        .await
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE \"{database}\" WITH (FORCE)"
+        )))
+        .await
+        .unwrap();
+
+    let school = env.reconcile("gone").await;
+    let (status, reason, message) = ready(&school);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DatabaseMissing")
+    );
+    assert!(message.contains(&database));
+    assert!(
+        !exists("db", &database).await,
+        "must not be recreated empty"
+    );
+    assert!(
+        env.events()
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("DatabaseMissing"))
+    );
+}
+
+#[tokio::test]
+async fn rotation_pause_and_active_toggle() {
+    let env = env().await;
+    env.create("rot", env.spec(&env.code("Rot"))).await;
+    env.reconcile("rot").await;
+    let old = env.secret("rot").await.unwrap();
+
+    // Rotation: new password works, old one does not, and it happens once per token.
+    env.annotate("rot", reconcile::ANNOTATION_ROTATE, "2025-01-01")
+        .await;
+    let school = env.reconcile("rot").await;
+    let new = env.secret("rot").await.unwrap();
+    assert_ne!(new["password"], old["password"]);
+    assert!(new["uri"].contains(&new["password"]) && new["pgpass"].contains(&new["password"]));
+    connect(&new).await.expect("rotated password works");
+    assert!(connect(&old).await.is_err(), "old password no longer works");
+    assert_eq!(
+        school.status.unwrap().password_rotation.as_deref(),
+        Some("2025-01-01")
+    );
+    env.reconcile("rot").await;
+    assert_eq!(
+        env.secret("rot").await.unwrap()["password"],
+        new["password"],
+        "rotates once per token"
+    );
+    assert!(
+        env.events()
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PasswordRotated"))
+    );
+
+    // active: false blocks logins and ends sessions, keeps data; true restores.
+    let mut session = connect(&new).await.unwrap();
+    session
+        .execute("CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (42)")
+        .await
+        .unwrap();
+    env.set_spec("rot", json!({"active": false})).await;
+    let school = env.reconcile("rot").await;
+    assert_eq!(ready(&school).1, "Inactive");
+    assert!(connect(&new).await.is_err(), "logins blocked");
+    assert!(
+        session.execute("SELECT 1").await.is_err(),
+        "open session ended"
+    );
+    env.set_spec("rot", json!({"active": true})).await;
+    env.reconcile("rot").await;
+    let mut back = connect(&new)
+        .await
+        .expect("logins restored with the same credentials");
+    let x: i32 = sqlx::query_scalar("SELECT x FROM keep_me")
+        .fetch_one(&mut back)
+        .await
+        .unwrap();
+    assert_eq!(x, 42);
+
+    // Paused: nothing is repaired.
+    env.annotate("rot", reconcile::ANNOTATION_PAUSED, "true")
+        .await;
+    env.secrets()
+        .delete(
+            &edumind_operator::naming::secret_name("rot"),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let school = env.reconcile("rot").await;
+    assert!(
+        env.secret("rot").await.is_none(),
+        "paused School is left alone"
+    );
+    assert!(
+        school
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Paused" && c.status == "True")
+    );
+    env.annotate("rot", reconcile::ANNOTATION_PAUSED, "false")
+        .await;
+    env.reconcile("rot").await;
+    assert!(
+        env.secret("rot").await.is_some(),
+        "unpaused School is repaired"
+    );
+}
+
+#[tokio::test]
+async fn odd_codes_get_safe_names_and_bad_input_becomes_a_condition() {
+    let env = env().await;
+    let fifty: String = format!("{}{}", "Ü".repeat(44), env.tag);
+    assert_eq!(fifty.chars().count(), 50);
+    for (i, code) in [
+        format!("O'Brien \"Academy\"; DROP TABLE x; -- {}", env.tag),
+        format!("École 学校 {}", env.tag),
+        fifty,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("odd{i}");
+        env.create(&name, env.spec(code)).await;
+        let school = env.reconcile(&name).await;
+        assert_eq!(ready(&school).0, "True", "{code}: {:?}", ready(&school));
+        let db = school.status.unwrap().database.unwrap();
+        assert!(db.len() <= 63 && exists("db", &db).await, "{db}");
+        connect(&env.secret(&name).await.unwrap()).await.unwrap();
+    }
+
+    let mut too_long = env.spec(&"x".repeat(51));
+    too_long.code = "y".repeat(51);
+    env.create("long", too_long).await;
+    let school = env.reconcile("long").await;
+    let (status, reason, message) = ready(&school);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("51 characters"), "{message}");
+    assert!(env.secret("long").await.is_none());
+
+    let mut blank = env.spec("   ");
+    blank.code = "   ".into();
+    env.create("blank", blank).await;
+    assert_eq!(ready(&env.reconcile("blank").await).1, "InvalidSpec");
+
+    let mut elsewhere = env.spec(&env.code("Elsewhere"));
+    elsewhere.target_server = Some("nope".into());
+    env.create("elsewhere", elsewhere).await;
+    let school = env.reconcile("elsewhere").await;
+    assert_eq!(ready(&school).1, "UnknownTargetServer");
+    assert!(
+        env.events()
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidSpec"))
+    );
+}
+
+#[tokio::test]
+async fn conflicting_code_or_id_leaves_the_first_school_untouched() {
+    let env = env().await;
+    let code = env.code("Dup");
+    let mut first = env.spec(&code);
+    first.school_id = Some(uuid::Uuid::new_v4().to_string());
+    env.create("first", first.clone()).await;
+    let a = env.reconcile("first").await;
+    let secret_rv = env
+        .secrets()
+        .get(&edumind_operator::naming::secret_name("first"))
+        .await
+        .unwrap()
+        .resource_version();
+
+    // Same code, different id.
+    env.create("second", env.spec(&code)).await;
+    let b = env.reconcile("second").await;
+    let (status, reason, message) = ready(&b);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Conflict"));
+    assert!(message.contains(&format!("{}/first", env.ns)), "{message}");
+    assert!(env.secret("second").await.is_none());
+
+    // Same id, different code.
+    let mut third = env.spec(&env.code("Dup3"));
+    third.school_id = first.school_id.clone();
+    env.create("third", third).await;
+    assert_eq!(ready(&env.reconcile("third").await).1, "Conflict");
+
+    // Same id and same code: the very same database name.
+    env.create("fourth", first.clone()).await;
+    assert_eq!(ready(&env.reconcile("fourth").await).1, "Conflict");
+
+    let a2 = env.reconcile("first").await;
+    assert_eq!(ready(&a2).0, "True");
+    assert_eq!(a2.resource_version(), a.resource_version());
+    assert_eq!(
+        env.secrets()
+            .get(&edumind_operator::naming::secret_name("first"))
+            .await
+            .unwrap()
+            .resource_version(),
+        secret_rv
+    );
+    connect(&env.secret("first").await.unwrap()).await.unwrap();
+}
+
+async fn delete(env: &Env, name: &str) -> School {
+    // The fake API server deletes at once whatever the finalizers; mark the object the
+    // way a real one does and hand it to the reconciler.
+    let mut school = env.get(name).await;
+    school.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    reconcile::reconcile(Arc::new(school), env.ctx.clone())
+        .await
+        .expect("reconcile");
+    env.get(name).await
+}
+
+#[tokio::test]
+async fn reclaim_policies() {
+    let env = env().await;
+    let mut dbs = BTreeMap::new();
+    for (name, policy) in [
+        ("keep", ReclaimPolicy::Retain),
+        ("drop", ReclaimPolicy::Delete),
+        ("snap", ReclaimPolicy::Snapshot),
+    ] {
+        let mut spec = env.spec(&env.code(name));
+        spec.reclaim_policy = policy;
+        env.create(name, spec).await;
+        let school = env.reconcile(name).await;
+        dbs.insert(name, school.status.unwrap().database.unwrap());
+    }
+    let mut session = connect(&env.secret("drop").await.unwrap()).await.unwrap();
+
+    let keep = delete(&env, "keep").await;
+    assert!(keep.finalizers().is_empty(), "finalizer released");
+    assert!(
+        exists("db", &dbs["keep"]).await && exists("role", &dbs["keep"]).await,
+        "retain keeps both"
+    );
+
+    let dropped = delete(&env, "drop").await;
+    assert!(dropped.finalizers().is_empty());
+    assert!(
+        !exists("db", &dbs["drop"]).await && !exists("role", &dbs["drop"]).await,
+        "delete drops both"
+    );
+    assert!(
+        session.execute("SELECT 1").await.is_err(),
+        "open sessions were ended"
+    );
+
+    let snap = delete(&env, "snap").await;
+    assert!(
+        snap.finalizers()
+            .contains(&reconcile::FINALIZER.to_string()),
+        "snapshot refuses to finish deletion"
+    );
+    assert_eq!(ready(&snap).1, "SnapshotNotSupported");
+    assert!(exists("db", &dbs["snap"]).await, "never treated as delete");
+
+    // A School recreated under the same name adopts its retained database again.
+    env.schools()
+        .delete("keep", &Default::default())
+        .await
+        .unwrap();
+    env.create("keep", env.spec(&env.code("keep"))).await;
+    let again = env.reconcile("keep").await;
+    assert_eq!(ready(&again).0, "True");
+    assert_eq!(again.status.unwrap().database.unwrap(), dbs["keep"]);
+    connect(&env.secret("keep").await.unwrap())
+        .await
+        .expect("adopted with repaired credentials");
+}
+
+#[tokio::test]
+async fn racing_reconciles_create_one_database_and_one_winner() {
+    let env = env().await;
+    // The same new School reconciled twice at once (two replicas during a failover).
+    env.create("race", env.spec(&env.code("Race"))).await;
+    let school = Arc::new(env.get("race").await);
+    let (a, b) = tokio::join!(
+        reconcile::reconcile(school.clone(), env.ctx.clone()),
+        reconcile::reconcile(school.clone(), env.ctx.clone())
+    );
+    // One of them may lose the status write race; the next reconcile converges.
+    assert!(a.is_ok() || b.is_ok(), "{a:?} {b:?}");
+    let school = env.reconcile("race").await;
+    assert_eq!(ready(&school).0, "True");
+    let mut conn = connect(&env.secret("race").await.unwrap()).await.unwrap();
+    assert_eq!(count_tables(&mut conn).await, 13);
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied, 2, "each migration applied once");
+
+    // Two new Schools with one code at once: exactly one wins.
+    let code = env.code("Twin");
+    env.create("twin-a", env.spec(&code)).await;
+    env.create("twin-b", env.spec(&code)).await;
+    let (x, y) = (
+        Arc::new(env.get("twin-a").await),
+        Arc::new(env.get("twin-b").await),
+    );
+    let _ = tokio::join!(
+        reconcile::reconcile(x, env.ctx.clone()),
+        reconcile::reconcile(y, env.ctx.clone())
+    );
+    let reasons = [
+        ready(&env.get("twin-a").await).1,
+        ready(&env.get("twin-b").await).1,
+    ];
+    let mut sorted = reasons.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["Conflict".to_string(), "Provisioned".to_string()],
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_status_events_and_metrics_count_reconciles() {
+    let env = env().await;
+    env.create("quiet", env.spec(&env.code("Quiet"))).await;
+    env.reconcile("quiet").await;
+    env.annotate("quiet", reconcile::ANNOTATION_ROTATE, "now")
+        .await;
+    let school = env.reconcile("quiet").await;
+    let password = env.secret("quiet").await.unwrap()["password"].clone();
+    let status = serde_json::to_string(&school.status).unwrap();
+    let events = serde_json::to_string(&env.events().await).unwrap();
+    assert!(!status.contains(&password) && !events.contains(&password));
+    assert!(!status.contains(&edumind_tests::postgres().await.password));
+
+    let text = env.ctx.metrics.encode();
+    assert!(
+        text.contains("edumind_operator_reconciles_total{result=\"ok\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edumind_operator_schools{ready=\"true\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edumind_operator_reconcile_duration_seconds_count 2"),
+        "{text}"
+    );
+}
