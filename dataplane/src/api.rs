@@ -542,50 +542,62 @@ pub fn roster_put(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(json_body::<RosterBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, body: RosterBody, s: Ctx| async move {
-            reply(
-                async {
-                    let sc = scope(&s, who, &t)?;
-                    if !sc.access.reads_all() {
-                        return Err(Problem::forbidden());
+        .then(
+            |t: String, id: String, who: Who, body: RosterBody, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = scope(&s, who, &t)?;
+                        if !sc.access.reads_all() {
+                            return Err(Problem::forbidden());
+                        }
+                        let id = path_uuid(&id)?;
+                        let mut ids = body.student_ids;
+                        ids.sort();
+                        ids.dedup();
+                        if ids.len() > 1000 {
+                            return Err(Problem::bad_request(
+                                "a roster holds at most 1000 students",
+                            ));
+                        }
+                        let list = serde_json::to_string(&ids).map_err(|_| Problem::internal())?;
+                        let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                        let mut tx = begin_scoped(&mut conn, &sc).await?;
+                        let known: i64 =
+                            sqlx::query_scalar("SELECT count(*) FROM students WHERE id = ANY($1)")
+                                .bind(&ids)
+                                .fetch_one(&mut *tx)
+                                .await
+                                .map_err(db_problem)?;
+                        let updated = sqlx::query(
+                            "UPDATE classes SET student_ids = $2, updated_at = now() WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(&list)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_problem)?
+                        .rows_affected();
+                        if updated == 0 {
+                            return Err(Problem::not_found());
+                        }
+                        if known != ids.len() as i64 {
+                            return Err(Problem::bad_request(
+                                "every student id must be a student of this tenant",
+                            ));
+                        }
+                        tx.commit().await.map_err(db_problem)?;
+                        s.cache
+                            .invalidate(&[sc.key(&format!("class:{id}:roster"))])
+                            .await;
+                        Ok(json_reply(
+                            StatusCode::OK,
+                            &json!({"class_id": id, "student_ids": ids}),
+                        ))
                     }
-                    let id = path_uuid(&id)?;
-                    let mut ids = body.student_ids;
-                    ids.sort();
-                    ids.dedup();
-                    if ids.len() > 1000 {
-                        return Err(Problem::bad_request("a roster holds at most 1000 students"));
-                    }
-                    let list = serde_json::to_string(&ids).map_err(|_| Problem::internal())?;
-                    let doc = fetch_doc(
-                        &s,
-                        &sc,
-                        scoped!(
-                            "WITH known AS (SELECT count(*) AS n FROM students \
-                               WHERE id::text IN (SELECT jsonb_array_elements_text($4::jsonb))), \
-                             upd AS (UPDATE classes SET student_ids = $4, updated_at = now() \
-                               WHERE id = $3::uuid AND (SELECT n FROM known) = jsonb_array_length($4::jsonb) \
-                               RETURNING id) \
-                             SELECT jsonb_build_object('updated', (SELECT count(*) FROM upd), \
-                               'exists', EXISTS (SELECT 1 FROM classes WHERE id = $3::uuid), \
-                               'known', (SELECT n FROM known)) AS doc"
-                        ),
-                        &[json!(id.to_string()), json!(list)],
-                    )
-                    .await?
-                    .ok_or_else(Problem::internal)?;
-                    if doc.get("exists") != Some(&json!(true)) {
-                        return Err(Problem::not_found());
-                    }
-                    if doc.get("updated") != Some(&json!(1)) {
-                        return Err(Problem::bad_request("every student id must be a student of this tenant"));
-                    }
-                    s.cache.invalidate(&[sc.key(&format!("class:{id}:roster"))]).await;
-                    Ok(json_reply(StatusCode::OK, &json!({"class_id": id, "student_ids": ids})))
-                }
-                .await,
-            )
-        })
+                    .await,
+                )
+            },
+        )
         .boxed();
     instrument(s, "classes.roster.put", f)
 }
@@ -679,6 +691,23 @@ pub fn assessment_get(s: &Ctx) -> BoxedFilter<(Response,)> {
 
 const ME_SQL: &str =
     scoped!("SELECT to_jsonb(s) AS doc FROM students s WHERE s.user_id = $1::uuid");
+
+/// Opens a transaction whose first statement tells PostgreSQL who is asking (the
+/// settings last until commit), for writes that need several statements.
+async fn begin_scoped<'c>(
+    conn: &'c mut sqlx::PgConnection,
+    sc: &Scope,
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, Problem> {
+    let mut tx = conn.begin().await.map_err(db_problem)?;
+    let (uid, adm) = sc.params();
+    let _: Option<Value> = sqlx::query_scalar(scoped!("SELECT '{}'::jsonb AS doc"))
+        .bind(uid)
+        .bind(adm)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_problem)?;
+    Ok(tx)
+}
 
 /// Opens a transaction whose first statement tells PostgreSQL who is asking (row-level
 /// security in the self-service database) and returns the caller's student row.
@@ -1203,14 +1232,7 @@ pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
                         return Err(Problem::bad_request("status must be Pending, Running, Completed or Failed"));
                     }
                     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = conn.begin().await.map_err(db_problem)?;
-                    let (uid, adm) = sc.params();
-                    let _: Option<Value> = sqlx::query_scalar(scoped!("SELECT NULL::jsonb AS doc"))
-                        .bind(uid)
-                        .bind(adm)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
                     let doc: Value = sqlx::query_scalar(
                         "INSERT INTO workflow_executions (execution_id, tenant_id, workflow_name, status, \
                          workflow_definition_json, initiated_by, tags) VALUES ($1, $2, $3, $4, $5, $6, $7) \
