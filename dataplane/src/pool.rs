@@ -228,28 +228,31 @@ impl PoolManager {
         })
     }
 
+    /// Waits for a permit of `server` in FIFO order (tokio's semaphore is fair, and the
+    /// one `acquire` future is kept for the whole wait so nobody loses their place).
+    /// While waiting, it closes the longest-idle connection on the server every few
+    /// milliseconds, so idle connections of other tenants cannot starve busy ones.
     async fn server_permit(
         &self,
         server: &Arc<Server>,
         deadline: Instant,
     ) -> Result<OwnedSemaphorePermit, PoolError> {
+        if let Ok(p) = server.permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let acquire = server.permits.clone().acquire_owned();
+        tokio::pin!(acquire);
         loop {
-            if let Ok(p) = server.permits.clone().try_acquire_owned() {
-                return Ok(p);
-            }
-            // Budget spent: free the permit of the longest-idle connection on this server.
-            if self.close_oldest_idle(&server.key) {
-                continue;
-            }
-            let slice = Instant::now() + Duration::from_millis(25);
-            let until = slice.min(deadline);
-            match tokio::time::timeout_at(until.into(), server.permits.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(p)) => return Ok(p),
-                Ok(Err(_)) => return Err(PoolError::Busy),
-                Err(_) if Instant::now() >= deadline => return Err(PoolError::Busy),
-                Err(_) => {}
+            self.close_oldest_idle(&server.key);
+            let tick = (Instant::now() + Duration::from_millis(10)).min(deadline);
+            tokio::select! {
+                biased;
+                permit = &mut acquire => return permit.map_err(|_| PoolError::Busy),
+                _ = tokio::time::sleep_until(tick.into()) => {
+                    if Instant::now() >= deadline {
+                        return Err(PoolError::Busy);
+                    }
+                }
             }
         }
     }
