@@ -256,3 +256,49 @@ async fn sessions_slide_and_end() {
     let exists: bool = r.exists(&key).await.unwrap();
     assert!(!exists);
 }
+
+#[tokio::test]
+async fn database_alone_allows_one_submission_when_redis_is_down() {
+    let mut redis = edumind_tests::RedisServer::start().unwrap();
+    let f = Fixture::start(redis.url()).await;
+    redis.stop();
+    let ta = f.a.school_id.unwrap();
+    let (user, stu) = f.a.students[0];
+    let tok = token(user, 0, Some(ta));
+    let (s, att, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts"),
+            Some(&tok),
+            Some(json!({"assessment_id": ASSESSMENT})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let id = att["id"].as_str().unwrap().to_owned();
+    f.call(
+        "POST",
+        &format!("/v1/tenants/{ta}/attempts/{id}/responses"),
+        Some(&tok),
+        Some(json!({"question_id": Q1, "answer": "B"})),
+    )
+    .await;
+    let url = format!("/v1/tenants/{ta}/attempts/{id}/submit");
+    let results =
+        futures_util::future::join_all((0..6).map(|_| f.call("POST", &url, Some(&tok), None)))
+            .await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(
+        ok,
+        1,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(results.iter().all(|r| r.0 == 200 || r.0 == 409));
+    let mut db = f.a.db.connect().await;
+    let xp: i32 = sqlx::query_scalar("SELECT xp_points FROM students WHERE id = $1")
+        .bind(stu)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(xp, 10, "XP awarded once");
+}
