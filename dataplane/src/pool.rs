@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolSettings;
@@ -131,10 +131,30 @@ impl Drop for PooledConn {
         if self.pool.retired.load(Ordering::Acquire) {
             return; // dropping closes the socket and frees the permit
         }
-        lock(&self.pool.idle).push(Idle {
-            conn,
-            permit,
-            since: Instant::now(),
+        if !conn.should_flush() {
+            lock(&self.pool.idle).push(Idle {
+                conn,
+                permit,
+                since: Instant::now(),
+            });
+            return;
+        }
+        // A transaction was dropped without commit or rollback: sqlx only queued its
+        // ROLLBACK. Send it now, so an idle connection never sits inside an open
+        // transaction holding locks that other requests wait for.
+        let pool = self.pool.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let mut conn = conn;
+            if conn.ping().await.is_ok() && !pool.retired.load(Ordering::Acquire) {
+                lock(&pool.idle).push(Idle {
+                    conn,
+                    permit,
+                    since: Instant::now(),
+                });
+            }
         });
     }
 }

@@ -283,9 +283,30 @@ async fn database_alone_allows_one_submission_when_redis_is_down() {
     )
     .await;
     let url = format!("/v1/tenants/{ta}/attempts/{id}/submit");
-    let results =
-        futures_util::future::join_all((0..6).map(|_| f.call("POST", &url, Some(&tok), None)))
-            .await;
+    // Hold the attempt row so that every submission passes its status check first and
+    // then queues on the UPDATE: only the database's conditional UPDATE can stop them.
+    let mut holder = f.a.db.connect().await;
+    let mut hold = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM student_assessments WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let submits =
+        futures_util::future::join_all((0..4).map(|_| f.call("POST", &url, Some(&tok), None)));
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        hold.commit().await.unwrap();
+    };
+    let t0 = std::time::Instant::now();
+    let (results, ()) = tokio::join!(submits, release);
+    // An abandoned transaction must not keep the losers waiting (it used to, until the
+    // idle reaper closed its connection a minute later).
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
     let ok = results.iter().filter(|r| r.0 == 200).count();
     assert_eq!(
         ok,
