@@ -6,6 +6,8 @@
 //! serialises with a PostgreSQL advisory lock, so two operators (or two reconciles)
 //! racing on one database apply each migration exactly once.
 
+pub mod selfservice;
+
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::PgConnection;
 

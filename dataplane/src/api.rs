@@ -1,0 +1,1259 @@
+//! Routes and handlers. One documented filter function per route; handlers turn every
+//! business error into a [`Problem`] reply themselves, so rejections only ever mean "this
+//! route does not match" (or the body could not be read).
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use uuid::Uuid;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::access::{Access, path_uuid, resolve, scope_params};
+use crate::auth::{AuthError, Principal};
+use crate::cache;
+use crate::pool::PoolError;
+use crate::problem::Problem;
+use crate::scoped;
+use crate::startup::Ctx;
+use crate::tenants::{Tenant, TenantId};
+
+type Who = Result<Principal, AuthError>;
+
+// ------------------------------------------------------------------------------------
+// shared filters and reply helpers
+// ------------------------------------------------------------------------------------
+
+fn with(s: &Ctx) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone + use<> {
+    let s = s.clone();
+    warp::any().map(move || s.clone())
+}
+
+/// The caller, or why not; never a rejection (401 is a reply).
+fn principal(s: &Ctx) -> impl Filter<Extract = (Who,), Error = Infallible> + Clone + use<> {
+    let s = s.clone();
+    warp::header::optional::<String>("authorization")
+        .or(warp::any().map(|| None))
+        .unify()
+        .map(move |h: Option<String>| s.auth.authenticate(h.as_deref()))
+}
+
+fn if_none_match() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::header::optional::<String>("if-none-match")
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Send>(
+    s: &Ctx,
+) -> impl Filter<Extract = (T,), Error = warp::Rejection> + Clone + use<T> {
+    warp::body::content_length_limit(s.settings.max_body_bytes).and(warp::body::json())
+}
+
+/// Counts and times every reply of one route.
+fn instrument(
+    s: &Ctx,
+    route: &'static str,
+    f: BoxedFilter<(Response,)>,
+) -> BoxedFilter<(Response,)> {
+    let m = s.metrics.clone();
+    warp::any()
+        .map(Instant::now)
+        .and(f)
+        .map(move |start: Instant, res: Response| {
+            m.observe(route, res.status().as_u16(), start);
+            res
+        })
+        .boxed()
+}
+
+fn reply(result: Result<Response, Problem>) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    }
+}
+
+/// A JSON reply with a strong ETag; 304 when `If-None-Match` matches.
+fn etagged(body: String, inm: Option<&str>) -> Response {
+    use sha2::Digest;
+    let tag = format!(
+        "\"{}\"",
+        hex::encode(&sha2::Sha256::digest(body.as_bytes())[..16])
+    );
+    let matches = inm.is_some_and(|h| h.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    let mut res = if matches {
+        let mut r = Response::new(Vec::new().into());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(body.into());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+    res
+}
+
+fn json_reply(status: StatusCode, v: &Value) -> Response {
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+fn db_problem(e: sqlx::Error) -> Problem {
+    if let sqlx::Error::Database(d) = &e {
+        match d.code().as_deref() {
+            Some("23505") => return Problem::conflict("a record with this key already exists"),
+            Some("23503") => return Problem::bad_request("a referenced record does not exist"),
+            Some("23514") | Some("22001") | Some("22P02") => {
+                return Problem::bad_request("a value is out of range for its column");
+            }
+            _ => {}
+        }
+    }
+    tracing::error!(error = %e, "database error");
+    Problem::internal()
+}
+
+fn pool_problem(e: PoolError) -> Problem {
+    match e {
+        PoolError::Busy => Problem::unavailable(1, "the tenant database is busy; retry shortly"),
+        PoolError::Connect(err) => {
+            tracing::error!(error = %err, "cannot connect to tenant database");
+            Problem::unavailable(5, "the tenant database is unreachable")
+        }
+    }
+}
+
+/// Caller, tenant and a connection, after authentication and tenant authorization.
+struct Scope {
+    p: Principal,
+    tenant: std::sync::Arc<Tenant>,
+    access: Access,
+}
+
+fn scope(s: &Ctx, who: Who, tenant: &str) -> Result<Scope, Problem> {
+    let p = who.map_err(|_| Problem::unauthorized())?;
+    let (tenant, access) = resolve(&s.directory, &p, tenant)?;
+    Ok(Scope { p, tenant, access })
+}
+
+impl Scope {
+    fn params(&self) -> (String, &'static str) {
+        scope_params(&self.p, self.access)
+    }
+    fn key(&self, seed: &str) -> String {
+        cache::key(&self.tenant.id, seed)
+    }
+    fn school_id(&self) -> Option<Uuid> {
+        match self.tenant.id {
+            TenantId::School(id) => Some(id),
+            TenantId::SelfService => None,
+        }
+    }
+}
+
+/// Runs one scoped statement returning at most one `doc`.
+async fn fetch_doc(
+    s: &Ctx,
+    sc: &Scope,
+    sql: &'static str,
+    binds: &[Value],
+) -> Result<Option<Value>, Problem> {
+    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+    let (uid, adm) = sc.params();
+    let mut q = sqlx::query_scalar::<_, Value>(sql).bind(uid).bind(adm);
+    for b in binds {
+        q = match b {
+            Value::String(v) => q.bind(v.clone()),
+            Value::Number(n) => q.bind(n.as_i64()),
+            Value::Null => q.bind(None::<String>),
+            other => q.bind(other.clone()),
+        };
+    }
+    q.fetch_optional(&mut *conn).await.map_err(db_problem)
+}
+
+// ------------------------------------------------------------------------------------
+// routes
+// ------------------------------------------------------------------------------------
+
+/// Every route, with rejections turned into problem replies.
+pub fn routes(s: Ctx) -> BoxedFilter<(Response,)> {
+    let unmatched = s.metrics.clone();
+    healthz(&s)
+        .or(readyz(&s))
+        .unify()
+        .or(metrics(&s))
+        .unify()
+        .or(school_get(&s))
+        .unify()
+        .or(students_list(&s))
+        .unify()
+        .or(student_progress(&s))
+        .unify()
+        .or(roster_get(&s))
+        .unify()
+        .or(roster_put(&s))
+        .unify()
+        .or(course_questions(&s))
+        .unify()
+        .or(assessment_get(&s))
+        .unify()
+        .or(attempt_start(&s))
+        .unify()
+        .or(attempt_answer(&s))
+        .unify()
+        .or(attempt_submit(&s))
+        .unify()
+        .or(attempt_get(&s))
+        .unify()
+        .or(session_routes(&s))
+        .unify()
+        .or(workflows_list(&s))
+        .unify()
+        .or(workflows_create(&s))
+        .unify()
+        .recover(crate::problem::recover)
+        .unify()
+        .map(move |res: Response| {
+            if res.status() == StatusCode::NOT_FOUND
+                || res.status() == StatusCode::METHOD_NOT_ALLOWED
+            {
+                unmatched.observe("unmatched", res.status().as_u16(), Instant::now());
+            }
+            res
+        })
+        .boxed()
+}
+
+/// `GET /healthz`: the process is alive (no dependencies checked).
+pub fn healthz(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
+        .boxed();
+    instrument(s, "healthz", f)
+}
+
+/// `GET /readyz`: PostgreSQL (one tenant per server) and Redis, reported separately. Ready
+/// (200) when PostgreSQL answers; Redis down is reported but does not make the service
+/// unready, because reads fall back to PostgreSQL.
+pub fn readyz(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("readyz")
+        .and(warp::get())
+        .and(with(s))
+        .then(readyz_handler)
+        .boxed();
+    instrument(s, "readyz", f)
+}
+
+async fn readyz_handler(s: Ctx) -> Response {
+    let redis_up = s.cache.ping().await;
+    let mut servers = std::collections::BTreeMap::new();
+    for t in s.directory.all() {
+        servers.entry(t.server_key()).or_insert(t);
+    }
+    let mut pg = Vec::new();
+    let mut all_up = true;
+    for (server, t) in servers {
+        let up = match s.pools.acquire(&t).await {
+            Ok(mut c) => c.ping().await.is_ok(),
+            Err(_) => false,
+        };
+        all_up &= up;
+        pg.push(json!({"server": server, "status": if up {"up"} else {"down"}}));
+    }
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_reply(
+        status,
+        &json!({
+            "status": if all_up {"ready"} else {"unready"},
+            "postgres": {"status": if all_up {"up"} else {"down"}, "servers": pg},
+            "redis": {"status": if redis_up {"up"} else {"down"}},
+            "tenants": s.directory.len(),
+        }),
+    )
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let st = s.clone();
+    warp::path!("metrics")
+        .and(warp::get())
+        .map(move || {
+            let body = st.metrics.render(&st.pools.usage());
+            let mut r = Response::new(body.into());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        })
+        .boxed()
+}
+
+/// `GET /v1/tenants/{tenant}/school`: the school's own record (school members, admins).
+pub fn school_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "school")
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(
+            |t: String, who: Who, inm: Option<String>, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = scope(&s, who, &t)?;
+                        if sc.access == Access::Content {
+                            return Err(Problem::forbidden());
+                        }
+                        let id = sc.school_id().ok_or_else(Problem::not_found)?;
+                        let doc = fetch_doc(
+                            &s,
+                            &sc,
+                            scoped!(
+                                "SELECT to_jsonb(t) AS doc FROM schools t WHERE t.id = $3::uuid"
+                            ),
+                            &[json!(id.to_string())],
+                        )
+                        .await?
+                        .ok_or_else(Problem::not_found)?;
+                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed();
+    instrument(s, "school.get", f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StudentsQuery {
+    after: Option<Uuid>,
+    limit: Option<i64>,
+    grade_level: Option<i32>,
+    subscription_tier: Option<i32>,
+}
+
+/// `GET /v1/tenants/{tenant}/students?after=&limit=&grade_level=&subscription_tier=`:
+/// keyset-paginated by id. Students see only themselves.
+pub fn students_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "students")
+        .and(warp::get())
+        .and(warp::query::<StudentsQuery>())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, q: StudentsQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !(sc.access.reads_all() || sc.access.is_student()) {
+                        return Err(Problem::forbidden());
+                    }
+                    let limit = q.limit.unwrap_or(50);
+                    if !(1..=200).contains(&limit) {
+                        return Err(Problem::bad_request("limit must be between 1 and 200"));
+                    }
+                    let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]'::jsonb) AS doc FROM ( \
+                             SELECT * FROM students s WHERE ($3::uuid IS NULL OR s.id > $3::uuid) \
+                             AND ($4::int IS NULL OR s.grade_level = $4::int) \
+                             AND ($5::int IS NULL OR s.subscription_tier = $5::int) \
+                             AND ($6::uuid IS NULL OR s.user_id = $6::uuid) \
+                             ORDER BY s.id LIMIT $7) t"
+                        ),
+                        &[
+                            q.after.map(|a| json!(a.to_string())).unwrap_or(Value::Null),
+                            q.grade_level.map(|g| json!(g)).unwrap_or(Value::Null),
+                            q.subscription_tier.map(|g| json!(g)).unwrap_or(Value::Null),
+                            only_user.map(Value::String).unwrap_or(Value::Null),
+                            json!(limit),
+                        ],
+                    )
+                    .await?
+                    .unwrap_or_else(|| json!([]));
+                    let items = doc.as_array().cloned().unwrap_or_default();
+                    let next = (items.len() as i64 == limit)
+                        .then(|| items.last().and_then(|l| l.get("id")).cloned())
+                        .flatten();
+                    let body = json!({"items": items, "next_after": next});
+                    Ok(etagged(body.to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "students.list", f)
+}
+
+/// Serves a cached document: a hit from Redis, else the scoped query (single flight).
+async fn cached_doc(
+    s: &Ctx,
+    sc: &Scope,
+    kind: &str,
+    seed: &str,
+    ttl: std::time::Duration,
+    sql: &'static str,
+    binds: Vec<Value>,
+) -> Result<Option<Value>, Problem> {
+    let key = sc.key(seed);
+    let text = s
+        .cache
+        .get_or_load(kind, &key, ttl, || async {
+            let doc = fetch_doc(s, sc, sql, &binds).await?;
+            Ok::<String, Problem>(doc.map(|d| d.to_string()).unwrap_or_else(|| "null".into()))
+        })
+        .await?;
+    let v: Value = serde_json::from_str(&text).map_err(|_| Problem::internal())?;
+    Ok((!v.is_null()).then_some(v))
+}
+
+/// `GET /v1/tenants/{tenant}/students/{id}/progress`: level, XP, streak and attempt
+/// counts; cached 5 minutes under `student:{id}:progress`. Students: their own only.
+pub fn student_progress(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "students" / String / "progress")
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !(sc.access.reads_all() || sc.access.is_student()) {
+                        return Err(Problem::forbidden());
+                    }
+                    let id = path_uuid(&id)?;
+                    let doc = cached_doc(
+                        &s,
+                        &sc,
+                        "progress",
+                        &format!("student:{id}:progress"),
+                        cache::PROGRESS_TTL,
+                        scoped!(
+                            "SELECT jsonb_build_object('student_id', s.id, 'user_id', s.user_id, \
+                             'level', s.level, 'xp_points', s.xp_points, 'daily_streak', s.daily_streak, \
+                             'last_activity_date', s.last_activity_date, \
+                             'attempts_completed', (SELECT count(*) FROM student_assessments a \
+                                WHERE a.student_id = s.id AND a.status = 2), \
+                             'attempts_passed', (SELECT count(*) FROM student_assessments a \
+                                WHERE a.student_id = s.id AND a.status = 2 AND a.passed)) AS doc \
+                             FROM students s WHERE s.id = $3::uuid"
+                        ),
+                        vec![json!(id.to_string())],
+                    )
+                    .await?
+                    .ok_or_else(Problem::not_found)?;
+                    // The cache is shared by everyone in the tenant: the ownership check
+                    // runs on every reply, not only when PostgreSQL (RLS) loaded it.
+                    if sc.access.is_student()
+                        && doc.get("user_id").and_then(Value::as_str)
+                            != Some(sc.p.user_id.to_string().as_str())
+                    {
+                        return Err(Problem::not_found());
+                    }
+                    Ok(etagged(doc.to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "students.progress", f)
+}
+
+const ROSTER_SQL: &str = scoped!(
+    "SELECT jsonb_build_object('class_id', c.id, 'code', c.code, 'name', c.name, \
+     'students', coalesce((SELECT jsonb_agg(jsonb_build_object('id', s.id, 'user_id', s.user_id, \
+       'grade_level', s.grade_level, 'level', s.level) ORDER BY s.id) FROM students s \
+       WHERE s.id::text IN (SELECT jsonb_array_elements_text(c.student_ids::jsonb))), '[]'::jsonb)) AS doc \
+     FROM classes c WHERE c.id = $3::uuid"
+);
+
+/// `GET /v1/tenants/{tenant}/classes/{id}/roster`: the class's students; cached 10
+/// minutes under `class:{id}:roster`. Teachers, school admins, admins.
+pub fn roster_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "classes" / String / "roster")
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(
+            |t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = scope(&s, who, &t)?;
+                        if !sc.access.reads_all() {
+                            return Err(Problem::forbidden());
+                        }
+                        let id = path_uuid(&id)?;
+                        let doc = cached_doc(
+                            &s,
+                            &sc,
+                            "roster",
+                            &format!("class:{id}:roster"),
+                            cache::ROSTER_TTL,
+                            ROSTER_SQL,
+                            vec![json!(id.to_string())],
+                        )
+                        .await?
+                        .ok_or_else(Problem::not_found)?;
+                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed();
+    instrument(s, "classes.roster.get", f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosterBody {
+    student_ids: Vec<Uuid>,
+}
+
+/// `PUT /v1/tenants/{tenant}/classes/{id}/roster` `{"student_ids": [...]}`: replaces the
+/// roster (every id must be a student of this tenant) and invalidates the cached roster.
+pub fn roster_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "classes" / String / "roster")
+        .and(warp::put())
+        .and(principal(s))
+        .and(json_body::<RosterBody>(s))
+        .and(with(s))
+        .then(
+            |t: String, id: String, who: Who, body: RosterBody, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = scope(&s, who, &t)?;
+                        if !sc.access.reads_all() {
+                            return Err(Problem::forbidden());
+                        }
+                        let id = path_uuid(&id)?;
+                        let mut ids = body.student_ids;
+                        ids.sort();
+                        ids.dedup();
+                        if ids.len() > 1000 {
+                            return Err(Problem::bad_request(
+                                "a roster holds at most 1000 students",
+                            ));
+                        }
+                        let list = serde_json::to_string(&ids).map_err(|_| Problem::internal())?;
+                        let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                        let mut tx = begin_scoped(&mut conn, &sc).await?;
+                        let known: i64 =
+                            sqlx::query_scalar("SELECT count(*) FROM students WHERE id = ANY($1)")
+                                .bind(&ids)
+                                .fetch_one(&mut *tx)
+                                .await
+                                .map_err(db_problem)?;
+                        let updated = sqlx::query(
+                            "UPDATE classes SET student_ids = $2, updated_at = now() WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(&list)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_problem)?
+                        .rows_affected();
+                        if updated == 0 {
+                            return Err(Problem::not_found());
+                        }
+                        if known != ids.len() as i64 {
+                            return Err(Problem::bad_request(
+                                "every student id must be a student of this tenant",
+                            ));
+                        }
+                        tx.commit().await.map_err(db_problem)?;
+                        s.cache
+                            .invalidate(&[sc.key(&format!("class:{id}:roster"))])
+                            .await;
+                        Ok(json_reply(
+                            StatusCode::OK,
+                            &json!({"class_id": id, "student_ids": ids}),
+                        ))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed();
+    instrument(s, "classes.roster.put", f)
+}
+
+/// `GET /v1/tenants/{tenant}/courses/{id}/questions`: the course's active questions;
+/// cached one hour under `course:{id}:questions`. Students do not get answers.
+pub fn course_questions(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "courses" / String / "questions")
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    let id = path_uuid(&id)?;
+                    let mut doc = cached_doc(
+                        &s,
+                        &sc,
+                        "questions",
+                        &format!("course:{id}:questions"),
+                        cache::COURSE_QUESTIONS_TTL,
+                        scoped!(
+                            "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM courses WHERE id = $3::uuid) THEN NULL \
+                             ELSE coalesce((SELECT jsonb_agg(to_jsonb(q) ORDER BY q.id) FROM questions q \
+                               WHERE q.course_id = $3::uuid AND q.is_active), '[]'::jsonb) END AS doc"
+                        ),
+                        vec![json!(id.to_string())],
+                    )
+                    .await?
+                    .ok_or_else(Problem::not_found)?;
+                    if sc.access.is_student()
+                        && let Some(items) = doc.as_array_mut()
+                    {
+                        for q in items {
+                            if let Some(o) = q.as_object_mut() {
+                                o.remove("correct_answer");
+                                o.remove("explanation");
+                            }
+                        }
+                    }
+                    Ok(etagged(json!({"course_id": id, "items": doc}).to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "courses.questions", f)
+}
+
+/// `GET /v1/tenants/{tenant}/assessments/{id}`: assessment metadata; cached 15 minutes
+/// under `assessment:{id}:meta`. Students see active assessments only.
+pub fn assessment_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "assessments" / String)
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(
+            |t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = scope(&s, who, &t)?;
+                        let id = path_uuid(&id)?;
+                        let doc = cached_doc(
+                            &s,
+                            &sc,
+                            "assessment",
+                            &format!("assessment:{id}:meta"),
+                            cache::ASSESSMENT_META_TTL,
+                            scoped!(
+                                "SELECT to_jsonb(a) AS doc FROM assessments a WHERE a.id = $3::uuid"
+                            ),
+                            vec![json!(id.to_string())],
+                        )
+                        .await?
+                        .ok_or_else(Problem::not_found)?;
+                        if sc.access.is_student() && doc.get("is_active") != Some(&json!(true)) {
+                            return Err(Problem::not_found());
+                        }
+                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed();
+    instrument(s, "assessments.get", f)
+}
+
+const ME_SQL: &str =
+    scoped!("SELECT to_jsonb(s) AS doc FROM students s WHERE s.user_id = $1::uuid");
+
+/// Opens a transaction whose first statement tells PostgreSQL who is asking (the
+/// settings last until commit), for writes that need several statements.
+async fn begin_scoped<'c>(
+    conn: &'c mut sqlx::PgConnection,
+    sc: &Scope,
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, Problem> {
+    let mut tx = conn.begin().await.map_err(db_problem)?;
+    let (uid, adm) = sc.params();
+    let _: Option<Value> = sqlx::query_scalar(scoped!("SELECT '{}'::jsonb AS doc"))
+        .bind(uid)
+        .bind(adm)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_problem)?;
+    Ok(tx)
+}
+
+/// Opens a transaction whose first statement tells PostgreSQL who is asking (row-level
+/// security in the self-service database) and returns the caller's student row.
+async fn begin_as_student<'c>(
+    conn: &'c mut sqlx::PgConnection,
+    sc: &Scope,
+) -> Result<(sqlx::Transaction<'c, sqlx::Postgres>, Uuid), Problem> {
+    let mut tx = conn.begin().await.map_err(db_problem)?;
+    let (uid, adm) = sc.params();
+    let me: Option<Value> = sqlx::query_scalar(ME_SQL)
+        .bind(uid)
+        .bind(adm)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_problem)?;
+    let id = me
+        .as_ref()
+        .and_then(|m| m.get("id"))
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(Problem::not_found)?;
+    Ok((tx, id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    assessment_id: Uuid,
+    class_id: Option<Uuid>,
+}
+
+/// `POST /v1/tenants/{tenant}/attempts` `{"assessment_id", "class_id"?}`: a student starts
+/// an attempt (status 1 = in progress).
+pub fn attempt_start(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "attempts")
+        .and(warp::post())
+        .and(principal(s))
+        .and(json_body::<StartBody>(s))
+        .and(with(s))
+        .then(|t: String, who: Who, body: StartBody, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !sc.access.is_student() {
+                        return Err(Problem::forbidden());
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let (mut tx, student) = begin_as_student(&mut conn, &sc).await?;
+                    let id = Uuid::new_v4();
+                    let doc: Option<Value> = sqlx::query_scalar(
+                        "INSERT INTO student_assessments (id, student_id, assessment_id, school_id, class_id, \
+                         status, started_at, max_score) \
+                         SELECT $1, $2, a.id, $3, $4, 1, now(), a.total_points FROM assessments a \
+                         WHERE a.id = $5 AND a.is_active RETURNING to_jsonb(student_assessments.*)",
+                    )
+                    .bind(id)
+                    .bind(student)
+                    .bind(sc.school_id())
+                    .bind(body.class_id)
+                    .bind(body.assessment_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    let doc = doc.ok_or_else(Problem::not_found)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    Ok(json_reply(StatusCode::CREATED, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "attempts.start", f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    question_id: Uuid,
+    answer: String,
+    #[serde(default)]
+    time_spent_seconds: i32,
+}
+
+/// Whether `answer` matches `correct`: equal JSON values, or (for plain text) equal after
+/// trimming, ignoring case.
+pub fn is_correct(answer: &str, correct: &str) -> bool {
+    let parse = |s: &str| {
+        serde_json::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.trim().to_owned()))
+    };
+    match (parse(answer), parse(correct)) {
+        (Value::String(a), Value::String(c)) => a.trim().eq_ignore_ascii_case(c.trim()),
+        (a, c) => a == c,
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/attempts/{id}/responses` `{"question_id", "answer",
+/// "time_spent_seconds"}`: records (or replaces) the answer to one question of an attempt
+/// in progress.
+pub fn attempt_answer(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "attempts" / String / "responses")
+        .and(warp::post())
+        .and(principal(s))
+        .and(json_body::<AnswerBody>(s))
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, body: AnswerBody, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !sc.access.is_student() {
+                        return Err(Problem::forbidden());
+                    }
+                    let attempt = path_uuid(&id)?;
+                    if body.answer.chars().count() > 4000 {
+                        return Err(Problem::bad_request("answer is longer than 4000 characters"));
+                    }
+                    if !(0..=86_400).contains(&body.time_spent_seconds) {
+                        return Err(Problem::bad_request("time_spent_seconds must be 0..=86400"));
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let (mut tx, student) = begin_as_student(&mut conn, &sc).await?;
+                    let row: Option<(i32, String)> = sqlx::query_as(
+                        "SELECT sa.status, a.question_ids FROM student_assessments sa \
+                         JOIN assessments a ON a.id = sa.assessment_id \
+                         WHERE sa.id = $1 AND sa.student_id = $2",
+                    )
+                    .bind(attempt)
+                    .bind(student)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    let (status, qids) = row.ok_or_else(Problem::not_found)?;
+                    if status != 1 {
+                        return Err(Problem::conflict("the attempt is not in progress"));
+                    }
+                    let qids: Vec<Uuid> = serde_json::from_str(&qids).unwrap_or_default();
+                    let order = qids
+                        .iter()
+                        .position(|q| *q == body.question_id)
+                        .ok_or_else(|| Problem::bad_request("the question is not part of this assessment"))?;
+                    let q: Option<(String, i32)> =
+                        sqlx::query_as("SELECT correct_answer, points FROM questions WHERE id = $1")
+                            .bind(body.question_id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(db_problem)?;
+                    let (correct, points) =
+                        q.ok_or_else(|| Problem::bad_request("the question does not exist"))?;
+                    let ok = is_correct(&body.answer, &correct);
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO student_responses (id, student_assessment_id, student_id, question_id, \
+                         school_id, student_answer, is_correct, points_earned, max_points, time_spent_seconds, \
+                         question_order) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                         ON CONFLICT (student_assessment_id, question_id) DO UPDATE SET \
+                         student_answer = EXCLUDED.student_answer, is_correct = EXCLUDED.is_correct, \
+                         points_earned = EXCLUDED.points_earned, time_spent_seconds = EXCLUDED.time_spent_seconds, \
+                         submitted_at = now() \
+                         RETURNING jsonb_build_object('id', id, 'question_id', question_id, 'is_correct', is_correct, \
+                           'points_earned', points_earned, 'max_points', max_points)",
+                    )
+                    .bind(Uuid::new_v4())
+                    .bind(attempt)
+                    .bind(student)
+                    .bind(body.question_id)
+                    .bind(sc.school_id())
+                    .bind(&body.answer)
+                    .bind(ok)
+                    .bind(if ok { points } else { 0 })
+                    .bind(points)
+                    .bind(body.time_spent_seconds)
+                    .bind(order as i32)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    Ok(json_reply(StatusCode::OK, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "attempts.answer", f)
+}
+
+/// XP for a submitted attempt: 10 per correct answer, 50 more for a pass.
+pub fn xp_for(correct: i64, passed: bool) -> i64 {
+    correct * 10 + if passed { 50 } else { 0 }
+}
+
+/// `POST /v1/tenants/{tenant}/attempts/{id}/submit`: scores the attempt and updates the
+/// student's XP, level and daily streak in one transaction. Holds
+/// `lock:assessment:{id}` meanwhile; the conditional `UPDATE ... WHERE status <> 2` makes
+/// PostgreSQL itself allow one submission only, with or without Redis.
+pub fn attempt_submit(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "attempts" / String / "submit")
+        .and(warp::post())
+        .and(principal(s))
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !sc.access.is_student() {
+                        return Err(Problem::forbidden());
+                    }
+                    let attempt = path_uuid(&id)?;
+                    let lock_key = sc.key(&format!("lock:assessment:{attempt}"));
+                    let token = match s.cache.lock_acquire(&lock_key, cache::LOCK_TTL).await {
+                        Ok(Some(token)) => Some(token),
+                        Ok(None) => {
+                            return Err(Problem::conflict("this attempt is being submitted"));
+                        }
+                        Err(_) => None, // Redis down: the database guard below still holds
+                    };
+                    let result = submit(&s, &sc, attempt).await;
+                    if let Some(token) = token {
+                        let _ = s.cache.lock_release(&lock_key, &token).await;
+                    }
+                    result
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "attempts.submit", f)
+}
+
+/// status, max score, passing %, question ids, answered, correct, score, seconds.
+type SubmitRow = (i32, i32, i32, String, i64, i64, i64, i64);
+
+async fn submit(s: &Ctx, sc: &Scope, attempt: Uuid) -> Result<Response, Problem> {
+    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+    let (mut tx, student) = begin_as_student(&mut conn, sc).await?;
+    let row: Option<SubmitRow> = sqlx::query_as(
+        "SELECT sa.status, sa.max_score, a.passing_score_percentage, a.question_ids, \
+         (SELECT count(*) FROM student_responses r WHERE r.student_assessment_id = sa.id), \
+         (SELECT count(*) FROM student_responses r WHERE r.student_assessment_id = sa.id AND r.is_correct), \
+         (SELECT coalesce(sum(points_earned), 0) FROM student_responses r WHERE r.student_assessment_id = sa.id), \
+         (SELECT coalesce(sum(time_spent_seconds), 0) FROM student_responses r WHERE r.student_assessment_id = sa.id) \
+         FROM student_assessments sa JOIN assessments a ON a.id = sa.assessment_id \
+         WHERE sa.id = $1 AND sa.student_id = $2",
+    )
+    .bind(attempt)
+    .bind(student)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_problem)?;
+    let (status, max_score, passing, qids, answered, correct, score, secs) =
+        row.ok_or_else(Problem::not_found)?;
+    if status == 2 {
+        return Err(Problem::conflict("the attempt was already submitted"));
+    }
+    let questions = serde_json::from_str::<Vec<Uuid>>(&qids)
+        .map(|v| v.len() as i64)
+        .unwrap_or(0);
+    let incorrect = answered - correct;
+    let skipped = (questions - answered).max(0);
+    let passed = if max_score > 0 {
+        score * 100 >= i64::from(max_score) * i64::from(passing)
+    } else {
+        passing == 0
+    };
+    let xp = xp_for(correct, passed);
+    let updated: Option<Value> = sqlx::query_scalar(
+        "UPDATE student_assessments SET status = 2, completed_at = now(), score = $3, passed = $4, \
+         correct_answers = $5, incorrect_answers = $6, skipped_questions = $7, xp_earned = $8, \
+         time_spent_seconds = $9, updated_at = now() \
+         WHERE id = $1 AND student_id = $2 AND status <> 2 RETURNING to_jsonb(student_assessments.*)",
+    )
+    .bind(attempt)
+    .bind(student)
+    .bind(score as i32)
+    .bind(passed)
+    .bind(correct as i32)
+    .bind(incorrect as i32)
+    .bind(skipped as i32)
+    .bind(xp as i32)
+    .bind(secs.min(i64::from(i32::MAX)) as i32)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_problem)?;
+    let Some(updated) = updated else {
+        return Err(Problem::conflict("the attempt was already submitted"));
+    };
+    let progress: Value = sqlx::query_scalar(
+        "UPDATE students SET xp_points = xp_points + $2, level = 1 + (xp_points + $2) / 100, \
+         daily_streak = CASE WHEN last_activity_date = current_date THEN greatest(daily_streak, 1) \
+                             WHEN last_activity_date = current_date - 1 THEN daily_streak + 1 ELSE 1 END, \
+         last_activity_date = current_date, updated_at = now() WHERE id = $1 \
+         RETURNING jsonb_build_object('xp_points', xp_points, 'level', level, 'daily_streak', daily_streak)",
+    )
+    .bind(student)
+    .bind(xp as i32)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_problem)?;
+    tx.commit().await.map_err(db_problem)?;
+    s.cache
+        .invalidate(&[sc.key(&format!("student:{student}:progress"))])
+        .await;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"attempt": updated, "student": progress}),
+    ))
+}
+
+/// `GET /v1/tenants/{tenant}/attempts/{id}`: an attempt with its responses. Students see
+/// their own; teachers, school admins and admins any in the tenant.
+pub fn attempt_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "attempts" / String)
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !(sc.access.reads_all() || sc.access.is_student()) {
+                        return Err(Problem::forbidden());
+                    }
+                    let id = path_uuid(&id)?;
+                    let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT to_jsonb(sa) || jsonb_build_object('responses', coalesce((SELECT \
+                               jsonb_agg(to_jsonb(r) ORDER BY r.question_order) FROM student_responses r \
+                               WHERE r.student_assessment_id = sa.id), '[]'::jsonb)) AS doc \
+                             FROM student_assessments sa WHERE sa.id = $3::uuid \
+                             AND ($4::uuid IS NULL OR sa.student_id IN \
+                               (SELECT id FROM students WHERE user_id = $4::uuid))"
+                        ),
+                        &[json!(id.to_string()), only_user.map(Value::String).unwrap_or(Value::Null)],
+                    )
+                    .await?
+                    .ok_or_else(Problem::not_found)?;
+                    Ok(etagged(doc.to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "attempts.get", f)
+}
+
+fn session_key(p: &Principal) -> String {
+    let tenant = match p.school_id {
+        Some(id) => id.to_string(),
+        None if p.role == crate::auth::UserRole::Student => "selfservice".into(),
+        None => "platform".into(),
+    };
+    format!("edumind:{tenant}:session:{}", p.user_id)
+}
+
+/// `PUT|GET|DELETE /v1/session`: the caller's session (`session:{userId}`, 30-minute
+/// sliding expiry). PUT stores a JSON object (at most 4 KiB); GET reads it and restarts
+/// the 30 minutes; DELETE ends it. Redis down → 503 (sessions live only in Redis).
+pub fn session_routes(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let put = warp::path!("v1" / "session")
+        .and(warp::put())
+        .and(principal(s))
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::json::<Value>())
+        .and(with(s))
+        .then(|who: Who, body: Value, s: Ctx| async move {
+            reply(
+                async {
+                    let p = who.map_err(|_| Problem::unauthorized())?;
+                    if !body.is_object() {
+                        return Err(Problem::bad_request("a session is a JSON object"));
+                    }
+                    s.cache
+                        .session_put(&session_key(&p), &body.to_string())
+                        .await
+                        .map_err(|_| Problem::unavailable(2, "session store unavailable"))?;
+                    Ok(json_reply(StatusCode::OK, &body))
+                }
+                .await,
+            )
+        });
+    let get = warp::path!("v1" / "session")
+        .and(warp::get())
+        .and(principal(s))
+        .and(with(s))
+        .then(|who: Who, s: Ctx| async move {
+            reply(
+                async {
+                    let p = who.map_err(|_| Problem::unauthorized())?;
+                    let v = s
+                        .cache
+                        .session_touch(&session_key(&p))
+                        .await
+                        .map_err(|_| Problem::unavailable(2, "session store unavailable"))?
+                        .ok_or_else(Problem::not_found)?;
+                    let v: Value = serde_json::from_str(&v).map_err(|_| Problem::internal())?;
+                    Ok(json_reply(StatusCode::OK, &v))
+                }
+                .await,
+            )
+        });
+    let delete = warp::path!("v1" / "session")
+        .and(warp::delete())
+        .and(principal(s))
+        .and(with(s))
+        .then(|who: Who, s: Ctx| async move {
+            reply(
+                async {
+                    let p = who.map_err(|_| Problem::unauthorized())?;
+                    s.cache
+                        .session_delete(&session_key(&p))
+                        .await
+                        .map_err(|_| Problem::unavailable(2, "session store unavailable"))?;
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                .await,
+            )
+        });
+    let f = put.or(get).unify().or(delete).unify().boxed();
+    instrument(s, "session", f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    status: Option<String>,
+}
+
+const WORKFLOW_STATUSES: [&str; 4] = ["Pending", "Running", "Completed", "Failed"];
+
+/// `GET /v1/tenants/{tenant}/workflow-executions?after=&limit=&status=`: orchestration
+/// runs, keyset-paginated by `execution_id`. Platform admins only.
+pub fn workflows_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "workflow-executions")
+        .and(warp::get())
+        .and(warp::query::<WorkflowQuery>())
+        .and(principal(s))
+        .and(with(s))
+        .then(|t: String, q: WorkflowQuery, who: Who, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if sc.access != Access::Admin {
+                        return Err(Problem::forbidden());
+                    }
+                    let limit = q.limit.unwrap_or(50);
+                    if !(1..=200).contains(&limit) {
+                        return Err(Problem::bad_request("limit must be between 1 and 200"));
+                    }
+                    if q.status.as_deref().is_some_and(|st| !WORKFLOW_STATUSES.contains(&st)) {
+                        return Err(Problem::bad_request("status must be Pending, Running, Completed or Failed"));
+                    }
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT coalesce(jsonb_agg(to_jsonb(w) ORDER BY w.execution_id), '[]'::jsonb) AS doc FROM ( \
+                             SELECT * FROM workflow_executions WHERE ($3::text IS NULL OR execution_id > $3::text) \
+                             AND ($4::text IS NULL OR status = $4::text) ORDER BY execution_id LIMIT $5) w"
+                        ),
+                        &[
+                            q.after.map(Value::String).unwrap_or(Value::Null),
+                            q.status.map(Value::String).unwrap_or(Value::Null),
+                            json!(limit),
+                        ],
+                    )
+                    .await?
+                    .unwrap_or_else(|| json!([]));
+                    Ok(json_reply(StatusCode::OK, &json!({"items": doc})))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "workflows.list", f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowBody {
+    execution_id: String,
+    workflow_name: String,
+    status: String,
+    workflow_definition_json: String,
+    initiated_by: String,
+    tags: Option<String>,
+}
+
+fn check_len(field: &str, v: &str, max: usize) -> Result<(), Problem> {
+    if v.is_empty() || v.chars().count() > max {
+        return Err(Problem::bad_request(format!(
+            "{field} must be 1..={max} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /v1/tenants/{tenant}/workflow-executions`: records an orchestration run
+/// (`tenant_id` is the path's tenant). Platform admins only.
+pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "workflow-executions")
+        .and(warp::post())
+        .and(principal(s))
+        .and(json_body::<WorkflowBody>(s))
+        .and(with(s))
+        .then(|t: String, who: Who, b: WorkflowBody, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if sc.access != Access::Admin {
+                        return Err(Problem::forbidden());
+                    }
+                    check_len("execution_id", &b.execution_id, 100)?;
+                    check_len("workflow_name", &b.workflow_name, 200)?;
+                    check_len("initiated_by", &b.initiated_by, 100)?;
+                    if let Some(tags) = &b.tags {
+                        check_len("tags", tags, 500)?;
+                    }
+                    if !WORKFLOW_STATUSES.contains(&b.status.as_str()) {
+                        return Err(Problem::bad_request("status must be Pending, Running, Completed or Failed"));
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO workflow_executions (execution_id, tenant_id, workflow_name, status, \
+                         workflow_definition_json, initiated_by, tags) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         RETURNING to_jsonb(workflow_executions.*)",
+                    )
+                    .bind(&b.execution_id)
+                    .bind(sc.tenant.id.to_string())
+                    .bind(&b.workflow_name)
+                    .bind(&b.status)
+                    .bind(&b.workflow_definition_json)
+                    .bind(&b.initiated_by)
+                    .bind(&b.tags)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    Ok(json_reply(StatusCode::CREATED, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, "workflows.create", f)
+}

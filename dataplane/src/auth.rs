@@ -1,0 +1,218 @@
+//! Bearer JWT authentication.
+//!
+//! Accepted: HS256 signed with the configured shared secret, and RS256/ES256 signed by a
+//! key from the configured JWKS file (chosen by `kid`; a token without `kid` is tried
+//! against the keys of its algorithm). The algorithm decides the key family, so a
+//! public key can never be used as an HMAC secret. `exp`, `iss` and `aud` are required;
+//! `nbf` is checked when present; `leeway_secs` of clock skew is allowed.
+//!
+//! Claims: `sub` = user id (UUID), `role` = the spec's `UserRole` (number 0–5 or its
+//! name), `school_id` = UUID, absent for self-service users.
+
+use std::path::Path;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::AuthSettings;
+
+/// The storage spec's `UserRole` (`users.role`, 0–5). The spec names the enum but not its
+/// members; this mapping is ours and is documented in `docs/dataplane.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(i32)]
+pub enum UserRole {
+    Student = 0,
+    Teacher = 1,
+    SchoolAdmin = 2,
+    CourseAdmin = 3,
+    BusinessAdmin = 4,
+    SystemAdmin = 5,
+}
+
+impl UserRole {
+    pub const ALL: [UserRole; 6] = [
+        UserRole::Student,
+        UserRole::Teacher,
+        UserRole::SchoolAdmin,
+        UserRole::CourseAdmin,
+        UserRole::BusinessAdmin,
+        UserRole::SystemAdmin,
+    ];
+
+    pub fn from_i32(n: i32) -> Option<UserRole> {
+        UserRole::ALL.into_iter().find(|r| *r as i32 == n)
+    }
+
+    pub fn from_name(s: &str) -> Option<UserRole> {
+        UserRole::ALL
+            .into_iter()
+            .find(|r| format!("{r:?}").eq_ignore_ascii_case(s))
+    }
+
+    /// System and business admins reach every tenant (spec 3.2: "bypass all filters").
+    pub fn is_platform_admin(self) -> bool {
+        matches!(self, UserRole::SystemAdmin | UserRole::BusinessAdmin)
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub role: UserRole,
+    pub school_id: Option<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid token")]
+    Invalid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read JWKS file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("JWKS file {0} is not a valid key set")]
+    Parse(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RoleClaim {
+    Number(i32),
+    Name(String),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    role: RoleClaim,
+    #[serde(default)]
+    school_id: Option<String>,
+}
+
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies bearer tokens. Built once at startup.
+pub struct Authenticator {
+    hs256: Option<DecodingKey>,
+    keys: Vec<Key>,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+}
+
+impl Authenticator {
+    pub fn from_settings(s: &AuthSettings) -> Result<Self, KeyError> {
+        let keys = match &s.jwks_file {
+            Some(path) => load_jwks(path)?,
+            None => Vec::new(),
+        };
+        Ok(Authenticator {
+            hs256: s
+                .hs256_secret
+                .as_ref()
+                .map(|k| DecodingKey::from_secret(k.expose().as_bytes())),
+            keys,
+            issuer: s.issuer.clone(),
+            audience: s.audience.clone(),
+            leeway: s.leeway_secs,
+        })
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.leeway = self.leeway;
+        v
+    }
+
+    /// Checks an `Authorization` header value and returns the principal.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(AuthError::Missing)?
+            .trim();
+        let head = decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let claims = match head.alg {
+            Algorithm::HS256 => {
+                let key = self.hs256.as_ref().ok_or(AuthError::Invalid)?;
+                decode::<Claims>(token, key, &self.validation(Algorithm::HS256))
+                    .map_err(|_| AuthError::Invalid)?
+                    .claims
+            }
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
+                let candidates = self.keys.iter().filter(|k| {
+                    k.alg == alg && (head.kid.is_none() || k.kid.as_deref() == head.kid.as_deref())
+                });
+                let validation = self.validation(alg);
+                let mut found = None;
+                for k in candidates {
+                    if let Ok(data) = decode::<Claims>(token, &k.key, &validation) {
+                        found = Some(data.claims);
+                        break;
+                    }
+                }
+                found.ok_or(AuthError::Invalid)?
+            }
+            _ => return Err(AuthError::Invalid),
+        };
+        principal(claims)
+    }
+}
+
+fn principal(c: Claims) -> Result<Principal, AuthError> {
+    let user_id = Uuid::parse_str(&c.sub).map_err(|_| AuthError::Invalid)?;
+    let role = match c.role {
+        RoleClaim::Number(n) => UserRole::from_i32(n),
+        RoleClaim::Name(s) => UserRole::from_name(&s),
+    }
+    .ok_or(AuthError::Invalid)?;
+    let school_id = match c.school_id.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(Uuid::parse_str(s).map_err(|_| AuthError::Invalid)?),
+    };
+    Ok(Principal {
+        user_id,
+        role,
+        school_id,
+    })
+}
+
+fn load_jwks(path: &Path) -> Result<Vec<Key>, KeyError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read(shown.clone(), e))?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|_| KeyError::Parse(shown.clone()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+            (AlgorithmParameters::RSA(_), None) => Algorithm::RS256,
+            (AlgorithmParameters::EllipticCurve(_), None) => Algorithm::ES256,
+            (_, Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+            (_, Some(KeyAlgorithm::ES256)) => Algorithm::ES256,
+            _ => continue, // only RS256/ES256 keys are used from a JWKS
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| KeyError::Parse(shown.clone()))?;
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key,
+        });
+    }
+    Ok(keys)
+}

@@ -1,0 +1,301 @@
+//! Redis: the read cache (spec 4.2), sessions and attempt locks.
+//!
+//! Cache-aside: a read looks in Redis, loads from PostgreSQL on a miss and stores the
+//! value with the spec's TTL. Keys are `edumind:{tenant}:{seed key}`.
+//!
+//! * **No stampede**: one load per key at a time in this process (single flight); the
+//!   others wait and re-read.
+//! * **Redis down**: every command has a short timeout; a failed read goes to PostgreSQL
+//!   and the caller never sees an error.
+//! * **No stale values after an outage**: an invalidation that fails is remembered
+//!   (pending set). While anything is pending this process does not read from Redis at all;
+//!   once Redis answers again the pending keys are deleted first, then reads resume.
+//!   A load that raced with an invalidation of its key does not store its (possibly
+//!   stale) result.
+//!   Limit: another replica that did not see the failed invalidation can serve the old
+//!   value until its TTL ends; `docs/dataplane.md` describes this.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::tenants::TenantId;
+
+pub const PROGRESS_TTL: Duration = Duration::from_secs(5 * 60);
+pub const ASSESSMENT_META_TTL: Duration = Duration::from_secs(15 * 60);
+pub const ROSTER_TTL: Duration = Duration::from_secs(10 * 60);
+pub const COURSE_QUESTIONS_TTL: Duration = Duration::from_secs(60 * 60);
+pub const SESSION_TTL: Duration = Duration::from_secs(30 * 60);
+pub const LOCK_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// `edumind:{tenant}:{seed}`.
+pub fn key(tenant: &TenantId, seed: &str) -> String {
+    format!("edumind:{tenant}:{seed}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache unavailable")]
+    Unavailable,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Flight {
+    gate: tokio::sync::Mutex<()>,
+    invalidated: AtomicBool,
+}
+
+pub struct Cache {
+    conn: ConnectionManager,
+    timeout: Duration,
+    pending: Mutex<HashSet<String>>,
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Cache {
+    /// Connects lazily: the service starts (and serves from PostgreSQL) while Redis is down.
+    pub fn new(url: &Secret, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let client =
+            redis::Client::open(url.expose()).map_err(|_| "invalid redis url".to_owned())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|_| "cannot set up redis connection".to_owned())?;
+        Ok(Cache {
+            conn,
+            timeout,
+            pending: Mutex::new(HashSet::new()),
+            flights: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    async fn run<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, CacheError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(CacheError::Unavailable),
+        }
+    }
+
+    /// Whether Redis answers a PING now.
+    pub async fn ping(&self) -> bool {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .is_ok()
+    }
+
+    /// Deletes invalidations missed while Redis was unreachable. True when nothing is
+    /// pending any more, i.e. reading from Redis is safe again.
+    async fn settle(&self) -> bool {
+        let keys: Vec<String> = lock(&self.pending).iter().cloned().collect();
+        if keys.is_empty() {
+            return true;
+        }
+        let sent = keys.clone();
+        if self
+            .run(|mut c| async move { c.del::<_, i64>(sent).await })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut pending = lock(&self.pending);
+        for k in &keys {
+            pending.remove(k);
+        }
+        pending.is_empty()
+    }
+
+    /// The cached value of `key`, or `load()`'s, stored for `ttl`. `kind` labels metrics.
+    pub async fn get_or_load<E, F, Fut>(
+        &self,
+        kind: &str,
+        key: &str,
+        ttl: Duration,
+        load: F,
+    ) -> Result<String, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, E>>,
+    {
+        if !self.settle().await {
+            self.metrics.cache_event(kind, "bypass");
+            return load().await;
+        }
+        match self.get(key).await {
+            Ok(Some(v)) => {
+                self.metrics.cache_event(kind, "hit");
+                return Ok(v);
+            }
+            Ok(None) => {}
+            Err(_) => {
+                self.metrics.cache_event(kind, "error");
+                return load().await;
+            }
+        }
+        let flight = {
+            let mut flights = lock(&self.flights);
+            flights
+                .entry(key.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Flight {
+                        gate: tokio::sync::Mutex::new(()),
+                        invalidated: AtomicBool::new(false),
+                    })
+                })
+                .clone()
+        };
+        let _gate = flight.gate.lock().await;
+        // Someone else may have loaded it while we waited.
+        if let Ok(Some(v)) = self.get(key).await {
+            self.metrics.cache_event(kind, "hit");
+            return Ok(v);
+        }
+        self.metrics.cache_event(kind, "miss");
+        flight.invalidated.store(false, Ordering::SeqCst);
+        let result = load().await;
+        if let Ok(v) = &result
+            && !flight.invalidated.load(Ordering::SeqCst)
+            && lock(&self.pending).is_empty()
+        {
+            let (k, v, ms) = (key.to_owned(), v.clone(), ttl.as_millis() as u64);
+            let _ = self
+                .run(|mut c| async move { c.pset_ex::<_, _, ()>(k, v, ms).await })
+                .await;
+        }
+        {
+            let mut flights = lock(&self.flights);
+            if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(key);
+            }
+        }
+        result
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let k = key.to_owned();
+        self.run(|mut c| async move { c.get::<_, Option<String>>(k).await })
+            .await
+    }
+
+    /// Drops cached values after a write. Never fails: a key Redis could not delete is
+    /// remembered and deleted before this process reads from Redis again.
+    pub async fn invalidate(&self, keys: &[String]) {
+        {
+            let flights = lock(&self.flights);
+            for k in keys {
+                if let Some(f) = flights.get(k) {
+                    f.invalidated.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        let sent = keys.to_vec();
+        if self
+            .run(|mut c| async move { c.del::<_, i64>(sent).await })
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                keys = keys.len(),
+                "cache invalidation failed; deferred until Redis returns"
+            );
+            lock(&self.pending).extend(keys.iter().cloned());
+        }
+    }
+
+    /// Number of invalidations waiting for Redis to come back.
+    pub fn pending_invalidations(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    // ---- sessions: `session:{userId}`, 30-minute sliding expiry ----
+
+    pub async fn session_put(&self, key: &str, value: &str) -> Result<(), CacheError> {
+        let (k, v, ms) = (
+            key.to_owned(),
+            value.to_owned(),
+            SESSION_TTL.as_millis() as u64,
+        );
+        self.run(|mut c| async move { c.pset_ex::<_, _, ()>(k, v, ms).await })
+            .await
+    }
+
+    /// Reads a session and slides its expiry (GETEX ... PX in one command).
+    pub async fn session_touch(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let k = key.to_owned();
+        let ms = SESSION_TTL.as_millis() as u64;
+        self.run(|mut c| async move {
+            redis::cmd("GETEX")
+                .arg(k)
+                .arg("PX")
+                .arg(ms)
+                .query_async::<Option<String>>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub async fn session_delete(&self, key: &str) -> Result<bool, CacheError> {
+        let k = key.to_owned();
+        self.run(|mut c| async move { c.del::<_, i64>(k).await })
+            .await
+            .map(|n| n > 0)
+    }
+
+    // ---- locks: `lock:assessment:{attemptId}` ----
+
+    /// SET NX PX; returns the owner token when acquired.
+    pub async fn lock_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, CacheError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let (k, t, ms) = (key.to_owned(), token.clone(), ttl.as_millis() as u64);
+        let ok: Option<String> = self
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(t)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(ok.map(|_| token))
+    }
+
+    /// Deletes the lock only if `token` still owns it (compare-and-delete in one script).
+    pub async fn lock_release(&self, key: &str, token: &str) -> Result<bool, CacheError> {
+        static SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+        let (k, t) = (key.to_owned(), token.to_owned());
+        self.run(|mut c| async move {
+            redis::Script::new(SCRIPT)
+                .key(k)
+                .arg(t)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(|n| n == 1)
+    }
+}

@@ -1,0 +1,271 @@
+//! Layered configuration: built-in defaults, then an optional TOML file, then environment
+//! variables `EDUMIND_DP__SECTION__KEY` (double underscore separates levels). Environment
+//! values are read as TOML scalars when they parse as one (`8080`, `true`), otherwise as
+//! strings; quote a value (`'"123"'`) to force a string.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The prefix of every environment variable that configures the service.
+pub const ENV_PREFIX: &str = "EDUMIND_DP__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// Directory of Secret-shaped YAML files, one per tenant.
+    pub tenants_dir: PathBuf,
+    /// How often the tenant directory is re-read, in milliseconds.
+    pub tenant_poll_ms: u64,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: u64,
+    /// Seconds in-flight requests get to finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+    pub redis: RedisSettings,
+    pub pool: PoolSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port[/db]`; a secret because it may carry a password.
+    pub url: Secret,
+    /// Longest wait for one Redis command before the cache is treated as down.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    /// Connections the data plane may hold open on one PostgreSQL server, all tenants together.
+    pub server_budget: usize,
+    /// Connections one tenant may hold at once (fairness between tenants).
+    pub per_tenant_max: usize,
+    /// Longest wait for a connection before answering 503 with `Retry-After`.
+    pub acquire_timeout_ms: u64,
+    /// An idle connection older than this is closed.
+    pub idle_timeout_secs: u64,
+    /// Most tenant entries kept in the pool cache.
+    pub max_cached_tenants: usize,
+    /// Longest wait for PostgreSQL to accept a new connection.
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// HS256 shared secret; HS256 tokens are refused when absent.
+    pub hs256_secret: Option<Secret>,
+    /// JWKS file with the RS256/ES256 public keys (production: the OIDC provider's keys).
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tenants_dir: PathBuf::from("/etc/edumind/tenants"),
+            tenant_poll_ms: 2000,
+            max_body_bytes: 64 * 1024,
+            shutdown_grace_secs: 20,
+            redis: RedisSettings::default(),
+            pool: PoolSettings::default(),
+            auth: AuthSettings::default(),
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            timeout_ms: 250,
+        }
+    }
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            server_budget: 50,
+            per_tenant_max: 5,
+            acquire_timeout_ms: 2000,
+            idle_timeout_secs: 60,
+            max_cached_tenants: 10_000,
+            connect_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            issuer: "https://auth.edumind.ai".into(),
+            audience: "edumind-dataplane".into(),
+            hs256_secret: None,
+            jwks_file: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, overlaid by `file` (when given), overlaid by the `EDUMIND_DP__*` variables in `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut root = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            // The parser's message may quote the offending line, which could hold a secret:
+            // report only where the error is.
+            root = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: match e.span() {
+                        Some(span) => format!("syntax error at byte {}", span.start),
+                        None => "syntax error".into(),
+                    },
+                })?;
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            insert_path(&mut root, &path, env_value(&value))?;
+        }
+        let settings: Settings = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.pool.server_budget == 0 || self.pool.per_tenant_max == 0 {
+            return Err(ConfigError::Invalid(
+                "pool budgets must be at least 1".into(),
+            ));
+        }
+        if self.auth.hs256_secret.is_none() && self.auth.jwks_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "auth needs hs256_secret or jwks_file, or no token could ever be accepted".into(),
+            ));
+        }
+        if let Some(s) = &self.auth.hs256_secret
+            && s.expose().len() < 32
+        {
+            return Err(ConfigError::Invalid(
+                "auth.hs256_secret must be at least 32 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn insert_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+) -> Result<(), ConfigError> {
+    match path {
+        [] => Err(ConfigError::Invalid("empty environment key".into())),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => insert_path(t, rest, value),
+                _ => Err(ConfigError::Invalid(format!("{first} is not a section"))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dp.toml");
+        std::fs::write(
+            &file,
+            "tenant_poll_ms = 500\n[pool]\nserver_budget = 7\nper_tenant_max = 3\n[auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[("EDUMIND_DP__POOL__SERVER_BUDGET", "9"), ("UNRELATED", "x")]),
+        )
+        .unwrap();
+        assert_eq!(s.tenant_poll_ms, 500); // file
+        assert_eq!(s.pool.server_budget, 9); // env beats file
+        assert_eq!(s.pool.per_tenant_max, 3); // file
+        assert_eq!(s.pool.idle_timeout_secs, 60); // default
+        assert!(
+            !format!("{s:?}").contains("0123456789abcdef"),
+            "Debug must redact secrets"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_missing_auth() {
+        let err = Settings::load(None, env(&[("EDUMIND_DP__POOL__BUDGETT", "3")])).unwrap_err();
+        assert!(err.to_string().contains("budgett"), "{err}");
+        let err = Settings::load(None, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("hs256_secret"), "{err}");
+    }
+}

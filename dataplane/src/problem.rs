@@ -1,0 +1,160 @@
+//! RFC 9457 problem details: every failure the service answers with is one of these.
+
+use serde::Serialize;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+
+/// An `application/problem+json` reply. `detail` is written for the caller and never holds
+/// secrets, SQL or internal error text.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &str) -> Self {
+        Problem {
+            kind: format!("https://edumind.ai/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request").with_detail(detail)
+    }
+
+    pub fn unauthorized() -> Self {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Missing or invalid bearer token",
+        )
+    }
+
+    pub fn forbidden() -> Self {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Your role may not do this",
+        )
+    }
+
+    /// The one reply for "does not exist" and "exists but is not yours": identical bytes.
+    pub fn not_found() -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").with_detail(detail)
+    }
+
+    pub fn unavailable(retry_after_secs: u64, detail: impl Into<String>) -> Self {
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Temporarily unavailable",
+        )
+        .with_detail(detail);
+        p.retry_after = Some(retry_after_secs);
+        p
+    }
+
+    /// A failure on our side; the cause is logged by the caller, not sent.
+    pub fn internal() -> Self {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl warp::Reply for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut res = Response::new(body.into());
+        *res.status_mut() = self.status_code();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if self.status == 401 {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// Turns warp's rejections (the route did not match, or its extractors refused the
+/// request) into problem replies. Business errors never get here: handlers reply with a
+/// [`Problem`] themselves.
+pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
+    use warp::Reply;
+    let problem = if rejection.is_not_found() {
+        Problem::not_found()
+    } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        Problem::bad_request(format!("invalid JSON body: {e}"))
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body too large",
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        Problem::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length-required",
+            "Content-Length required",
+        )
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Send application/json",
+        )
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        Problem::bad_request("invalid query string")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+        )
+    } else if rejection.find::<warp::reject::InvalidHeader>().is_some()
+        || rejection.find::<warp::reject::MissingHeader>().is_some()
+    {
+        Problem::bad_request("invalid or missing header")
+    } else {
+        tracing::warn!(?rejection, "unhandled rejection");
+        Problem::internal()
+    };
+    Ok(problem.into_response())
+}

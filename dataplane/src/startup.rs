@@ -1,0 +1,156 @@
+//! Building and running the server. [`Application::build`] binds the listener (port 0 →
+//! a free port, which tests read with [`Application::port`]) and starts the background
+//! tasks; [`Application::run_until_stopped`] serves until the shutdown future resolves,
+//! then lets in-flight requests finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api;
+use crate::auth::Authenticator;
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::pool::PoolManager;
+use crate::tenants::{FileTenantSource, TenantDirectory};
+
+/// Everything a request handler needs.
+pub struct State {
+    pub settings: Settings,
+    pub directory: TenantDirectory,
+    pub pools: PoolManager,
+    pub auth: Authenticator,
+    pub cache: Cache,
+    pub metrics: Arc<Metrics>,
+}
+
+pub type Ctx = Arc<State>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+    #[error("auth keys: {0}")]
+    Keys(#[from] crate::auth::KeyError),
+    #[error("tenant directory: {0}")]
+    Tenants(#[from] crate::tenants::SourceError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Application {
+    port: u16,
+    listener: tokio::net::TcpListener,
+    state: Ctx,
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
+        let auth = Authenticator::from_settings(&settings.auth)?;
+        let cache = Cache::new(
+            &settings.redis.url,
+            Duration::from_millis(settings.redis.timeout_ms),
+            metrics.clone(),
+        )
+        .map_err(StartError::Other)?;
+        let directory = TenantDirectory::default();
+        let source = FileTenantSource {
+            dir: settings.tenants_dir.clone(),
+        };
+        directory.refresh_once(&source).await?;
+        let pools = PoolManager::new(settings.pool.clone());
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartError::Bind(settings.listen, e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(settings.listen, e))?
+            .port();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let forget = pools.clone();
+        let tasks = vec![
+            directory.spawn_poller(
+                source,
+                Duration::from_millis(settings.tenant_poll_ms),
+                move |changes| {
+                    for id in changes.removed.iter().chain(&changes.changed) {
+                        forget.forget(id);
+                    }
+                },
+                shutdown_rx.clone(),
+            ),
+            pools.spawn_reaper(shutdown_rx),
+        ];
+        let state = Arc::new(State {
+            settings,
+            directory,
+            pools,
+            auth,
+            cache,
+            metrics,
+        });
+        Ok(Application {
+            port,
+            listener,
+            state,
+            shutdown_tx,
+            tasks,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> Ctx {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
+    /// finish (up to `shutdown_grace_secs`) and stops the background tasks.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let grace = Duration::from_secs(self.state.settings.shutdown_grace_secs);
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = warp::serve(api::routes(self.state.clone()))
+            .incoming(self.listener)
+            .graceful(async move {
+                shutdown.await;
+                let _ = stopping_tx.send(());
+            })
+            .run();
+        tokio::pin!(server);
+        tokio::select! {
+            _ = &mut server => {}
+            _ = async { let _ = stopping_rx.await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("grace period over; dropping remaining connections");
+            }
+        }
+        let _ = self.shutdown_tx.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,450 @@
+//! The tenant directory: which schools exist and how to reach their databases.
+//!
+//! Tenants come from the connection Secrets the operator writes (design brief, "Connection
+//! Secret"). A [`TenantSource`] produces the current set; [`TenantDirectory`] polls it,
+//! publishes an immutable snapshot, and tells the pool manager which tenants vanished or
+//! rotated their credentials so their connections are closed without a restart.
+//!
+//! The seam: [`FileTenantSource`] reads a directory of Secret-shaped YAML files (a mounted
+//! projection, or tests). An in-cluster source listing the labelled Secrets through the
+//! Kubernetes API implements the same trait; nothing else changes.
+//!
+//! Self-service marker: the shared self-service database's Secret carries the label
+//! `edumind.ai/tenant: selfservice` (and no school-id label).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::secret::Secret;
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "edumind-operator";
+pub const SCHOOL_ID_LABEL: &str = "edumind.ai/school-id";
+pub const SCHOOL_CODE_LABEL: &str = "edumind.ai/school-code";
+pub const TENANT_LABEL: &str = "edumind.ai/tenant";
+pub const SELF_SERVICE_VALUE: &str = "selfservice";
+
+/// A tenant: one school, or the shared self-service database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TenantId {
+    School(Uuid),
+    SelfService,
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TenantId::School(id) => write!(f, "{id}"),
+            TenantId::SelfService => f.write_str(SELF_SERVICE_VALUE),
+        }
+    }
+}
+
+impl std::str::FromStr for TenantId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s == SELF_SERVICE_VALUE {
+            Ok(TenantId::SelfService)
+        } else {
+            Uuid::parse_str(s).map(TenantId::School).map_err(|_| ())
+        }
+    }
+}
+
+/// How to reach one tenant's database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub code: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub username: String,
+    pub password: Secret,
+}
+
+impl Tenant {
+    /// The PostgreSQL server this tenant lives on; connection budgets are per server.
+    pub fn server_key(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Changes whenever anything needed to connect changes (password rotation included),
+    /// without revealing the password.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            &self.host,
+            &self.port.to_string(),
+            &self.dbname,
+            &self.username,
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.update(self.password.expose().as_bytes());
+        hex::encode(&h.finalize()[..12])
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read tenant directory {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// Where tenants come from. Implementations return the complete current set; entries
+/// that cannot be used are skipped (and logged without their contents).
+pub trait TenantSource: Send + Sync + 'static {
+    fn snapshot(&self) -> impl Future<Output = Result<Vec<Tenant>, SourceError>> + Send;
+}
+
+/// Reads `*.yaml`, `*.yml` and `*.json` Secret manifests from one directory.
+#[derive(Debug, Clone)]
+pub struct FileTenantSource {
+    pub dir: PathBuf,
+}
+
+impl TenantSource for FileTenantSource {
+    async fn snapshot(&self) -> Result<Vec<Tenant>, SourceError> {
+        let mut out = Vec::new();
+        let mut entries = tokio::fs::read_dir(&self.dir)
+            .await
+            .map_err(|e| SourceError::Io(self.dir.clone(), e))?;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| SourceError::Io(self.dir.clone(), e))?
+        {
+            let path = entry.path();
+            let wanted = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            );
+            if !wanted {
+                continue;
+            }
+            let text = match tokio::fs::read_to_string(&path).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read tenant secret");
+                    continue;
+                }
+            };
+            match parse_secret(&text) {
+                Ok(Some(t)) => out.push(t),
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(file = %path.display(), reason, "skipping tenant secret")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Deserialize)]
+struct SecretManifest {
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    data: HashMap<String, String>,
+    #[serde(default, rename = "stringData")]
+    string_data: HashMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    #[serde(default)]
+    labels: HashMap<String, String>,
+}
+
+/// Parses one Secret manifest. `Ok(None)`: a Secret that is not ours (not managed by the
+/// operator). `Err` carries a reason that never includes a value from the Secret.
+pub fn parse_secret(text: &str) -> Result<Option<Tenant>, &'static str> {
+    let m: SecretManifest = serde_yaml_ng::from_str(text).map_err(|_| "not a valid manifest")?;
+    if m.kind.as_deref() != Some("Secret") {
+        return Err("kind is not Secret");
+    }
+    if m.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        return Ok(None);
+    }
+    let id = if m.metadata.labels.get(TENANT_LABEL).map(String::as_str) == Some(SELF_SERVICE_VALUE)
+    {
+        TenantId::SelfService
+    } else {
+        let raw = m
+            .metadata
+            .labels
+            .get(SCHOOL_ID_LABEL)
+            .ok_or("no school-id label")?;
+        TenantId::School(Uuid::parse_str(raw).map_err(|_| "school-id label is not a UUID")?)
+    };
+    let get = |key: &str| -> Result<String, &'static str> {
+        if let Some(v) = m.string_data.get(key) {
+            return Ok(v.clone());
+        }
+        let raw = m.data.get(key).ok_or("a required key is missing")?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim())
+            .map_err(|_| "a data value is not base64")?;
+        String::from_utf8(bytes).map_err(|_| "a data value is not UTF-8")
+    };
+    let port = get("port")?
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| "port is not a number")?;
+    Ok(Some(Tenant {
+        id,
+        code: m.metadata.labels.get(SCHOOL_CODE_LABEL).cloned(),
+        host: get("host")?,
+        port,
+        dbname: get("dbname")?,
+        username: get("username")?,
+        password: Secret::new(get("password")?),
+    }))
+}
+
+/// What changed between two snapshots, for the pool manager.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<TenantId>,
+    pub removed: Vec<TenantId>,
+    /// Same tenant, different connection details (e.g. a rotated password).
+    pub changed: Vec<TenantId>,
+}
+
+type Snapshot = Arc<HashMap<TenantId, Arc<Tenant>>>;
+
+/// The current tenant set, refreshed in the background.
+#[derive(Clone)]
+pub struct TenantDirectory {
+    current: Arc<RwLock<Snapshot>>,
+}
+
+impl Default for TenantDirectory {
+    fn default() -> Self {
+        TenantDirectory {
+            current: Arc::new(RwLock::new(Arc::new(HashMap::new()))),
+        }
+    }
+}
+
+impl TenantDirectory {
+    pub fn get(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        self.snapshot().get(id).cloned()
+    }
+
+    /// Every tenant, in no particular order.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        self.snapshot().values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the tenant set; returns what changed. Duplicate ids keep the first entry.
+    pub fn replace(&self, tenants: Vec<Tenant>) -> Changes {
+        let mut next: HashMap<TenantId, Arc<Tenant>> = HashMap::new();
+        for t in tenants {
+            if next.contains_key(&t.id) {
+                tracing::warn!(tenant = %t.id, "two Secrets name the same tenant; keeping one");
+                continue;
+            }
+            next.insert(t.id, Arc::new(t));
+        }
+        let old = self.snapshot();
+        let mut changes = Changes::default();
+        for (id, t) in &next {
+            match old.get(id) {
+                None => changes.added.push(*id),
+                Some(o) if o.fingerprint() != t.fingerprint() => changes.changed.push(*id),
+                Some(_) => {}
+            }
+        }
+        changes.removed = old
+            .keys()
+            .filter(|id| !next.contains_key(id))
+            .copied()
+            .collect();
+        changes.added.sort();
+        changes.removed.sort();
+        changes.changed.sort();
+        let next = Arc::new(next);
+        match self.current.write() {
+            Ok(mut g) => *g = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        changes
+    }
+
+    /// Loads once, then keeps polling `source` every `every` until `shutdown` fires;
+    /// `on_change` hears about removed and rotated tenants. A failed poll keeps the last
+    /// known set (a transient read error must not drop every tenant).
+    pub async fn refresh_once<S: TenantSource>(&self, source: &S) -> Result<Changes, SourceError> {
+        let tenants = source.snapshot().await?;
+        Ok(self.replace(tenants))
+    }
+
+    pub fn spawn_poller<S, F>(
+        &self,
+        source: S,
+        every: Duration,
+        mut on_change: F,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        S: TenantSource,
+        F: FnMut(&Changes) + Send + 'static,
+    {
+        let dir = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => return,
+                }
+                match dir.refresh_once(&source).await {
+                    Ok(changes) => {
+                        if changes != Changes::default() {
+                            tracing::info!(
+                                added = changes.added.len(),
+                                removed = changes.removed.len(),
+                                changed = changes.changed.len(),
+                                "tenant directory changed"
+                            );
+                            on_change(&changes);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "tenant directory poll failed"),
+                }
+            }
+        })
+    }
+}
+
+/// Writes a Secret manifest in the operator's shape (tests and local setups use it).
+pub fn secret_manifest(tenant: &Tenant) -> String {
+    let mut labels = format!("    {MANAGED_BY_LABEL}: {MANAGED_BY_VALUE}\n");
+    match tenant.id {
+        TenantId::School(id) => labels.push_str(&format!("    {SCHOOL_ID_LABEL}: \"{id}\"\n")),
+        TenantId::SelfService => {
+            labels.push_str(&format!("    {TENANT_LABEL}: {SELF_SERVICE_VALUE}\n"))
+        }
+    }
+    if let Some(code) = &tenant.code {
+        labels.push_str(&format!("    {SCHOOL_CODE_LABEL}: {}\n", yaml_str(code)));
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let uri = format!(
+        "postgresql://{}:{}@{}:{}/{}",
+        tenant.username,
+        tenant.password.expose(),
+        tenant.host,
+        tenant.port,
+        tenant.dbname
+    );
+    let data = vec![
+        ("username", tenant.username.clone()),
+        ("user", tenant.username.clone()),
+        ("password", tenant.password.expose().to_owned()),
+        ("host", tenant.host.clone()),
+        ("port", tenant.port.to_string()),
+        ("dbname", tenant.dbname.clone()),
+        ("uri", uri),
+    ];
+    let mut body = String::new();
+    for (k, v) in data {
+        body.push_str(&format!("  {k}: {}\n", b64(&v)));
+    }
+    format!(
+        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/basic-auth\nmetadata:\n  name: tenant-{}\n  labels:\n{labels}data:\n{body}",
+        tenant.id
+    )
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Where a file source keeps a tenant's manifest (one file per tenant).
+pub fn manifest_path(dir: &Path, id: &TenantId) -> PathBuf {
+    dir.join(format!("{id}.yaml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: TenantId, password: &str) -> Tenant {
+        Tenant {
+            id,
+            code: Some("A \"b\" é".into()),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            dbname: "edumind_school_x".into(),
+            username: "school_x".into(),
+            password: Secret::new(password),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_marks_self_service() {
+        let school = tenant(TenantId::School(Uuid::new_v4()), "pw1");
+        assert_eq!(
+            parse_secret(&secret_manifest(&school)).unwrap(),
+            Some(school.clone())
+        );
+        let ss = tenant(TenantId::SelfService, "pw2");
+        assert_eq!(
+            parse_secret(&secret_manifest(&ss)).unwrap().unwrap().id,
+            TenantId::SelfService
+        );
+    }
+
+    #[test]
+    fn skips_foreign_and_reports_broken_without_values() {
+        let foreign = "kind: Secret\nmetadata:\n  labels:\n    app: other\ndata: {}\n";
+        assert_eq!(parse_secret(foreign).unwrap(), None);
+        let broken = "kind: Secret\nmetadata:\n  labels:\n    app.kubernetes.io/managed-by: edumind-operator\n    edumind.ai/school-id: not-a-uuid\n";
+        assert_eq!(
+            parse_secret(broken).unwrap_err(),
+            "school-id label is not a UUID"
+        );
+    }
+
+    #[test]
+    fn replace_reports_added_removed_and_rotated() {
+        let dir = TenantDirectory::default();
+        let a = tenant(TenantId::School(Uuid::new_v4()), "old");
+        let b = tenant(TenantId::School(Uuid::new_v4()), "b");
+        let c = dir.replace(vec![a.clone(), b.clone()]);
+        assert_eq!(c.added.len(), 2);
+        let a2 = tenant(a.id, "new");
+        let c = dir.replace(vec![a2]);
+        assert_eq!(c.changed, vec![a.id]);
+        assert_eq!(c.removed, vec![b.id]);
+        assert_eq!(dir.get(&a.id).unwrap().password.expose(), "new");
+    }
+}

@@ -1,0 +1,414 @@
+//! Real HTTP against the bound port; real PostgreSQL and Redis from the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+use uuid::Uuid;
+
+async fn fixture() -> Fixture {
+    Fixture::start(edumind_tests::redis().await.url()).await
+}
+
+#[tokio::test]
+async fn every_role_against_every_endpoint() {
+    let f = fixture().await;
+    let (a, b) = (&f.a, &f.b);
+    let sa = a.school_id.unwrap();
+    let ta = sa.to_string();
+    let (stu_user, stu_id) = a.students[0];
+    let (_, other_stu) = a.students[1];
+    let ss_user = f.ss.students[0].0;
+    let tokens = [
+        ("student", token(stu_user, 0, Some(sa))),
+        ("teacher", token(a.teacher_user, 1, Some(sa))),
+        ("school_admin", token(a.admin_user, 2, Some(sa))),
+        ("course_admin", token(Uuid::new_v4(), 3, None)),
+        ("business_admin", token(Uuid::new_v4(), 4, None)),
+        ("system_admin", token(Uuid::new_v4(), 5, None)),
+        ("selfservice", token(ss_user, 0, None)),
+        ("teacher_of_b", token(b.teacher_user, 1, b.school_id)),
+    ];
+    let endpoints: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", format!("/v1/tenants/{ta}/school"), None),
+        ("GET", format!("/v1/tenants/{ta}/students"), None),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/students/{stu_id}/progress"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/students/{other_stu}/progress"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/classes/{}/roster", a.class_id),
+            None,
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/classes/{}/roster", a.class_id),
+            Some(json!({"student_ids": [stu_id, other_stu]})),
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/courses/{COURSE}/questions"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/assessments/{ASSESSMENT}"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/{ta}/attempts"),
+            Some(json!({"assessment_id": ASSESSMENT})),
+        ),
+        ("GET", format!("/v1/tenants/{ta}/workflow-executions"), None),
+    ];
+    // Expected status per endpoint row, columns in `tokens` order.
+    let expected: [[u16; 8]; 10] = [
+        //st  te   sa   ca   ba   sy   ss   tb
+        [200, 200, 200, 403, 200, 200, 404, 404], // school
+        [200, 200, 200, 403, 200, 200, 404, 404], // students (student: only self)
+        [200, 200, 200, 403, 200, 200, 404, 404], // own progress
+        [404, 200, 200, 403, 200, 200, 404, 404], // another student's progress
+        [403, 200, 200, 403, 200, 200, 404, 404], // roster
+        [403, 200, 200, 403, 200, 200, 404, 404], // roster put
+        [200, 200, 200, 200, 200, 200, 404, 404], // course questions
+        [200, 200, 200, 200, 200, 200, 404, 404], // assessment meta
+        [201, 403, 403, 403, 403, 403, 404, 404], // start attempt
+        [403, 403, 403, 403, 200, 200, 404, 404], // workflow list
+    ];
+    let mut failures = Vec::new();
+    for (row, (method, path, body)) in endpoints.iter().enumerate() {
+        for (col, (name, tok)) in tokens.iter().enumerate() {
+            let (status, v, headers) = f.call(method, path, Some(tok), body.clone()).await;
+            if status != expected[row][col] {
+                failures.push(format!("{name} {method} {path}: {status} {v}"));
+            }
+            if status >= 400 {
+                assert_eq!(
+                    headers["content-type"], "application/problem+json",
+                    "{path}"
+                );
+            }
+        }
+        // No token at all: 401 everywhere.
+        let (status, v, headers) = f.call(method, path, None, body.clone()).await;
+        assert_eq!(status, 401, "{path}: {v}");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+    }
+    assert!(
+        failures.is_empty(),
+        "unexpected statuses:\n{}",
+        failures.join("\n")
+    );
+
+    // A student listing students sees exactly themselves.
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/students"),
+            Some(&tokens[0].1),
+            None,
+        )
+        .await;
+    let ids: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![stu_id.to_string()]);
+    // Students never get answers.
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/courses/{COURSE}/questions"),
+            Some(&tokens[0].1),
+            None,
+        )
+        .await;
+    assert!(v["items"][0].get("correct_answer").is_none());
+}
+
+#[tokio::test]
+async fn cross_tenant_requests_look_like_missing_tenants() {
+    let f = fixture().await;
+    let teacher_a = token(f.a.teacher_user, 1, f.a.school_id);
+    let tb = f.b.school_id.unwrap();
+    let existing = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{tb}/classes/{}/roster", f.b.class_id),
+            Some(&teacher_a),
+            None,
+        )
+        .await;
+    let missing = f
+        .call(
+            "GET",
+            &format!(
+                "/v1/tenants/{}/classes/{}/roster",
+                Uuid::new_v4(),
+                f.b.class_id
+            ),
+            Some(&teacher_a),
+            None,
+        )
+        .await;
+    assert_eq!(existing.0, 404);
+    assert_eq!(
+        existing.1, missing.1,
+        "the bodies must not tell the two apart"
+    );
+    // An admin reaching B explicitly gets the real thing.
+    let admin = token(Uuid::new_v4(), 5, None);
+    let (status, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{tb}/classes/{}/roster", f.b.class_id),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["students"].as_array().unwrap().len(), 2);
+    // A school user cannot read its own class id through another school.
+    let ta = f.a.school_id.unwrap();
+    let (status, _, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/classes/{}/roster", f.b.class_id),
+            Some(&teacher_a),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn token_checks() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap();
+    let path = format!("/v1/tenants/{ta}/school");
+    let ok = token(f.a.teacher_user, 1, Some(ta));
+    assert_eq!(f.call("GET", &path, Some(&ok), None).await.0, 200);
+    let base = json!({"sub": f.a.teacher_user.to_string(), "role": 1, "school_id": ta.to_string()});
+    let mut expired = base.clone();
+    expired["exp"] = json!(chrono::Utc::now().timestamp() - 3600);
+    let mut not_yet = base.clone();
+    not_yet["nbf"] = json!(chrono::Utc::now().timestamp() + 3600);
+    let mut wrong_aud = base.clone();
+    wrong_aud["aud"] = json!("someone-else");
+    let mut wrong_iss = base.clone();
+    wrong_iss["iss"] = json!("https://evil.test");
+    let mut bad_role = base.clone();
+    bad_role["role"] = json!(9);
+    for (name, claims) in [
+        ("expired", expired),
+        ("nbf", not_yet),
+        ("aud", wrong_aud),
+        ("iss", wrong_iss),
+        ("role", bad_role),
+    ] {
+        let (status, v, _) = f
+            .call("GET", &path, Some(&token_with(claims, 3600)), None)
+            .await;
+        assert_eq!(status, 401, "{name}: {v}");
+    }
+    let tampered = format!("{}x", ok);
+    assert_eq!(f.call("GET", &path, Some(&tampered), None).await.0, 401);
+}
+
+#[tokio::test]
+async fn submit_scores_and_updates_progress_once() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap().to_string();
+    let (user, student) = f.a.students[0];
+    let tok = token(user, 0, f.a.school_id);
+    let (s, attempt, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts"),
+            Some(&tok),
+            Some(json!({"assessment_id": ASSESSMENT})),
+        )
+        .await;
+    assert_eq!(s, 201, "{attempt}");
+    let id = attempt["id"].as_str().unwrap().to_owned();
+    let answer = |q: Uuid, a: &str| json!({"question_id": q, "answer": a, "time_spent_seconds": 7});
+    let (s, r, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts/{id}/responses"),
+            Some(&tok),
+            Some(answer(Q1, "b")),
+        )
+        .await;
+    assert_eq!((s, r["is_correct"].clone()), (200, json!(true)), "{r}");
+    let (s, r, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts/{id}/responses"),
+            Some(&tok),
+            Some(answer(Q2, "41")),
+        )
+        .await;
+    assert_eq!((s, r["is_correct"].clone()), (200, json!(false)), "{r}");
+    // Q3 skipped. 10 of 30 points < 60% → failed.
+    let too_long = "x".repeat(4001);
+    let (s, _, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts/{id}/responses"),
+            Some(&tok),
+            Some(answer(Q3, &too_long)),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // Two submissions at once: exactly one wins.
+    let url = format!("/v1/tenants/{ta}/attempts/{id}/submit");
+    let (r1, r2) = tokio::join!(
+        f.call("POST", &url, Some(&tok), None),
+        f.call("POST", &url, Some(&tok), None)
+    );
+    let mut statuses = vec![r1.0, r2.0];
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 409], "{} {}", r1.1, r2.1);
+    let won = if r1.0 == 200 { r1.1 } else { r2.1 };
+    let att = &won["attempt"];
+    assert_eq!(att["score"], 10);
+    assert_eq!(att["passed"], false);
+    assert_eq!(
+        (
+            att["correct_answers"].clone(),
+            att["incorrect_answers"].clone(),
+            att["skipped_questions"].clone()
+        ),
+        (json!(1), json!(1), json!(1))
+    );
+    assert_eq!(att["xp_earned"], 10);
+    assert_eq!(
+        won["student"],
+        json!({"xp_points": 10, "level": 1, "daily_streak": 1})
+    );
+    // Later submissions too.
+    assert_eq!(f.call("POST", &url, Some(&tok), None).await.0, 409);
+    let mut conn = f.a.db.connect().await;
+    let xp: i32 = sqlx::query_scalar("SELECT xp_points FROM students WHERE id = $1")
+        .bind(student)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(xp, 10, "XP must be awarded exactly once");
+    // Answers are closed after submission.
+    let (s, _, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts/{id}/responses"),
+            Some(&tok),
+            Some(answer(Q3, "x")),
+        )
+        .await;
+    assert_eq!(s, 409);
+    // Another student of the same school cannot see the attempt.
+    let other = token(f.a.students[1].0, 0, f.a.school_id);
+    assert_eq!(
+        f.call(
+            "GET",
+            &format!("/v1/tenants/{ta}/attempts/{id}"),
+            Some(&other),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (s, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/attempts/{id}"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["responses"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn problem_json_for_bad_requests_and_etags() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap();
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    let path = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
+    let (s, v, h) = f
+        .call(
+            "PUT",
+            &path,
+            Some(&tok),
+            Some(json!({"student_ids": "nope"})),
+        )
+        .await;
+    assert_eq!(
+        (s, h["content-type"].to_str().unwrap()),
+        (400, "application/problem+json"),
+        "{v}"
+    );
+    assert_eq!(v["status"], 400);
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &path,
+            Some(&tok),
+            Some(json!({"student_ids": [Uuid::new_v4()]})),
+        )
+        .await;
+    assert_eq!(s, 400, "unknown students are refused");
+    let big = json!({"student_ids": vec![Uuid::nil(); 3000]});
+    assert_eq!(f.call("PUT", &path, Some(&tok), Some(big)).await.0, 413);
+    assert_eq!(f.call("GET", "/nowhere", None, None).await.0, 404);
+    // ETag / If-None-Match
+    let res = f
+        .http
+        .get(f.url(&path))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    let etag = res.headers()["etag"].clone();
+    let res = f
+        .http
+        .get(f.url(&path))
+        .bearer_auth(&tok)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 304);
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let f = fixture().await;
+    assert_eq!(f.call("GET", "/healthz", None, None).await.0, 200);
+    let (s, v, _) = f.call("GET", "/readyz", None, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["postgres"]["status"], "up");
+    assert_eq!(v["redis"]["status"], "up");
+    assert_eq!(v["tenants"], 3);
+    let (_, text, _) = f.call("GET", "/metrics", None, None).await;
+    let text = text.as_str().unwrap().to_owned();
+    assert!(
+        text.contains("edumind_http_requests_total{route=\"readyz\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("edumind_pool_open_connections"), "{text}");
+}

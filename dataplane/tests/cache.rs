@@ -1,0 +1,325 @@
+//! Cache-aside per spec section 4, observed in Redis itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use redis::AsyncCommands;
+use serde_json::json;
+use support::*;
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, kind: &str, event: &str) -> u64 {
+    let needle = format!("edumind_cache_events_total{{event=\"{event}\",kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn hits_misses_ttls_invalidation_and_redis_outage() {
+    let mut redis = edumind_tests::RedisServer::start().unwrap();
+    let f = Fixture::start(redis.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
+    let key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+    let mut r = redis_conn(&redis.url()).await;
+
+    // Miss → stored with the roster TTL (10 min).
+    let (s, v, _) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!((s, v["students"].as_array().unwrap().len()), (200, 2));
+    let ttl: i64 = r.ttl(&key).await.unwrap();
+    assert!((590..=600).contains(&ttl), "roster TTL {ttl}");
+
+    // Hit: change PostgreSQL behind the service's back; the cached value is served.
+    let mut db = f.a.db.connect().await;
+    sqlx::query("UPDATE classes SET student_ids = '[]' WHERE id = $1")
+        .bind(f.a.class_id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (_, v, _) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!(
+        v["students"].as_array().unwrap().len(),
+        2,
+        "served from Redis"
+    );
+
+    // A write through the API invalidates: the key is gone, the next read is fresh.
+    let one = f.a.students[0].1;
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &roster,
+            Some(&tok),
+            Some(json!({"student_ids": [one]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let exists: bool = r.exists(&key).await.unwrap();
+    assert!(!exists, "PUT must delete the cached roster");
+    let (_, v, _) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!(v["students"].as_array().unwrap().len(), 1);
+    let stale: String = r.get(&key).await.unwrap();
+
+    // Other TTLs from the spec.
+    let (stu_user, stu) = f.a.students[0];
+    let stok = token(stu_user, 0, Some(ta));
+    for (path, k, lo, hi) in [
+        (
+            format!("/v1/tenants/{ta}/students/{stu}/progress"),
+            format!("edumind:{ta}:student:{stu}:progress"),
+            290,
+            300,
+        ),
+        (
+            format!("/v1/tenants/{ta}/assessments/{ASSESSMENT}"),
+            format!("edumind:{ta}:assessment:{ASSESSMENT}:meta"),
+            890,
+            900,
+        ),
+        (
+            format!("/v1/tenants/{ta}/courses/{COURSE}/questions"),
+            format!("edumind:{ta}:course:{COURSE}:questions"),
+            3590,
+            3600,
+        ),
+    ] {
+        assert_eq!(f.call("GET", &path, Some(&stok), None).await.0, 200);
+        let ttl: i64 = r.ttl(&k).await.unwrap();
+        assert!((lo..=hi).contains(&ttl), "{k}: {ttl}");
+    }
+
+    // Redis down: reads still succeed from PostgreSQL, writes succeed too.
+    redis.stop();
+    let (s, v, _) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!(
+        (s, v["students"].as_array().unwrap().len()),
+        (200, 1),
+        "{v}"
+    );
+    let both: Vec<_> = f.a.students.iter().map(|s| s.1).collect();
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &roster,
+            Some(&tok),
+            Some(json!({"student_ids": both})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        f.state.cache.pending_invalidations() > 0,
+        "the missed invalidation is remembered"
+    );
+    let (s, v, _) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!((s, v["students"].as_array().unwrap().len()), (200, 2));
+
+    // Redis returns still holding the old value (as after a partition): it is never served.
+    redis.restart().unwrap();
+    let mut r = redis_conn(&redis.url()).await;
+    let _: () = r.set(&key, &stale).await.unwrap();
+    let (s, v, _) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!(
+        (s, v["students"].as_array().unwrap().len()),
+        (200, 2),
+        "stale roster served after recovery"
+    );
+    assert_eq!(f.state.cache.pending_invalidations(), 0);
+    let cached: String = r.get(&key).await.unwrap();
+    assert!(
+        cached.contains(&f.a.students[1].1.to_string()),
+        "fresh value cached again"
+    );
+}
+
+#[tokio::test]
+async fn one_load_per_key_under_concurrency() {
+    let f = Fixture::start(edumind_tests::redis().await.url()).await;
+    let ta = f.b.school_id.unwrap();
+    let tok = token(f.b.teacher_user, 1, Some(ta));
+    let path = format!("/v1/tenants/{ta}/courses/{COURSE}/questions");
+    let calls = (0..20).map(|_| f.call("GET", &path, Some(&tok), None));
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(|r| r.0 == 200));
+    let text = f.state.metrics.render(&[]);
+    assert_eq!(metric(&text, "questions", "miss"), 1, "{text}");
+    assert_eq!(metric(&text, "questions", "hit"), 19, "{text}");
+}
+
+#[tokio::test]
+async fn submit_invalidates_progress_and_lock_is_owner_only() {
+    let f = Fixture::start(edumind_tests::redis().await.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let (user, stu) = f.a.students[1];
+    let tok = token(user, 0, Some(ta));
+    let progress = format!("/v1/tenants/{ta}/students/{stu}/progress");
+    let (_, v, _) = f.call("GET", &progress, Some(&tok), None).await;
+    assert_eq!(v["xp_points"], 0);
+    let (_, att, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts"),
+            Some(&tok),
+            Some(json!({"assessment_id": ASSESSMENT})),
+        )
+        .await;
+    let id = att["id"].as_str().unwrap().to_owned();
+    f.call(
+        "POST",
+        &format!("/v1/tenants/{ta}/attempts/{id}/responses"),
+        Some(&tok),
+        Some(json!({"question_id": Q2, "answer": "42"})),
+    )
+    .await;
+    // Someone else holds the submission lock: refused without touching the attempt.
+    let lock_key = format!("edumind:{ta}:lock:assessment:{id}");
+    let other = f
+        .state
+        .cache
+        .lock_acquire(&lock_key, std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        f.call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts/{id}/submit"),
+            Some(&tok),
+            None
+        )
+        .await
+        .0,
+        409
+    );
+    assert!(
+        !f.state
+            .cache
+            .lock_release(&lock_key, "not-the-owner")
+            .await
+            .unwrap()
+    );
+    assert!(f.state.cache.lock_release(&lock_key, &other).await.unwrap());
+    let (s, _, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts/{id}/submit"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, v, _) = f.call("GET", &progress, Some(&tok), None).await;
+    assert_eq!(v["xp_points"], 10, "progress cache invalidated by submit");
+    assert_eq!(v["attempts_completed"], 1);
+}
+
+#[tokio::test]
+async fn sessions_slide_and_end() {
+    let f = Fixture::start(edumind_tests::redis().await.url()).await;
+    let user = f.a.teacher_user;
+    let tok = token(user, 1, f.a.school_id);
+    let key = format!("edumind:{}:session:{user}", f.a.school_id.unwrap());
+    let mut r = redis_conn(&edumind_tests::redis().await.url()).await;
+    assert_eq!(f.call("GET", "/v1/session", Some(&tok), None).await.0, 404);
+    assert_eq!(
+        f.call(
+            "PUT",
+            "/v1/session",
+            Some(&tok),
+            Some(json!({"theme": "dark"}))
+        )
+        .await
+        .0,
+        200
+    );
+    let _: () = r.pexpire(&key, 60_000).await.unwrap();
+    let (s, v, _) = f.call("GET", "/v1/session", Some(&tok), None).await;
+    assert_eq!((s, v), (200, json!({"theme": "dark"})));
+    let ttl: i64 = r.ttl(&key).await.unwrap();
+    assert!(
+        ttl > 1790,
+        "reading slides the expiry back to 30 minutes: {ttl}"
+    );
+    assert_eq!(
+        f.call("DELETE", "/v1/session", Some(&tok), None).await.0,
+        204
+    );
+    let exists: bool = r.exists(&key).await.unwrap();
+    assert!(!exists);
+}
+
+#[tokio::test]
+async fn database_alone_allows_one_submission_when_redis_is_down() {
+    let mut redis = edumind_tests::RedisServer::start().unwrap();
+    let f = Fixture::start(redis.url()).await;
+    redis.stop();
+    let ta = f.a.school_id.unwrap();
+    let (user, stu) = f.a.students[0];
+    let tok = token(user, 0, Some(ta));
+    let (s, att, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{ta}/attempts"),
+            Some(&tok),
+            Some(json!({"assessment_id": ASSESSMENT})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let id = att["id"].as_str().unwrap().to_owned();
+    f.call(
+        "POST",
+        &format!("/v1/tenants/{ta}/attempts/{id}/responses"),
+        Some(&tok),
+        Some(json!({"question_id": Q1, "answer": "B"})),
+    )
+    .await;
+    let url = format!("/v1/tenants/{ta}/attempts/{id}/submit");
+    // Hold the attempt row so that every submission passes its status check first and
+    // then queues on the UPDATE: only the database's conditional UPDATE can stop them.
+    let mut holder = f.a.db.connect().await;
+    let mut hold = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM student_assessments WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let submits =
+        futures_util::future::join_all((0..4).map(|_| f.call("POST", &url, Some(&tok), None)));
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        hold.commit().await.unwrap();
+    };
+    let t0 = std::time::Instant::now();
+    let (results, ()) = tokio::join!(submits, release);
+    // An abandoned transaction must not keep the losers waiting (it used to, until the
+    // idle reaper closed its connection a minute later).
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(
+        ok,
+        1,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(results.iter().all(|r| r.0 == 200 || r.0 == 409));
+    let mut db = f.a.db.connect().await;
+    let xp: i32 = sqlx::query_scalar("SELECT xp_points FROM students WHERE id = $1")
+        .bind(stu)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(xp, 10, "XP awarded once");
+}

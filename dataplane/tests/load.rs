@@ -1,0 +1,146 @@
+//! Quick load run (ignored by default): `cargo test -p edumind-dataplane --release --test
+//! load -- --ignored --nocapture`. Prints requests/second for a cache hit, a cache miss and
+//! a write, next to `redis-benchmark` and `pgbench` baselines from the same run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use support::*;
+
+async fn rate(
+    n: usize,
+    conc: usize,
+    f: impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,
+) -> f64 {
+    let start = Instant::now();
+    let ok = futures_util::stream::iter(0..n)
+        .map(f)
+        .buffer_unordered(conc)
+        .filter(|s| std::future::ready(*s < 300))
+        .count()
+        .await;
+    assert_eq!(ok, n);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn load() {
+    let redis = edumind_tests::redis().await;
+    let f = Fixture::start(redis.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    let roster = f.url(&format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id));
+    let key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+    let http = f.http.clone();
+    let (n, c) = (2000, 16);
+    let hit = rate(n, c, |_| {
+        let (h, u, t) = (http.clone(), roster.clone(), tok.clone());
+        Box::pin(async move {
+            h.get(u)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    })
+    .await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let miss = rate(n, c, |_| {
+        let (h, u, t, k, cl) = (
+            http.clone(),
+            roster.clone(),
+            tok.clone(),
+            key.clone(),
+            client.clone(),
+        );
+        Box::pin(async move {
+            let mut r = cl.get_multiplexed_async_connection().await.unwrap();
+            let _: i64 = redis::AsyncCommands::del(&mut r, k).await.unwrap();
+            h.get(u)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    })
+    .await;
+    let students: Vec<_> = f.a.students.iter().map(|s| s.1).collect();
+    let write = rate(n, c, |_| {
+        let (h, u, t, b) = (
+            http.clone(),
+            roster.clone(),
+            tok.clone(),
+            json!({"student_ids": students}),
+        );
+        Box::pin(async move {
+            h.put(u)
+                .bearer_auth(t)
+                .json(&b)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    })
+    .await;
+    let pg = edumind_tests::postgres().await;
+    let rb = std::process::Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "-t",
+            "get",
+            "-n",
+            "20000",
+            "-c",
+            "16",
+            "-q",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), "SELECT 1;\n").unwrap();
+    let pgb = std::process::Command::new("pgbench")
+        .env("PGPASSWORD", &pg.password)
+        .args([
+            "-h",
+            &pg.host,
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            &pg.superuser,
+            "-n",
+            "-c",
+            "16",
+            "-j",
+            "2",
+            "-T",
+            "5",
+            "-f",
+            script.path().to_str().unwrap(),
+            "postgres",
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("tps"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    println!(
+        "LOAD cache-hit {hit:.0} req/s | cache-miss {miss:.0} req/s | write {write:.0} req/s | redis-benchmark GET: {rb} | pgbench: {pgb}"
+    );
+}

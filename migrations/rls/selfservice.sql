@@ -1,0 +1,77 @@
+-- Row-level security for the shared self-service database (edumind_selfservice).
+--
+-- The data plane connects as an application role that does NOT own the tables, so
+-- these policies bind it. Each statement (or transaction) carries who is asking:
+--   set_config('edumind.user_id', '<users.id>', true)   -- the caller
+--   set_config('edumind.admin',   'on' | 'off',   true)  -- platform admins (spec 3.2: bypass)
+-- Unset settings read as NULL, which matches nothing: a query that forgot to say who
+-- is asking sees no student rows at all (fail closed).
+-- FORCE makes the policies bind the table owner too; only superusers and BYPASSRLS
+-- roles are exempt. Re-running this file is harmless.
+
+CREATE OR REPLACE FUNCTION edumind_current_user_id() RETURNS uuid
+    LANGUAGE sql STABLE
+    AS $$ SELECT nullif(current_setting('edumind.user_id', true), '')::uuid $$;
+
+CREATE OR REPLACE FUNCTION edumind_is_admin() RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$ SELECT coalesce(current_setting('edumind.admin', true), '') = 'on' $$;
+
+-- The caller's own student ids (runs as the caller, so the students policy applies too).
+CREATE OR REPLACE FUNCTION edumind_current_student_ids() RETURNS SETOF uuid
+    LANGUAGE sql STABLE
+    AS $$ SELECT id FROM students WHERE user_id = edumind_current_user_id() $$;
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['users', 'students', 'student_assessments', 'student_responses',
+                             'schools', 'classes', 'courses', 'questions', 'assessments',
+                             'workflow_executions', 'circuit_breaker_states',
+                             'routing_decisions', 'routing_statistics']
+    LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format('DROP POLICY IF EXISTS edumind_admin ON %I', t);
+        EXECUTE format('CREATE POLICY edumind_admin ON %I USING (edumind_is_admin()) '
+                       'WITH CHECK (edumind_is_admin())', t);
+    END LOOP;
+END
+$$;
+
+-- A self-service student: their own user row and student row.
+DROP POLICY IF EXISTS edumind_own ON users;
+CREATE POLICY edumind_own ON users
+    USING (id = edumind_current_user_id())
+    WITH CHECK (id = edumind_current_user_id());
+
+DROP POLICY IF EXISTS edumind_own ON students;
+CREATE POLICY edumind_own ON students
+    USING (user_id = edumind_current_user_id() AND school_id IS NULL)
+    WITH CHECK (user_id = edumind_current_user_id() AND school_id IS NULL);
+
+-- Their attempts and responses.
+DROP POLICY IF EXISTS edumind_own ON student_assessments;
+CREATE POLICY edumind_own ON student_assessments
+    USING (student_id IN (SELECT edumind_current_student_ids()))
+    WITH CHECK (student_id IN (SELECT edumind_current_student_ids()));
+
+DROP POLICY IF EXISTS edumind_own ON student_responses;
+CREATE POLICY edumind_own ON student_responses
+    USING (student_id IN (SELECT edumind_current_student_ids()))
+    WITH CHECK (student_id IN (SELECT edumind_current_student_ids()));
+
+-- Global content is readable by every signed-in caller, writable only by admins.
+DROP POLICY IF EXISTS edumind_read ON courses;
+CREATE POLICY edumind_read ON courses FOR SELECT USING (edumind_current_user_id() IS NOT NULL);
+DROP POLICY IF EXISTS edumind_read ON questions;
+CREATE POLICY edumind_read ON questions FOR SELECT USING (edumind_current_user_id() IS NOT NULL);
+DROP POLICY IF EXISTS edumind_read ON assessments;
+CREATE POLICY edumind_read ON assessments FOR SELECT
+    USING (edumind_current_user_id() IS NOT NULL AND school_id IS NULL);
+-- Questions count their answers when a student submits.
+DROP POLICY IF EXISTS edumind_count ON questions;
+CREATE POLICY edumind_count ON questions FOR UPDATE
+    USING (edumind_current_user_id() IS NOT NULL)
+    WITH CHECK (edumind_current_user_id() IS NOT NULL);
