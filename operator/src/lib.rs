@@ -24,3 +24,4 @@ pub mod naming;
 pub mod pg;
 pub mod reconcile;
 pub mod run;
+pub mod selfservice;

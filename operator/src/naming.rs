@@ -83,12 +83,17 @@ pub fn secret_name(school_name: &str) -> String {
     format!("{prefix}-{}{SUFFIX}", &digest[..8])
 }
 
-/// Whether `name` is something [`school_database`] (or the self-service name) could have
+/// The self-service tenant's two roles (see `selfservice`).
+pub const SELF_SERVICE_ROLES: [&str; 2] = ["edumind_selfservice_owner", "edumind_selfservice_app"];
+
+/// Whether `name` is something [`school_database`] (or the self-service names) could have
 /// produced: the last line of defence before a name reaches SQL text.
 pub fn is_generated_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_IDENTIFIER_BYTES
-        && (name.starts_with(SCHOOL_PREFIX) || name == SELF_SERVICE_DATABASE)
+        && (name.starts_with(SCHOOL_PREFIX)
+            || name == SELF_SERVICE_DATABASE
+            || SELF_SERVICE_ROLES.contains(&name))
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')

@@ -132,6 +132,11 @@ impl Context {
         Ok(handle)
     }
 
+    /// Admin connection options for `server` (reads its admin Secret once).
+    pub async fn admin_options(&self, server: &TargetServer) -> Result<PgConnectOptions, Error> {
+        Ok(self.server(server).await?.options)
+    }
+
     /// Forgets a server's pool so the next reconcile re-reads its admin Secret. The pool
     /// is not closed: concurrent reconciles may still hold it, and it closes itself when
     /// the last handle is dropped.

@@ -45,6 +45,52 @@ pub struct RunArgs {
     /// Most Schools reconciled at once (protects the PostgreSQL servers).
     #[arg(long, env = "EDUMIND_RECONCILE_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// Also provision the shared self-service tenant (`edumind_selfservice`, row-level
+    /// security) and keep it in shape while leader.
+    #[arg(long, env = "EDUMIND_SELF_SERVICE")]
+    pub self_service: bool,
+    /// Target server of the self-service database (default: the default server).
+    #[arg(long, env = "EDUMIND_SELF_SERVICE_SERVER")]
+    pub self_service_server: Option<String>,
+    /// Namespace of the self-service Secret (default: the operator's namespace).
+    #[arg(long, env = "EDUMIND_SELF_SERVICE_NAMESPACE")]
+    pub self_service_namespace: Option<String>,
+}
+
+/// Keeps the self-service tenant provisioned while this replica leads: every resync
+/// period, or sooner after a failure.
+async fn self_service_loop(
+    ctx: Arc<Context>,
+    server: crate::config::TargetServer,
+    namespace: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = match ctx.admin_options(&server).await {
+            Ok(admin) => {
+                match crate::selfservice::ensure(&ctx.client, &namespace, &server, &admin).await {
+                    Ok(outcome) => {
+                        if !outcome.changes.is_empty() {
+                            tracing::info!(changes = ?outcome.changes, "self-service tenant updated");
+                        }
+                        reconcile::RESYNC
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "self-service tenant not ready");
+                        reconcile::TRANSIENT_RETRY
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "self-service server unavailable");
+                reconcile::TRANSIENT_RETRY
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Tries once to take or renew the Lease for `identity`. Returns whether this replica
@@ -143,6 +189,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .init();
     let text = tokio::fs::read_to_string(&args.config).await?;
     let servers = TargetServers::from_yaml(&text)?;
+    let self_service_server = match (args.self_service, &args.self_service_server) {
+        (false, _) => None,
+        (true, requested) => Some(servers.resolve(requested.as_deref()).cloned().ok_or_else(
+            || anyhow::anyhow!("self-service target server {requested:?} is not configured"),
+        )?),
+    };
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -226,6 +278,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let ctx = Context::new(client.clone(), servers, args.namespace.clone(), metrics);
+    let (self_stop_tx, self_stop_rx) = watch::channel(false);
+    let self_service = self_service_server.map(|server| {
+        let namespace = args
+            .self_service_namespace
+            .clone()
+            .unwrap_or_else(|| args.namespace.clone());
+        tokio::spawn(self_service_loop(
+            ctx.clone(),
+            server,
+            namespace,
+            self_stop_rx,
+        ))
+    });
     let schools: Api<School> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::all(client.clone());
     let (mut stop_a, mut lost_a) = (stop_rx.clone(), lost_rx.clone());
@@ -249,6 +314,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .await;
     renew.abort();
+    let _ = self_stop_tx.send(true);
+    if let Some(task) = self_service {
+        let _ = task.await;
+    }
     if *lost_rx.borrow() {
         anyhow::bail!("lost leadership");
     }
