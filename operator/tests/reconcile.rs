@@ -422,6 +422,25 @@ async fn deleted_secret_and_broken_credentials_are_repaired() {
     .await
     .unwrap();
     assert!(!createdb && !public);
+
+    // Ownership taken away: given back, and the school keeps working.
+    let superuser = edumind_tests::postgres().await.superuser.clone();
+    admin()
+        .await
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{db}\" OWNER TO \"{superuser}\""
+        )))
+        .await
+        .unwrap();
+    env.reconcile("drift").await;
+    let owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+    )
+    .bind(&db)
+    .fetch_one(&mut admin().await)
+    .await
+    .unwrap();
+    assert_eq!(owner, role);
 }
 
 #[tokio::test]
