@@ -717,7 +717,19 @@ async fn reclaim_policies() {
     assert_eq!(ready(&snap).1, "SnapshotNotSupported");
     assert!(exists("db", &dbs["snap"]).await, "never treated as delete");
 
-    // A School recreated under the same name adopts its retained database again.
+    // A School recreated under the same name but another code does not start a second,
+    // empty database beside the retained one...
+    env.schools()
+        .delete("keep", &Default::default())
+        .await
+        .unwrap();
+    env.create("keep", env.spec(&env.code("keep-renamed")))
+        .await;
+    let renamed = env.reconcile("keep").await;
+    let (_, reason, message) = ready(&renamed);
+    assert_eq!(reason, "Conflict");
+    assert!(message.contains(&dbs["keep"]), "{message}");
+    // ...and with the same code it adopts the retained database again.
     env.schools()
         .delete("keep", &Default::default())
         .await
