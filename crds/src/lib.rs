@@ -236,8 +236,8 @@ pub struct SchoolStatus {
 
 /// The CRD manifest as YAML, exactly what `edumind-operator crd` prints and what
 /// `crds/generated/schools.edumind.ai.yaml` holds.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&School::crd())
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(&School::crd())
 }
 
 #[cfg(test)]

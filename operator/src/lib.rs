@@ -8,12 +8,14 @@
 //! * [`reconcile`]: the School reconcile pipeline, status, events, deletion.
 //! * [`fleet`]: `migrate --all` over every school database of a server.
 //! * [`run`]: the controller process (leader election, metrics, health, shutdown).
+//! * [`backup`]: logical backups (the backups issue).
 //!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
 //! [`reconcile::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
 //! names and a claim, so provisioning `edumind_selfservice` reuses them with its own
 //! RLS migration step.
 
+pub mod backup;
 pub mod config;
 pub mod credentials;
 pub mod fleet;

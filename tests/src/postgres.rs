@@ -110,7 +110,7 @@ impl PgServer {
             initdb(&bindir, &dir, &password, run_as)?;
             let port = free_port()?;
             let cmd = format!(
-                "exec '{postgres}' -D \"$DIR/data\" -p {port} -k \"$DIR\" \
+                "'{postgres}' -D \"$DIR/data\" -p {port} -k \"$DIR\" \
                  -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
                  -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB \
                  -c max_locks_per_transaction=256 -c log_min_messages=warning",

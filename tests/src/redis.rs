@@ -116,7 +116,7 @@ impl RedisServer {
         let binary = binaries::redis_server()?;
         let dir: PathBuf = supervisor::server_dir("edumind-redis-", None)?;
         let cmd = format!(
-            "exec '{binary}' --port {port} --bind 127.0.0.1 --dir \"$DIR\" --save '' \
+            "'{binary}' --port {port} --bind 127.0.0.1 --dir \"$DIR\" --save '' \
              --appendonly no --daemonize no --protected-mode no --loglevel warning",
             binary = binary.display(),
             port = self.port

@@ -30,13 +30,22 @@ pub struct Supervised {
 impl Supervised {
     /// Starts `server_cmd` (a shell command line; it may use `$DIR`) under a supervisor.
     /// On shutdown the server gets `stop_signal`; its output goes to `$DIR/server.log`.
+    ///
+    /// With `run_as`, only the server drops to that uid/gid (via `setpriv`); the
+    /// supervisor keeps the caller's identity so it can always signal the server and
+    /// remove the directory, wherever `TMPDIR` points.
     pub fn spawn(
         dir: &Path,
         server_cmd: &str,
         stop_signal: &str,
         run_as: Option<(u32, u32)>,
     ) -> Result<Self, HarnessError> {
-        use std::os::unix::process::CommandExt;
+        let server_cmd = match run_as {
+            Some((uid, gid)) => {
+                format!("setpriv --reuid={uid} --regid={gid} --clear-groups {server_cmd}")
+            }
+            None => server_cmd.to_string(),
+        };
         let script = format!(
             r#"trap '' INT TERM HUP
 {server_cmd} >"$DIR/server.log" 2>&1 &
@@ -54,9 +63,6 @@ rm -rf "$DIR""#
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some((uid, gid)) = run_as {
-            cmd.uid(uid).gid(gid);
-        }
         let mut child = cmd
             .spawn()
             .map_err(|e| HarnessError(format!("cannot start supervisor shell: {e}")))?;

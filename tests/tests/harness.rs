@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 //! The harness itself: servers start fast, are real (password auth, isolation), and
 //! leave nothing behind however the test process ends.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 //! The migrated schema against the storage spec (`data-storage.md` section 2).
 //!
 //! The expectation below is transcribed from the spec's tables, column by column, not

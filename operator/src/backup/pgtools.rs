@@ -1,0 +1,241 @@
+//! Running `pg_dump` and `pg_restore` without exposing the password: it goes into a
+//! private password file (mode 0600) named by `PGPASSFILE`, never into arguments or
+//! the environment, and the tools run with `--no-password` so they never prompt.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use super::BackupError;
+use super::connection::ConnectionInfo;
+
+/// The PostgreSQL client tools to use.
+#[derive(Debug, Clone)]
+pub struct PgTools {
+    pub bindir: PathBuf,
+}
+
+impl PgTools {
+    /// `EDUMIND_PG_BINDIR`, else the newest of Debian's `/usr/lib/postgresql/<major>/bin`,
+    /// else whatever `pg_dump` is on `PATH`. The newest is chosen because `pg_dump` must be
+    /// no older than the server; `pg_dump` itself refuses a newer server, and that error is
+    /// reported as is.
+    pub fn discover() -> Result<Self, BackupError> {
+        if let Some(dir) = std::env::var_os("EDUMIND_PG_BINDIR") {
+            return Ok(Self { bindir: dir.into() });
+        }
+        let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("pg_dump").is_file().then_some((major, bin))
+            })
+            .collect();
+        majors.sort();
+        if let Some((_, dir)) = majors.pop() {
+            return Ok(Self { bindir: dir });
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .find(|dir| dir.join("pg_dump").is_file() && dir.join("pg_restore").is_file())
+            .map(|bindir| Self { bindir })
+            .ok_or_else(|| {
+                BackupError::Tools(
+                    "pg_dump/pg_restore not found: install the PostgreSQL client tools or set \
+                     EDUMIND_PG_BINDIR"
+                        .into(),
+                )
+            })
+    }
+
+    fn command(&self, tool: &str, passfile: Option<&Path>) -> Command {
+        let mut cmd = Command::new(self.bindir.join(tool));
+        cmd.env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        match passfile {
+            Some(file) => cmd.env("PGPASSFILE", file),
+            None => cmd.env_remove("PGPASSFILE"),
+        };
+        cmd
+    }
+
+    /// `pg_dump --format=custom` of the whole database into `dest`.
+    pub async fn dump(&self, conn: &ConnectionInfo, dest: &Path) -> Result<(), BackupError> {
+        let passfile = PassFile::write(conn, dest.parent())?;
+        let mut cmd = self.command("pg_dump", Some(passfile.path()));
+        cmd.args(connection_args(conn))
+            .args([
+                "--format=custom",
+                "--no-password",
+                "--no-owner",
+                "--no-privileges",
+            ])
+            .arg(format!("--file={}", dest.display()));
+        run(cmd, "pg_dump").await
+    }
+
+    /// Checks that `file` is a complete, readable custom-format dump: its table of
+    /// contents lists (`pg_restore --list`), and every data block decodes to the end
+    /// (`pg_restore --file=/dev/null`), which a truncated or corrupted file fails.
+    /// Returns the number of table-data entries.
+    pub async fn verify(&self, file: &Path) -> Result<usize, BackupError> {
+        let mut list = self.command("pg_restore", None);
+        list.arg("--list").arg(file).stdout(Stdio::piped());
+        let out = list
+            .output()
+            .await
+            .map_err(|e| BackupError::Tools(format!("cannot run pg_restore: {e}")))?;
+        if !out.status.success() {
+            return Err(BackupError::Corrupt(format!(
+                "pg_restore --list failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let toc = String::from_utf8_lossy(&out.stdout);
+        let tables = toc.lines().filter(|l| l.contains(" TABLE DATA ")).count();
+        if tables == 0 {
+            return Err(BackupError::Corrupt(
+                "the dump contains no table data".into(),
+            ));
+        }
+        let mut full = self.command("pg_restore", None);
+        full.arg("--file=/dev/null").arg(file);
+        run(full, "pg_restore (full read)")
+            .await
+            .map_err(|e| match e {
+                BackupError::Failed(why) => BackupError::Corrupt(why),
+                other => other,
+            })?;
+        Ok(tables)
+    }
+
+    /// Restores `file` over the database, as the connecting role, in one transaction:
+    /// either everything is replaced or nothing changes.
+    pub async fn restore(&self, conn: &ConnectionInfo, file: &Path) -> Result<(), BackupError> {
+        let passfile = PassFile::write(conn, file.parent())?;
+        let mut cmd = self.command("pg_restore", Some(passfile.path()));
+        cmd.args(connection_args(conn))
+            .args([
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--no-privileges",
+                "--single-transaction",
+                "--exit-on-error",
+                "--no-password",
+            ])
+            .arg(file);
+        run(cmd, "pg_restore").await
+    }
+}
+
+fn connection_args(conn: &ConnectionInfo) -> Vec<String> {
+    vec![
+        format!("--host={}", conn.host),
+        format!("--port={}", conn.port),
+        format!("--username={}", conn.username),
+        format!("--dbname={}", conn.dbname),
+    ]
+}
+
+async fn run(mut cmd: Command, what: &str) -> Result<(), BackupError> {
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| BackupError::Tools(format!("cannot run {what}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        // libpq never prints passwords; the message is safe to report.
+        Err(BackupError::Failed(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A libpq password file holding one line for this connection, deleted on drop.
+struct PassFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl PassFile {
+    fn write(conn: &ConnectionInfo, near: Option<&Path>) -> Result<Self, BackupError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |e: std::io::Error| BackupError::Tools(format!("cannot write password file: {e}"));
+        let dir = match near {
+            Some(parent) if parent.is_dir() => tempfile::Builder::new()
+                .prefix(".pgpass")
+                .tempdir_in(parent),
+            _ => tempfile::Builder::new().prefix(".pgpass").tempdir(),
+        }
+        .map_err(io)?;
+        let path = dir.path().join("pgpass");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        let line = [
+            conn.host.as_str(),
+            &conn.port.to_string(),
+            conn.dbname.as_str(),
+            conn.username.as_str(),
+            conn.password(),
+        ]
+        .map(escape)
+        .join(":");
+        writeln!(file, "{line}").map_err(io)?;
+        Ok(Self { _dir: dir, path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `.pgpass` fields escape `\` and `:` with a backslash.
+fn escape(field: &str) -> String {
+    field.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passfile_escapes_and_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let conn = ConnectionInfo::new("db:1", 5432, "edumind", "r\\o:le", "p:a\\ss");
+        let pf = PassFile::write(&conn, None).unwrap();
+        let text = std::fs::read_to_string(pf.path()).unwrap();
+        assert_eq!(text, "db\\:1:5432:edumind:r\\\\o\\:le:p\\:a\\\\ss\n");
+        let mode = std::fs::metadata(pf.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let path = pf.path().to_path_buf();
+        drop(pf);
+        assert!(!path.exists(), "the password file is removed after use");
+    }
+
+    #[test]
+    fn connection_arguments_never_carry_the_password() {
+        let conn = ConnectionInfo::new("h", 1, "d", "u", "topsecret");
+        assert!(
+            connection_args(&conn)
+                .iter()
+                .all(|a| !a.contains("topsecret"))
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! Where dumps live: a directory (a PersistentVolumeClaim in the cluster) or an
+//! S3-compatible bucket, behind one interface.
+//!
+//! Layout: `<prefix>/<school-id>/<school-id>_<UTC time>.dump`, e.g.
+//! `backups/0b8f…/0b8f…_20261125T020000.000Z.dump`. Within a school's folder the names
+//! sort by time, and a dump copied elsewhere still says whose it is. Only verified dumps
+//! are ever written under such a name (uploads are atomic), so every object that parses
+//! as a dump name is a good backup.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::BackupError;
+
+const TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// S3-compatible bucket settings. Credentials come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), which the CronJob fills from a Secret.
+#[derive(Debug, Clone)]
+pub struct S3Location {
+    pub bucket: String,
+    pub prefix: String,
+    /// e.g. `http://minio.backup:9000`; `None` for AWS itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Explicit credentials; `None` takes them from the environment.
+    pub credentials: Option<S3Credentials>,
+}
+
+/// An access key pair. `Debug` shows the key id only.
+#[derive(Clone)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Credentials({}, <redacted>)", self.access_key_id)
+    }
+}
+
+/// A backup destination.
+#[derive(Clone)]
+pub struct BackupStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    description: String,
+}
+
+/// One stored dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDump {
+    /// Object name relative to the store (what `restore --object` takes).
+    pub object: String,
+    pub taken_at: DateTime<Utc>,
+    pub size: u64,
+}
+
+impl std::fmt::Debug for BackupStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl BackupStore {
+    /// Dumps under a local directory (created when missing).
+    pub fn directory(root: &Path) -> Result<Self, BackupError> {
+        std::fs::create_dir_all(root).map_err(|e| {
+            BackupError::Storage(format!(
+                "cannot create backup directory {}: {e}",
+                root.display()
+            ))
+        })?;
+        let store = LocalFileSystem::new_with_prefix(root).map_err(|e| {
+            BackupError::Storage(format!("backup directory {}: {e}", root.display()))
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: String::new(),
+            description: format!("directory {}", root.display()),
+        })
+    }
+
+    /// Dumps in an S3-compatible bucket.
+    pub fn s3(location: &S3Location) -> Result<Self, BackupError> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&location.bucket)
+            .with_region(&location.region);
+        if let Some(creds) = &location.credentials {
+            builder = builder
+                .with_access_key_id(&creds.access_key_id)
+                .with_secret_access_key(&creds.secret_access_key);
+        }
+        if let Some(endpoint) = &location.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        let store = builder
+            .build()
+            .map_err(|e| BackupError::Storage(format!("S3 bucket {}: {e}", location.bucket)))?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: location.prefix.trim_matches('/').to_string(),
+            description: format!("s3 bucket {} prefix {:?}", location.bucket, location.prefix),
+        })
+    }
+
+    /// Parses `--storage`: a directory path, `file:///path`, or `s3://bucket/prefix`.
+    pub fn from_spec(
+        spec: &str,
+        endpoint: Option<&str>,
+        region: &str,
+    ) -> Result<Self, BackupError> {
+        if let Some(rest) = spec.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(BackupError::Storage(format!("`{spec}` names no bucket")));
+            }
+            return Self::s3(&S3Location {
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+                endpoint: endpoint.map(str::to_string),
+                region: region.into(),
+                credentials: None,
+            });
+        }
+        let path = spec.strip_prefix("file://").unwrap_or(spec);
+        Self::directory(&PathBuf::from(path))
+    }
+
+    fn school_folder(&self, school_id: &str) -> String {
+        if self.prefix.is_empty() {
+            school_id.to_string()
+        } else {
+            format!("{}/{school_id}", self.prefix)
+        }
+    }
+
+    /// The object name for a dump of `school_id` taken at `at`.
+    pub fn object_name(&self, school_id: &str, at: DateTime<Utc>) -> String {
+        format!(
+            "{}/{school_id}_{}.dump",
+            self.school_folder(school_id),
+            at.format(TIME_FORMAT)
+        )
+    }
+
+    /// Uploads a verified local dump under its final name. The object appears only once
+    /// complete (multipart upload, or write-then-rename on a directory).
+    pub async fn upload(&self, local: &Path, object: &str) -> Result<u64, BackupError> {
+        let location = ObjectPath::parse(object)
+            .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
+        let io =
+            |e: std::io::Error| BackupError::Storage(format!("reading {}: {e}", local.display()));
+        let mut file = tokio::fs::File::open(local).await.map_err(io)?;
+        let upload = self
+            .store
+            .put_multipart(&location)
+            .await
+            .map_err(|e| BackupError::Storage(format!("{self:?}: cannot start upload: {e}")))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            writer
+                .wait_for_capacity(4)
+                .await
+                .map_err(|e| BackupError::Storage(format!("{self:?}: upload failed: {e}")))?;
+            writer.write(&buf[..n]);
+            total += n as u64;
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| BackupError::Storage(format!("{self:?}: upload failed: {e}")))?;
+        Ok(total)
+    }
+
+    /// Downloads `object` into the local file `dest`.
+    pub async fn download(&self, object: &str, dest: &Path) -> Result<u64, BackupError> {
+        let location = ObjectPath::parse(object)
+            .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
+        let result = self.store.get(&location).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                BackupError::NotFound(format!("no backup {object} in {self:?}"))
+            }
+            other => BackupError::Storage(format!("{self:?}: cannot read {object}: {other}")),
+        })?;
+        let io =
+            |e: std::io::Error| BackupError::Storage(format!("writing {}: {e}", dest.display()));
+        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut stream = result.into_stream();
+        let mut total = 0u64;
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| BackupError::Storage(format!("{self:?}: reading {object}: {e}")))?
+        {
+            file.write_all(&chunk).await.map_err(io)?;
+            total += chunk.len() as u64;
+        }
+        file.flush().await.map_err(io)?;
+        Ok(total)
+    }
+
+    /// Every dump of `school_id`, oldest first. Objects whose names are not dump names
+    /// (someone else's files) are left out, and so never pruned.
+    pub async fn list(&self, school_id: &str) -> Result<Vec<StoredDump>, BackupError> {
+        let folder = ObjectPath::parse(self.school_folder(school_id))
+            .map_err(|e| BackupError::Storage(format!("bad school id {school_id}: {e}")))?;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&folder))
+            .try_collect()
+            .await
+            .map_err(|e| BackupError::Storage(format!("{self:?}: cannot list backups: {e}")))?;
+        let mut dumps: Vec<StoredDump> = objects
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?;
+                let taken_at = parse_dump_name(name, school_id)?;
+                Some(StoredDump {
+                    object: meta.location.to_string(),
+                    taken_at,
+                    size: meta.size,
+                })
+            })
+            .collect();
+        dumps.sort_by_key(|d| d.taken_at);
+        Ok(dumps)
+    }
+
+    pub async fn delete(&self, object: &str) -> Result<(), BackupError> {
+        let location = ObjectPath::parse(object)
+            .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
+        self.store
+            .delete(&location)
+            .await
+            .map_err(|e| BackupError::Storage(format!("{self:?}: cannot delete {object}: {e}")))
+    }
+
+    /// Writes arbitrary bytes (tests use it to plant corrupt dumps and foreign files).
+    pub async fn put_bytes(&self, object: &str, bytes: Vec<u8>) -> Result<(), BackupError> {
+        let location = ObjectPath::parse(object)
+            .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
+        self.store
+            .put(&location, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| BackupError::Storage(format!("{self:?}: cannot write {object}: {e}")))
+    }
+}
+
+/// `<school-id>_<time>.dump` → the time; anything else → `None`.
+fn parse_dump_name(name: &str, school_id: &str) -> Option<DateTime<Utc>> {
+    let time = name
+        .strip_prefix(school_id)?
+        .strip_prefix('_')?
+        .strip_suffix(".dump")?;
+    NaiveDateTime::parse_from_str(time, TIME_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// Which dumps retention removes at `now`: those older than `retention_days`, but never
+/// the newest one, however old — a school whose backups have been failing for a month
+/// still has its last good dump. `dumps` must be sorted oldest first.
+pub fn expired(dumps: &[StoredDump], retention_days: u32, now: DateTime<Utc>) -> Vec<StoredDump> {
+    let cutoff = now - chrono::Duration::days(i64::from(retention_days));
+    let Some((_newest, older)) = dumps.split_last() else {
+        return Vec::new();
+    };
+    older
+        .iter()
+        .filter(|d| d.taken_at < cutoff)
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn dump(days_ago: i64, now: DateTime<Utc>) -> StoredDump {
+        StoredDump {
+            object: format!("s/{days_ago}"),
+            taken_at: now - chrono::Duration::days(days_ago),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn names_sort_by_time_and_parse_back() {
+        let store = BackupStore::directory(tempfile::tempdir().unwrap().path()).unwrap();
+        let id = "0b8f3a5e-0000-4000-8000-000000000001";
+        let t1 = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let t2 = t1 + chrono::Duration::milliseconds(1);
+        let (a, b) = (store.object_name(id, t1), store.object_name(id, t2));
+        assert!(a < b, "{a} must sort before {b}");
+        assert!(a.contains(id));
+        let file = a.rsplit('/').next().unwrap();
+        assert_eq!(parse_dump_name(file, id), Some(t1));
+        assert_eq!(parse_dump_name("notes.txt", id), None);
+        assert_eq!(parse_dump_name(&file.replace(".dump", ".tmp"), id), None);
+    }
+
+    #[test]
+    fn retention_prunes_old_dumps_but_keeps_the_newest() {
+        let now = Utc::now();
+        let dumps = vec![dump(40, now), dump(9, now), dump(6, now), dump(1, now)];
+        let gone: Vec<_> = expired(&dumps, 7, now)
+            .into_iter()
+            .map(|d| d.object)
+            .collect();
+        assert_eq!(gone, vec!["s/40", "s/9"]);
+
+        let all_old = vec![dump(50, now), dump(40, now)];
+        let gone: Vec<_> = expired(&all_old, 7, now)
+            .into_iter()
+            .map(|d| d.object)
+            .collect();
+        assert_eq!(
+            gone,
+            vec!["s/50"],
+            "the newest dump survives even past retention"
+        );
+        assert!(expired(&[dump(90, now)], 7, now).is_empty());
+        assert!(expired(&[], 7, now).is_empty());
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what the test suite and the demo need and a fresh Debian 12 machine lacks:
+# redis-server (not installed there), if missing the PostgreSQL server binaries, and
+# moto's local S3-compatible server (PyPI) for the backup-storage tests.
+# Idempotent: does nothing when both are present. Needs root (or sudo) only to install.
+set -euo pipefail
+
+have_pg_server() {
+    command -v initdb >/dev/null 2>&1 && return 0
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+have_pg_server || missing+=(postgresql)
+[ -n "${EDUMIND_TEST_REDIS_URL:-}" ] && missing=("${missing[@]/redis-server}")
+[ -n "${EDUMIND_TEST_POSTGRES_URL:-}" ] && missing=("${missing[@]/postgresql}")
+read -r -a missing <<<"${missing[*]:-}"
+
+if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
+    echo "installing: moto[server] (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+fi
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    exit 0
+fi
+
+echo "installing: ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+        echo "need root to install ${missing[*]}: install them and run again" >&2
+        exit 1
+    fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# The harness starts its own servers; keep the packages' system services out of the way.
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+for svc in redis-server postgresql; do
+    $sudo service "$svc" stop >/dev/null 2>&1 || true
+done
