@@ -818,3 +818,44 @@ async fn secrets_stay_out_of_status_events_and_metrics_count_reconciles() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_published_secret_drives_the_backup_runner() {
+    use edumind_operator::backup::{self, BackupJob, BackupStore, ConnectionInfo, PgTools};
+    let env = env().await;
+    env.create("bk", env.spec(&env.code("Backup"))).await;
+    let school = env.reconcile("bk").await;
+    let secret = env
+        .secrets()
+        .get(&school.status.clone().unwrap().secret_name.unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(&secret).unwrap()).unwrap();
+
+    // The contract between the operator and the backup runner: keys and the school-id label.
+    let conn = ConnectionInfo::load(&file).expect("the backup runner reads the operator's Secret");
+    assert_eq!(conn.school_id, school.status.clone().unwrap().school_id);
+    let store = BackupStore::from_spec(
+        dir.path().join("store").to_str().unwrap(),
+        None,
+        "us-east-1",
+    )
+    .unwrap();
+    let job = BackupJob {
+        school_id: conn.school_id.clone().unwrap(),
+        retention_days: 7,
+        work_dir: None,
+    };
+    let report = backup::run_backup(
+        &PgTools::discover().unwrap(),
+        &conn,
+        &store,
+        &job,
+        chrono::Utc::now(),
+    )
+    .await
+    .expect("backup with the school's own credentials");
+    assert!(report.tables >= 13, "{} tables", report.tables);
+}
