@@ -57,9 +57,12 @@ pub struct SchoolSpec {
     /// School's namespace and name (UUIDv5) and records it in `status.schoolId`.
     /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    ))]
+    #[schemars(
+        length(max = 36),
+        regex(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        )
+    )]
     pub school_id: Option<String>,
 
     /// Short identifier of the school, unique per target server (1 to 50 characters, no
