@@ -57,9 +57,12 @@ pub struct SchoolSpec {
     /// School's namespace and name (UUIDv5) and records it in `status.schoolId`.
     /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    ))]
+    #[schemars(
+        length(max = 36),
+        regex(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        )
+    )]
     pub school_id: Option<String>,
 
     /// Short identifier of the school, unique per target server (1 to 50 characters, no
@@ -236,8 +239,8 @@ pub struct SchoolStatus {
 
 /// The CRD manifest as YAML, exactly what `edumind-operator crd` prints and what
 /// `crds/generated/schools.edumind.ai.yaml` holds.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&School::crd())
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(&School::crd())
 }
 
 #[cfg(test)]

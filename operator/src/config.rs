@@ -102,7 +102,7 @@ impl TargetServers {
 
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         let file: File =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         Self::new(file.servers)
     }
 

@@ -1,6 +1,5 @@
 //! `edumind-operator`: the School controller (`run`) and the command-line tools platform
-//! teams use next to it (`crd`, `migrate`, `schema-version`, `backup`, `restore`,
-//! `list-backups`, `check-config`).
+//! teams use next to it (`crd`, `migrate`, `schema-version`).
 
 use std::path::PathBuf;
 
@@ -49,6 +48,11 @@ enum Command {
     SchemaVersion,
     /// Print the `School` CustomResourceDefinition as YAML (for `kubectl apply -f -`).
     Crd,
+    /// Check a target server configuration file and print the servers it defines.
+    CheckConfig {
+        #[arg(long, env = "EDUMIND_SERVERS_CONFIG")]
+        config: PathBuf,
+    },
     /// Take one verified logical backup of a school database, then apply retention.
     ///
     /// Runs `pg_dump --format=custom` with the school's own credentials, verifies the dump
@@ -90,11 +94,6 @@ enum Command {
     ListBackups {
         #[command(flatten)]
         target: Target,
-    },
-    /// Check a target server configuration file and print the servers it defines.
-    CheckConfig {
-        #[arg(long, env = "EDUMIND_SERVERS_CONFIG")]
-        config: PathBuf,
     },
 }
 
@@ -171,6 +170,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate { .. } => anyhow::bail!("give --database-url, or --all with --admin-url"),
         Command::SchemaVersion => println!("{}", edumind_schema::latest_version()),
+        Command::Crd => print!("{}", edumind_crds::crd_yaml()?),
+        Command::CheckConfig { config } => {
+            let text = tokio::fs::read_to_string(&config).await?;
+            let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;
+            for s in servers.iter() {
+                println!(
+                    "{}{} {}:{} (admin Secret {})",
+                    s.name,
+                    if s.default { " (default)" } else { "" },
+                    s.host,
+                    s.port,
+                    s.admin_secret
+                );
+            }
+        }
         Command::Backup {
             target,
             retention_days,
@@ -225,21 +239,6 @@ async fn main() -> anyhow::Result<()> {
                     dump.taken_at.to_rfc3339(),
                     dump.size,
                     dump.object
-                );
-            }
-        }
-        Command::Crd => print!("{}", edumind_crds::crd_yaml()?),
-        Command::CheckConfig { config } => {
-            let text = tokio::fs::read_to_string(&config).await?;
-            let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;
-            for s in servers.iter() {
-                println!(
-                    "{}{} {}:{} (admin Secret {})",
-                    s.name,
-                    if s.default { " (default)" } else { "" },
-                    s.host,
-                    s.port,
-                    s.admin_secret
                 );
             }
         }

@@ -640,6 +640,14 @@ async fn claim_new(
 ) -> Result<(), Error> {
     for (database, other) in pg::claimed_databases(conn).await? {
         if other.owner == claim.owner {
+            if database != d.database {
+                // A retained database of a School that had this namespace/name: never
+                // start a second, empty one beside it.
+                return Err(Error::Conflict(format!(
+                    "a database retained from an earlier School {} exists ({database}, code {:?}); use that code again to adopt it, or drop it",
+                    claim.owner, other.code
+                )));
+            }
             continue;
         }
         if other.code == claim.code {

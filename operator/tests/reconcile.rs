@@ -422,6 +422,25 @@ async fn deleted_secret_and_broken_credentials_are_repaired() {
     .await
     .unwrap();
     assert!(!createdb && !public);
+
+    // Ownership taken away: given back, and the school keeps working.
+    let superuser = edumind_tests::postgres().await.superuser.clone();
+    admin()
+        .await
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{db}\" OWNER TO \"{superuser}\""
+        )))
+        .await
+        .unwrap();
+    env.reconcile("drift").await;
+    let owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+    )
+    .bind(&db)
+    .fetch_one(&mut admin().await)
+    .await
+    .unwrap();
+    assert_eq!(owner, role);
 }
 
 #[tokio::test]
@@ -698,7 +717,19 @@ async fn reclaim_policies() {
     assert_eq!(ready(&snap).1, "SnapshotNotSupported");
     assert!(exists("db", &dbs["snap"]).await, "never treated as delete");
 
-    // A School recreated under the same name adopts its retained database again.
+    // A School recreated under the same name but another code does not start a second,
+    // empty database beside the retained one...
+    env.schools()
+        .delete("keep", &Default::default())
+        .await
+        .unwrap();
+    env.create("keep", env.spec(&env.code("keep-renamed")))
+        .await;
+    let renamed = env.reconcile("keep").await;
+    let (_, reason, message) = ready(&renamed);
+    assert_eq!(reason, "Conflict");
+    assert!(message.contains(&dbs["keep"]), "{message}");
+    // ...and with the same code it adopts the retained database again.
     env.schools()
         .delete("keep", &Default::default())
         .await
@@ -786,4 +817,45 @@ async fn secrets_stay_out_of_status_events_and_metrics_count_reconciles() {
         text.contains("edumind_operator_reconcile_duration_seconds_count 2"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn the_published_secret_drives_the_backup_runner() {
+    use edumind_operator::backup::{self, BackupJob, BackupStore, ConnectionInfo, PgTools};
+    let env = env().await;
+    env.create("bk", env.spec(&env.code("Backup"))).await;
+    let school = env.reconcile("bk").await;
+    let secret = env
+        .secrets()
+        .get(&school.status.clone().unwrap().secret_name.unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(&secret).unwrap()).unwrap();
+
+    // The contract between the operator and the backup runner: keys and the school-id label.
+    let conn = ConnectionInfo::load(&file).expect("the backup runner reads the operator's Secret");
+    assert_eq!(conn.school_id, school.status.clone().unwrap().school_id);
+    let store = BackupStore::from_spec(
+        dir.path().join("store").to_str().unwrap(),
+        None,
+        "us-east-1",
+    )
+    .unwrap();
+    let job = BackupJob {
+        school_id: conn.school_id.clone().unwrap(),
+        retention_days: 7,
+        work_dir: None,
+    };
+    let report = backup::run_backup(
+        &PgTools::discover().unwrap(),
+        &conn,
+        &store,
+        &job,
+        chrono::Utc::now(),
+    )
+    .await
+    .expect("backup with the school's own credentials");
+    assert!(report.tables >= 13, "{} tables", report.tables);
 }
