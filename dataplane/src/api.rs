@@ -17,6 +17,7 @@ use warp::{Filter, Reply};
 use crate::access::{Access, path_uuid, resolve, scope_params};
 use crate::auth::{AuthError, Principal};
 use crate::cache;
+use crate::openapi::{self, RouteDoc};
 use crate::pool::PoolError;
 use crate::problem::Problem;
 use crate::scoped;
@@ -49,24 +50,28 @@ fn if_none_match() -> impl Filter<Extract = (Option<String>,), Error = Infallibl
         .unify()
 }
 
+/// The JSON body, size-limited; a body that does not parse is handed to the handler as a
+/// 400 problem, so authentication still answers first (401 before 400).
 fn json_body<T: serde::de::DeserializeOwned + Send>(
     s: &Ctx,
-) -> impl Filter<Extract = (T,), Error = warp::Rejection> + Clone + use<T> {
-    warp::body::content_length_limit(s.settings.max_body_bytes).and(warp::body::json())
+) -> impl Filter<Extract = (Result<T, Problem>,), Error = warp::Rejection> + Clone + use<T> {
+    warp::body::content_length_limit(s.settings.max_body_bytes)
+        .and(warp::body::bytes())
+        .map(|b: bytes::Bytes| {
+            serde_json::from_slice::<T>(&b)
+                .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
+        })
 }
 
-/// Counts and times every reply of one route.
-fn instrument(
-    s: &Ctx,
-    route: &'static str,
-    f: BoxedFilter<(Response,)>,
-) -> BoxedFilter<(Response,)> {
+/// Counts and times every reply of one route. The only way to mount a route: it takes
+/// the route's entry of the OpenAPI table, so every route is documented.
+fn instrument(s: &Ctx, doc: RouteDoc, f: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
     let m = s.metrics.clone();
     warp::any()
         .map(Instant::now)
         .and(f)
         .map(move |start: Instant, res: Response| {
-            m.observe(route, res.status().as_u16(), start);
+            m.observe(doc.id, res.status().as_u16(), start);
             res
         })
         .boxed()
@@ -195,6 +200,8 @@ pub fn routes(s: Ctx) -> BoxedFilter<(Response,)> {
         .unify()
         .or(metrics(&s))
         .unify()
+        .or(openapi_json(&s))
+        .unify()
         .or(school_get(&s))
         .unify()
         .or(students_list(&s))
@@ -242,7 +249,7 @@ pub fn healthz(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
         .boxed();
-    instrument(s, "healthz", f)
+    instrument(s, openapi::HEALTHZ, f)
 }
 
 /// `GET /readyz`: PostgreSQL (one tenant per server) and Redis, reported separately. Ready
@@ -254,7 +261,7 @@ pub fn readyz(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(with(s))
         .then(readyz_handler)
         .boxed();
-    instrument(s, "readyz", f)
+    instrument(s, openapi::READYZ, f)
 }
 
 async fn readyz_handler(s: Ctx) -> Response {
@@ -292,7 +299,7 @@ async fn readyz_handler(s: Ctx) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
     let st = s.clone();
-    warp::path!("metrics")
+    let f = warp::path!("metrics")
         .and(warp::get())
         .map(move || {
             let body = st.metrics.render(&st.pools.usage());
@@ -303,7 +310,17 @@ pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
             );
             r
         })
-        .boxed()
+        .boxed();
+    instrument(s, openapi::METRICS, f)
+}
+
+/// `GET /openapi.json`: the OpenAPI 3 document, built from the route table.
+pub fn openapi_json(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &openapi::document()))
+        .boxed();
+    instrument(s, openapi::OPENAPI, f)
 }
 
 /// `GET /v1/tenants/{tenant}/school`: the school's own record (school members, admins).
@@ -339,7 +356,7 @@ pub fn school_get(s: &Ctx) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed();
-    instrument(s, "school.get", f)
+    instrument(s, openapi::SCHOOL_GET, f)
 }
 
 #[derive(Deserialize)]
@@ -404,7 +421,7 @@ pub fn students_list(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "students.list", f)
+    instrument(s, openapi::STUDENTS_LIST, f)
 }
 
 /// Serves a cached document: a hit from Redis, else the scoped query (single flight).
@@ -479,7 +496,7 @@ pub fn student_progress(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "students.progress", f)
+    instrument(s, openapi::STUDENT_PROGRESS, f)
 }
 
 const ROSTER_SQL: &str = scoped!(
@@ -525,7 +542,7 @@ pub fn roster_get(s: &Ctx) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed();
-    instrument(s, "classes.roster.get", f)
+    instrument(s, openapi::ROSTER_GET, f)
 }
 
 #[derive(Deserialize)]
@@ -543,10 +560,11 @@ pub fn roster_put(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(json_body::<RosterBody>(s))
         .and(with(s))
         .then(
-            |t: String, id: String, who: Who, body: RosterBody, s: Ctx| async move {
+            |t: String, id: String, who: Who, body: Result<RosterBody, Problem>, s: Ctx| async move {
                 reply(
                     async {
                         let sc = scope(&s, who, &t)?;
+                        let body = body?;
                         if !sc.access.reads_all() {
                             return Err(Problem::forbidden());
                         }
@@ -599,7 +617,7 @@ pub fn roster_put(s: &Ctx) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed();
-    instrument(s, "classes.roster.put", f)
+    instrument(s, openapi::ROSTER_PUT, f)
 }
 
 /// `GET /v1/tenants/{tenant}/courses/{id}/questions`: the course's active questions;
@@ -646,7 +664,7 @@ pub fn course_questions(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "courses.questions", f)
+    instrument(s, openapi::COURSE_QUESTIONS, f)
 }
 
 /// `GET /v1/tenants/{tenant}/assessments/{id}`: assessment metadata; cached 15 minutes
@@ -686,7 +704,7 @@ pub fn assessment_get(s: &Ctx) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed();
-    instrument(s, "assessments.get", f)
+    instrument(s, openapi::ASSESSMENT_GET, f)
 }
 
 const ME_SQL: &str =
@@ -747,10 +765,11 @@ pub fn attempt_start(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(json_body::<StartBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, body: StartBody, s: Ctx| async move {
+        .then(|t: String, who: Who, body: Result<StartBody, Problem>, s: Ctx| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
+                    let body = body?;
                     if !sc.access.is_student() {
                         return Err(Problem::forbidden());
                     }
@@ -779,7 +798,7 @@ pub fn attempt_start(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "attempts.start", f)
+    instrument(s, openapi::ATTEMPT_START, f)
 }
 
 #[derive(Deserialize)]
@@ -812,10 +831,11 @@ pub fn attempt_answer(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(json_body::<AnswerBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, body: AnswerBody, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, body: Result<AnswerBody, Problem>, s: Ctx| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
+                    let body = body?;
                     if !sc.access.is_student() {
                         return Err(Problem::forbidden());
                     }
@@ -888,7 +908,7 @@ pub fn attempt_answer(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "attempts.answer", f)
+    instrument(s, openapi::ATTEMPT_ANSWER, f)
 }
 
 /// XP for a submitted attempt: 10 per correct answer, 50 more for a pass.
@@ -931,7 +951,7 @@ pub fn attempt_submit(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "attempts.submit", f)
+    instrument(s, openapi::ATTEMPT_SUBMIT, f)
 }
 
 /// status, max score, passing %, question ids, answered, correct, score, seconds.
@@ -1051,7 +1071,7 @@ pub fn attempt_get(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "attempts.get", f)
+    instrument(s, openapi::ATTEMPT_GET, f)
 }
 
 fn session_key(p: &Principal) -> String {
@@ -1126,8 +1146,12 @@ pub fn session_routes(s: &Ctx) -> BoxedFilter<(Response,)> {
                 .await,
             )
         });
-    let f = put.or(get).unify().or(delete).unify().boxed();
-    instrument(s, "session", f)
+    instrument(s, openapi::SESSION_PUT, put.boxed())
+        .or(instrument(s, openapi::SESSION_GET, get.boxed()))
+        .unify()
+        .or(instrument(s, openapi::SESSION_DELETE, delete.boxed()))
+        .unify()
+        .boxed()
 }
 
 #[derive(Deserialize)]
@@ -1184,7 +1208,7 @@ pub fn workflows_list(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "workflows.list", f)
+    instrument(s, openapi::WORKFLOWS_LIST, f)
 }
 
 #[derive(Deserialize)]
@@ -1215,10 +1239,11 @@ pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(json_body::<WorkflowBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, b: WorkflowBody, s: Ctx| async move {
+        .then(|t: String, who: Who, b: Result<WorkflowBody, Problem>, s: Ctx| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
+                    let b = b?;
                     if sc.access != Access::Admin {
                         return Err(Problem::forbidden());
                     }
@@ -1255,5 +1280,5 @@ pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "workflows.create", f)
+    instrument(s, openapi::WORKFLOWS_CREATE, f)
 }
