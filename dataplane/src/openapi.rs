@@ -34,6 +34,8 @@ routes! {
     METRICS = ("metrics", "get", "/metrics", false, "Prometheus metrics");
     OPENAPI = ("openapi", "get", "/openapi.json", false, "This document");
     SCHOOL_GET = ("school.get", "get", "/v1/tenants/{tenant}/school", true, "The school's own record");
+    USERS_LIST = ("users.list", "get", "/v1/tenants/{tenant}/users", true, "Users, keyset-paginated by id, filtered by role (staff and admins)");
+    USERS_CREATE = ("users.create", "post", "/v1/tenants/{tenant}/users", true, "Create a user of this tenant (school admins: roles 0-2; admins: any)");
     STUDENTS_LIST = ("students.list", "get", "/v1/tenants/{tenant}/students", true, "Students, keyset-paginated by id (after, limit, grade_level, subscription_tier); students see themselves");
     STUDENT_PROGRESS = ("students.progress", "get", "/v1/tenants/{tenant}/students/{id}/progress", true, "Level, XP, streak and attempt counts (cached 5 min)");
     ROSTER_GET = ("classes.roster.get", "get", "/v1/tenants/{tenant}/classes/{id}/roster", true, "A class's students (cached 10 min)");
