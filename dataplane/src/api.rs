@@ -17,6 +17,7 @@ use warp::{Filter, Reply};
 use crate::access::{Access, path_uuid, resolve, scope_params};
 use crate::auth::{AuthError, Principal};
 use crate::cache;
+use crate::openapi::{self, RouteDoc};
 use crate::pool::PoolError;
 use crate::problem::Problem;
 use crate::scoped;
@@ -49,24 +50,28 @@ fn if_none_match() -> impl Filter<Extract = (Option<String>,), Error = Infallibl
         .unify()
 }
 
+/// The JSON body, size-limited; a body that does not parse is handed to the handler as a
+/// 400 problem, so authentication still answers first (401 before 400).
 fn json_body<T: serde::de::DeserializeOwned + Send>(
     s: &Ctx,
-) -> impl Filter<Extract = (T,), Error = warp::Rejection> + Clone + use<T> {
-    warp::body::content_length_limit(s.settings.max_body_bytes).and(warp::body::json())
+) -> impl Filter<Extract = (Result<T, Problem>,), Error = warp::Rejection> + Clone + use<T> {
+    warp::body::content_length_limit(s.settings.max_body_bytes)
+        .and(warp::body::bytes())
+        .map(|b: bytes::Bytes| {
+            serde_json::from_slice::<T>(&b)
+                .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
+        })
 }
 
-/// Counts and times every reply of one route.
-fn instrument(
-    s: &Ctx,
-    route: &'static str,
-    f: BoxedFilter<(Response,)>,
-) -> BoxedFilter<(Response,)> {
+/// Counts and times every reply of one route. The only way to mount a route: it takes
+/// the route's entry of the OpenAPI table, so every route is documented.
+fn instrument(s: &Ctx, doc: RouteDoc, f: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
     let m = s.metrics.clone();
     warp::any()
         .map(Instant::now)
         .and(f)
         .map(move |start: Instant, res: Response| {
-            m.observe(route, res.status().as_u16(), start);
+            m.observe(doc.id, res.status().as_u16(), start);
             res
         })
         .boxed()
@@ -172,12 +177,14 @@ async fn fetch_doc(
     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
     let (uid, adm) = sc.params();
     let mut q = sqlx::query_scalar::<_, Value>(sql).bind(uid).bind(adm);
+    // Every value goes over as text (NULL as a text NULL) and the SQL casts it: one
+    // statement text must always see the same parameter types, or the cached prepared
+    // statement rejects the next call's binary encoding.
     for b in binds {
         q = match b {
-            Value::String(v) => q.bind(v.clone()),
-            Value::Number(n) => q.bind(n.as_i64()),
+            Value::String(v) => q.bind(Some(v.clone())),
             Value::Null => q.bind(None::<String>),
-            other => q.bind(other.clone()),
+            other => q.bind(Some(other.to_string())),
         };
     }
     q.fetch_optional(&mut *conn).await.map_err(db_problem)
@@ -195,7 +202,13 @@ pub fn routes(s: Ctx) -> BoxedFilter<(Response,)> {
         .unify()
         .or(metrics(&s))
         .unify()
+        .or(openapi_json(&s))
+        .unify()
         .or(school_get(&s))
+        .unify()
+        .or(users_list(&s))
+        .unify()
+        .or(users_create(&s))
         .unify()
         .or(students_list(&s))
         .unify()
@@ -242,7 +255,7 @@ pub fn healthz(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
         .boxed();
-    instrument(s, "healthz", f)
+    instrument(s, openapi::HEALTHZ, f)
 }
 
 /// `GET /readyz`: PostgreSQL (one tenant per server) and Redis, reported separately. Ready
@@ -254,7 +267,7 @@ pub fn readyz(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(with(s))
         .then(readyz_handler)
         .boxed();
-    instrument(s, "readyz", f)
+    instrument(s, openapi::READYZ, f)
 }
 
 async fn readyz_handler(s: Ctx) -> Response {
@@ -292,7 +305,7 @@ async fn readyz_handler(s: Ctx) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
     let st = s.clone();
-    warp::path!("metrics")
+    let f = warp::path!("metrics")
         .and(warp::get())
         .map(move || {
             let body = st.metrics.render(&st.pools.usage());
@@ -303,7 +316,17 @@ pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
             );
             r
         })
-        .boxed()
+        .boxed();
+    instrument(s, openapi::METRICS, f)
+}
+
+/// `GET /openapi.json`: the OpenAPI 3 document, built from the route table.
+pub fn openapi_json(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &openapi::document()))
+        .boxed();
+    instrument(s, openapi::OPENAPI, f)
 }
 
 /// `GET /v1/tenants/{tenant}/school`: the school's own record (school members, admins).
@@ -339,7 +362,7 @@ pub fn school_get(s: &Ctx) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed();
-    instrument(s, "school.get", f)
+    instrument(s, openapi::SCHOOL_GET, f)
 }
 
 #[derive(Deserialize)]
@@ -381,7 +404,7 @@ pub fn students_list(s: &Ctx) -> BoxedFilter<(Response,)> {
                              AND ($4::int IS NULL OR s.grade_level = $4::int) \
                              AND ($5::int IS NULL OR s.subscription_tier = $5::int) \
                              AND ($6::uuid IS NULL OR s.user_id = $6::uuid) \
-                             ORDER BY s.id LIMIT $7) t"
+                             ORDER BY s.id LIMIT $7::int) t"
                         ),
                         &[
                             q.after.map(|a| json!(a.to_string())).unwrap_or(Value::Null),
@@ -404,7 +427,7 @@ pub fn students_list(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "students.list", f)
+    instrument(s, openapi::STUDENTS_LIST, f)
 }
 
 /// Serves a cached document: a hit from Redis, else the scoped query (single flight).
@@ -479,7 +502,7 @@ pub fn student_progress(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "students.progress", f)
+    instrument(s, openapi::STUDENT_PROGRESS, f)
 }
 
 const ROSTER_SQL: &str = scoped!(
@@ -525,7 +548,7 @@ pub fn roster_get(s: &Ctx) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed();
-    instrument(s, "classes.roster.get", f)
+    instrument(s, openapi::ROSTER_GET, f)
 }
 
 #[derive(Deserialize)]
@@ -543,10 +566,11 @@ pub fn roster_put(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(json_body::<RosterBody>(s))
         .and(with(s))
         .then(
-            |t: String, id: String, who: Who, body: RosterBody, s: Ctx| async move {
+            |t: String, id: String, who: Who, body: Result<RosterBody, Problem>, s: Ctx| async move {
                 reply(
                     async {
                         let sc = scope(&s, who, &t)?;
+                        let body = body?;
                         if !sc.access.reads_all() {
                             return Err(Problem::forbidden());
                         }
@@ -599,7 +623,7 @@ pub fn roster_put(s: &Ctx) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed();
-    instrument(s, "classes.roster.put", f)
+    instrument(s, openapi::ROSTER_PUT, f)
 }
 
 /// `GET /v1/tenants/{tenant}/courses/{id}/questions`: the course's active questions;
@@ -646,7 +670,7 @@ pub fn course_questions(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "courses.questions", f)
+    instrument(s, openapi::COURSE_QUESTIONS, f)
 }
 
 /// `GET /v1/tenants/{tenant}/assessments/{id}`: assessment metadata; cached 15 minutes
@@ -686,7 +710,7 @@ pub fn assessment_get(s: &Ctx) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed();
-    instrument(s, "assessments.get", f)
+    instrument(s, openapi::ASSESSMENT_GET, f)
 }
 
 const ME_SQL: &str =
@@ -747,10 +771,11 @@ pub fn attempt_start(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(json_body::<StartBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, body: StartBody, s: Ctx| async move {
+        .then(|t: String, who: Who, body: Result<StartBody, Problem>, s: Ctx| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
+                    let body = body?;
                     if !sc.access.is_student() {
                         return Err(Problem::forbidden());
                     }
@@ -779,7 +804,7 @@ pub fn attempt_start(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "attempts.start", f)
+    instrument(s, openapi::ATTEMPT_START, f)
 }
 
 #[derive(Deserialize)]
@@ -812,10 +837,11 @@ pub fn attempt_answer(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(json_body::<AnswerBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, body: AnswerBody, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, body: Result<AnswerBody, Problem>, s: Ctx| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
+                    let body = body?;
                     if !sc.access.is_student() {
                         return Err(Problem::forbidden());
                     }
@@ -888,7 +914,7 @@ pub fn attempt_answer(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "attempts.answer", f)
+    instrument(s, openapi::ATTEMPT_ANSWER, f)
 }
 
 /// XP for a submitted attempt: 10 per correct answer, 50 more for a pass.
@@ -931,7 +957,7 @@ pub fn attempt_submit(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "attempts.submit", f)
+    instrument(s, openapi::ATTEMPT_SUBMIT, f)
 }
 
 /// status, max score, passing %, question ids, answered, correct, score, seconds.
@@ -1051,7 +1077,7 @@ pub fn attempt_get(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "attempts.get", f)
+    instrument(s, openapi::ATTEMPT_GET, f)
 }
 
 fn session_key(p: &Principal) -> String {
@@ -1126,8 +1152,12 @@ pub fn session_routes(s: &Ctx) -> BoxedFilter<(Response,)> {
                 .await,
             )
         });
-    let f = put.or(get).unify().or(delete).unify().boxed();
-    instrument(s, "session", f)
+    instrument(s, openapi::SESSION_PUT, put.boxed())
+        .or(instrument(s, openapi::SESSION_GET, get.boxed()))
+        .unify()
+        .or(instrument(s, openapi::SESSION_DELETE, delete.boxed()))
+        .unify()
+        .boxed()
 }
 
 #[derive(Deserialize)]
@@ -1168,7 +1198,7 @@ pub fn workflows_list(s: &Ctx) -> BoxedFilter<(Response,)> {
                         scoped!(
                             "SELECT coalesce(jsonb_agg(to_jsonb(w) ORDER BY w.execution_id), '[]'::jsonb) AS doc FROM ( \
                              SELECT * FROM workflow_executions WHERE ($3::text IS NULL OR execution_id > $3::text) \
-                             AND ($4::text IS NULL OR status = $4::text) ORDER BY execution_id LIMIT $5) w"
+                             AND ($4::text IS NULL OR status = $4::text) ORDER BY execution_id LIMIT $5::int) w"
                         ),
                         &[
                             q.after.map(Value::String).unwrap_or(Value::Null),
@@ -1184,7 +1214,7 @@ pub fn workflows_list(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "workflows.list", f)
+    instrument(s, openapi::WORKFLOWS_LIST, f)
 }
 
 #[derive(Deserialize)]
@@ -1215,10 +1245,11 @@ pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(json_body::<WorkflowBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, b: WorkflowBody, s: Ctx| async move {
+        .then(|t: String, who: Who, b: Result<WorkflowBody, Problem>, s: Ctx| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
+                    let b = b?;
                     if sc.access != Access::Admin {
                         return Err(Problem::forbidden());
                     }
@@ -1255,5 +1286,146 @@ pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
             )
         })
         .boxed();
-    instrument(s, "workflows.create", f)
+    instrument(s, openapi::WORKFLOWS_CREATE, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersQuery {
+    after: Option<Uuid>,
+    limit: Option<i64>,
+    role: Option<i32>,
+}
+
+/// `GET /v1/tenants/{tenant}/users?after=&limit=&role=`: the tenant's users,
+/// keyset-paginated by id, filtered on the indexed `role`. Staff and admins.
+pub fn users_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "users")
+        .and(warp::get())
+        .and(warp::query::<UsersQuery>())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, q: UsersQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !sc.access.reads_all() {
+                        return Err(Problem::forbidden());
+                    }
+                    let limit = q.limit.unwrap_or(50);
+                    if !(1..=200).contains(&limit) {
+                        return Err(Problem::bad_request("limit must be between 1 and 200"));
+                    }
+                    if q.role.is_some_and(|r| !(0..=5).contains(&r)) {
+                        return Err(Problem::bad_request("role must be 0..=5"));
+                    }
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]'::jsonb) AS doc FROM ( \
+                             SELECT * FROM users u WHERE ($3::uuid IS NULL OR u.id > $3::uuid) \
+                             AND ($4::int IS NULL OR u.role = $4::int) ORDER BY u.id LIMIT $5::int) t"
+                        ),
+                        &[
+                            q.after.map(|a| json!(a.to_string())).unwrap_or(Value::Null),
+                            q.role.map(|r| json!(r)).unwrap_or(Value::Null),
+                            json!(limit),
+                        ],
+                    )
+                    .await?
+                    .unwrap_or_else(|| json!([]));
+                    let items = doc.as_array().cloned().unwrap_or_default();
+                    let next = (items.len() as i64 == limit)
+                        .then(|| items.last().and_then(|l| l.get("id")).cloned())
+                        .flatten();
+                    Ok(etagged(json!({"items": items, "next_after": next}).to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::USERS_LIST, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    email: String,
+    full_name: String,
+    role: i32,
+    external_id: Option<String>,
+    #[serde(default = "yes")]
+    is_active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl NewUser {
+    /// Every field against its column (spec 2.2 `users`), and the roles a school admin
+    /// may hand out (not the platform roles).
+    fn validate(&self, access: Access) -> Result<(), Problem> {
+        check_len("email", &self.email, 255)?;
+        let at = self.email.find('@');
+        if at.is_none_or(|i| i == 0 || i + 1 == self.email.len())
+            || self.email.contains(char::is_whitespace)
+        {
+            return Err(Problem::bad_request("email is not an address"));
+        }
+        check_len("full_name", &self.full_name, 255)?;
+        if let Some(x) = &self.external_id {
+            check_len("external_id", x, 255)?;
+        }
+        let max_role = if access == Access::Admin { 5 } else { 2 };
+        if !(0..=max_role).contains(&self.role) {
+            return Err(Problem::bad_request(format!("role must be 0..={max_role}")));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/users`: creates a user of this tenant (school admins and
+/// admins); 409 when the email or external id is taken.
+pub fn users_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "users")
+        .and(warp::post())
+        .and(principal(s))
+        .and(json_body::<NewUser>(s))
+        .and(with(s))
+        .then(|t: String, who: Who, body: Result<NewUser, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !sc.access.manages_school() {
+                        return Err(Problem::forbidden());
+                    }
+                    let u = body?;
+                    u.validate(sc.access)?;
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO users (id, email, full_name, role, school_id, is_active, external_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING to_jsonb(users.*)",
+                    )
+                    .bind(Uuid::new_v4())
+                    .bind(&u.email)
+                    .bind(&u.full_name)
+                    .bind(u.role)
+                    .bind(sc.school_id())
+                    .bind(u.is_active)
+                    .bind(&u.external_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    Ok(json_reply(StatusCode::CREATED, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::USERS_CREATE, f)
 }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod metrics;
+pub mod openapi;
 pub mod pool;
 pub mod problem;
 pub mod secret;

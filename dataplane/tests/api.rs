@@ -412,3 +412,94 @@ async fn health_ready_and_metrics() {
     );
     assert!(text.contains("edumind_pool_open_connections"), "{text}");
 }
+
+#[tokio::test]
+async fn users_are_validated_against_their_columns() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap();
+    let path = format!("/v1/tenants/{ta}/users");
+    let school_admin = token(f.a.admin_user, 2, Some(ta));
+    let teacher = token(f.a.teacher_user, 1, Some(ta));
+    let ok = json!({"email": "new@x.test", "full_name": "New Teacher", "role": 1});
+    assert_eq!(
+        f.call("POST", &path, Some(&teacher), Some(ok.clone()))
+            .await
+            .0,
+        403
+    );
+    let (s, v, _) = f
+        .call("POST", &path, Some(&school_admin), Some(ok.clone()))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["school_id"], ta.to_string());
+    assert_eq!(
+        f.call("POST", &path, Some(&school_admin), Some(ok.clone()))
+            .await
+            .0,
+        409,
+        "duplicate email"
+    );
+    for bad in [
+        json!({"email": format!("{}@x.test", "a".repeat(250)), "full_name": "N", "role": 1}),
+        json!({"email": "no-at-sign", "full_name": "N", "role": 1}),
+        json!({"email": "b@x.test", "full_name": "", "role": 1}),
+        json!({"email": "b@x.test", "full_name": "N".repeat(256), "role": 1}),
+        json!({"email": "b@x.test", "full_name": "N", "role": 5}),
+        json!({"email": "b@x.test", "full_name": "N", "role": 1, "external_id": "x".repeat(256)}),
+        json!({"email": "b@x.test", "full_name": "N", "role": 1, "surprise": true}),
+    ] {
+        let (s, v, _) = f
+            .call("POST", &path, Some(&school_admin), Some(bad.clone()))
+            .await;
+        assert_eq!(s, 400, "{bad} -> {v}");
+    }
+    // A platform admin may create platform roles.
+    let admin = token(Uuid::new_v4(), 5, None);
+    let (s, _, _) = f
+        .call(
+            "POST",
+            &path,
+            Some(&admin),
+            Some(json!({"email": "c@x.test", "full_name": "C", "role": 5})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // Keyset pagination over the indexed role filter.
+    let (s, page1, _) = f
+        .call("GET", &format!("{path}?limit=2"), Some(&teacher), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(page1["items"].as_array().unwrap().len(), 2);
+    let after = page1["next_after"].as_str().unwrap();
+    let (_, page2, _) = f
+        .call(
+            "GET",
+            &format!("{path}?limit=2&after={after}"),
+            Some(&teacher),
+            None,
+        )
+        .await;
+    let first: Vec<&str> = page1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    for u in page2["items"].as_array().unwrap() {
+        assert!(u["id"].as_str().unwrap() > after && !first.contains(&u["id"].as_str().unwrap()));
+    }
+    let (s, students, _) = f
+        .call("GET", &format!("{path}?role=0"), Some(&teacher), None)
+        .await;
+    assert_eq!(s, 200, "{students}");
+    assert!(
+        students["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["role"] == 0)
+    );
+    assert_eq!(students["items"].as_array().unwrap().len(), 2);
+    let stu = token(f.a.students[0].0, 0, Some(ta));
+    assert_eq!(f.call("GET", &path, Some(&stu), None).await.0, 403);
+}

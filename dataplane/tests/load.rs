@@ -107,7 +107,14 @@ async fn load() {
             "-q",
         ])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .rsplit('\r')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
         .unwrap_or_default();
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(script.path(), "SELECT 1;\n").unwrap();

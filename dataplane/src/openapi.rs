@@ -1,0 +1,125 @@
+//! The route table and the OpenAPI 3 document built from it (`GET /openapi.json`).
+//!
+//! Drift guard: a route can only be mounted through [`crate::api`]'s `instrument`, which
+//! takes its [`RouteDoc`] from this table, so an undocumented route does not compile; and
+//! `tests/openapi.rs` calls every documented method and path on the running server and
+//! fails if any is not routed.
+
+use serde_json::{Map, Value, json};
+
+/// One operation.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteDoc {
+    /// Operation id, also the `route` label of the metrics.
+    pub id: &'static str,
+    pub method: &'static str,
+    /// OpenAPI path template (`{tenant}` is a school id or `selfservice`).
+    pub path: &'static str,
+    /// Whether a bearer token is required.
+    pub auth: bool,
+    pub summary: &'static str,
+}
+
+macro_rules! routes {
+    ($($name:ident = ($id:literal, $method:literal, $path:literal, $auth:literal, $summary:literal);)*) => {
+        $(pub const $name: RouteDoc = RouteDoc { id: $id, method: $method, path: $path, auth: $auth, summary: $summary };)*
+        /// Every route the service mounts.
+        pub const ALL: &[RouteDoc] = &[$($name),*];
+    };
+}
+
+routes! {
+    HEALTHZ = ("healthz", "get", "/healthz", false, "Liveness: the process answers");
+    READYZ = ("readyz", "get", "/readyz", false, "Readiness: PostgreSQL (per server) and Redis, reported separately");
+    METRICS = ("metrics", "get", "/metrics", false, "Prometheus metrics");
+    OPENAPI = ("openapi", "get", "/openapi.json", false, "This document");
+    SCHOOL_GET = ("school.get", "get", "/v1/tenants/{tenant}/school", true, "The school's own record");
+    USERS_LIST = ("users.list", "get", "/v1/tenants/{tenant}/users", true, "Users, keyset-paginated by id, filtered by role (staff and admins)");
+    USERS_CREATE = ("users.create", "post", "/v1/tenants/{tenant}/users", true, "Create a user of this tenant (school admins: roles 0-2; admins: any)");
+    STUDENTS_LIST = ("students.list", "get", "/v1/tenants/{tenant}/students", true, "Students, keyset-paginated by id (after, limit, grade_level, subscription_tier); students see themselves");
+    STUDENT_PROGRESS = ("students.progress", "get", "/v1/tenants/{tenant}/students/{id}/progress", true, "Level, XP, streak and attempt counts (cached 5 min)");
+    ROSTER_GET = ("classes.roster.get", "get", "/v1/tenants/{tenant}/classes/{id}/roster", true, "A class's students (cached 10 min)");
+    ROSTER_PUT = ("classes.roster.put", "put", "/v1/tenants/{tenant}/classes/{id}/roster", true, "Replace a class's roster");
+    COURSE_QUESTIONS = ("courses.questions", "get", "/v1/tenants/{tenant}/courses/{id}/questions", true, "A course's active questions (cached 1 h; no answers for students)");
+    ASSESSMENT_GET = ("assessments.get", "get", "/v1/tenants/{tenant}/assessments/{id}", true, "Assessment metadata (cached 15 min)");
+    ATTEMPT_START = ("attempts.start", "post", "/v1/tenants/{tenant}/attempts", true, "Start an attempt (students)");
+    ATTEMPT_ANSWER = ("attempts.answer", "post", "/v1/tenants/{tenant}/attempts/{id}/responses", true, "Answer one question of an attempt in progress");
+    ATTEMPT_SUBMIT = ("attempts.submit", "post", "/v1/tenants/{tenant}/attempts/{id}/submit", true, "Score the attempt and update XP, level and streak (once)");
+    ATTEMPT_GET = ("attempts.get", "get", "/v1/tenants/{tenant}/attempts/{id}", true, "An attempt with its responses");
+    SESSION_PUT = ("session.put", "put", "/v1/session", true, "Store the caller's session (30-minute sliding expiry)");
+    SESSION_GET = ("session.get", "get", "/v1/session", true, "Read the caller's session and slide its expiry");
+    SESSION_DELETE = ("session.delete", "delete", "/v1/session", true, "End the caller's session");
+    WORKFLOWS_LIST = ("workflows.list", "get", "/v1/tenants/{tenant}/workflow-executions", true, "Orchestration runs, keyset-paginated (platform admins)");
+    WORKFLOWS_CREATE = ("workflows.create", "post", "/v1/tenants/{tenant}/workflow-executions", true, "Record an orchestration run (platform admins)");
+}
+
+fn params(path: &str) -> Vec<Value> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| {
+            json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"},
+                   "description": if name == "tenant" { "school id (UUID) or `selfservice`" } else { "UUID" }})
+        })
+        .collect()
+}
+
+/// The OpenAPI 3.0 document of every route in [`ALL`].
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for r in ALL {
+        let mut responses = json!({
+            "200": {"description": "OK"},
+            "400": {"$ref": "#/components/responses/Problem"},
+            "404": {"$ref": "#/components/responses/Problem"},
+            "503": {"$ref": "#/components/responses/Problem"}
+        });
+        if r.auth {
+            responses["401"] = json!({"$ref": "#/components/responses/Problem"});
+            responses["403"] = json!({"$ref": "#/components/responses/Problem"});
+        }
+        let mut op = json!({
+            "operationId": r.id,
+            "summary": r.summary,
+            "parameters": params(r.path),
+            "responses": responses,
+        });
+        if r.auth {
+            op["security"] = json!([{"bearer": []}]);
+        }
+        if matches!(r.method, "put" | "post") {
+            op["requestBody"] =
+                json!({"content": {"application/json": {"schema": {"type": "object"}}}});
+        }
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
+        entry[r.method] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "EduMind data plane", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "responses": {"Problem": {"description": "RFC 9457 problem details",
+                "content": {"application/problem+json": {"schema": {"type": "object",
+                    "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                                   "status": {"type": "integer"}, "detail": {"type": "string"}}}}}}}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_every_route_is_in_the_document() {
+        let mut ids: Vec<&str> = ALL.iter().map(|r| r.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), ALL.len());
+        let doc = document();
+        for r in ALL {
+            assert_eq!(doc["paths"][r.path][r.method]["operationId"], r.id);
+        }
+    }
+}
