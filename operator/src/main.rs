@@ -62,7 +62,7 @@ enum Command {
     ///
     /// Works outside Kubernetes too:
     ///
-    ///   kubectl get secret school-a-db -o yaml > school-a.yaml
+    ///   kubectl get secret lincoln-high-connection -o yaml > school-a.yaml
     ///
     ///   edumind-operator backup --secret school-a.yaml --storage /var/backups/edumind
     ///
