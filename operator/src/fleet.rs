@@ -31,6 +31,17 @@ impl std::fmt::Display for Progress {
     }
 }
 
+/// The role that owns a claimed database's tables, which migrations run as: school
+/// databases and their roles share one name (see `naming`); the self-service database
+/// belongs to its owner role.
+fn owner_role<'a>(database: &'a str, claim: &pg::Claim) -> &'a str {
+    if claim.kind == "selfservice" {
+        crate::selfservice::OWNER_ROLE
+    } else {
+        database
+    }
+}
+
 /// Migrates every database the operator claimed on the server behind `admin` (school
 /// databases; each as its own role), at most `concurrency` at a time. Calls `report` once
 /// per database as it finishes and returns how many failed.
@@ -48,9 +59,9 @@ pub async fn migrate_all(
     let total = claimed.len();
     let mut failed = 0;
     let mut stream =
-        futures::stream::iter(claimed.into_iter().map(|(database, _claim)| async move {
-            // School databases and their roles share one name (see `naming`).
-            let result = pg::migrate_database(admin, &database, &database).await;
+        futures::stream::iter(claimed.into_iter().map(|(database, claim)| async move {
+            let result =
+                pg::migrate_database(admin, &database, owner_role(&database, &claim)).await;
             (database, result)
         }))
         .buffer_unordered(concurrency.max(1));

@@ -244,4 +244,24 @@ async fn self_service_tenant_is_provisioned_isolated_by_rls_and_idempotent() {
         .await
         .unwrap();
     assert!(!is_super);
+
+    // `migrate --all` covers the self-service database too, as its owner role.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
+        .args(["migrate", "--all"])
+        .env("EDUMIND_ADMIN_URL", pg.admin_url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(DATABASE) && l.contains("up to date")),
+        "{stdout}"
+    );
 }
