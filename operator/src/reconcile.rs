@@ -366,30 +366,52 @@ pub struct Applied {
 
 /// The connection details the Secret publishes.
 pub fn secret_data(d: &Desired, password: &SecretString) -> BTreeMap<String, String> {
-    let (host, port) = (d.server.client_host().to_string(), d.server.client_port());
-    let (user, db, pw) = (&d.role, &d.database, password.expose());
-    // Role, database and password are [A-Za-z0-9_]: nothing needs escaping in any format.
-    let mut m = BTreeMap::new();
-    m.insert("username".into(), user.clone());
-    m.insert("user".into(), user.clone());
-    m.insert("password".into(), pw.to_string());
-    m.insert("host".into(), host.clone());
-    m.insert("port".into(), port.to_string());
-    m.insert("dbname".into(), db.clone());
-    m.insert(
-        "uri".into(),
-        format!("postgresql://{user}:{pw}@{host}:{port}/{db}"),
+    connection_keys(
+        &d.server,
+        &d.role,
+        &d.database,
+        password,
+        &format!("School-{}-ConnectionString", d.school_id),
+    )
+}
+
+/// The connection Secret contract (design brief): the keys users of other Postgres
+/// operators expect, plus the .NET connection string under `dotnet_key`. Shared by school
+/// and self-service Secrets. Role, database and password are `[A-Za-z0-9_]`: nothing needs
+/// escaping in any of the formats.
+pub fn connection_keys(
+    server: &TargetServer,
+    user: &str,
+    db: &str,
+    password: &SecretString,
+    dotnet_key: &str,
+) -> BTreeMap<String, String> {
+    let (host, port, pw) = (
+        server.client_host(),
+        server.client_port(),
+        password.expose(),
     );
-    m.insert(
-        "jdbc-uri".into(),
-        format!("jdbc:postgresql://{host}:{port}/{db}?user={user}&password={pw}"),
-    );
-    m.insert("pgpass".into(), format!("{host}:{port}:{db}:{user}:{pw}\n"));
-    m.insert(
-        format!("School-{}-ConnectionString", d.school_id),
-        format!("Host={host};Port={port};Database={db};Username={user};Password={pw}"),
-    );
-    m
+    BTreeMap::from([
+        ("username".into(), user.into()),
+        ("user".into(), user.into()),
+        ("password".into(), pw.into()),
+        ("host".into(), host.into()),
+        ("port".into(), port.to_string()),
+        ("dbname".into(), db.into()),
+        (
+            "uri".into(),
+            format!("postgresql://{user}:{pw}@{host}:{port}/{db}"),
+        ),
+        (
+            "jdbc-uri".into(),
+            format!("jdbc:postgresql://{host}:{port}/{db}?user={user}&password={pw}"),
+        ),
+        ("pgpass".into(), format!("{host}:{port}:{db}:{user}:{pw}\n")),
+        (
+            dotnet_key.into(),
+            format!("Host={host};Port={port};Database={db};Username={user};Password={pw}"),
+        ),
+    ])
 }
 
 fn desired_secret(school: &School, d: &Desired, password: &SecretString) -> Secret {

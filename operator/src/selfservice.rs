@@ -260,29 +260,7 @@ async fn exec(conn: &mut PgConnection, step: &'static str, sql: String) -> Resul
 
 /// The Secret's keys for the application role.
 pub fn secret_data(server: &TargetServer, password: &SecretString) -> BTreeMap<String, String> {
-    let (host, port) = (server.client_host().to_string(), server.client_port());
-    let (user, db, pw) = (APP_ROLE, DATABASE, password.expose());
-    BTreeMap::from([
-        ("username".into(), user.into()),
-        ("user".into(), user.into()),
-        ("password".into(), pw.into()),
-        ("host".into(), host.clone()),
-        ("port".into(), port.to_string()),
-        ("dbname".into(), db.into()),
-        (
-            "uri".into(),
-            format!("postgresql://{user}:{pw}@{host}:{port}/{db}"),
-        ),
-        (
-            "jdbc-uri".into(),
-            format!("jdbc:postgresql://{host}:{port}/{db}?user={user}&password={pw}"),
-        ),
-        ("pgpass".into(), format!("{host}:{port}:{db}:{user}:{pw}\n")),
-        (
-            DOTNET_KEY.into(),
-            format!("Host={host};Port={port};Database={db};Username={user};Password={pw}"),
-        ),
-    ])
+    crate::reconcile::connection_keys(server, APP_ROLE, DATABASE, password, DOTNET_KEY)
 }
 
 fn desired_secret(namespace: &str, server: &TargetServer, password: &SecretString) -> Secret {
