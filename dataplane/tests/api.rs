@@ -7,6 +7,17 @@ use serde_json::{Value, json};
 use support::*;
 use uuid::Uuid;
 
+fn decision_body(task: &str) -> Value {
+    json!({"task_id": task, "task_type": "quiz", "required_capability": "grading",
+           "selected_agent": "agent-1", "reason": "best score", "routing_score": 0.9,
+           "workflow_execution_id": "wf-1"})
+}
+
+fn stats_body() -> Value {
+    json!({"total_tasks": 10, "successful_tasks": 9, "failed_tasks": 1,
+           "average_duration_ms": 120, "success_rate": 0.9})
+}
+
 async fn fixture() -> Fixture {
     Fixture::start(edumind_tests::redis().await.url()).await
 }
@@ -30,6 +41,13 @@ async fn every_role_against_every_endpoint() {
         ("selfservice", token(ss_user, 0, None)),
         ("teacher_of_b", token(b.teacher_user, 1, b.school_id)),
     ];
+    let decision = Uuid::new_v4();
+    sqlx::query("INSERT INTO routing_decisions (id, tenant_id, task_id, task_type, required_capability, selected_agent, reason, routing_score) VALUES ($1, $2, 't0', 'quiz', 'grading', 'agent-1', 'seeded', 0.5)")
+        .bind(decision)
+        .bind(&ta)
+        .execute(&mut a.db.connect().await)
+        .await
+        .unwrap();
     let endpoints: Vec<(&str, String, Option<Value>)> = vec![
         ("GET", format!("/v1/tenants/{ta}/school"), None),
         ("GET", format!("/v1/tenants/{ta}/students"), None),
@@ -69,9 +87,44 @@ async fn every_role_against_every_endpoint() {
             Some(json!({"assessment_id": ASSESSMENT})),
         ),
         ("GET", format!("/v1/tenants/{ta}/workflow-executions"), None),
+        ("GET", format!("/v1/tenants/{ta}/circuit-breakers"), None),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/circuit-breakers/agent-1"),
+            Some(
+                json!({"state": "Open", "failure_count": 3, "last_failure_at": "2025-10-15T10:00:00Z"}),
+            ),
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/circuit-breakers/agent-1"),
+            None,
+        ),
+        ("GET", format!("/v1/tenants/{ta}/routing-decisions"), None),
+        (
+            "POST",
+            format!("/v1/tenants/{ta}/routing-decisions"),
+            Some(decision_body("task-1")),
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/routing-decisions/{decision}"),
+            None,
+        ),
+        ("GET", format!("/v1/tenants/{ta}/routing-statistics"), None),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/routing-statistics/agent-1"),
+            Some(stats_body()),
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/routing-statistics/agent-1"),
+            None,
+        ),
     ];
     // Expected status per endpoint row, columns in `tokens` order.
-    let expected: [[u16; 8]; 10] = [
+    let expected: Vec<[u16; 8]> = vec![
         //st  te   sa   ca   ba   sy   ss   tb
         [200, 200, 200, 403, 200, 200, 404, 404], // school
         [200, 200, 200, 403, 200, 200, 404, 404], // students (student: only self)
@@ -83,7 +136,17 @@ async fn every_role_against_every_endpoint() {
         [200, 200, 200, 200, 200, 200, 404, 404], // assessment meta
         [201, 403, 403, 403, 403, 403, 404, 404], // start attempt
         [403, 403, 403, 403, 200, 200, 404, 404], // workflow list
+        [403, 403, 403, 403, 200, 200, 404, 404], // circuit breakers list
+        [403, 403, 403, 403, 200, 200, 404, 404], // circuit breaker upsert
+        [403, 403, 403, 403, 200, 200, 404, 404], // circuit breaker get
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing decisions list
+        [403, 403, 403, 403, 201, 201, 404, 404], // routing decision create
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing decision get
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics list
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics upsert
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics get
     ];
+    assert_eq!(expected.len(), endpoints.len());
     let mut failures = Vec::new();
     for (row, (method, path, body)) in endpoints.iter().enumerate() {
         for (col, (name, tok)) in tokens.iter().enumerate() {
@@ -502,4 +565,195 @@ async fn users_are_validated_against_their_columns() {
     assert_eq!(students["items"].as_array().unwrap().len(), 2);
     let stu = token(f.a.students[0].0, 0, Some(ta));
     assert_eq!(f.call("GET", &path, Some(&stu), None).await.0, 403);
+}
+
+#[tokio::test]
+async fn orchestration_tables_are_validated_paginated_and_upserted() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap();
+    let admin = token(Uuid::new_v4(), 5, None);
+    let bad = |path: String, body: Value| (path, body);
+    let long = |n: usize| "x".repeat(n);
+    let breaker = format!("/v1/tenants/{ta}/circuit-breakers/agent-1");
+    let stats = format!("/v1/tenants/{ta}/routing-statistics/agent-1");
+    let decisions = format!("/v1/tenants/{ta}/routing-decisions");
+    let mut over_long = decision_body("t");
+    over_long["task_id"] = json!(long(101));
+    let mut agent_long = decision_body("t");
+    agent_long["selected_agent"] = json!(long(201));
+    let mut wf_long = decision_body("t");
+    wf_long["workflow_step_id"] = json!(long(101));
+    let mut rate = stats_body();
+    rate["success_rate"] = json!(1.5);
+    let mut negative = stats_body();
+    negative["failed_tasks"] = json!(-1);
+    let cases = [
+        bad(breaker.clone(), json!({"state": "Broken"})),
+        bad(breaker.clone(), json!({"state": "closed"})),
+        bad(
+            breaker.clone(),
+            json!({"state": "Open", "failure_count": -1}),
+        ),
+        bad(
+            breaker.clone(),
+            json!({"state": "Open", "last_failure_at": "yesterday"}),
+        ),
+        bad(breaker.clone(), json!({"state": "Open", "extra": 1})),
+        bad(
+            format!("/v1/tenants/{ta}/circuit-breakers/{}", long(201)),
+            json!({"state": "Open"}),
+        ),
+        bad(stats.clone(), rate),
+        bad(stats.clone(), negative),
+        bad(
+            format!("/v1/tenants/{ta}/routing-statistics/{}", long(201)),
+            stats_body(),
+        ),
+        bad(decisions.clone(), over_long),
+        bad(decisions.clone(), agent_long),
+        bad(decisions.clone(), wf_long),
+    ];
+    for (path, body) in cases {
+        let method = if path.contains("routing-decisions") {
+            "POST"
+        } else {
+            "PUT"
+        };
+        let (s, v, h) = f
+            .call(method, &path, Some(&admin), Some(body.clone()))
+            .await;
+        assert_eq!(s, 400, "{path} {body}: {v}");
+        assert_eq!(h["content-type"], "application/problem+json");
+    }
+    // Nothing invalid reached the database.
+    let n: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM circuit_breaker_states) + (SELECT count(*) FROM routing_statistics) + (SELECT count(*) FROM routing_decisions)")
+        .fetch_one(&mut f.a.db.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // The longest valid values fit; a second PUT replaces the state.
+    let key = long(200);
+    let path = format!("/v1/tenants/{ta}/circuit-breakers/{key}");
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &path,
+            Some(&admin),
+            Some(json!({"state": "Open", "failure_count": 5})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str(), v["tenant_id"].as_str()),
+        (200, Some("Open"), Some(ta.to_string().as_str())),
+        "{v}"
+    );
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &path,
+            Some(&admin),
+            Some(json!({"state": "HalfOpen"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str(), v["failure_count"].as_i64()),
+        (200, Some("HalfOpen"), Some(0)),
+        "{v}"
+    );
+    let (_, v, _) = f.call("GET", &path, Some(&admin), None).await;
+    assert_eq!(v["state"], "HalfOpen");
+    let (s, _, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/circuit-breakers/nobody"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // Routing decisions: keyset pages and the task filter.
+    let mut ids = Vec::new();
+    for task in ["a", "a", "b"] {
+        let (s, v, _) = f
+            .call("POST", &decisions, Some(&admin), Some(decision_body(task)))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    let (_, p1, _) = f
+        .call("GET", &format!("{decisions}?limit=2"), Some(&admin), None)
+        .await;
+    let got: Vec<&str> = p1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids[..2]);
+    let after = p1["next_after"].as_str().unwrap();
+    let (_, p2, _) = f
+        .call(
+            "GET",
+            &format!("{decisions}?limit=2&after={after}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let got: Vec<&str> = p2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids[2..]);
+    assert!(p2["next_after"].is_null());
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("{decisions}?task_id=a&tenant_id={ta}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("{decisions}?tenant_id=someone-else"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 0);
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("{decisions}/{}", ids[0]),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["id"], ids[0].as_str());
+
+    // Routing statistics upsert replaces the row.
+    let (s, _, _) = f
+        .call("PUT", &stats, Some(&admin), Some(stats_body()))
+        .await;
+    assert_eq!(s, 200);
+    let mut next = stats_body();
+    next["total_tasks"] = json!(11);
+    f.call("PUT", &stats, Some(&admin), Some(next)).await;
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/routing-statistics"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    assert_eq!(v["items"][0]["total_tasks"], 11);
 }
