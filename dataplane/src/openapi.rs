@@ -59,6 +59,10 @@ routes! {
     DECISIONS_GET = ("decisions.get", "get", "/v1/tenants/{tenant}/routing-decisions/{id}", true, "One routing decision (platform admins)");
     STATS_LIST = ("stats.list", "get", "/v1/tenants/{tenant}/routing-statistics", true, "Per-agent routing statistics, keyset-paginated by agent_key (platform admins)");
     STATS_GET = ("stats.get", "get", "/v1/tenants/{tenant}/routing-statistics/{agent_key}", true, "One agent's routing statistics (platform admins)");
+    COURSE_PUT = ("courses.put", "put", "/v1/tenants/{tenant}/courses/{id}", true, "Create or replace a course by id (global content; course, business and system admins); invalidates its cached question list");
+    QUESTION_PUT = ("questions.put", "put", "/v1/tenants/{tenant}/questions/{id}", true, "Create or replace a question by id (global content); invalidates its course's cached question list");
+    ASSESSMENT_PUT = ("assessments.put", "put", "/v1/tenants/{tenant}/assessments/{id}", true, "Create or replace an assessment by id (global content); invalidates its cached metadata");
+    CLASS_PUT = ("classes.put", "put", "/v1/tenants/{tenant}/classes/{id}", true, "Create or replace a class by id (school admins, platform admins); invalidates its cached roster");
     STATS_PUT = ("stats.put", "put", "/v1/tenants/{tenant}/routing-statistics/{agent_key}", true, "Create or replace an agent's routing statistics (platform admins)");
 }
 

@@ -7,6 +7,31 @@ use serde_json::{Value, json};
 use support::*;
 use uuid::Uuid;
 
+const NEW_COURSE: Uuid = Uuid::from_u128(0xc0_0000_0000_0000_0000_0000_0000_0002);
+const NEW_QUESTION: Uuid = Uuid::from_u128(0x01_0000_0000_0000_0000_0000_0000_0009);
+const NEW_ASSESSMENT: Uuid = Uuid::from_u128(0xa5_0000_0000_0000_0000_0000_0000_0002);
+const NEW_CLASS: Uuid = Uuid::from_u128(0xc1_0000_0000_0000_0000_0000_0000_0002);
+
+fn course_body(code: &str) -> Value {
+    json!({"name": "Geometry", "code": code, "subject": 1, "grade_level": 8,
+           "description": "shapes", "topics": ["angles"], "metadata": {"source": "sync"}})
+}
+
+fn question_body(course: Uuid) -> Value {
+    json!({"course_id": course, "question_text": "2+2?", "question_type": 0, "subject": 1,
+           "grade_level": 8, "difficulty_level": 1, "correct_answer": "4", "points": 5})
+}
+
+fn assessment_body(course: Uuid) -> Value {
+    json!({"course_id": course, "title": "Test", "assessment_type": 0, "subject": 1,
+           "grade_level": 8, "question_ids": [], "total_points": 0})
+}
+
+fn class_body(code: &str) -> Value {
+    json!({"name": "Nine B", "code": code, "grade_level": 9, "subject": 1,
+           "academic_year": "2025-2026"})
+}
+
 fn decision_body(task: &str) -> Value {
     json!({"task_id": task, "task_type": "quiz", "required_capability": "grading",
            "selected_agent": "agent-1", "reason": "best score", "routing_score": 0.9,
@@ -122,6 +147,26 @@ async fn every_role_against_every_endpoint() {
             format!("/v1/tenants/{ta}/routing-statistics/agent-1"),
             None,
         ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/courses/{NEW_COURSE}"),
+            Some(course_body("GEO8")),
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/questions/{NEW_QUESTION}"),
+            Some(question_body(NEW_COURSE)),
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/assessments/{NEW_ASSESSMENT}"),
+            Some(assessment_body(NEW_COURSE)),
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/classes/{NEW_CLASS}"),
+            Some(class_body("9B")),
+        ),
     ];
     // Expected status per endpoint row, columns in `tokens` order.
     let expected: Vec<[u16; 8]> = vec![
@@ -145,6 +190,10 @@ async fn every_role_against_every_endpoint() {
         [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics list
         [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics upsert
         [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics get
+        [403, 403, 403, 200, 200, 200, 404, 404], // course upsert
+        [403, 403, 403, 200, 200, 200, 404, 404], // question upsert
+        [403, 403, 403, 200, 200, 200, 404, 404], // assessment upsert
+        [403, 403, 200, 403, 200, 200, 404, 404], // class upsert
     ];
     assert_eq!(expected.len(), endpoints.len());
     let mut failures = Vec::new();
@@ -756,4 +805,150 @@ async fn orchestration_tables_are_validated_paginated_and_upserted() {
         .await;
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
     assert_eq!(v["items"][0]["total_tasks"], 11);
+}
+
+#[tokio::test]
+async fn content_and_class_writes_are_validated() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap();
+    let admin = token(Uuid::new_v4(), 3, None);
+    let long = |n: usize| "x".repeat(n);
+    let course = format!("/v1/tenants/{ta}/courses/{}", Uuid::new_v4());
+    let question = format!("/v1/tenants/{ta}/questions/{}", Uuid::new_v4());
+    let assessment = format!("/v1/tenants/{ta}/assessments/{}", Uuid::new_v4());
+    let class = format!("/v1/tenants/{ta}/classes/{}", Uuid::new_v4());
+    let with = |mut b: Value, k: &str, v: Value| {
+        b[k] = v;
+        b
+    };
+    let cases = [
+        (&course, with(course_body("C1"), "name", json!(long(256)))),
+        (&course, with(course_body("C1"), "code", json!(long(51)))),
+        (
+            &course,
+            with(course_body("C1"), "description", json!(long(2001))),
+        ),
+        (&course, with(course_body("C1"), "grade_level", json!(5))),
+        (
+            &course,
+            with(course_body("C1"), "board_name", json!(long(101))),
+        ),
+        (&course, with(course_body("C1"), "metadata", json!([1]))),
+        (
+            &question,
+            with(question_body(COURSE), "question_text", json!(long(4001))),
+        ),
+        (
+            &question,
+            with(question_body(COURSE), "correct_answer", json!("")),
+        ),
+        (
+            &question,
+            with(question_body(COURSE), "content_hash", json!(long(65))),
+        ),
+        (&question, with(question_body(COURSE), "points", json!(-1))),
+        (
+            &question,
+            with(question_body(COURSE), "grade_level", json!(13)),
+        ),
+        (&question, question_body(Uuid::new_v4())), // unknown course
+        (
+            &assessment,
+            with(assessment_body(COURSE), "title", json!(long(256))),
+        ),
+        (
+            &assessment,
+            with(
+                assessment_body(COURSE),
+                "passing_score_percentage",
+                json!(101),
+            ),
+        ),
+        (
+            &assessment,
+            with(assessment_body(COURSE), "time_limit_minutes", json!(0)),
+        ),
+        (
+            &assessment,
+            with(assessment_body(COURSE), "school_id", json!(Uuid::new_v4())),
+        ),
+        (&class, with(class_body("C1"), "code", json!(long(51)))),
+        (
+            &class,
+            with(class_body("C1"), "academic_year", json!(long(21))),
+        ),
+        (&class, with(class_body("C1"), "grade_level", json!(4))),
+    ];
+    for (path, body) in cases {
+        let tok = if path.contains("/classes/") {
+            token(Uuid::new_v4(), 5, None)
+        } else {
+            admin.clone()
+        };
+        let (s, v, h) = f.call("PUT", path, Some(&tok), Some(body.clone())).await;
+        assert_eq!(s, 400, "{path} {body}: {v}");
+        assert_eq!(h["content-type"], "application/problem+json");
+    }
+    let mut db = f.a.db.connect().await;
+    let n: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM courses) + (SELECT count(*) FROM questions) + (SELECT count(*) FROM assessments) + (SELECT count(*) FROM classes)")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1 + 3 + 1 + 1, "only the seeded rows");
+
+    // The longest valid values fit, and a second PUT replaces rather than duplicates.
+    let id = Uuid::new_v4();
+    let path = format!("/v1/tenants/{ta}/courses/{id}");
+    let body = with(
+        with(course_body(&long(50)), "name", json!(long(255))),
+        "description",
+        json!(long(2000)),
+    );
+    let (s, v, _) = f.call("PUT", &path, Some(&admin), Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v, _) = f
+        .call("PUT", &path, Some(&admin), Some(course_body("C2")))
+        .await;
+    assert_eq!((s, v["code"].as_str()), (200, Some("C2")), "{v}");
+    // A course code taken by another course: 409.
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/courses/{}", Uuid::new_v4()),
+            Some(&admin),
+            Some(course_body("ALG8")),
+        )
+        .await;
+    assert_eq!(s, 409);
+    // Self-service students cannot write content; school admins cannot write content.
+    let ss = token(f.ss.students[0].0, 0, None);
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/selfservice/courses/{COURSE}"),
+            Some(&ss),
+            Some(course_body("S1")),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let sadmin = token(f.a.admin_user, 2, Some(ta));
+    let (s, _, _) = f
+        .call("PUT", &path, Some(&sadmin), Some(course_body("C3")))
+        .await;
+    assert_eq!(s, 403);
+    // A school admin's class belongs to their school.
+    let cid = Uuid::new_v4();
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/classes/{cid}"),
+            Some(&sadmin),
+            Some(class_body("10C")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["school_id"].as_str()),
+        (200, Some(ta.to_string().as_str())),
+        "{v}"
+    );
 }
