@@ -931,6 +931,17 @@ async fn content_and_class_writes_are_validated() {
         )
         .await;
     assert_eq!(s, 403);
+    // The self-service application role holds only SELECT on content: even a platform
+    // admin gets 403 there (documented), not a 500.
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/selfservice/courses/{COURSE}"),
+            Some(&token(Uuid::new_v4(), 5, None)),
+            Some(course_body("S1")),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
     let sadmin = token(f.a.admin_user, 2, Some(ta));
     let (s, _, _) = f
         .call("PUT", &path, Some(&sadmin), Some(course_body("C3")))
