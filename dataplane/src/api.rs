@@ -119,7 +119,8 @@ fn db_problem(e: sqlx::Error) -> Problem {
         match d.code().as_deref() {
             Some("23505") => return Problem::conflict("a record with this key already exists"),
             Some("23503") => return Problem::bad_request("a referenced record does not exist"),
-            Some("23514") | Some("22001") | Some("22P02") => {
+            Some("42501") => return Problem::forbidden(),
+            Some("23514") | Some("22001") | Some("22P02") | Some("22007") | Some("22008") => {
                 return Problem::bad_request("a value is out of range for its column");
             }
             _ => {}
@@ -235,6 +236,32 @@ pub fn routes(s: Ctx) -> BoxedFilter<(Response,)> {
         .or(workflows_list(&s))
         .unify()
         .or(workflows_create(&s))
+        .unify()
+        .or(breakers_list(&s))
+        .unify()
+        .or(breakers_get(&s))
+        .unify()
+        .or(breakers_put(&s))
+        .unify()
+        .or(decisions_list(&s))
+        .unify()
+        .or(decisions_create(&s))
+        .unify()
+        .or(decisions_get(&s))
+        .unify()
+        .or(stats_list(&s))
+        .unify()
+        .or(stats_get(&s))
+        .unify()
+        .or(stats_put(&s))
+        .unify()
+        .or(course_put(&s))
+        .unify()
+        .or(question_put(&s))
+        .unify()
+        .or(assessment_put(&s))
+        .unify()
+        .or(class_put(&s))
         .unify()
         .recover(crate::problem::recover)
         .unify()
@@ -1428,4 +1455,901 @@ pub fn users_create(s: &Ctx) -> BoxedFilter<(Response,)> {
         })
         .boxed();
     instrument(s, openapi::USERS_CREATE, f)
+}
+
+// ------------------------------------------------------------------------------------
+// orchestration: circuit breakers, routing decisions, routing statistics (platform admins)
+// ------------------------------------------------------------------------------------
+
+fn check_opt(field: &str, v: &Option<String>, max: usize) -> Result<(), Problem> {
+    match v {
+        Some(v) => check_len(field, v, max),
+        None => Ok(()),
+    }
+}
+
+/// An agent key from the path (`varchar(200)`): URL-safe characters only, so the raw
+/// segment is the key itself (no percent-decoding ambiguity).
+fn path_agent_key(raw: &str) -> Result<String, Problem> {
+    check_len("agent_key", raw, 200)?;
+    if !raw
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:@~".contains(c))
+    {
+        return Err(Problem::bad_request(
+            "agent_key may only hold letters, digits and - _ . : @ ~",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Problem::bad_request("limit must be between 1 and 200"));
+    }
+    Ok(limit)
+}
+
+/// `{"items": [...], "next_after": <key of the last item when the page is full>}`.
+fn page(doc: Option<Value>, limit: i64, key: &str) -> Value {
+    let items = doc.and_then(|d| d.as_array().cloned()).unwrap_or_default();
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().and_then(|l| l.get(key)).cloned())
+        .flatten();
+    json!({"items": items, "next_after": next})
+}
+
+fn admin_scope(s: &Ctx, who: Who, t: &str) -> Result<Scope, Problem> {
+    let sc = scope(s, who, t)?;
+    if sc.access != Access::Admin {
+        return Err(Problem::forbidden());
+    }
+    Ok(sc)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+const BREAKER_STATES: [&str; 3] = ["Closed", "Open", "HalfOpen"];
+
+/// `GET /v1/tenants/{tenant}/circuit-breakers?after=&limit=`: circuit breaker states,
+/// keyset-paginated by `agent_key`. Platform admins only.
+pub fn breakers_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "circuit-breakers")
+        .and(warp::get())
+        .and(warp::query::<KeyQuery>())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, q: KeyQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let limit = page_limit(q.limit)?;
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.agent_key), '[]'::jsonb) AS doc FROM ( \
+                             SELECT * FROM circuit_breaker_states WHERE ($3::text IS NULL OR agent_key > $3::text) \
+                             ORDER BY agent_key LIMIT $4::int) c"
+                        ),
+                        &[q.after.map(Value::String).unwrap_or(Value::Null), json!(limit)],
+                    )
+                    .await?;
+                    Ok(etagged(page(doc, limit, "agent_key").to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::BREAKERS_LIST, f)
+}
+
+/// `GET /v1/tenants/{tenant}/circuit-breakers/{agent_key}`. Platform admins only.
+pub fn breakers_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "circuit-breakers" / String)
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, k: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let k = path_agent_key(&k)?;
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!("SELECT to_jsonb(c) AS doc FROM circuit_breaker_states c WHERE c.agent_key = $3::text"),
+                        &[Value::String(k)],
+                    )
+                    .await?
+                    .ok_or_else(Problem::not_found)?;
+                    Ok(etagged(doc.to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::BREAKERS_GET, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerBody {
+    state: String,
+    #[serde(default)]
+    failure_count: i32,
+    /// RFC 3339 timestamp.
+    last_failure_at: Option<String>,
+}
+
+/// `PUT /v1/tenants/{tenant}/circuit-breakers/{agent_key}`: creates or replaces the state
+/// (`tenant_id` is the path's tenant). Platform admins only.
+pub fn breakers_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "circuit-breakers" / String)
+        .and(warp::put())
+        .and(principal(s))
+        .and(json_body::<BreakerBody>(s))
+        .and(with(s))
+        .then(|t: String, k: String, who: Who, b: Result<BreakerBody, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let b = b?;
+                    let k = path_agent_key(&k)?;
+                    if !BREAKER_STATES.contains(&b.state.as_str()) {
+                        return Err(Problem::bad_request("state must be Closed, Open or HalfOpen"));
+                    }
+                    if b.failure_count < 0 {
+                        return Err(Problem::bad_request("failure_count must be >= 0"));
+                    }
+                    if b
+                        .last_failure_at
+                        .as_deref()
+                        .is_some_and(|ts| chrono::DateTime::parse_from_rfc3339(ts).is_err())
+                    {
+                        return Err(Problem::bad_request("last_failure_at must be an RFC 3339 timestamp"));
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO circuit_breaker_states (agent_key, tenant_id, state, failure_count, \
+                         last_failure_at, last_updated) VALUES ($1, $2, $3, $4, $5::timestamptz, now()) \
+                         ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
+                         state = EXCLUDED.state, failure_count = EXCLUDED.failure_count, \
+                         last_failure_at = EXCLUDED.last_failure_at, last_updated = now() \
+                         RETURNING to_jsonb(circuit_breaker_states.*)",
+                    )
+                    .bind(&k)
+                    .bind(sc.tenant.id.to_string())
+                    .bind(&b.state)
+                    .bind(b.failure_count)
+                    .bind(&b.last_failure_at)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    Ok(json_reply(StatusCode::OK, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::BREAKERS_PUT, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionsQuery {
+    after: Option<Uuid>,
+    limit: Option<i64>,
+    tenant_id: Option<String>,
+    task_id: Option<String>,
+}
+
+/// `GET /v1/tenants/{tenant}/routing-decisions?after=&limit=&tenant_id=&task_id=`:
+/// routing decisions, keyset-paginated by id. Platform admins only.
+pub fn decisions_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "routing-decisions")
+        .and(warp::get())
+        .and(warp::query::<DecisionsQuery>())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, q: DecisionsQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let limit = page_limit(q.limit)?;
+                    check_opt("tenant_id", &q.tenant_id, 100)?;
+                    check_opt("task_id", &q.task_id, 100)?;
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT coalesce(jsonb_agg(to_jsonb(d) ORDER BY d.id), '[]'::jsonb) AS doc FROM ( \
+                             SELECT * FROM routing_decisions WHERE ($3::uuid IS NULL OR id > $3::uuid) \
+                             AND ($4::text IS NULL OR tenant_id = $4::text) \
+                             AND ($5::text IS NULL OR task_id = $5::text) ORDER BY id LIMIT $6::int) d"
+                        ),
+                        &[
+                            q.after.map(|a| json!(a.to_string())).unwrap_or(Value::Null),
+                            q.tenant_id.map(Value::String).unwrap_or(Value::Null),
+                            q.task_id.map(Value::String).unwrap_or(Value::Null),
+                            json!(limit),
+                        ],
+                    )
+                    .await?;
+                    Ok(etagged(page(doc, limit, "id").to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::DECISIONS_LIST, f)
+}
+
+/// `GET /v1/tenants/{tenant}/routing-decisions/{id}`. Platform admins only.
+pub fn decisions_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "routing-decisions" / String)
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let id = path_uuid(&id)?;
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!("SELECT to_jsonb(d) AS doc FROM routing_decisions d WHERE d.id = $3::uuid"),
+                        &[json!(id.to_string())],
+                    )
+                    .await?
+                    .ok_or_else(Problem::not_found)?;
+                    Ok(etagged(doc.to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::DECISIONS_GET, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    task_id: String,
+    task_type: String,
+    required_capability: String,
+    selected_agent: String,
+    reason: String,
+    routing_score: f64,
+    workflow_execution_id: Option<String>,
+    workflow_step_id: Option<String>,
+}
+
+/// `POST /v1/tenants/{tenant}/routing-decisions`: records a routing decision (new id,
+/// `tenant_id` is the path's tenant). Platform admins only.
+pub fn decisions_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "routing-decisions")
+        .and(warp::post())
+        .and(principal(s))
+        .and(json_body::<DecisionBody>(s))
+        .and(with(s))
+        .then(|t: String, who: Who, b: Result<DecisionBody, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let b = b?;
+                    check_len("task_id", &b.task_id, 100)?;
+                    check_len("task_type", &b.task_type, 100)?;
+                    check_len("required_capability", &b.required_capability, 100)?;
+                    check_len("selected_agent", &b.selected_agent, 200)?;
+                    check_len("reason", &b.reason, 8000)?;
+                    check_opt("workflow_execution_id", &b.workflow_execution_id, 100)?;
+                    check_opt("workflow_step_id", &b.workflow_step_id, 100)?;
+                    if !b.routing_score.is_finite() {
+                        return Err(Problem::bad_request("routing_score must be a finite number"));
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO routing_decisions (id, tenant_id, task_id, task_type, required_capability, \
+                         selected_agent, reason, routing_score, workflow_execution_id, workflow_step_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING to_jsonb(routing_decisions.*)",
+                    )
+                    .bind(Uuid::new_v4())
+                    .bind(sc.tenant.id.to_string())
+                    .bind(&b.task_id)
+                    .bind(&b.task_type)
+                    .bind(&b.required_capability)
+                    .bind(&b.selected_agent)
+                    .bind(&b.reason)
+                    .bind(b.routing_score)
+                    .bind(&b.workflow_execution_id)
+                    .bind(&b.workflow_step_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    Ok(json_reply(StatusCode::CREATED, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::DECISIONS_CREATE, f)
+}
+
+/// `GET /v1/tenants/{tenant}/routing-statistics?after=&limit=`: per-agent statistics,
+/// keyset-paginated by `agent_key`. Platform admins only.
+pub fn stats_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "routing-statistics")
+        .and(warp::get())
+        .and(warp::query::<KeyQuery>())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, q: KeyQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let limit = page_limit(q.limit)?;
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.agent_key), '[]'::jsonb) AS doc FROM ( \
+                             SELECT * FROM routing_statistics WHERE ($3::text IS NULL OR agent_key > $3::text) \
+                             ORDER BY agent_key LIMIT $4::int) r"
+                        ),
+                        &[q.after.map(Value::String).unwrap_or(Value::Null), json!(limit)],
+                    )
+                    .await?;
+                    Ok(etagged(page(doc, limit, "agent_key").to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::STATS_LIST, f)
+}
+
+/// `GET /v1/tenants/{tenant}/routing-statistics/{agent_key}`. Platform admins only.
+pub fn stats_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "routing-statistics" / String)
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, k: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let k = path_agent_key(&k)?;
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!("SELECT to_jsonb(r) AS doc FROM routing_statistics r WHERE r.agent_key = $3::text"),
+                        &[Value::String(k)],
+                    )
+                    .await?
+                    .ok_or_else(Problem::not_found)?;
+                    Ok(etagged(doc.to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::STATS_GET, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsBody {
+    total_tasks: i32,
+    successful_tasks: i32,
+    failed_tasks: i32,
+    average_duration_ms: i32,
+    /// Fraction of successful tasks, 0..=1.
+    success_rate: f64,
+}
+
+/// `PUT /v1/tenants/{tenant}/routing-statistics/{agent_key}`: creates or replaces an
+/// agent's statistics (`tenant_id` is the path's tenant). Platform admins only.
+pub fn stats_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "routing-statistics" / String)
+        .and(warp::put())
+        .and(principal(s))
+        .and(json_body::<StatsBody>(s))
+        .and(with(s))
+        .then(|t: String, k: String, who: Who, b: Result<StatsBody, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = admin_scope(&s, who, &t)?;
+                    let b = b?;
+                    let k = path_agent_key(&k)?;
+                    if b.total_tasks < 0 || b.successful_tasks < 0 || b.failed_tasks < 0 || b.average_duration_ms < 0 {
+                        return Err(Problem::bad_request("task counts and average_duration_ms must be >= 0"));
+                    }
+                    if !(b.success_rate.is_finite() && (0.0..=1.0).contains(&b.success_rate)) {
+                        return Err(Problem::bad_request("success_rate must be between 0 and 1"));
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO routing_statistics (agent_key, tenant_id, total_tasks, successful_tasks, \
+                         failed_tasks, average_duration_ms, success_rate, last_updated) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+                         ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
+                         total_tasks = EXCLUDED.total_tasks, successful_tasks = EXCLUDED.successful_tasks, \
+                         failed_tasks = EXCLUDED.failed_tasks, average_duration_ms = EXCLUDED.average_duration_ms, \
+                         success_rate = EXCLUDED.success_rate, last_updated = now() \
+                         RETURNING to_jsonb(routing_statistics.*)",
+                    )
+                    .bind(&k)
+                    .bind(sc.tenant.id.to_string())
+                    .bind(b.total_tasks)
+                    .bind(b.successful_tasks)
+                    .bind(b.failed_tasks)
+                    .bind(b.average_duration_ms)
+                    .bind(b.success_rate)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    Ok(json_reply(StatusCode::OK, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::STATS_PUT, f)
+}
+
+// ------------------------------------------------------------------------------------
+// content and class writes (upsert by id; content is the global-content sync path)
+// ------------------------------------------------------------------------------------
+
+fn check_max(field: &str, v: &str, max: usize) -> Result<(), Problem> {
+    if v.chars().count() > max {
+        return Err(Problem::bad_request(format!(
+            "{field} must be at most {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_grade(grade_level: i32) -> Result<(), Problem> {
+    if !(6..=12).contains(&grade_level) {
+        return Err(Problem::bad_request("grade_level must be 6..=12"));
+    }
+    Ok(())
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> Result<String, Problem> {
+    serde_json::to_string(v).map_err(|_| Problem::internal())
+}
+
+fn content_scope(s: &Ctx, who: Who, t: &str) -> Result<Scope, Problem> {
+    let sc = scope(s, who, t)?;
+    if !sc.access.writes_content() {
+        return Err(Problem::forbidden());
+    }
+    Ok(sc)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CourseBody {
+    name: String,
+    code: String,
+    subject: i32,
+    grade_level: i32,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    learning_objectives: Vec<String>,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default = "yes")]
+    is_active: bool,
+    course_admin_id: Option<Uuid>,
+    board_name: Option<String>,
+    module_name: Option<String>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, Value>,
+}
+
+/// `PUT /v1/tenants/{tenant}/courses/{id}`: creates or replaces a course (global content,
+/// same id in every tenant); invalidates `course:{id}:questions`. Content writers.
+pub fn course_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "courses" / String)
+        .and(warp::put())
+        .and(principal(s))
+        .and(json_body::<CourseBody>(s))
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, b: Result<CourseBody, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = content_scope(&s, who, &t)?;
+                    let b = b?;
+                    let id = path_uuid(&id)?;
+                    check_len("name", &b.name, 255)?;
+                    check_len("code", &b.code, 50)?;
+                    check_max("description", &b.description, 2000)?;
+                    check_grade(b.grade_level)?;
+                    check_opt("board_name", &b.board_name, 100)?;
+                    check_opt("module_name", &b.module_name, 200)?;
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO courses (id, name, code, subject, grade_level, description, learning_objectives, \
+                         topics, is_active, course_admin_id, board_name, module_name, metadata) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, code = EXCLUDED.code, \
+                         subject = EXCLUDED.subject, grade_level = EXCLUDED.grade_level, \
+                         description = EXCLUDED.description, learning_objectives = EXCLUDED.learning_objectives, \
+                         topics = EXCLUDED.topics, is_active = EXCLUDED.is_active, \
+                         course_admin_id = EXCLUDED.course_admin_id, board_name = EXCLUDED.board_name, \
+                         module_name = EXCLUDED.module_name, metadata = EXCLUDED.metadata, updated_at = now() \
+                         RETURNING to_jsonb(courses.*)",
+                    )
+                    .bind(id)
+                    .bind(&b.name)
+                    .bind(&b.code)
+                    .bind(b.subject)
+                    .bind(b.grade_level)
+                    .bind(&b.description)
+                    .bind(json_text(&b.learning_objectives)?)
+                    .bind(json_text(&b.topics)?)
+                    .bind(b.is_active)
+                    .bind(b.course_admin_id)
+                    .bind(&b.board_name)
+                    .bind(&b.module_name)
+                    .bind(Value::Object(b.metadata))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    // A missing course is cached as "not found" too.
+                    s.cache
+                        .invalidate(&[sc.key(&format!("course:{id}:questions"))])
+                        .await;
+                    Ok(json_reply(StatusCode::OK, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::COURSE_PUT, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuestionBody {
+    course_id: Uuid,
+    question_text: String,
+    question_type: i32,
+    subject: i32,
+    grade_level: i32,
+    difficulty_level: i32,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    learning_objectives: Vec<String>,
+    answer_options: Option<String>,
+    correct_answer: String,
+    explanation: Option<String>,
+    #[serde(default = "one")]
+    points: i32,
+    irt_discrimination: Option<f64>,
+    irt_difficulty: Option<f64>,
+    irt_guessing: Option<f64>,
+    #[serde(default = "yes")]
+    is_active: bool,
+    #[serde(default)]
+    is_ai_generated: bool,
+    content_hash: Option<String>,
+    board_name: Option<String>,
+    module_name: Option<String>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, Value>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// `PUT /v1/tenants/{tenant}/questions/{id}`: creates or replaces a question; invalidates
+/// the question list of its course (and of its previous course when it moved).
+pub fn question_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "questions" / String)
+        .and(warp::put())
+        .and(principal(s))
+        .and(json_body::<QuestionBody>(s))
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, b: Result<QuestionBody, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = content_scope(&s, who, &t)?;
+                    let b = b?;
+                    let id = path_uuid(&id)?;
+                    check_len("question_text", &b.question_text, 4000)?;
+                    check_len("correct_answer", &b.correct_answer, 4000)?;
+                    check_opt("answer_options", &b.answer_options, 4000)?;
+                    check_opt("explanation", &b.explanation, 4000)?;
+                    check_opt("content_hash", &b.content_hash, 64)?;
+                    check_opt("board_name", &b.board_name, 100)?;
+                    check_opt("module_name", &b.module_name, 200)?;
+                    check_grade(b.grade_level)?;
+                    if b.points < 0 {
+                        return Err(Problem::bad_request("points must be >= 0"));
+                    }
+                    if [b.irt_discrimination, b.irt_difficulty, b.irt_guessing]
+                        .iter()
+                        .flatten()
+                        .any(|x| !x.is_finite())
+                    {
+                        return Err(Problem::bad_request("IRT parameters must be finite numbers"));
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let before: Option<Uuid> =
+                        sqlx::query_scalar("SELECT course_id FROM questions WHERE id = $1 FOR UPDATE")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(db_problem)?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO questions (id, course_id, question_text, question_type, subject, grade_level, \
+                         difficulty_level, topics, learning_objectives, answer_options, correct_answer, explanation, \
+                         points, irt_discrimination, irt_difficulty, irt_guessing, is_active, is_ai_generated, \
+                         content_hash, board_name, module_name, metadata) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+                         $19, $20, $21, $22) \
+                         ON CONFLICT (id) DO UPDATE SET course_id = EXCLUDED.course_id, \
+                         question_text = EXCLUDED.question_text, question_type = EXCLUDED.question_type, \
+                         subject = EXCLUDED.subject, grade_level = EXCLUDED.grade_level, \
+                         difficulty_level = EXCLUDED.difficulty_level, topics = EXCLUDED.topics, \
+                         learning_objectives = EXCLUDED.learning_objectives, answer_options = EXCLUDED.answer_options, \
+                         correct_answer = EXCLUDED.correct_answer, explanation = EXCLUDED.explanation, \
+                         points = EXCLUDED.points, irt_discrimination = EXCLUDED.irt_discrimination, \
+                         irt_difficulty = EXCLUDED.irt_difficulty, irt_guessing = EXCLUDED.irt_guessing, \
+                         is_active = EXCLUDED.is_active, is_ai_generated = EXCLUDED.is_ai_generated, \
+                         content_hash = EXCLUDED.content_hash, board_name = EXCLUDED.board_name, \
+                         module_name = EXCLUDED.module_name, metadata = EXCLUDED.metadata, updated_at = now() \
+                         RETURNING to_jsonb(questions.*)",
+                    )
+                    .bind(id)
+                    .bind(b.course_id)
+                    .bind(&b.question_text)
+                    .bind(b.question_type)
+                    .bind(b.subject)
+                    .bind(b.grade_level)
+                    .bind(b.difficulty_level)
+                    .bind(json_text(&b.topics)?)
+                    .bind(json_text(&b.learning_objectives)?)
+                    .bind(&b.answer_options)
+                    .bind(&b.correct_answer)
+                    .bind(&b.explanation)
+                    .bind(b.points)
+                    .bind(b.irt_discrimination)
+                    .bind(b.irt_difficulty)
+                    .bind(b.irt_guessing)
+                    .bind(b.is_active)
+                    .bind(b.is_ai_generated)
+                    .bind(&b.content_hash)
+                    .bind(&b.board_name)
+                    .bind(&b.module_name)
+                    .bind(Value::Object(b.metadata))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    let mut keys = vec![sc.key(&format!("course:{}:questions", b.course_id))];
+                    if let Some(old) = before.filter(|old| *old != b.course_id) {
+                        keys.push(sc.key(&format!("course:{old}:questions")));
+                    }
+                    s.cache.invalidate(&keys).await;
+                    Ok(json_reply(StatusCode::OK, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::QUESTION_PUT, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssessmentBody {
+    course_id: Uuid,
+    school_id: Option<Uuid>,
+    title: String,
+    #[serde(default)]
+    description: String,
+    assessment_type: i32,
+    subject: i32,
+    grade_level: i32,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    question_ids: Vec<Uuid>,
+    #[serde(default)]
+    total_points: i32,
+    time_limit_minutes: Option<i32>,
+    #[serde(default = "seventy")]
+    passing_score_percentage: i32,
+    #[serde(default = "yes")]
+    is_active: bool,
+}
+
+fn seventy() -> i32 {
+    70
+}
+
+/// `PUT /v1/tenants/{tenant}/assessments/{id}`: creates or replaces an assessment
+/// (`school_id` null for global content, else this tenant's school); invalidates
+/// `assessment:{id}:meta`. Content writers.
+pub fn assessment_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "assessments" / String)
+        .and(warp::put())
+        .and(principal(s))
+        .and(json_body::<AssessmentBody>(s))
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, b: Result<AssessmentBody, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = content_scope(&s, who, &t)?;
+                    let b = b?;
+                    let id = path_uuid(&id)?;
+                    check_len("title", &b.title, 255)?;
+                    check_max("description", &b.description, 2000)?;
+                    check_grade(b.grade_level)?;
+                    if b.school_id.is_some() && b.school_id != sc.school_id() {
+                        return Err(Problem::bad_request("school_id must be null or this tenant's school"));
+                    }
+                    if b.total_points < 0 {
+                        return Err(Problem::bad_request("total_points must be >= 0"));
+                    }
+                    if b.time_limit_minutes.is_some_and(|m| m <= 0) {
+                        return Err(Problem::bad_request("time_limit_minutes must be > 0"));
+                    }
+                    if !(0..=100).contains(&b.passing_score_percentage) {
+                        return Err(Problem::bad_request("passing_score_percentage must be 0..=100"));
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO assessments (id, course_id, school_id, title, description, assessment_type, \
+                         subject, grade_level, topics, question_ids, total_points, time_limit_minutes, \
+                         passing_score_percentage, is_active) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                         ON CONFLICT (id) DO UPDATE SET course_id = EXCLUDED.course_id, school_id = EXCLUDED.school_id, \
+                         title = EXCLUDED.title, description = EXCLUDED.description, \
+                         assessment_type = EXCLUDED.assessment_type, subject = EXCLUDED.subject, \
+                         grade_level = EXCLUDED.grade_level, topics = EXCLUDED.topics, \
+                         question_ids = EXCLUDED.question_ids, total_points = EXCLUDED.total_points, \
+                         time_limit_minutes = EXCLUDED.time_limit_minutes, \
+                         passing_score_percentage = EXCLUDED.passing_score_percentage, \
+                         is_active = EXCLUDED.is_active, updated_at = now() \
+                         RETURNING to_jsonb(assessments.*)",
+                    )
+                    .bind(id)
+                    .bind(b.course_id)
+                    .bind(b.school_id)
+                    .bind(&b.title)
+                    .bind(&b.description)
+                    .bind(b.assessment_type)
+                    .bind(b.subject)
+                    .bind(b.grade_level)
+                    .bind(json_text(&b.topics)?)
+                    .bind(json_text(&b.question_ids)?)
+                    .bind(b.total_points)
+                    .bind(b.time_limit_minutes)
+                    .bind(b.passing_score_percentage)
+                    .bind(b.is_active)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    s.cache
+                        .invalidate(&[sc.key(&format!("assessment:{id}:meta"))])
+                        .await;
+                    Ok(json_reply(StatusCode::OK, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::ASSESSMENT_PUT, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassBody {
+    name: String,
+    code: String,
+    grade_level: i32,
+    subject: i32,
+    #[serde(default)]
+    teacher_ids: Vec<Uuid>,
+    academic_year: String,
+    #[serde(default = "yes")]
+    is_active: bool,
+}
+
+/// `PUT /v1/tenants/{tenant}/classes/{id}`: creates or replaces a class of this school
+/// (students stay as they are: the roster has its own endpoint); invalidates
+/// `class:{id}:roster`. School admins and platform admins.
+pub fn class_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "classes" / String)
+        .and(warp::put())
+        .and(principal(s))
+        .and(json_body::<ClassBody>(s))
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, b: Result<ClassBody, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !sc.access.manages_school() {
+                        return Err(Problem::forbidden());
+                    }
+                    let school = sc.school_id().ok_or_else(Problem::not_found)?;
+                    let b = b?;
+                    let id = path_uuid(&id)?;
+                    check_len("name", &b.name, 255)?;
+                    check_len("code", &b.code, 50)?;
+                    check_len("academic_year", &b.academic_year, 20)?;
+                    check_grade(b.grade_level)?;
+                    if b.teacher_ids.len() > 100 {
+                        return Err(Problem::bad_request("a class has at most 100 teachers"));
+                    }
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO classes (id, school_id, name, code, grade_level, subject, teacher_ids, \
+                         academic_year, is_active) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, code = EXCLUDED.code, \
+                         grade_level = EXCLUDED.grade_level, subject = EXCLUDED.subject, \
+                         teacher_ids = EXCLUDED.teacher_ids, academic_year = EXCLUDED.academic_year, \
+                         is_active = EXCLUDED.is_active, updated_at = now() \
+                         WHERE classes.school_id = EXCLUDED.school_id \
+                         RETURNING to_jsonb(classes.*)",
+                    )
+                    .bind(id)
+                    .bind(school)
+                    .bind(&b.name)
+                    .bind(&b.code)
+                    .bind(b.grade_level)
+                    .bind(b.subject)
+                    .bind(json_text(&b.teacher_ids)?)
+                    .bind(&b.academic_year)
+                    .bind(b.is_active)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_problem)?
+                    .ok_or_else(Problem::not_found)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    s.cache
+                        .invalidate(&[sc.key(&format!("class:{id}:roster"))])
+                        .await;
+                    Ok(json_reply(StatusCode::OK, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::CLASS_PUT, f)
 }

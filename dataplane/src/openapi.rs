@@ -51,6 +51,19 @@ routes! {
     SESSION_DELETE = ("session.delete", "delete", "/v1/session", true, "End the caller's session");
     WORKFLOWS_LIST = ("workflows.list", "get", "/v1/tenants/{tenant}/workflow-executions", true, "Orchestration runs, keyset-paginated (platform admins)");
     WORKFLOWS_CREATE = ("workflows.create", "post", "/v1/tenants/{tenant}/workflow-executions", true, "Record an orchestration run (platform admins)");
+    BREAKERS_LIST = ("breakers.list", "get", "/v1/tenants/{tenant}/circuit-breakers", true, "Circuit breaker states, keyset-paginated by agent_key (platform admins)");
+    BREAKERS_GET = ("breakers.get", "get", "/v1/tenants/{tenant}/circuit-breakers/{agent_key}", true, "One agent's circuit breaker state (platform admins)");
+    BREAKERS_PUT = ("breakers.put", "put", "/v1/tenants/{tenant}/circuit-breakers/{agent_key}", true, "Create or replace an agent's circuit breaker state: Closed, Open or HalfOpen (platform admins)");
+    DECISIONS_LIST = ("decisions.list", "get", "/v1/tenants/{tenant}/routing-decisions", true, "Routing decisions, keyset-paginated by id, filtered by tenant_id and task_id (platform admins)");
+    DECISIONS_CREATE = ("decisions.create", "post", "/v1/tenants/{tenant}/routing-decisions", true, "Record a routing decision (platform admins)");
+    DECISIONS_GET = ("decisions.get", "get", "/v1/tenants/{tenant}/routing-decisions/{id}", true, "One routing decision (platform admins)");
+    STATS_LIST = ("stats.list", "get", "/v1/tenants/{tenant}/routing-statistics", true, "Per-agent routing statistics, keyset-paginated by agent_key (platform admins)");
+    STATS_GET = ("stats.get", "get", "/v1/tenants/{tenant}/routing-statistics/{agent_key}", true, "One agent's routing statistics (platform admins)");
+    COURSE_PUT = ("courses.put", "put", "/v1/tenants/{tenant}/courses/{id}", true, "Create or replace a course by id (global content; course, business and system admins); invalidates its cached question list");
+    QUESTION_PUT = ("questions.put", "put", "/v1/tenants/{tenant}/questions/{id}", true, "Create or replace a question by id (global content); invalidates its course's cached question list");
+    ASSESSMENT_PUT = ("assessments.put", "put", "/v1/tenants/{tenant}/assessments/{id}", true, "Create or replace an assessment by id (global content); invalidates its cached metadata");
+    CLASS_PUT = ("classes.put", "put", "/v1/tenants/{tenant}/classes/{id}", true, "Create or replace a class by id (school admins, platform admins); invalidates its cached roster");
+    STATS_PUT = ("stats.put", "put", "/v1/tenants/{tenant}/routing-statistics/{agent_key}", true, "Create or replace an agent's routing statistics (platform admins)");
 }
 
 fn params(path: &str) -> Vec<Value> {
@@ -58,7 +71,7 @@ fn params(path: &str) -> Vec<Value> {
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| {
             json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"},
-                   "description": if name == "tenant" { "school id (UUID) or `selfservice`" } else { "UUID" }})
+                   "description": match name { "tenant" => "school id (UUID) or `selfservice`", "agent_key" => "agent key (1-200 of A-Z a-z 0-9 - _ . : @ ~)", _ => "UUID" }})
         })
         .collect()
 }

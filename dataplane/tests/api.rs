@@ -7,6 +7,42 @@ use serde_json::{Value, json};
 use support::*;
 use uuid::Uuid;
 
+const NEW_COURSE: Uuid = Uuid::from_u128(0xc0_0000_0000_0000_0000_0000_0000_0002);
+const NEW_QUESTION: Uuid = Uuid::from_u128(0x01_0000_0000_0000_0000_0000_0000_0009);
+const NEW_ASSESSMENT: Uuid = Uuid::from_u128(0xa5_0000_0000_0000_0000_0000_0000_0002);
+const NEW_CLASS: Uuid = Uuid::from_u128(0xc1_0000_0000_0000_0000_0000_0000_0002);
+
+fn course_body(code: &str) -> Value {
+    json!({"name": "Geometry", "code": code, "subject": 1, "grade_level": 8,
+           "description": "shapes", "topics": ["angles"], "metadata": {"source": "sync"}})
+}
+
+fn question_body(course: Uuid) -> Value {
+    json!({"course_id": course, "question_text": "2+2?", "question_type": 0, "subject": 1,
+           "grade_level": 8, "difficulty_level": 1, "correct_answer": "4", "points": 5})
+}
+
+fn assessment_body(course: Uuid) -> Value {
+    json!({"course_id": course, "title": "Test", "assessment_type": 0, "subject": 1,
+           "grade_level": 8, "question_ids": [], "total_points": 0})
+}
+
+fn class_body(code: &str) -> Value {
+    json!({"name": "Nine B", "code": code, "grade_level": 9, "subject": 1,
+           "academic_year": "2025-2026"})
+}
+
+fn decision_body(task: &str) -> Value {
+    json!({"task_id": task, "task_type": "quiz", "required_capability": "grading",
+           "selected_agent": "agent-1", "reason": "best score", "routing_score": 0.9,
+           "workflow_execution_id": "wf-1"})
+}
+
+fn stats_body() -> Value {
+    json!({"total_tasks": 10, "successful_tasks": 9, "failed_tasks": 1,
+           "average_duration_ms": 120, "success_rate": 0.9})
+}
+
 async fn fixture() -> Fixture {
     Fixture::start(edumind_tests::redis().await.url()).await
 }
@@ -30,6 +66,13 @@ async fn every_role_against_every_endpoint() {
         ("selfservice", token(ss_user, 0, None)),
         ("teacher_of_b", token(b.teacher_user, 1, b.school_id)),
     ];
+    let decision = Uuid::new_v4();
+    sqlx::query("INSERT INTO routing_decisions (id, tenant_id, task_id, task_type, required_capability, selected_agent, reason, routing_score) VALUES ($1, $2, 't0', 'quiz', 'grading', 'agent-1', 'seeded', 0.5)")
+        .bind(decision)
+        .bind(&ta)
+        .execute(&mut a.db.connect().await)
+        .await
+        .unwrap();
     let endpoints: Vec<(&str, String, Option<Value>)> = vec![
         ("GET", format!("/v1/tenants/{ta}/school"), None),
         ("GET", format!("/v1/tenants/{ta}/students"), None),
@@ -69,9 +112,64 @@ async fn every_role_against_every_endpoint() {
             Some(json!({"assessment_id": ASSESSMENT})),
         ),
         ("GET", format!("/v1/tenants/{ta}/workflow-executions"), None),
+        ("GET", format!("/v1/tenants/{ta}/circuit-breakers"), None),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/circuit-breakers/agent-1"),
+            Some(
+                json!({"state": "Open", "failure_count": 3, "last_failure_at": "2025-10-15T10:00:00Z"}),
+            ),
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/circuit-breakers/agent-1"),
+            None,
+        ),
+        ("GET", format!("/v1/tenants/{ta}/routing-decisions"), None),
+        (
+            "POST",
+            format!("/v1/tenants/{ta}/routing-decisions"),
+            Some(decision_body("task-1")),
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/routing-decisions/{decision}"),
+            None,
+        ),
+        ("GET", format!("/v1/tenants/{ta}/routing-statistics"), None),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/routing-statistics/agent-1"),
+            Some(stats_body()),
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/{ta}/routing-statistics/agent-1"),
+            None,
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/courses/{NEW_COURSE}"),
+            Some(course_body("GEO8")),
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/questions/{NEW_QUESTION}"),
+            Some(question_body(NEW_COURSE)),
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/assessments/{NEW_ASSESSMENT}"),
+            Some(assessment_body(NEW_COURSE)),
+        ),
+        (
+            "PUT",
+            format!("/v1/tenants/{ta}/classes/{NEW_CLASS}"),
+            Some(class_body("9B")),
+        ),
     ];
     // Expected status per endpoint row, columns in `tokens` order.
-    let expected: [[u16; 8]; 10] = [
+    let expected: Vec<[u16; 8]> = vec![
         //st  te   sa   ca   ba   sy   ss   tb
         [200, 200, 200, 403, 200, 200, 404, 404], // school
         [200, 200, 200, 403, 200, 200, 404, 404], // students (student: only self)
@@ -83,7 +181,21 @@ async fn every_role_against_every_endpoint() {
         [200, 200, 200, 200, 200, 200, 404, 404], // assessment meta
         [201, 403, 403, 403, 403, 403, 404, 404], // start attempt
         [403, 403, 403, 403, 200, 200, 404, 404], // workflow list
+        [403, 403, 403, 403, 200, 200, 404, 404], // circuit breakers list
+        [403, 403, 403, 403, 200, 200, 404, 404], // circuit breaker upsert
+        [403, 403, 403, 403, 200, 200, 404, 404], // circuit breaker get
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing decisions list
+        [403, 403, 403, 403, 201, 201, 404, 404], // routing decision create
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing decision get
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics list
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics upsert
+        [403, 403, 403, 403, 200, 200, 404, 404], // routing statistics get
+        [403, 403, 403, 200, 200, 200, 404, 404], // course upsert
+        [403, 403, 403, 200, 200, 200, 404, 404], // question upsert
+        [403, 403, 403, 200, 200, 200, 404, 404], // assessment upsert
+        [403, 403, 200, 403, 200, 200, 404, 404], // class upsert
     ];
+    assert_eq!(expected.len(), endpoints.len());
     let mut failures = Vec::new();
     for (row, (method, path, body)) in endpoints.iter().enumerate() {
         for (col, (name, tok)) in tokens.iter().enumerate() {
@@ -502,4 +614,352 @@ async fn users_are_validated_against_their_columns() {
     assert_eq!(students["items"].as_array().unwrap().len(), 2);
     let stu = token(f.a.students[0].0, 0, Some(ta));
     assert_eq!(f.call("GET", &path, Some(&stu), None).await.0, 403);
+}
+
+#[tokio::test]
+async fn orchestration_tables_are_validated_paginated_and_upserted() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap();
+    let admin = token(Uuid::new_v4(), 5, None);
+    let bad = |path: String, body: Value| (path, body);
+    let long = |n: usize| "x".repeat(n);
+    let breaker = format!("/v1/tenants/{ta}/circuit-breakers/agent-1");
+    let stats = format!("/v1/tenants/{ta}/routing-statistics/agent-1");
+    let decisions = format!("/v1/tenants/{ta}/routing-decisions");
+    let mut over_long = decision_body("t");
+    over_long["task_id"] = json!(long(101));
+    let mut agent_long = decision_body("t");
+    agent_long["selected_agent"] = json!(long(201));
+    let mut wf_long = decision_body("t");
+    wf_long["workflow_step_id"] = json!(long(101));
+    let mut rate = stats_body();
+    rate["success_rate"] = json!(1.5);
+    let mut negative = stats_body();
+    negative["failed_tasks"] = json!(-1);
+    let cases = [
+        bad(breaker.clone(), json!({"state": "Broken"})),
+        bad(breaker.clone(), json!({"state": "closed"})),
+        bad(
+            breaker.clone(),
+            json!({"state": "Open", "failure_count": -1}),
+        ),
+        bad(
+            breaker.clone(),
+            json!({"state": "Open", "last_failure_at": "yesterday"}),
+        ),
+        bad(breaker.clone(), json!({"state": "Open", "extra": 1})),
+        bad(
+            format!("/v1/tenants/{ta}/circuit-breakers/{}", long(201)),
+            json!({"state": "Open"}),
+        ),
+        bad(stats.clone(), rate),
+        bad(stats.clone(), negative),
+        bad(
+            format!("/v1/tenants/{ta}/routing-statistics/{}", long(201)),
+            stats_body(),
+        ),
+        bad(decisions.clone(), over_long),
+        bad(decisions.clone(), agent_long),
+        bad(decisions.clone(), wf_long),
+    ];
+    for (path, body) in cases {
+        let method = if path.contains("routing-decisions") {
+            "POST"
+        } else {
+            "PUT"
+        };
+        let (s, v, h) = f
+            .call(method, &path, Some(&admin), Some(body.clone()))
+            .await;
+        assert_eq!(s, 400, "{path} {body}: {v}");
+        assert_eq!(h["content-type"], "application/problem+json");
+    }
+    // Nothing invalid reached the database.
+    let n: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM circuit_breaker_states) + (SELECT count(*) FROM routing_statistics) + (SELECT count(*) FROM routing_decisions)")
+        .fetch_one(&mut f.a.db.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // The longest valid values fit; a second PUT replaces the state.
+    let key = long(200);
+    let path = format!("/v1/tenants/{ta}/circuit-breakers/{key}");
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &path,
+            Some(&admin),
+            Some(json!({"state": "Open", "failure_count": 5})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str(), v["tenant_id"].as_str()),
+        (200, Some("Open"), Some(ta.to_string().as_str())),
+        "{v}"
+    );
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &path,
+            Some(&admin),
+            Some(json!({"state": "HalfOpen"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str(), v["failure_count"].as_i64()),
+        (200, Some("HalfOpen"), Some(0)),
+        "{v}"
+    );
+    let (_, v, _) = f.call("GET", &path, Some(&admin), None).await;
+    assert_eq!(v["state"], "HalfOpen");
+    let (s, _, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/circuit-breakers/nobody"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // Routing decisions: keyset pages and the task filter.
+    let mut ids = Vec::new();
+    for task in ["a", "a", "b"] {
+        let (s, v, _) = f
+            .call("POST", &decisions, Some(&admin), Some(decision_body(task)))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    let (_, p1, _) = f
+        .call("GET", &format!("{decisions}?limit=2"), Some(&admin), None)
+        .await;
+    let got: Vec<&str> = p1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids[..2]);
+    let after = p1["next_after"].as_str().unwrap();
+    let (_, p2, _) = f
+        .call(
+            "GET",
+            &format!("{decisions}?limit=2&after={after}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let got: Vec<&str> = p2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids[2..]);
+    assert!(p2["next_after"].is_null());
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("{decisions}?task_id=a&tenant_id={ta}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("{decisions}?tenant_id=someone-else"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 0);
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("{decisions}/{}", ids[0]),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["id"], ids[0].as_str());
+
+    // Routing statistics upsert replaces the row.
+    let (s, _, _) = f
+        .call("PUT", &stats, Some(&admin), Some(stats_body()))
+        .await;
+    assert_eq!(s, 200);
+    let mut next = stats_body();
+    next["total_tasks"] = json!(11);
+    f.call("PUT", &stats, Some(&admin), Some(next)).await;
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/routing-statistics"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    assert_eq!(v["items"][0]["total_tasks"], 11);
+}
+
+#[tokio::test]
+async fn content_and_class_writes_are_validated() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap();
+    let admin = token(Uuid::new_v4(), 3, None);
+    let long = |n: usize| "x".repeat(n);
+    let course = format!("/v1/tenants/{ta}/courses/{}", Uuid::new_v4());
+    let question = format!("/v1/tenants/{ta}/questions/{}", Uuid::new_v4());
+    let assessment = format!("/v1/tenants/{ta}/assessments/{}", Uuid::new_v4());
+    let class = format!("/v1/tenants/{ta}/classes/{}", Uuid::new_v4());
+    let with = |mut b: Value, k: &str, v: Value| {
+        b[k] = v;
+        b
+    };
+    let cases = [
+        (&course, with(course_body("C1"), "name", json!(long(256)))),
+        (&course, with(course_body("C1"), "code", json!(long(51)))),
+        (
+            &course,
+            with(course_body("C1"), "description", json!(long(2001))),
+        ),
+        (&course, with(course_body("C1"), "grade_level", json!(5))),
+        (
+            &course,
+            with(course_body("C1"), "board_name", json!(long(101))),
+        ),
+        (&course, with(course_body("C1"), "metadata", json!([1]))),
+        (
+            &question,
+            with(question_body(COURSE), "question_text", json!(long(4001))),
+        ),
+        (
+            &question,
+            with(question_body(COURSE), "correct_answer", json!("")),
+        ),
+        (
+            &question,
+            with(question_body(COURSE), "content_hash", json!(long(65))),
+        ),
+        (&question, with(question_body(COURSE), "points", json!(-1))),
+        (
+            &question,
+            with(question_body(COURSE), "grade_level", json!(13)),
+        ),
+        (&question, question_body(Uuid::new_v4())), // unknown course
+        (
+            &assessment,
+            with(assessment_body(COURSE), "title", json!(long(256))),
+        ),
+        (
+            &assessment,
+            with(
+                assessment_body(COURSE),
+                "passing_score_percentage",
+                json!(101),
+            ),
+        ),
+        (
+            &assessment,
+            with(assessment_body(COURSE), "time_limit_minutes", json!(0)),
+        ),
+        (
+            &assessment,
+            with(assessment_body(COURSE), "school_id", json!(Uuid::new_v4())),
+        ),
+        (&class, with(class_body("C1"), "code", json!(long(51)))),
+        (
+            &class,
+            with(class_body("C1"), "academic_year", json!(long(21))),
+        ),
+        (&class, with(class_body("C1"), "grade_level", json!(4))),
+    ];
+    for (path, body) in cases {
+        let tok = if path.contains("/classes/") {
+            token(Uuid::new_v4(), 5, None)
+        } else {
+            admin.clone()
+        };
+        let (s, v, h) = f.call("PUT", path, Some(&tok), Some(body.clone())).await;
+        assert_eq!(s, 400, "{path} {body}: {v}");
+        assert_eq!(h["content-type"], "application/problem+json");
+    }
+    let mut db = f.a.db.connect().await;
+    let n: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM courses) + (SELECT count(*) FROM questions) + (SELECT count(*) FROM assessments) + (SELECT count(*) FROM classes)")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1 + 3 + 1 + 1, "only the seeded rows");
+
+    // The longest valid values fit, and a second PUT replaces rather than duplicates.
+    let id = Uuid::new_v4();
+    let path = format!("/v1/tenants/{ta}/courses/{id}");
+    let body = with(
+        with(course_body(&long(50)), "name", json!(long(255))),
+        "description",
+        json!(long(2000)),
+    );
+    let (s, v, _) = f.call("PUT", &path, Some(&admin), Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v, _) = f
+        .call("PUT", &path, Some(&admin), Some(course_body("C2")))
+        .await;
+    assert_eq!((s, v["code"].as_str()), (200, Some("C2")), "{v}");
+    // A course code taken by another course: 409.
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/courses/{}", Uuid::new_v4()),
+            Some(&admin),
+            Some(course_body("ALG8")),
+        )
+        .await;
+    assert_eq!(s, 409);
+    // Self-service students cannot write content; school admins cannot write content.
+    let ss = token(f.ss.students[0].0, 0, None);
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/selfservice/courses/{COURSE}"),
+            Some(&ss),
+            Some(course_body("S1")),
+        )
+        .await;
+    assert_eq!(s, 403);
+    // The self-service application role holds only SELECT on content: even a platform
+    // admin gets 403 there (documented), not a 500.
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/selfservice/courses/{COURSE}"),
+            Some(&token(Uuid::new_v4(), 5, None)),
+            Some(course_body("S1")),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let sadmin = token(f.a.admin_user, 2, Some(ta));
+    let (s, _, _) = f
+        .call("PUT", &path, Some(&sadmin), Some(course_body("C3")))
+        .await;
+    assert_eq!(s, 403);
+    // A school admin's class belongs to their school.
+    let cid = Uuid::new_v4();
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/classes/{cid}"),
+            Some(&sadmin),
+            Some(class_body("10C")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["school_id"].as_str()),
+        (200, Some(ta.to_string().as_str())),
+        "{v}"
+    );
 }

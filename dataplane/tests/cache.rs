@@ -323,3 +323,90 @@ async fn database_alone_allows_one_submission_when_redis_is_down() {
         .unwrap();
     assert_eq!(xp, 10, "XP awarded once");
 }
+
+#[tokio::test]
+async fn content_and_class_writes_invalidate_their_cached_values() {
+    let f = Fixture::start(edumind_tests::redis().await.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let teacher = token(f.a.teacher_user, 1, Some(ta));
+    let content = token(uuid::Uuid::new_v4(), 3, None);
+    let school_admin = token(f.a.admin_user, 2, Some(ta));
+    let mut r = redis_conn(&edumind_tests::redis().await.url()).await;
+    let questions = format!("/v1/tenants/{ta}/courses/{COURSE}/questions");
+    let questions_key = format!("edumind:{ta}:course:{COURSE}:questions");
+    let meta = format!("/v1/tenants/{ta}/assessments/{ASSESSMENT}");
+    let meta_key = format!("edumind:{ta}:assessment:{ASSESSMENT}:meta");
+    let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
+    let roster_key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+
+    // Load all three into Redis.
+    for path in [&questions, &meta, &roster] {
+        assert_eq!(f.call("GET", path, Some(&teacher), None).await.0, 200);
+    }
+    for key in [&questions_key, &meta_key, &roster_key] {
+        let n: i64 = r.exists(key).await.unwrap();
+        assert_eq!(n, 1, "{key} cached");
+    }
+
+    // A question write drops the course's question list; the next read has the change.
+    let body = json!({"course_id": COURSE, "question_text": "changed?", "question_type": 0,
+        "subject": 1, "grade_level": 8, "difficulty_level": 1, "correct_answer": "\"B\"", "points": 10});
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/questions/{Q1}"),
+            Some(&content),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let n: i64 = r.exists(&questions_key).await.unwrap();
+    assert_eq!(n, 0, "question write must invalidate {questions_key}");
+    let (_, v, _) = f.call("GET", &questions, Some(&teacher), None).await;
+    assert_eq!(v["items"][0]["question_text"], "changed?");
+
+    // A course write drops it too (the course itself may have been cached as missing).
+    let n: i64 = r.exists(&questions_key).await.unwrap();
+    assert_eq!(n, 1, "reloaded");
+    let body = json!({"name": "Algebra II", "code": "ALG8", "subject": 1, "grade_level": 8, "description": "d"});
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/courses/{COURSE}"),
+            Some(&content),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let n: i64 = r.exists(&questions_key).await.unwrap();
+    assert_eq!(n, 0, "course write must invalidate {questions_key}");
+
+    // An assessment write drops its metadata.
+    let body = json!({"course_id": COURSE, "title": "Renamed", "assessment_type": 0, "subject": 1,
+        "grade_level": 8, "question_ids": [Q1, Q2, Q3], "total_points": 30, "passing_score_percentage": 60});
+    let (s, v, _) = f.call("PUT", &meta, Some(&content), Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    let n: i64 = r.exists(&meta_key).await.unwrap();
+    assert_eq!(n, 0, "assessment write must invalidate {meta_key}");
+    let (_, v, _) = f.call("GET", &meta, Some(&teacher), None).await;
+    assert_eq!(v["title"], "Renamed");
+
+    // A class write drops its roster (which carries the class name and code).
+    let body = json!({"name": "Eight A", "code": "8A", "grade_level": 8, "subject": 1, "academic_year": "2025-2026"});
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/classes/{}", f.a.class_id),
+            Some(&school_admin),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let n: i64 = r.exists(&roster_key).await.unwrap();
+    assert_eq!(n, 0, "class write must invalidate {roster_key}");
+    let (_, v, _) = f.call("GET", &roster, Some(&teacher), None).await;
+    assert_eq!(
+        (v["name"].as_str(), v["students"].as_array().map(Vec::len)),
+        (Some("Eight A"), Some(2))
+    );
+}

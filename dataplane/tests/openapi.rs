@@ -23,7 +23,8 @@ async fn every_documented_operation_is_routed() {
         let path = r
             .path
             .replace("{tenant}", &f.a.school_id.unwrap().to_string())
-            .replace("{id}", &Uuid::new_v4().to_string());
+            .replace("{id}", &Uuid::new_v4().to_string())
+            .replace("{agent_key}", "agent-1");
         let body = matches!(r.method, "put" | "post").then(|| serde_json::json!({}));
         let (status, v, _) = f.call(&r.method.to_uppercase(), &path, None, body).await;
         // Unauthenticated: a routed operation answers 401 (or 200 when public); a path
