@@ -852,14 +852,15 @@ async fn publish(
 }
 
 /// Adds the finalizer and returns the updated School.
-async fn add_finalizer(school: &School, ctx: &Context) -> Result<School, Error> {
+/// Applies a JSON patch to the School's metadata (finalizers), as one API call.
+async fn patch_school(
+    school: &School,
+    ctx: &Context,
+    patch: serde_json::Value,
+    step: &'static str,
+) -> Result<School, Error> {
     let api: Api<School> =
         Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
-    let patch = if school.finalizers().is_empty() {
-        json!([{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}])
-    } else {
-        json!([{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}])
-    };
     let patch: json_patch::Patch =
         serde_json::from_value(patch).map_err(|e| Error::InvalidSpec(e.to_string()))?;
     api.patch(
@@ -869,32 +870,28 @@ async fn add_finalizer(school: &School, ctx: &Context) -> Result<School, Error> 
     )
     .await
     .map_err(|e| Error::Kube {
-        step: "add the finalizer",
+        step,
         source: Box::new(e),
     })
+}
+
+async fn add_finalizer(school: &School, ctx: &Context) -> Result<School, Error> {
+    let patch = if school.finalizers().is_empty() {
+        json!([{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}])
+    } else {
+        json!([{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}])
+    };
+    patch_school(school, ctx, patch, "add the finalizer").await
 }
 
 async fn remove_finalizer(school: &School, ctx: &Context) -> Result<(), Error> {
     let Some(index) = school.finalizers().iter().position(|f| f == FINALIZER) else {
         return Ok(());
     };
-    let api: Api<School> =
-        Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
     let path = format!("/metadata/finalizers/{index}");
     let patch =
         json!([{"op": "test", "path": path, "value": FINALIZER}, {"op": "remove", "path": path}]);
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    api.patch(
-        &school.name_any(),
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
-    )
-    .await
-    .map_err(|e| Error::Kube {
-        step: "remove the finalizer",
-        source: Box::new(e),
-    })?;
+    patch_school(school, ctx, patch, "remove the finalizer").await?;
     Ok(())
 }
 
