@@ -7,6 +7,7 @@
 //! * [`pg`]: idempotent steps inside PostgreSQL.
 //! * [`reconcile`]: the School reconcile pipeline, status, events, deletion.
 //! * [`fleet`]: `migrate --all` over every school database of a server.
+//! * [`local`]: `edumind-operator local`, provisioning without Kubernetes (Secret files).
 //! * [`run`]: the controller process (leader election, metrics, health, shutdown).
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
 //!
@@ -19,6 +20,7 @@ pub mod backup;
 pub mod config;
 pub mod credentials;
 pub mod fleet;
+pub mod local;
 pub mod metrics;
 pub mod naming;
 pub mod pg;
