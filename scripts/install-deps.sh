@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need and a fresh Debian 12 machine lacks:
 # redis-server (not installed there), if missing the PostgreSQL server binaries, and
-# moto's local S3-compatible server (PyPI) for the backup-storage tests.
+# moto's local S3-compatible server (PyPI) for the backup-storage tests, and curl (the
+# demo's commands and their test).
 # Idempotent: does nothing when both are present. Needs root (or sudo) only to install.
+# `--servers`: only the server binaries (what the demo needs), not moto.
 set -euo pipefail
+servers_only=false
+[ "${1:-}" = "--servers" ] && servers_only=true
 
 have_pg_server() {
     command -v initdb >/dev/null 2>&1 && return 0
@@ -13,11 +17,13 @@ have_pg_server() {
 missing=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 have_pg_server || missing+=(postgresql)
+# The demo prints curl commands, and its end-to-end test runs them.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -n "${EDUMIND_TEST_REDIS_URL:-}" ] && missing=("${missing[@]/redis-server}")
 [ -n "${EDUMIND_TEST_POSTGRES_URL:-}" ] && missing=("${missing[@]/postgresql}")
 read -r -a missing <<<"${missing[*]:-}"
 
-if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
+if ! $servers_only && ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
     echo "installing: moto[server] (pip)" >&2
     python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
 fi

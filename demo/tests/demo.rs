@@ -225,15 +225,18 @@ fn demo_prints_commands_that_answer_as_promised_and_ctrl_c_leaves_nothing() {
             .find_map(|l| l.split("Files (manifests, Secrets): ").nth(1))
             .expect("the work directory is printed")
             .trim(),
-    );
+    )
+    .canonicalize()
+    .unwrap();
     assert!(work_dir.join("secrets").is_dir());
+    let tmp = std::env::temp_dir().canonicalize().unwrap();
     let procs = descendants(pid);
     // Supervisors for PostgreSQL, Redis and the work directory, and what they run.
     assert!(procs.len() >= 6, "{procs:?}");
     let mut dirs: Vec<PathBuf> = procs
         .iter()
         .filter_map(|(_, cwd)| cwd.clone())
-        .filter(|d| d.starts_with(std::env::temp_dir()))
+        .filter(|d| d.starts_with(&tmp))
         .collect();
     dirs.sort();
     dirs.dedup();
