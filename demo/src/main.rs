@@ -167,15 +167,25 @@ async fn start_dataplane(
     secret: &str,
     port: u16,
 ) -> anyhow::Result<u16> {
-    let mut settings = edumind_dataplane::config::Settings::default();
-    settings.tenants_dir = tenants_dir.to_path_buf();
-    settings.tenant_poll_ms = 1000;
-    settings.shutdown_grace_secs = 2;
-    settings.redis.url = edumind_dataplane::secret::Secret::new(redis_url);
-    settings.auth.issuer = tokens::ISSUER.into();
-    settings.auth.audience = tokens::AUDIENCE.into();
-    settings.auth.hs256_secret = Some(edumind_dataplane::secret::Secret::new(secret));
-    settings.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    use edumind_dataplane::config::{AuthSettings, RedisSettings, Settings};
+    use edumind_dataplane::secret::Secret;
+    let mut settings = Settings {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        tenants_dir: tenants_dir.to_path_buf(),
+        tenant_poll_ms: 1000,
+        shutdown_grace_secs: 2,
+        redis: RedisSettings {
+            url: Secret::new(redis_url),
+            ..RedisSettings::default()
+        },
+        auth: AuthSettings {
+            issuer: tokens::ISSUER.into(),
+            audience: tokens::AUDIENCE.into(),
+            hs256_secret: Some(Secret::new(secret)),
+            ..AuthSettings::default()
+        },
+        ..Settings::default()
+    };
     let app = match Application::build(settings.clone()).await {
         Ok(app) => app,
         Err(edumind_dataplane::startup::StartError::Bind(..)) if port != 0 => {
