@@ -165,10 +165,16 @@ fn parse_schools(file: &Path) -> anyhow::Result<Vec<School>> {
                 i + 1
             )
         })?;
-        if school.metadata.namespace.is_none() {
-            school.metadata.namespace = Some(DEFAULT_NAMESPACE.into());
-        }
-        // Local mode starts from the manifest; status is the operator's to write.
+        // Local mode starts from what a user writes: server-populated fields (as in
+        // `kubectl get -o yaml` output) and status are dropped.
+        let meta = std::mem::take(&mut school.metadata);
+        school.metadata = ObjectMeta {
+            name: meta.name,
+            namespace: Some(meta.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into())),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            ..Default::default()
+        };
         school.status = None;
         schools.push(school);
     }

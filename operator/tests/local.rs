@@ -86,9 +86,13 @@ async fn local_mode_writes_secret_files_idempotently_through_the_reconciler() {
         school("alpha", "ALPHA", "a@alpha.example"),
     )
     .unwrap();
+    // As `kubectl get -o yaml` prints it: server-populated fields and status are ignored.
     std::fs::write(
         schools.join("b.yaml"),
-        school("beta", "BETA", "b@beta.example"),
+        school("beta", "BETA", "b@beta.example").replace(
+            "namespace: local-test}",
+            "namespace: local-test, uid: 4f6d2c1e-0000-4000-8000-000000000001, resourceVersion: \"42\", finalizers: [edumind.ai/database]}",
+        ) + "status: {phase: Ready, database: edumind_school_other_x}\n",
     )
     .unwrap();
     let out = dir.path().join("out");
@@ -161,6 +165,19 @@ async fn local_mode_writes_secret_files_idempotently_through_the_reconciler() {
         "{}",
         text(&second)
     );
+    assert_eq!(files(&out), written);
+    let json_args = [&args[..], &["--json"]].concat();
+    let report = operator(&json_args, Some(&admin));
+    assert!(report.status.success(), "{}", text(&report));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let schools = report["schools"].as_array().unwrap();
+    assert_eq!(schools.len(), 2);
+    for s in schools {
+        assert_eq!(s["ready"], true, "{s}");
+        assert_eq!(s["secret_written"], false, "{s}");
+        assert_eq!(s["schema_version"], edumind_schema::latest_version());
+    }
+    assert_eq!(report["self_service"]["changes"], serde_json::json!([]));
     assert_eq!(files(&out), written);
 
     // A missing Secret file: a new password, and the role follows.
