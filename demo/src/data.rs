@@ -4,8 +4,9 @@
 //! assessments, classes, rosters, and the students' attempts, answered and submitted
 //! with their own tokens), so the demo exercises the real request path. Three kinds of
 //! rows have no write endpoint yet and are inserted with SQL on the demo's own throwaway
-//! server: a school's `schools` row, `students` rows, and the self-service tenant's
-//! users, students and content (its application role may only read content).
+//! server: `students` rows, and the self-service tenant's users, students and content
+//! (its application role may only read content). Each school's own `schools` row comes
+//! from the operator, which writes it from the School spec.
 
 use std::collections::BTreeMap;
 
@@ -332,19 +333,6 @@ pub async fn load_school(
     let admin = tokens.platform_admin()?;
     let t = school_id.to_string();
     let mut conn = PgConnection::connect(db_url).await?;
-    sql(
-        &mut conn,
-        "INSERT INTO schools (id, name, code, address, contact_email) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (id) DO NOTHING",
-        &[
-            json!(t),
-            json!(plan.name),
-            json!(plan.code),
-            json!(plan.address),
-            json!(format!("office@{}", plan.domain)),
-        ],
-    )
-    .await?;
 
     let mut users = BTreeMap::new();
     let people = std::iter::once((plan.admin, 2))

@@ -385,6 +385,70 @@ pub async fn migrate_database(
     result
 }
 
+/// The school's own `schools` row, as `spec` describes it. The School resource is the
+/// source of truth for it: the data plane only reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchoolRecord {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub code: String,
+    pub address: String,
+    pub contact_email: String,
+    pub contact_phone: Option<String>,
+    pub active: bool,
+}
+
+/// [`migrate_database`] for a school database, then the school's own row upserted from its
+/// spec on the same connection, as the school's role. Returns the migration outcome and
+/// whether the row changed: an unchanged row is not rewritten (`updated_at` stays).
+pub async fn migrate_school_database(
+    admin: &PgConnectOptions,
+    database: &str,
+    role: &str,
+    record: &SchoolRecord,
+) -> Result<(MigrationOutcome, bool), PgError> {
+    let mut conn = admin
+        .clone()
+        .database(database)
+        .connect()
+        .await
+        .map_err(sql("connect to the school database"))?;
+    let result = match migrate_on(&mut conn, role).await {
+        Ok(outcome) => sync_school_record(&mut conn, record)
+            .await
+            .map(|changed| (outcome, changed)),
+        Err(e) => Err(e),
+    };
+    let _ = conn.close().await;
+    result
+}
+
+async fn sync_school_record(conn: &mut PgConnection, r: &SchoolRecord) -> Result<bool, PgError> {
+    let written = sqlx::query(
+        "INSERT INTO schools (id, name, code, address, contact_email, contact_phone, is_active) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, code = EXCLUDED.code, \
+             address = EXCLUDED.address, contact_email = EXCLUDED.contact_email, \
+             contact_phone = EXCLUDED.contact_phone, is_active = EXCLUDED.is_active, \
+             updated_at = now() \
+         WHERE (schools.name, schools.code, schools.address, schools.contact_email, \
+                schools.contact_phone, schools.is_active) \
+           IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.code, EXCLUDED.address, \
+                EXCLUDED.contact_email, EXCLUDED.contact_phone, EXCLUDED.is_active)",
+    )
+    .bind(r.id)
+    .bind(&r.name)
+    .bind(&r.code)
+    .bind(&r.address)
+    .bind(&r.contact_email)
+    .bind(r.contact_phone.as_deref())
+    .bind(r.active)
+    .execute(&mut *conn)
+    .await
+    .map_err(sql("write the school's own record"))?;
+    Ok(written.rows_affected() > 0)
+}
+
 /// What [`migrate_database`] found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MigrationOutcome {

@@ -227,6 +227,8 @@ pub struct Desired {
     pub rotate: Option<String>,
     /// Whether status says the database was created before (then it must exist).
     pub recorded: bool,
+    /// The school's own row in its database, from the spec.
+    pub record: pg::SchoolRecord,
 }
 
 impl Desired {
@@ -352,6 +354,15 @@ pub fn validate(school: &School, servers: &TargetServers) -> Result<Desired, Err
         login: spec.active,
         rotate,
         recorded: status.database.is_some(),
+        record: pg::SchoolRecord {
+            id: school_id,
+            name: spec.name.clone(),
+            code: code.clone(),
+            address: spec.address.clone(),
+            contact_email: spec.contact_email.clone(),
+            contact_phone: spec.contact_phone.clone(),
+            active: spec.active,
+        },
     })
 }
 
@@ -610,9 +621,13 @@ async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, E
     drop(conn);
 
     // Schema.
-    let outcome = pg::migrate_database(&handle.options, &d.database, &d.role).await?;
+    let (outcome, record_changed) =
+        pg::migrate_school_database(&handle.options, &d.database, &d.role, &d.record).await?;
     if outcome.changed() {
         applied.changes.push("applied schema migrations");
+    }
+    if record_changed {
+        applied.changes.push("wrote the school's own record");
     }
     applied.schema_version = outcome.after;
 

@@ -859,3 +859,69 @@ async fn the_published_secret_drives_the_backup_runner() {
     .expect("backup with the school's own credentials");
     assert!(report.tables >= 13, "{} tables", report.tables);
 }
+
+/// The school's own `schools` row follows its spec: written on provisioning, updated when
+/// the spec changes, and left alone (same `updated_at`) when nothing changed.
+#[tokio::test]
+async fn the_school_record_follows_the_spec() {
+    let env = env().await;
+    let code = env.code("Rec");
+    env.create("record", env.spec(&code)).await;
+    let school = env.reconcile("record").await;
+    let status = school.status.clone().unwrap();
+    let id: uuid::Uuid = status.school_id.clone().unwrap().parse().unwrap();
+    let mut conn = connect(&env.secret("record").await.unwrap()).await.unwrap();
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        bool,
+        chrono::DateTime<chrono::Utc>,
+    );
+    let sql = "SELECT name, code, address, contact_phone, is_active, updated_at FROM schools WHERE id = $1";
+    let rows = sqlx::query_as::<_, Row>(sql)
+        .bind(id)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "exactly the school's own row");
+    assert_eq!(
+        (&rows[0].0, &rows[0].1, &rows[0].2, &rows[0].3, rows[0].4),
+        (
+            &format!("School {code}"),
+            &code,
+            &"1 Main St".to_string(),
+            &None,
+            true
+        )
+    );
+    let first_update = rows[0].5;
+
+    env.reconcile("record").await;
+    assert_eq!(
+        sqlx::query_as::<_, Row>(sql)
+            .bind(id)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()[0]
+            .5,
+        first_update,
+        "unchanged row not rewritten"
+    );
+
+    env.set_spec(
+        "record",
+        json!({"name": "Renamed School", "contactPhone": "+1 555 0100"}),
+    )
+    .await;
+    env.reconcile("record").await;
+    let rows = sqlx::query_as::<_, Row>(sql)
+        .bind(id)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows[0].0, "Renamed School");
+    assert_eq!(rows[0].3.as_deref(), Some("+1 555 0100"));
+    assert!(rows[0].5 > first_update, "updated_at moves on a change");
+}
