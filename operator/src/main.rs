@@ -46,7 +46,8 @@ enum Command {
     },
     /// Print the schema version this build's migrations produce.
     SchemaVersion,
-    /// Print the `School` CustomResourceDefinition as YAML (for `kubectl apply -f -`).
+    /// Print the CustomResourceDefinitions (School, SchoolBackup, SchoolRestore) as YAML
+    /// (for `kubectl apply -f -`).
     Crd,
     /// Check a target server configuration file and print the servers it defines.
     CheckConfig {
@@ -170,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate { .. } => anyhow::bail!("give --database-url, or --all with --admin-url"),
         Command::SchemaVersion => println!("{}", edumind_schema::latest_version()),
-        Command::Crd => print!("{}", edumind_crds::crd_yaml()?),
+        Command::Crd => print!("{}", edumind_crds::all_crds_yaml()?),
         Command::CheckConfig { config } => {
             let text = tokio::fs::read_to_string(&config).await?;
             let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;
