@@ -16,6 +16,7 @@
 //! RLS migration step.
 
 pub mod backup;
+pub mod backupjobs;
 pub mod config;
 pub mod credentials;
 pub mod fleet;
