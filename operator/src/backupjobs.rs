@@ -25,6 +25,8 @@ use crate::backup::RunResult;
 pub const LABEL_SCHOOL_ID: &str = "edumind.ai/school-id";
 /// Label saying what a Job is for: `scheduled`, `on-demand`, `final` or `restore`.
 pub const LABEL_KIND: &str = "edumind.ai/backup-kind";
+/// Annotation on backup Jobs naming their School (names may exceed label limits).
+pub const ANNOTATION_SCHOOL: &str = "edumind.ai/school";
 /// Label Kubernetes puts on a Job's Pods.
 pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
 const LABEL_JOB_NAME_LEGACY: &str = "job-name";
@@ -91,6 +93,8 @@ pub enum Run {
 /// Inputs of a runner pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerInputs {
+    /// Name of the School (recorded as an annotation so watches can map Jobs back).
+    pub school_name: String,
     pub school_id: String,
     /// The Secret with the connection keys (`host`, `port`, `dbname`, `username`,
     /// `password`), mounted as a volume.
@@ -172,6 +176,10 @@ pub fn labels(school_id: &str, kind: &str) -> BTreeMap<String, String> {
         (LABEL_SCHOOL_ID.to_string(), school_id.to_string()),
         (LABEL_KIND.to_string(), kind.to_string()),
     ])
+}
+
+fn school_annotation(inputs: &RunnerInputs) -> BTreeMap<String, String> {
+    BTreeMap::from([(ANNOTATION_SCHOOL.to_string(), inputs.school_name.clone())])
 }
 
 fn run_kind(run: &Run) -> &'static str {
@@ -382,6 +390,7 @@ pub fn cron_job(
             job_template: JobTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: Some(school_annotation(inputs)),
                     ..Default::default()
                 }),
                 spec: Some(job_spec(config, inputs)),
@@ -404,6 +413,7 @@ pub fn job(
             name: Some(name.into()),
             namespace: Some(namespace.into()),
             labels: Some(labels(&inputs.school_id, run_kind(&inputs.run))),
+            annotations: Some(school_annotation(inputs)),
             owner_references: owner.map(|o| vec![o]),
             ..Default::default()
         },
@@ -701,6 +711,7 @@ mod tests {
 
     fn inputs(storage: BackupStorage) -> RunnerInputs {
         RunnerInputs {
+            school_name: "lincoln".into(),
             school_id: "0b8f9a5c-3c1e-4c55-9b7d-2f6f1d5c9e11".into(),
             secret_name: "lincoln-connection".into(),
             storage,

@@ -22,6 +22,7 @@ pub mod credentials;
 pub mod fleet;
 pub mod metrics;
 pub mod naming;
+pub mod ops;
 pub mod pg;
 pub mod reconcile;
 pub mod run;
