@@ -96,7 +96,7 @@ enum Target {
     Ready {
         school: Box<School>,
         desired: Box<Desired>,
-        storage: edumind_crds::BackupStorage,
+        storage: Box<edumind_crds::BackupStorage>,
     },
     /// The School exists but has no database yet.
     NotReady(String),
@@ -145,7 +145,7 @@ async fn target(ctx: &Context, namespace: &str, name: &str) -> Result<Target, Op
     Ok(Target::Ready {
         school: Box::new(school),
         desired: Box::new(desired),
-        storage,
+        storage: Box::new(storage),
     })
 }
 
@@ -333,7 +333,7 @@ async fn backup_step(
         school_name: desired.name.clone(),
         school_id: desired.school_id.to_string(),
         secret_name: desired.secret_name.clone(),
-        storage,
+        storage: *storage,
         run: Run::Backup {
             kind: "on-demand",
             retention_days: school.spec.backup.retention_days,
@@ -608,7 +608,7 @@ async fn restore_step(
         school_name: school.name_any(),
         school_id: desired.school_id.to_string(),
         secret_name,
-        storage,
+        storage: *storage,
         run: Run::Restore {
             object: sr.spec.backup.clone(),
             role: desired.role.clone(),

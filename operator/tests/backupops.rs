@@ -914,3 +914,66 @@ async fn snapshot_deletion_drops_only_after_a_successful_final_backup() {
         "final Job cleaned up"
     );
 }
+
+/// The runner binary as the Job runs it: configured by environment, the connection Secret
+/// as a mounted directory, the outcome as JSON in the result file (the termination log).
+#[tokio::test]
+async fn the_runner_binary_writes_its_result_where_the_operator_reads_it() {
+    let env = env(None).await;
+    env.create("bin", env.spec("Bin", json!({}))).await;
+    let school = env.reconcile("bin").await;
+    let secret = env
+        .secret(&school.status.unwrap().secret_name.unwrap())
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("connection");
+    std::fs::create_dir(&mount).unwrap();
+    for (k, v) in secret.data.clone().unwrap() {
+        std::fs::write(mount.join(k), v.0).unwrap();
+    }
+    let school_id = secret.labels()["edumind.ai/school-id"].clone();
+    let result = dir.path().join("termination-log");
+    let run = |command: &str, extra: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"));
+        cmd.arg(command)
+            .env("EDUMIND_SECRET", &mount)
+            .env("EDUMIND_SCHOOL_ID", &school_id)
+            .env("EDUMIND_BACKUP_STORAGE", dir.path().join("store"))
+            .env("EDUMIND_RESULT_FILE", &result);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let parsed: RunResult =
+            serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+        (out.status.success(), parsed)
+    };
+    let (ok, backup) = run("backup", &[]);
+    assert!(ok && backup.ok, "{backup:?}");
+    assert!(backup.object.as_ref().unwrap().contains(&school_id));
+    let (ok, restore) = run("restore", &[("EDUMIND_RESTORE_OBJECT", "latest")]);
+    assert!(ok && restore.ok, "{restore:?}");
+    assert_eq!(restore.object, backup.object, "latest is the newest backup");
+    let (ok, missing) = run("restore", &[("EDUMIND_RESTORE_OBJECT", "no/such.dump")]);
+    assert!(!ok && !missing.ok);
+    assert_eq!(missing.reason.as_deref(), Some("BackupNotFound"));
+    let text = std::fs::read_to_string(&result).unwrap();
+    let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
+    assert!(!text.contains(&password));
+}
+
+#[test]
+fn crd_prints_every_crd() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "schools.edumind.ai",
+        "schoolbackups.edumind.ai",
+        "schoolrestores.edumind.ai",
+    ] {
+        assert!(text.contains(&format!("name: {name}")), "{name}");
+    }
+}
