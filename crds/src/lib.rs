@@ -476,13 +476,15 @@ pub struct SchoolRestoreStatus {
 pub const TERMINAL_PHASES: [&str; 2] = ["Succeeded", "Failed"];
 
 impl SchoolRestore {
-    /// Whether this restore still holds (or may still take) the school's logins.
+    /// Whether this restore still holds (or may still take) the school's logins: not
+    /// finished and not being deleted.
     pub fn is_active(&self) -> bool {
-        !self
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| TERMINAL_PHASES.contains(&p))
+        self.metadata.deletion_timestamp.is_none()
+            && !self
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| TERMINAL_PHASES.contains(&p))
     }
 }
 

@@ -39,6 +39,8 @@ use crate::reconcile::{self, Context, Desired, FIELD_MANAGER};
 
 /// How often a running backup or restore is looked at (Job watches usually come first).
 pub const POLL: Duration = Duration::from_secs(15);
+/// Finalizer of a SchoolRestore: its restore role is dropped before it goes.
+pub const RESTORE_FINALIZER: &str = "edumind.ai/restore";
 /// How long a restore role may log in at most.
 pub const RESTORE_ROLE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -413,10 +415,26 @@ pub async fn reconcile_restore(
     ctx: Arc<Context>,
 ) -> Result<Action, OpError> {
     let old = sr.status.clone().unwrap_or_default();
-    if is_terminal(old.phase.as_deref()) {
+    let namespace = sr.namespace().unwrap_or_default();
+    let has_finalizer = sr.finalizers().iter().any(|f| f == RESTORE_FINALIZER);
+    if sr.metadata.deletion_timestamp.is_some() {
+        // Deleted while it may hold the school: clean up, then let logins back.
+        if has_finalizer {
+            finish_restore(&sr, &ctx, &namespace).await?;
+            set_finalizer(&sr, &ctx, false).await?;
+        }
+        release_logins(&ctx, &namespace, &sr.spec.school).await?;
         return Ok(Action::await_change());
     }
-    let namespace = sr.namespace().unwrap_or_default();
+    if is_terminal(old.phase.as_deref()) {
+        if has_finalizer {
+            set_finalizer(&sr, &ctx, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !has_finalizer {
+        set_finalizer(&sr, &ctx, true).await?;
+    }
     let mut status = old.clone();
     let step = restore_step(&sr, &ctx, &namespace, &mut status).await;
     let action = match step {
@@ -437,6 +455,7 @@ pub async fn reconcile_restore(
         // After the terminal status is written, no School reconcile blocks logins for
         // this restore any more; give them back now (the School reconcile would too).
         release_logins(&ctx, &namespace, &sr.spec.school).await?;
+        set_finalizer(&sr, &ctx, false).await?;
     }
     if status.phase != old.phase && is_terminal(status.phase.as_deref()) {
         let (type_, reason) = if status.phase.as_deref() == Some("Succeeded") {
@@ -629,6 +648,45 @@ async fn restore_step(
     ));
     status.job = Some(job_name);
     Ok(Action::requeue(POLL))
+}
+
+/// Adds or removes [`RESTORE_FINALIZER`] (a JSON patch guarded by a test of the index).
+async fn set_finalizer(sr: &SchoolRestore, ctx: &Context, present: bool) -> Result<(), OpError> {
+    let api: Api<SchoolRestore> =
+        Api::namespaced(ctx.client.clone(), &sr.namespace().unwrap_or_default());
+    // Re-read: an earlier step of this reconcile may have changed the object.
+    let Some(current) = api
+        .get_opt(&sr.name_any())
+        .await
+        .map_err(kube("read the SchoolRestore"))?
+    else {
+        return Ok(());
+    };
+    let finalizers = current.finalizers();
+    let index = finalizers.iter().position(|f| f == RESTORE_FINALIZER);
+    let patch = match (present, index) {
+        (true, Some(_)) | (false, None) => return Ok(()),
+        (true, None) if finalizers.is_empty() => {
+            json!([{"op": "add", "path": "/metadata/finalizers", "value": [RESTORE_FINALIZER]}])
+        }
+        (true, None) => {
+            json!([{"op": "add", "path": "/metadata/finalizers/-", "value": RESTORE_FINALIZER}])
+        }
+        (false, Some(i)) => {
+            let path = format!("/metadata/finalizers/{i}");
+            json!([{"op": "test", "path": path, "value": RESTORE_FINALIZER}, {"op": "remove", "path": path}])
+        }
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| permanent("InvalidRequest", e.to_string()))?;
+    api.patch(
+        &sr.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(kube("update the SchoolRestore's finalizers"))?;
+    Ok(())
 }
 
 /// Drops the restore role and deletes the temporary Secret (both idempotent).

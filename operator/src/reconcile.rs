@@ -1267,13 +1267,17 @@ async fn drop_school(school: &School, ctx: &Context) -> Result<(), Error> {
 pub async fn restore_in_progress(ctx: &Context, school: &School) -> Result<bool, Error> {
     let api: Api<SchoolRestore> =
         Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
-    let restores = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::Kube {
-            step: "list SchoolRestores",
-            source: Box::new(e),
-        })?;
+    let restores = match api.list(&ListParams::default()).await {
+        Ok(list) => list,
+        // The SchoolRestore CRD is not installed: no restore can be running.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+        Err(e) => {
+            return Err(Error::Kube {
+                step: "list SchoolRestores",
+                source: Box::new(e),
+            });
+        }
+    };
     let name = school.name_any();
     Ok(restores
         .items

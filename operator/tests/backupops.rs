@@ -795,6 +795,55 @@ async fn restore_blocks_logins_while_it_runs_restores_the_data_and_gives_logins_
             .any(|e| e.reason.as_deref() == Some("RestoreFailed"))
     );
 
+    assert!(
+        env.api::<SchoolRestore>()
+            .get("bad")
+            .await
+            .unwrap()
+            .finalizers()
+            .is_empty(),
+        "a finished restore releases its finalizer"
+    );
+
+    // A restore deleted while it runs cleans up behind its finalizer and gives logins back.
+    let mut gone = SchoolRestore::new(
+        "gone",
+        SchoolRestoreSpec {
+            school: "rs".into(),
+            backup: "latest".into(),
+        },
+    );
+    gone.metadata.namespace = Some(env.ns.clone());
+    env.api::<SchoolRestore>()
+        .create(&PostParams::default(), &gone)
+        .await
+        .unwrap();
+    run_restore_reconcile(&env, "gone").await;
+    let mut running = env.api::<SchoolRestore>().get("gone").await.unwrap();
+    assert_eq!(running.finalizers(), [ops::RESTORE_FINALIZER.to_string()]);
+    assert!(login(&school_uri).await.is_err());
+    let (temp, _d4) = env.connection(&ops::restore_secret_name("gone")).await;
+    // The fake API server removes it at once whatever the finalizers; hand the reconciler
+    // the object as a real server would show it (deletionTimestamp set, finalizer kept).
+    env.api::<SchoolRestore>()
+        .delete("gone", &Default::default())
+        .await
+        .unwrap();
+    running.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    ops::reconcile_restore(Arc::new(running), env.ctx.clone())
+        .await
+        .unwrap();
+    login(&school_uri)
+        .await
+        .expect("logins are back after the restore was deleted");
+    let temp_left: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(&temp.username)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(!temp_left, "restore role dropped on deletion");
+
     // A restore of a School that does not exist fails clearly and touches nothing.
     let mut ghost = SchoolRestore::new(
         "ghost",
