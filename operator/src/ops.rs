@@ -599,10 +599,12 @@ async fn restore_step(
         metadata: ObjectMeta {
             name: Some(secret_name.clone()),
             namespace: Some(namespace.into()),
+            // Deliberately not `app.kubernetes.io/managed-by=edumind-operator`: the data
+            // plane reads every Secret with that label as a tenant.
             labels: Some(
                 [(
-                    reconcile::LABEL_MANAGED_BY.to_string(),
-                    "edumind-operator".to_string(),
+                    "app.kubernetes.io/component".to_string(),
+                    "edumind-restore-credentials".to_string(),
                 )]
                 .into(),
             ),

@@ -697,6 +697,17 @@ async fn restore_blocks_logins_while_it_runs_restores_the_data_and_gives_logins_
     // What the Job does: the runner with the temporary Secret, as a member of the school role.
     let temp_secret = ops::restore_secret_name("undo");
     let (temp, _d2) = env.connection(&temp_secret).await;
+    let labels = env
+        .secret(&temp_secret)
+        .await
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert!(
+        !labels.contains_key("app.kubernetes.io/managed-by")
+            && !labels.contains_key("edumind.ai/school-id"),
+        "the data plane must not take the restore credentials for a tenant: {labels:?}"
+    );
     assert_ne!(temp.username, role);
     let object = backup::resolve_object(&store, &school_id, "latest")
         .await
