@@ -417,3 +417,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = http.await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(extra: &[&str]) -> RunArgs {
+        let mut args = vec!["x", "--config", "servers.yaml"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).unwrap().run
+    }
+
+    #[test]
+    fn backup_flags_parse_and_bad_default_storage_is_refused() {
+        let args = parse(&[]);
+        let config = args.backup_config().unwrap();
+        assert_eq!(config.image, crate::backupjobs::default_image());
+        assert!(config.default_storage.is_none());
+        let args = parse(&[
+            "--backup-image",
+            "registry.example/op:1",
+            "--backup-default-storage",
+            r#"{"s3":{"bucket":"b","credentials":{"secretName":"s3"}}}"#,
+        ]);
+        let config = args.backup_config().unwrap();
+        assert_eq!(config.image, "registry.example/op:1");
+        assert_eq!(config.default_storage.unwrap().s3.unwrap().bucket, "b");
+        for bad in [
+            "{}",
+            r#"{"persistentVolumeClaim":"a","s3":{"bucket":"b"}}"#,
+            "not json",
+        ] {
+            let args = parse(&["--backup-default-storage", bad]);
+            assert!(args.backup_config().is_err(), "{bad}");
+        }
+    }
+}
