@@ -517,6 +517,17 @@ async fn restore_step(
     if let Some((job, pods)) = job_and_pods(ctx, namespace, &job_name).await? {
         status.job = Some(job_name.clone());
         let Some(o) = backupjobs::job_outcome(&job, &pods) else {
+            // Re-assert the block: a School reconcile that read the restores before this
+            // one existed may have re-enabled logins since.
+            let mut conn = ctx.admin_conn(&desired.server).await?;
+            if pg::role_state(&mut conn, &desired.role)
+                .await?
+                .is_some_and(|r| r.can_login)
+            {
+                pg::reset_role_attributes(&mut conn, &desired.role, false).await?;
+                pg::terminate_role_sessions(&mut conn, &desired.role).await?;
+            }
+            drop(conn);
             status.phase = Some("Restoring".into());
             status.reason = Some("JobRunning".into());
             status.message = Some(format!(

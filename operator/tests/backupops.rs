@@ -686,6 +686,14 @@ async fn restore_blocks_logins_while_it_runs_restores_the_data_and_gives_logins_
         refused.to_string().contains("not permitted to log in"),
         "{refused}"
     );
+    // Logins re-enabled behind the restore's back (a School reconcile that raced it) are
+    // blocked again on the next look at the running Job.
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER ROLE \"{role}\" LOGIN")))
+        .execute(&mut edumind_tests::postgres().await.admin().await)
+        .await
+        .unwrap();
+    run_restore_reconcile(&env, "undo").await;
+    assert!(login(&school_uri).await.is_err(), "blocked again");
     // A School reconcile meanwhile keeps it so.
     let during = env.reconcile("rs").await;
     assert_eq!(condition(&during, "Ready").1, "Restoring");
@@ -715,6 +723,12 @@ async fn restore_blocks_logins_while_it_runs_restores_the_data_and_gives_logins_
     let report = backup::run_restore_as(&tools, &temp, &store, &object, None, Some(&role))
         .await
         .expect("restore as the temporary role");
+    let temp_password = String::from_utf8(
+        env.secret(&temp_secret).await.data.unwrap()["password"]
+            .0
+            .clone(),
+    )
+    .unwrap();
     env.finish_job(
         &job_name,
         true,
@@ -725,6 +739,15 @@ async fn restore_blocks_logins_while_it_runs_restores_the_data_and_gives_logins_
     let st = restore_phase(&env, "undo").await;
     assert_eq!(st.phase.as_deref(), Some("Succeeded"), "{st:?}");
     assert_eq!(st.object.as_deref(), Some(object.as_str()));
+    let visible = format!(
+        "{}{}",
+        serde_json::to_string(&st).unwrap(),
+        serde_json::to_string(&env.events().await).unwrap()
+    );
+    assert!(
+        !visible.contains(&temp_password),
+        "no password in status or events"
+    );
 
     // Logins are back, the data is as backed up, the tables still belong to the school,
     // the temporary role and Secret are gone.
