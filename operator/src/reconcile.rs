@@ -1330,7 +1330,14 @@ async fn ensure_backups(school: &School, d: &Desired, ctx: &Context) -> Result<B
         .await
         .map_err(kube_err("read the backup CronJob"))?;
     let suspended = spec.suspend || !d.login;
+    let foreign = existing.as_ref().is_some_and(|e| {
+        !e.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == school.uid().as_ref())
+    });
     match &storage {
+        // Someone else's CronJob has our name: never take it over or delete it.
+        _ if foreign => {}
         Some(storage) => {
             let inputs = RunnerInputs {
                 school_name: d.name.clone(),
@@ -1383,15 +1390,24 @@ async fn ensure_backups(school: &School, d: &Desired, ctx: &Context) -> Result<B
     let outcomes = backup_outcomes(ctx, &d.namespace, &d.school_id.to_string()).await?;
     let old = school.status.as_ref().and_then(|s| s.backup.as_ref());
     let (mut status, new_failures) = backupjobs::fold_outcomes(old, &outcomes);
-    status.cron_job = storage.as_ref().map(|_| name);
+    status.cron_job = storage.as_ref().filter(|_| !foreign).map(|_| name.clone());
     let old_conditions = school
         .status
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
+    let health = if foreign {
+        (
+            "False",
+            "CronJobConflict".to_string(),
+            format!("CronJob {name} exists and is not this School's; rename or delete it"),
+        )
+    } else {
+        backupjobs::health(&status, storage.is_some(), suspended)
+    };
     let condition = backupjobs::tri_condition(
         "BackupHealthy",
-        backupjobs::health(&status, storage.is_some(), suspended),
+        health,
         school.metadata.generation,
         &old_conditions,
     );

@@ -330,6 +330,34 @@ async fn the_cron_job_follows_the_spec_by_reference_and_a_second_reconcile_is_a_
         "an inactive school cannot log in to be backed up"
     );
 
+    // A CronJob of the same name that is not the School's is never taken over.
+    let foreign: CronJob =
+        serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": backupjobs::cron_job_name("other"), "namespace": env.ns},
+        "spec": {"schedule": "1 1 * * *", "jobTemplate": {"spec": {"template": {"spec": {
+            "containers": [{"name": "c", "image": "mine"}], "restartPolicy": "Never"}}}}}}))
+        .unwrap();
+    let foreign = cron_jobs
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    env.create(
+        "other",
+        env.spec(
+            "Other",
+            json!({"backup": {"storage": {"persistentVolumeClaim": "b"}}}),
+        ),
+    )
+    .await;
+    let other = env.reconcile("other").await;
+    assert_eq!(condition(&other, "BackupHealthy").1, "CronJobConflict");
+    let after = cron_jobs.get(&foreign.name_any()).await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        foreign.resource_version(),
+        "left untouched"
+    );
+
     // Both storages at once is refused with a readable condition.
     env.api::<School>()
         .patch(
