@@ -151,15 +151,27 @@ async fn target(ctx: &Context, namespace: &str, name: &str) -> Result<Target, Op
     })
 }
 
+/// The Job `name` and its Pods, if it exists and belongs to `owner_uid`.
 async fn job_and_pods(
     ctx: &Context,
     namespace: &str,
     name: &str,
+    owner_uid: Option<String>,
 ) -> Result<Option<(Job, Vec<Pod>)>, OpError> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(job) = jobs.get_opt(name).await.map_err(kube("read the Job"))? else {
         return Ok(None);
     };
+    if !job
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == owner_uid.as_ref())
+    {
+        return Err(permanent(
+            "JobConflict",
+            format!("a Job {name} exists that this resource did not create; delete or rename it"),
+        ));
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let pods = pods
         .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
@@ -272,7 +284,7 @@ async fn backup_step(
     status: &mut SchoolBackupStatus,
 ) -> Result<Action, OpError> {
     let job_name = backup_job_name(&sb.name_any());
-    if let Some((job, pods)) = job_and_pods(ctx, namespace, &job_name).await? {
+    if let Some((job, pods)) = job_and_pods(ctx, namespace, &job_name, sb.uid()).await? {
         status.job = Some(job_name.clone());
         status.started = status.started.take().or_else(|| Some(now()));
         match backupjobs::job_outcome(&job, &pods) {
@@ -514,7 +526,7 @@ async fn restore_step(
     let job_name = restore_job_name(&name);
     let restore_role = restore_role_name(&sr.uid().unwrap_or_default())?;
 
-    if let Some((job, pods)) = job_and_pods(ctx, namespace, &job_name).await? {
+    if let Some((job, pods)) = job_and_pods(ctx, namespace, &job_name, sr.uid()).await? {
         status.job = Some(job_name.clone());
         let Some(o) = backupjobs::job_outcome(&job, &pods) else {
             // Re-assert the block: a School reconcile that read the restores before this

@@ -1470,6 +1470,14 @@ async fn final_backup(school: &School, ctx: &Context) -> Result<String, Error> {
             "reclaimPolicy snapshot: final backup Job {name} started; the database is dropped once it succeeded"
         )));
     };
+    let labels = job.labels();
+    if labels.get(backupjobs::LABEL_KIND).map(String::as_str) != Some("final")
+        || labels.get(backupjobs::LABEL_SCHOOL_ID) != Some(&d.school_id.to_string())
+    {
+        return Err(Error::FinalBackupFailed(format!(
+            "a Job {name} exists that is not this School's final backup; delete or rename it; nothing was dropped"
+        )));
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &d.namespace);
     let pods = pods
         .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
