@@ -177,8 +177,15 @@ impl Env {
             )
             .await
             .unwrap();
-        let school_id =
-            self.api::<Job>().get(job).await.unwrap().labels()[backupjobs::LABEL_SCHOOL_ID].clone();
+        let school_id = self
+            .api::<Job>()
+            .get(job)
+            .await
+            .unwrap()
+            .labels()
+            .get(backupjobs::LABEL_SCHOOL_ID)
+            .cloned()
+            .unwrap_or_default();
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("{job}-pod"), "namespace": self.ns,
@@ -954,6 +961,34 @@ async fn snapshot_deletion_drops_only_after_a_successful_final_backup() {
     let school = env.reconcile("snap").await;
     let db = school.status.clone().unwrap().database.unwrap();
     let job_name = backupjobs::final_job_name("snap");
+
+    // Someone else's finished Job of that name is never taken for the final backup.
+    let foreign: Job = serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": job_name, "namespace": env.ns},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "mine"}],
+            "restartPolicy": "Never"}}}}))
+    .unwrap();
+    env.api::<Job>()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    env.finish_job(
+        &job_name,
+        true,
+        &RunResult::success("backup", "fake", 1).to_json(),
+    )
+    .await;
+    let refused = delete(&env, "snap").await;
+    assert_eq!(condition(&refused, "Ready").1, "FinalBackupFailed");
+    assert!(exists_db(&db).await, "no drop on a foreign Job's success");
+    env.api::<Job>()
+        .delete(&job_name, &Default::default())
+        .await
+        .unwrap();
+    env.api::<Pod>()
+        .delete(&format!("{job_name}-pod"), &Default::default())
+        .await
+        .unwrap();
 
     let first = delete(&env, "snap").await;
     assert!(
