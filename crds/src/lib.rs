@@ -110,7 +110,8 @@ pub struct SchoolSpec {
 
     /// What happens to the database and role when this School is deleted: `retain`
     /// (default) keeps both, `delete` ends open sessions and drops both, `snapshot` takes a
-    /// final backup first (not available yet: deletion is refused with a condition).
+    /// verified final backup first and drops only after it succeeded (a failed final
+    /// backup keeps everything and says why in a condition).
     #[serde(default)]
     pub reclaim_policy: ReclaimPolicy,
 
@@ -134,7 +135,7 @@ pub enum ReclaimPolicy {
     Retain,
     /// End open sessions, drop the database and drop the role.
     Delete,
-    /// Take a final backup, then drop (requires backups; refused until they are available).
+    /// Take a final verified backup, then drop; nothing is dropped if that backup fails.
     Snapshot,
 }
 
@@ -183,19 +184,123 @@ fn default_retention() -> u32 {
     7
 }
 
-/// Backup storage location.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+/// Backup storage location: exactly one of `persistentVolumeClaim` or `s3`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.persistentVolumeClaim) != has(self.s3)").message("set exactly one of persistentVolumeClaim or s3")
+)]
 pub struct BackupStorage {
-    /// Name of an existing PersistentVolumeClaim in the School's namespace to write backups to.
+    /// Name of an existing PersistentVolumeClaim in the School's namespace to write backups
+    /// to. The backup Job mounts it at `/backups`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub persistent_volume_claim: Option<String>,
-    /// Size of the volume to request when the operator creates one (e.g. `10Gi`).
+    /// Reserved: size of a volume the operator would create (the operator does not create
+    /// volumes yet; name an existing claim in `persistentVolumeClaim`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
-    /// Storage class of the volume the operator creates.
+    /// Reserved: storage class of a volume the operator would create (not used yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+/// An S3-compatible bucket for backups.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Key prefix inside the bucket (dumps go to `<prefix>/<school-id>/...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub prefix: Option<String>,
+    /// Endpoint URL of an S3-compatible service (e.g. `http://minio.backup:9000`); absent
+    /// for AWS itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+    pub endpoint: Option<String>,
+    /// Region of the bucket. Default: `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Secret in the School's namespace with the access key pair. It is referenced by the
+    /// backup Job (`secretKeyRef`), never copied. Absent: the pod's ambient credentials
+    /// (e.g. a workload identity) are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<S3CredentialsSecret>,
+}
+
+/// Where the S3 access key pair lives.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsSecret {
+    /// Name of the Secret in the School's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key holding the access key id. Default: `AWS_ACCESS_KEY_ID`.
+    #[serde(default = "default_access_key_key")]
+    pub access_key_id_key: String,
+    /// Key holding the secret access key. Default: `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default = "default_secret_key_key")]
+    pub secret_access_key_key: String,
+}
+
+fn default_access_key_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+
+fn default_secret_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+/// A successful backup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// When the backup finished.
+    pub time: Time,
+    /// Object name in the backup storage (what a SchoolRestore's `spec.backup` takes).
+    pub object: String,
+    /// Size of the stored dump in bytes.
+    pub size: i64,
+    /// The Job that took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+/// A failed backup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupFailure {
+    /// When the failure was observed (the Job's end).
+    pub time: Time,
+    /// Machine-readable reason (e.g. `DumpFailed`, `StorageFailed`, `JobFailed`).
+    pub reason: String,
+    /// What went wrong, for humans.
+    pub message: String,
+    /// The Job that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+/// Backup results of a School.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// Name of the CronJob that takes the scheduled backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job: Option<String>,
+    /// The newest successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<BackupRecord>,
+    /// The newest failed backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<BackupFailure>,
 }
 
 /// Observed state of a School, written only by the operator.
@@ -229,6 +334,9 @@ pub struct SchoolStatus {
     /// When the last successful backup finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<Time>,
+    /// Results of scheduled, on-demand and final backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
     /// The value of the `edumind.ai/rotate-password` annotation last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_rotation: Option<String>,
@@ -237,10 +345,174 @@ pub struct SchoolStatus {
     pub phase: Option<String>,
 }
 
-/// The CRD manifest as YAML, exactly what `edumind-operator crd` prints and what
-/// `crds/generated/schools.edumind.ai.yaml` holds.
+/// Runs one backup of a School now (like CloudNativePG's `Backup`). The operator starts a
+/// Job from the same template as the scheduled backups and reports the outcome here.
+/// A SchoolBackup runs at most once; create a new one for another backup.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "edumind.ai",
+    version = "v1alpha1",
+    kind = "SchoolBackup",
+    plural = "schoolbackups",
+    singular = "schoolbackup",
+    shortname = "schbk",
+    namespaced,
+    derive = "Default",
+    derive = "PartialEq",
+    status = "SchoolBackupStatus",
+    printcolumn = r#"{"name":"School","type":"string","jsonPath":".spec.school"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Object","type":"string","jsonPath":".status.object","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = Rule::new("self == oldSelf").message("the spec of a SchoolBackup is immutable"))]
+pub struct SchoolBackupSpec {
+    /// Name of the School, in the same namespace, to back up.
+    #[schemars(length(min = 1, max = 253))]
+    pub school: String,
+}
+
+/// Observed state of a SchoolBackup.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchoolBackupStatus {
+    /// `Pending`, `Running`, `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Machine-readable reason of the current phase (e.g. `SchoolNotFound`, `DumpFailed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail of the current phase; the error when `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The backup Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// When the Job was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    /// When the backup finished (successfully or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Time>,
+    /// Object name of the stored dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// Size of the stored dump in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+}
+
+/// Restores a stored backup over a School's database. Restores only ever happen through
+/// this resource. While it runs, the school's role cannot log in (open sessions are ended);
+/// afterwards logins return as `spec.active` says, whether the restore succeeded or not.
+/// A failed restore leaves the database unchanged (single transaction).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "edumind.ai",
+    version = "v1alpha1",
+    kind = "SchoolRestore",
+    plural = "schoolrestores",
+    singular = "schoolrestore",
+    shortname = "schrs",
+    namespaced,
+    derive = "Default",
+    derive = "PartialEq",
+    status = "SchoolRestoreStatus",
+    printcolumn = r#"{"name":"School","type":"string","jsonPath":".spec.school"}"#,
+    printcolumn = r#"{"name":"Backup","type":"string","jsonPath":".spec.backup"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = Rule::new("self == oldSelf").message("the spec of a SchoolRestore is immutable"))]
+pub struct SchoolRestoreSpec {
+    /// Name of the School, in the same namespace, whose database is restored.
+    #[schemars(length(min = 1, max = 253))]
+    pub school: String,
+    /// Object name of the backup to restore (as shown in `status.backup.lastSuccess.object`
+    /// of the School or `status.object` of a SchoolBackup), or `latest` for the newest
+    /// stored backup of the school. Default: `latest`.
+    #[serde(default = "default_latest")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub backup: String,
+}
+
+fn default_latest() -> String {
+    "latest".into()
+}
+
+/// Observed state of a SchoolRestore.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchoolRestoreStatus {
+    /// `Pending`, `BlockingLogins`, `Restoring`, `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Machine-readable reason of the current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail; the error when `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The restore Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// When logins were blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    /// When the restore finished and logins were given back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Time>,
+    /// Object name that was restored (resolved when `spec.backup` is `latest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// Size of the restored dump in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+}
+
+/// Phases a SchoolBackup/SchoolRestore ends in.
+pub const TERMINAL_PHASES: [&str; 2] = ["Succeeded", "Failed"];
+
+impl SchoolRestore {
+    /// Whether this restore still holds (or may still take) the school's logins: not
+    /// finished and not being deleted.
+    pub fn is_active(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && !self
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| TERMINAL_PHASES.contains(&p))
+    }
+}
+
+/// The School CRD manifest as YAML, what `crds/generated/schools.edumind.ai.yaml` holds.
 pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     serde_yaml_ng::to_string(&School::crd())
+}
+
+/// Every CRD of the operator with its committed file name under `crds/generated/`.
+pub fn all_crds() -> Vec<(
+    &'static str,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+)> {
+    vec![
+        ("schools.edumind.ai.yaml", School::crd()),
+        ("schoolbackups.edumind.ai.yaml", SchoolBackup::crd()),
+        ("schoolrestores.edumind.ai.yaml", SchoolRestore::crd()),
+    ]
+}
+
+/// All CRD manifests as one multi-document YAML stream: what `edumind-operator crd` prints.
+pub fn all_crds_yaml() -> Result<String, serde_yaml_ng::Error> {
+    let mut out = String::new();
+    for (_, crd) in all_crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&crd)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -256,13 +528,74 @@ mod tests {
     }
 
     #[test]
-    fn the_committed_crd_matches_the_code() {
-        let committed = include_str!("../generated/schools.edumind.ai.yaml");
+    fn the_committed_crds_match_the_code() {
+        let committed = [
+            include_str!("../generated/schools.edumind.ai.yaml"),
+            include_str!("../generated/schoolbackups.edumind.ai.yaml"),
+            include_str!("../generated/schoolrestores.edumind.ai.yaml"),
+        ];
+        for ((file, crd), text) in all_crds().into_iter().zip(committed) {
+            assert_eq!(
+                text,
+                serde_yaml_ng::to_string(&crd).unwrap(),
+                "crds/generated/{file} is stale: run `cargo test -p edumind-crds regenerate -- --ignored`"
+            );
+        }
+        assert_eq!(crd_yaml().unwrap(), committed[0]);
         assert_eq!(
-            committed,
-            crd_yaml().unwrap(),
-            "crds/generated/schools.edumind.ai.yaml is stale: run `cargo run -p edumind-operator -- crd > crds/generated/schools.edumind.ai.yaml`"
+            all_crds_yaml()
+                .unwrap()
+                .matches("kind: CustomResourceDefinition")
+                .count(),
+            3
         );
+    }
+
+    /// Writes the committed CRD files (run by hand after changing the types).
+    #[test]
+    #[ignore = "rewrites crds/generated"]
+    fn regenerate() {
+        for (file, crd) in all_crds() {
+            let path = format!("{}/generated/{file}", env!("CARGO_MANIFEST_DIR"));
+            std::fs::write(path, serde_yaml_ng::to_string(&crd).unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn storage_takes_exactly_one_location() {
+        let pvc = json!({"persistentVolumeClaim": "backups"});
+        let s3 = json!({"s3": {"bucket": "edumind"}});
+        let both = json!({"persistentVolumeClaim": "backups", "s3": {"bucket": "edumind"}});
+        assert!(BackupStorage::validate_cel(&pvc, None).is_ok());
+        assert!(BackupStorage::validate_cel(&s3, None).is_ok());
+        assert!(BackupStorage::validate_cel(&both, None).is_err());
+        assert!(BackupStorage::validate_cel(&json!({}), None).is_err());
+        let s: BackupStorage = serde_json::from_value(json!({"s3": {"bucket": "b",
+            "credentials": {"secretName": "s3"}}}))
+        .unwrap();
+        let creds = s.s3.unwrap().credentials.unwrap();
+        assert_eq!(creds.access_key_id_key, "AWS_ACCESS_KEY_ID");
+        assert_eq!(creds.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
+    }
+
+    #[test]
+    fn restore_defaults_to_latest_and_specs_are_immutable() {
+        let r: SchoolRestoreSpec = serde_json::from_value(json!({"school": "a"})).unwrap();
+        assert_eq!(r.backup, "latest");
+        let old = json!({"school": "a", "backup": "latest"});
+        let new = json!({"school": "b", "backup": "latest"});
+        assert!(SchoolRestoreSpec::validate_cel(&new, Some(&old)).is_err());
+        assert!(
+            SchoolBackupSpec::validate_cel(&json!({"school": "b"}), Some(&json!({"school": "a"})))
+                .is_err()
+        );
+        let mut restore = SchoolRestore::new("r", r);
+        assert!(restore.is_active());
+        restore.status = Some(SchoolRestoreStatus {
+            phase: Some("Failed".into()),
+            ..Default::default()
+        });
+        assert!(!restore.is_active());
     }
 
     #[test]

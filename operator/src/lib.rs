@@ -17,12 +17,14 @@
 //! RLS migration step.
 
 pub mod backup;
+pub mod backupjobs;
 pub mod config;
 pub mod credentials;
 pub mod fleet;
 pub mod local;
 pub mod metrics;
 pub mod naming;
+pub mod ops;
 pub mod pg;
 pub mod reconcile;
 pub mod run;

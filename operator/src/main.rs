@@ -75,7 +75,8 @@ enum Command {
     },
     /// Print the schema version this build's migrations produce.
     SchemaVersion,
-    /// Print the `School` CustomResourceDefinition as YAML (for `kubectl apply -f -`).
+    /// Print the CustomResourceDefinitions (School, SchoolBackup, SchoolRestore) as YAML
+    /// (for `kubectl apply -f -`).
     Crd,
     /// Check a target server configuration file and print the servers it defines.
     CheckConfig {
@@ -115,9 +116,14 @@ enum Command {
     Restore {
         #[command(flatten)]
         target: Target,
-        /// Object name as printed by `backup` or `list`.
-        #[arg(long)]
+        /// Object name as printed by `backup` or `list`, or `latest` for the newest.
+        #[arg(long, env = "EDUMIND_RESTORE_OBJECT")]
         object: String,
+        /// Switch to this role after connecting (`pg_restore --role`): restore as a login
+        /// role that is a member of the school's role, while the school role itself
+        /// cannot log in. Objects stay owned by the school's role.
+        #[arg(long, env = "EDUMIND_RESTORE_ROLE")]
+        role: Option<String>,
     },
     /// List a school's stored dumps, oldest first.
     ListBackups {
@@ -145,6 +151,22 @@ struct Target {
     /// Scratch directory for dumps in flight (defaults to the system temp directory).
     #[arg(long, env = "EDUMIND_BACKUP_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// Also write the outcome as JSON to this file (in Kubernetes `/dev/termination-log`,
+    /// which the operator reads from the finished Pod).
+    #[arg(long, env = "EDUMIND_RESULT_FILE")]
+    result_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// Writes the outcome to `--result-file`, if any. A failure to write it is logged only:
+    /// the exit code still tells success from failure.
+    fn report(&self, result: &backup::RunResult) {
+        if let Some(file) = &self.result_file
+            && let Err(e) = std::fs::write(file, result.to_json())
+        {
+            eprintln!("cannot write the result to {}: {e}", file.display());
+        }
+    }
 }
 
 impl Target {
@@ -226,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::SchemaVersion => println!("{}", edumind_schema::latest_version()),
-        Command::Crd => print!("{}", edumind_crds::crd_yaml()?),
+        Command::Crd => print!("{}", edumind_crds::all_crds_yaml()?),
         Command::CheckConfig { config } => {
             let text = tokio::fs::read_to_string(&config).await?;
             let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;
@@ -245,47 +267,87 @@ async fn main() -> anyhow::Result<()> {
             target,
             retention_days,
         } => {
-            let (conn, store, school_id) = target.open()?;
-            let job = BackupJob {
-                school_id,
-                retention_days,
-                work_dir: target.work_dir.clone(),
-            };
-            let report = backup::run_backup(
-                &PgTools::discover()?,
-                &conn,
-                &store,
-                &job,
-                chrono::Utc::now(),
-            )
-            .await?;
-            println!(
-                "stored {} ({} bytes, {} tables) in {:.1}s",
-                report.object,
-                report.size,
-                report.tables,
-                report.duration.as_secs_f64()
-            );
-            for object in report.pruned {
-                println!("pruned {object}");
+            let outcome = async {
+                let (conn, store, school_id) = target.open()?;
+                let job = BackupJob {
+                    school_id,
+                    retention_days,
+                    work_dir: target.work_dir.clone(),
+                };
+                let report = backup::run_backup(
+                    &PgTools::discover()?,
+                    &conn,
+                    &store,
+                    &job,
+                    chrono::Utc::now(),
+                )
+                .await?;
+                Ok::<_, anyhow::Error>(report)
+            }
+            .await;
+            match outcome {
+                Ok(report) => {
+                    target.report(&backup::RunResult::success(
+                        "backup",
+                        &report.object,
+                        report.size,
+                    ));
+                    println!(
+                        "stored {} ({} bytes, {} tables) in {:.1}s",
+                        report.object,
+                        report.size,
+                        report.tables,
+                        report.duration.as_secs_f64()
+                    );
+                    for object in report.pruned {
+                        println!("pruned {object}");
+                    }
+                }
+                Err(e) => {
+                    target.report(&failure("backup", &e));
+                    return Err(e);
+                }
             }
         }
-        Command::Restore { target, object } => {
-            let (conn, store, _) = target.open()?;
-            let report = backup::run_restore(
-                &PgTools::discover()?,
-                &conn,
-                &store,
-                &object,
-                target.work_dir.as_deref(),
-            )
-            .await?;
-            println!(
-                "restored {} ({} bytes) in {:.1}s",
-                report.object,
-                report.size,
-                report.duration.as_secs_f64()
-            );
+        Command::Restore {
+            target,
+            object,
+            role,
+        } => {
+            let outcome = async {
+                let (conn, store, school_id) = target.open()?;
+                let object = backup::resolve_object(&store, &school_id, &object).await?;
+                let report = backup::run_restore_as(
+                    &PgTools::discover()?,
+                    &conn,
+                    &store,
+                    &object,
+                    target.work_dir.as_deref(),
+                    role.as_deref(),
+                )
+                .await?;
+                Ok::<_, anyhow::Error>(report)
+            }
+            .await;
+            match outcome {
+                Ok(report) => {
+                    target.report(&backup::RunResult::success(
+                        "restore",
+                        &report.object,
+                        report.size,
+                    ));
+                    println!(
+                        "restored {} ({} bytes) in {:.1}s",
+                        report.object,
+                        report.size,
+                        report.duration.as_secs_f64()
+                    );
+                }
+                Err(e) => {
+                    target.report(&failure("restore", &e));
+                    return Err(e);
+                }
+            }
         }
         Command::ListBackups { target } => {
             let (_, store, school_id) = target.open()?;
@@ -300,4 +362,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The result of a failed run: the runner's own error when there is one.
+fn failure(operation: &str, e: &anyhow::Error) -> backup::RunResult {
+    match e.downcast_ref::<backup::BackupError>() {
+        Some(b) => backup::RunResult::failure(operation, b),
+        None => {
+            backup::RunResult::failure(operation, &backup::BackupError::Invalid(format!("{e:#}")))
+        }
+    }
 }

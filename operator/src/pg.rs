@@ -333,6 +333,55 @@ pub async fn drop_tenant(
     exec(conn, "drop the role", format!("DROP ROLE IF EXISTS {r}")).await
 }
 
+/// Creates (or, when it exists, re-keys) the short-lived login role a SchoolRestore uses:
+/// unprivileged, a member of the school's role (so `pg_restore --role=<school role>` can
+/// switch to it and objects stay owned by the school's role), valid until `valid_until`
+/// (an RFC 3339 time) so a forgotten one expires by itself.
+pub async fn ensure_restore_role(
+    conn: &mut PgConnection,
+    role: &str,
+    school_role: &str,
+    verifier: &str,
+    valid_until: &str,
+) -> Result<(), PgError> {
+    let (r, s) = (quote_ident(role)?, quote_ident(school_role)?);
+    let (v, until) = (quote_literal(verifier)?, quote_literal(valid_until)?);
+    if role_state(conn, role).await?.is_some() {
+        exec(
+            conn,
+            "re-key the restore role",
+            format!("ALTER ROLE {r} LOGIN {ROLE_ATTRIBUTES} PASSWORD {v} VALID UNTIL {until}"),
+        )
+        .await?;
+        return exec(
+            conn,
+            "make the restore role a member of the school role",
+            format!("GRANT {s} TO {r}"),
+        )
+        .await;
+    }
+    exec(
+        conn,
+        "create the restore role",
+        format!(
+            "CREATE ROLE {r} LOGIN {ROLE_ATTRIBUTES} PASSWORD {v} VALID UNTIL {until} IN ROLE {s}"
+        ),
+    )
+    .await
+}
+
+/// Ends the sessions of `role` and drops it (a restore role; it owns nothing).
+pub async fn drop_role(conn: &mut PgConnection, role: &str) -> Result<(), PgError> {
+    let r = quote_ident(role)?;
+    terminate_role_sessions(conn, role).await?;
+    exec(
+        conn,
+        "drop the restore role",
+        format!("DROP ROLE IF EXISTS {r}"),
+    )
+    .await
+}
+
 /// A session advisory lock serialising claims on one server (taken only when a new
 /// database is about to be created, never on the steady-state path).
 pub struct ClaimLock {

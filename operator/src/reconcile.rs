@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edumind_crds::{ReclaimPolicy, School, SchoolStatus};
+use edumind_crds::{BackupStatus, ReclaimPolicy, School, SchoolRestore, SchoolStatus};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -23,6 +24,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::backupjobs::{self, BackupConfig, Outcome, RunnerInputs};
 use crate::config::{TargetServer, TargetServers};
 use crate::credentials::{SecretString, generate_password, scram_verifier, verifier_matches};
 use crate::metrics::Metrics;
@@ -59,6 +61,8 @@ pub struct Context {
     pub operator_namespace: String,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Backup runner image, default storage and Job settings.
+    pub backup: BackupConfig,
     /// Admin pool per server name, created on first use.
     pools: Mutex<HashMap<String, ServerHandle>>,
 }
@@ -76,6 +80,23 @@ impl Context {
         operator_namespace: String,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        Self::with_backup(
+            client,
+            servers,
+            operator_namespace,
+            metrics,
+            BackupConfig::default(),
+        )
+    }
+
+    /// [`Context::new`] with backup settings.
+    pub fn with_backup(
+        client: Client,
+        servers: TargetServers,
+        operator_namespace: String,
+        metrics: Arc<Metrics>,
+        backup: BackupConfig,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: MANAGED_BY.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -86,8 +107,21 @@ impl Context {
             servers,
             operator_namespace,
             metrics,
+            backup,
             pools: Mutex::default(),
         })
+    }
+
+    /// An admin connection to `server` (maintenance database).
+    pub(crate) async fn admin_conn(
+        &self,
+        server: &TargetServer,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
+        let handle = self.server(server).await?;
+        Ok(handle.pool.acquire().await.map_err(|e| PgError::Sql {
+            step: "connect to the server",
+            source: e,
+        })?)
     }
 
     async fn server(&self, server: &TargetServer) -> Result<ServerHandle, Error> {
@@ -164,10 +198,10 @@ pub enum Error {
         "database {0} existed and has vanished; it is not recreated empty. Restore it from a backup, or delete and recreate the School to start over"
     )]
     DatabaseMissing(String),
-    #[error(
-        "reclaimPolicy snapshot needs backups, which this operator version cannot take yet; set reclaimPolicy to retain or delete to let the deletion proceed"
-    )]
-    SnapshotUnsupported,
+    #[error("{0}")]
+    FinalBackupFailed(String),
+    #[error("{0}")]
+    FinalBackupRunning(String),
     #[error("admin credentials of the target server: {0}")]
     AdminCredentials(String),
     #[error(transparent)]
@@ -190,7 +224,7 @@ impl Error {
                 | Error::UnknownServer(_)
                 | Error::Conflict(_)
                 | Error::DatabaseMissing(_)
-                | Error::SnapshotUnsupported
+                | Error::FinalBackupFailed(_)
         )
     }
 
@@ -201,7 +235,8 @@ impl Error {
             Error::UnknownServer(_) => "UnknownTargetServer",
             Error::Conflict(_) => "Conflict",
             Error::DatabaseMissing(_) => "DatabaseMissing",
-            Error::SnapshotUnsupported => "SnapshotNotSupported",
+            Error::FinalBackupFailed(_) => "FinalBackupFailed",
+            Error::FinalBackupRunning(_) => "FinalBackupRunning",
             Error::AdminCredentials(_) => "AdminCredentialsUnavailable",
             Error::Pg(PgError::Migrate(_)) => "MigrationFailed",
             Error::Pg(_) => "DatabaseServerError",
@@ -229,6 +264,8 @@ pub struct Desired {
     pub recorded: bool,
     /// The school's own row in its database, from the spec.
     pub record: pg::SchoolRecord,
+    /// A SchoolRestore of this School is in progress: logins stay blocked.
+    pub restoring: bool,
 }
 
 impl Desired {
@@ -289,6 +326,11 @@ pub fn validate(school: &School, servers: &TargetServers) -> Result<Desired, Err
             "spec.backup.retentionDays must be between 7 and 35, not {}",
             spec.backup.retention_days
         ));
+    }
+    if let Some(storage) = &spec.backup.storage
+        && let Err(why) = backupjobs::check_storage(storage)
+    {
+        return invalid(why);
     }
     if spec.backup.schedule.split_whitespace().count() != 5 {
         return invalid(format!(
@@ -363,6 +405,7 @@ pub fn validate(school: &School, servers: &TargetServers) -> Result<Desired, Err
             contact_phone: spec.contact_phone.clone(),
             active: spec.active,
         },
+        restoring: false,
     })
 }
 
@@ -620,16 +663,27 @@ async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, E
     };
     drop(conn);
 
-    // Schema.
-    let (outcome, record_changed) =
-        pg::migrate_school_database(&handle.options, &d.database, &d.role, &d.record).await?;
-    if outcome.changed() {
-        applied.changes.push("applied schema migrations");
+    // Schema and the school's own row. Not while a restore replaces the database in one
+    // long transaction (the check would wait for it); the first reconcile after the
+    // restore migrates a dump taken at an older schema version and puts the row back in
+    // line with the spec.
+    if d.restoring {
+        applied.schema_version = school
+            .status
+            .as_ref()
+            .and_then(|s| s.schema_version)
+            .unwrap_or_default();
+    } else {
+        let (outcome, record_changed) =
+            pg::migrate_school_database(&handle.options, &d.database, &d.role, &d.record).await?;
+        if outcome.changed() {
+            applied.changes.push("applied schema migrations");
+        }
+        if record_changed {
+            applied.changes.push("wrote the school's own record");
+        }
+        applied.schema_version = outcome.after;
     }
-    if record_changed {
-        applied.changes.push("wrote the school's own record");
-    }
-    applied.schema_version = outcome.after;
 
     // Connection Secret.
     let desired = desired_secret(school, d, &password);
@@ -784,7 +838,17 @@ pub fn next_status(
             if let Some(token) = &d.rotate {
                 s.password_rotation = Some(token.clone());
             }
-            if d.login {
+            if d.restoring {
+                (
+                    true,
+                    "Restoring",
+                    format!(
+                        "database {} is provisioned; a SchoolRestore is running, logins are blocked until it ends",
+                        d.database
+                    ),
+                    "Restoring",
+                )
+            } else if d.login {
                 (
                     true,
                     "Provisioned",
@@ -975,8 +1039,17 @@ async fn reconcile_inner(school: &School, ctx: &Context) -> Result<Action, Error
     };
 
     let (desired, result) = match validate(school, &ctx.servers) {
-        Ok(d) => {
-            let result = apply(school, &d, ctx).await;
+        Ok(mut d) => {
+            let result = match restore_in_progress(ctx, school).await {
+                Ok(restoring) => {
+                    if restoring {
+                        d.restoring = true;
+                        d.login = false;
+                    }
+                    apply(school, &d, ctx).await
+                }
+                Err(e) => Err(e),
+            };
             (Some(d), result)
         }
         Err(e) => (None, Err(e)),
@@ -986,10 +1059,45 @@ async fn reconcile_inner(school: &School, ctx: &Context) -> Result<Action, Error
     {
         ctx.forget_server(&d.server.name).await;
     }
-    let status = next_status(school, desired.as_ref(), &result);
+    let mut status = next_status(school, desired.as_ref(), &result);
+    let mut backup_error = None;
+    let mut new_failures = Vec::new();
+    if let (Ok(_), Some(d)) = (&result, &desired) {
+        match ensure_backups(school, d, ctx).await {
+            Ok(view) => {
+                status.last_backup = view
+                    .status
+                    .last_success
+                    .as_ref()
+                    .map(|s| s.time.clone())
+                    .or(status.last_backup);
+                status.backup = Some(view.status);
+                status.conditions.retain(|c| c.type_ != "BackupHealthy");
+                status.conditions.push(view.condition);
+                new_failures = view.new_failures;
+            }
+            Err(e) => backup_error = Some(e),
+        }
+    }
     let before = ready_condition(&school.status);
     patch_status(school, ctx, &status).await?;
     ctx.metrics.set_ready(&uid, Some(result.is_ok()));
+    for f in &new_failures {
+        publish(
+            ctx,
+            school,
+            EventType::Warning,
+            "BackupFailed",
+            "Backup",
+            format!(
+                "backup Job {} failed ({}): {}",
+                f.job.as_deref().unwrap_or("?"),
+                f.reason,
+                f.message
+            ),
+        )
+        .await;
+    }
 
     match &result {
         Ok(applied) => {
@@ -1016,6 +1124,9 @@ async fn reconcile_inner(school: &School, ctx: &Context) -> Result<Action, Error
             }
             if !applied.changes.is_empty() {
                 tracing::info!(school = %school.name_any(), changes = ?applied.changes, "reconciled");
+            }
+            if let Some(e) = backup_error {
+                return Err(e);
             }
             Ok(Action::requeue(RESYNC))
         }
@@ -1055,51 +1166,94 @@ async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
         ReclaimPolicy::Snapshot => {
-            let e = Error::SnapshotUnsupported;
-            let mut status = next_status(school, None, &Err(Error::SnapshotUnsupported));
-            status.phase = Some("Deleting".into());
-            let before = ready_condition(&school.status);
-            patch_status(school, ctx, &status).await?;
-            if before != ready_condition(&Some(status)) {
-                publish(
-                    ctx,
-                    school,
-                    EventType::Warning,
-                    e.reason(),
-                    "Delete",
-                    e.to_string(),
-                )
-                .await;
+            match final_backup(school, ctx).await {
+                Ok(note) => {
+                    publish(
+                        ctx,
+                        school,
+                        EventType::Normal,
+                        "FinalBackupTaken",
+                        "Delete",
+                        note,
+                    )
+                    .await;
+                }
+                Err(e) if matches!(e, Error::Kube { .. } | Error::Pg(_)) => return Err(e),
+                Err(e) => {
+                    // Running, or failed: nothing is dropped, the finalizer stays.
+                    let mut status = next_status(school, None, &Err(e));
+                    status.phase = Some("Deleting".into());
+                    let before = ready_condition(&school.status);
+                    patch_status(school, ctx, &status).await?;
+                    let after = ready_condition(&Some(status.clone()));
+                    let failed = after.as_ref().is_some_and(|a| a.1 == "FinalBackupFailed");
+                    if failed && before != after {
+                        let note = status
+                            .conditions
+                            .first()
+                            .map(|c| c.message.clone())
+                            .unwrap_or_default();
+                        publish(
+                            ctx,
+                            school,
+                            EventType::Warning,
+                            "FinalBackupFailed",
+                            "Delete",
+                            note,
+                        )
+                        .await;
+                    }
+                    return Ok(Action::requeue(if failed {
+                        PERMANENT_RECHECK
+                    } else {
+                        TRANSIENT_RETRY
+                    }));
+                }
             }
-            return Ok(Action::requeue(PERMANENT_RECHECK));
+            drop_and_report(
+                school,
+                ctx,
+                "reclaimPolicy snapshot: final backup verified, the database and role were dropped",
+            )
+            .await?;
+            if let Err(e) = delete_final_job(school, ctx).await {
+                tracing::warn!(error = %e, "cannot delete the final backup Job");
+            }
         }
         ReclaimPolicy::Delete => {
-            if let Err(e) = drop_school(school, ctx).await {
-                let status = next_status(
-                    school,
-                    None,
-                    &Err(Error::InvalidSpec(format!("deletion blocked: {e}"))),
-                );
-                patch_status(school, ctx, &status).await?;
-                return if e.is_permanent() {
-                    Ok(Action::requeue(PERMANENT_RECHECK))
-                } else {
-                    Err(e)
-                };
-            }
-            publish(
-                ctx,
+            drop_and_report(
                 school,
-                EventType::Normal,
-                "Deleted",
-                "Delete",
-                "reclaimPolicy delete: the database and role were dropped".into(),
+                ctx,
+                "reclaimPolicy delete: the database and role were dropped",
             )
-            .await;
+            .await?;
         }
     }
     remove_finalizer(school, ctx).await?;
     Ok(Action::await_change())
+}
+
+/// Drops database and role; a failure is written to status and returned.
+async fn drop_and_report(school: &School, ctx: &Context, note: &str) -> Result<(), Error> {
+    if let Err(e) = drop_school(school, ctx).await {
+        let status = next_status(
+            school,
+            None,
+            &Err(Error::InvalidSpec(format!("deletion blocked: {e}"))),
+        );
+        patch_status(school, ctx, &status).await?;
+        return Err(e);
+    }
+    publish(
+        ctx,
+        school,
+        EventType::Normal,
+        "Deleted",
+        "Delete",
+        note.into(),
+    )
+    .await;
+    Ok(())
 }
 
 async fn drop_school(school: &School, ctx: &Context) -> Result<(), Error> {
@@ -1123,6 +1277,258 @@ async fn drop_school(school: &School, ctx: &Context) -> Result<(), Error> {
     }
     pg::drop_tenant(&mut conn, &d.database, &d.role).await?;
     Ok(())
+}
+
+/// Whether a SchoolRestore of this School has not finished yet (then its logins stay off).
+pub async fn restore_in_progress(ctx: &Context, school: &School) -> Result<bool, Error> {
+    let api: Api<SchoolRestore> =
+        Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
+    let restores = match api.list(&ListParams::default()).await {
+        Ok(list) => list,
+        // The SchoolRestore CRD is not installed: no restore can be running.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+        Err(e) => {
+            return Err(Error::Kube {
+                step: "list SchoolRestores",
+                source: Box::new(e),
+            });
+        }
+    };
+    let name = school.name_any();
+    Ok(restores
+        .items
+        .iter()
+        .any(|r| r.spec.school == name && r.is_active()))
+}
+
+/// What the backup step found.
+pub struct BackupView {
+    pub status: BackupStatus,
+    pub condition: Condition,
+    pub new_failures: Vec<edumind_crds::BackupFailure>,
+}
+
+fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |e| Error::Kube {
+        step,
+        source: Box::new(e),
+    }
+}
+
+/// Finished backup Jobs of a school (scheduled, on-demand, final) with their outcomes.
+pub(crate) async fn backup_outcomes(
+    ctx: &Context,
+    namespace: &str,
+    school_id: &str,
+) -> Result<Vec<backupjobs::JobOutcome>, Error> {
+    let selector = format!("{}={school_id}", backupjobs::LABEL_SCHOOL_ID);
+    let lp = ListParams::default().labels(&selector);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let jobs = jobs.list(&lp).await.map_err(kube_err("list backup Jobs"))?;
+    let pods = pods.list(&lp).await.map_err(kube_err("list backup Pods"))?;
+    Ok(jobs
+        .items
+        .iter()
+        .filter(|j| j.labels().get(backupjobs::LABEL_KIND).map(String::as_str) != Some("restore"))
+        .filter_map(|j| backupjobs::job_outcome(j, &pods.items))
+        .collect())
+}
+
+/// Keeps the School's backup CronJob as the spec says and reads results back.
+async fn ensure_backups(school: &School, d: &Desired, ctx: &Context) -> Result<BackupView, Error> {
+    let spec = &school.spec.backup;
+    let storage = backupjobs::resolve_storage(spec.storage.as_ref(), &ctx.backup);
+    let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let name = backupjobs::cron_job_name(&d.name);
+    let existing = cron_jobs
+        .get_opt(&name)
+        .await
+        .map_err(kube_err("read the backup CronJob"))?;
+    let suspended = spec.suspend || !d.login;
+    let foreign = existing.as_ref().is_some_and(|e| {
+        !e.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == school.uid().as_ref())
+    });
+    match &storage {
+        // Someone else's CronJob has our name: never take it over or delete it.
+        _ if foreign => {}
+        Some(storage) => {
+            let inputs = RunnerInputs {
+                school_name: d.name.clone(),
+                school_id: d.school_id.to_string(),
+                secret_name: d.secret_name.clone(),
+                storage: storage.clone(),
+                run: backupjobs::Run::Backup {
+                    kind: "scheduled",
+                    retention_days: spec.retention_days,
+                },
+            };
+            let schedule = backupjobs::Schedule {
+                schedule: spec.schedule.clone(),
+                // Inactive or restoring schools cannot log in, and their data cannot change.
+                suspend: suspended,
+                retention_days: spec.retention_days,
+            };
+            let desired = backupjobs::cron_job(
+                &name,
+                &d.namespace,
+                school.controller_owner_ref(&()),
+                &ctx.backup,
+                &schedule,
+                &inputs,
+            );
+            if !existing
+                .as_ref()
+                .is_some_and(|e| backupjobs::cron_job_up_to_date(e, &desired))
+            {
+                cron_jobs
+                    .patch(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&desired),
+                    )
+                    .await
+                    .map_err(kube_err("apply the backup CronJob"))?;
+            }
+        }
+        None => {
+            // Storage removed (and no default): stop scheduling, keep the dumps.
+            if existing.is_some() {
+                cron_jobs
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .map_err(kube_err("delete the backup CronJob"))?;
+            }
+        }
+    }
+    let outcomes = backup_outcomes(ctx, &d.namespace, &d.school_id.to_string()).await?;
+    let old = school.status.as_ref().and_then(|s| s.backup.as_ref());
+    let (mut status, new_failures) = backupjobs::fold_outcomes(old, &outcomes);
+    status.cron_job = storage.as_ref().filter(|_| !foreign).map(|_| name.clone());
+    let old_conditions = school
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let health = if foreign {
+        (
+            "False",
+            "CronJobConflict".to_string(),
+            format!("CronJob {name} exists and is not this School's; rename or delete it"),
+        )
+    } else {
+        backupjobs::health(&status, storage.is_some(), suspended)
+    };
+    let condition = backupjobs::tri_condition(
+        "BackupHealthy",
+        health,
+        school.metadata.generation,
+        &old_conditions,
+    );
+    Ok(BackupView {
+        status,
+        condition,
+        new_failures,
+    })
+}
+
+/// `reclaimPolicy: snapshot`: takes the final backup in a Job (the runner needs the
+/// School's storage mounted, which the operator pod does not have) and waits for it.
+/// `Ok(note)` once a verified backup is stored; `FinalBackupRunning` while it runs;
+/// `FinalBackupFailed` when it failed (nothing is dropped; deleting the failed Job
+/// retries).
+async fn final_backup(school: &School, ctx: &Context) -> Result<String, Error> {
+    let d = validate(school, &ctx.servers)?;
+    if !d.recorded {
+        return Ok("the School never had a database: nothing to back up".into());
+    }
+    let storage = backupjobs::resolve_storage(school.spec.backup.storage.as_ref(), &ctx.backup)
+        .ok_or_else(|| {
+            Error::FinalBackupFailed(
+                "reclaimPolicy snapshot needs backup storage: set spec.backup.storage (or the operator's default storage), or change reclaimPolicy; nothing was dropped".into(),
+            )
+        })?;
+    if !school.spec.active {
+        return Err(Error::FinalBackupFailed(
+            "the final backup runs as the school's role, which cannot log in while spec.active is false; set active: true or change reclaimPolicy; nothing was dropped".into(),
+        ));
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let name = backupjobs::final_job_name(&d.name);
+    let Some(job) = jobs
+        .get_opt(&name)
+        .await
+        .map_err(kube_err("read the final backup Job"))?
+    else {
+        let inputs = RunnerInputs {
+            school_name: d.name.clone(),
+            school_id: d.school_id.to_string(),
+            secret_name: d.secret_name.clone(),
+            storage,
+            run: backupjobs::Run::Backup {
+                kind: "final",
+                retention_days: school.spec.backup.retention_days,
+            },
+        };
+        // No owner reference: the School is being deleted, and a foreground deletion
+        // would remove the Job before it ran. The operator deletes it after the drop.
+        let job = backupjobs::job(&name, &d.namespace, None, &ctx.backup, &inputs);
+        jobs.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&job),
+        )
+        .await
+        .map_err(kube_err("create the final backup Job"))?;
+        return Err(Error::FinalBackupRunning(format!(
+            "reclaimPolicy snapshot: final backup Job {name} started; the database is dropped once it succeeded"
+        )));
+    };
+    let labels = job.labels();
+    if labels.get(backupjobs::LABEL_KIND).map(String::as_str) != Some("final")
+        || labels.get(backupjobs::LABEL_SCHOOL_ID) != Some(&d.school_id.to_string())
+    {
+        return Err(Error::FinalBackupFailed(format!(
+            "a Job {name} exists that is not this School's final backup; delete or rename it; nothing was dropped"
+        )));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
+        .await
+        .map_err(kube_err("list the final backup Pods"))?;
+    match backupjobs::job_outcome(&job, &pods.items).map(|o| o.result) {
+        None => Err(Error::FinalBackupRunning(format!(
+            "reclaimPolicy snapshot: final backup Job {name} is running; the database is dropped once it succeeded"
+        ))),
+        Some(Outcome::Succeeded { object, size }) => Ok(format!(
+            "final backup {object} ({size} bytes) stored and verified by Job {name}"
+        )),
+        Some(Outcome::SucceededUnknown) => Ok(format!(
+            "final backup Job {name} completed (stored and verified)"
+        )),
+        Some(Outcome::Failed { reason, message }) => Err(Error::FinalBackupFailed(format!(
+            "final backup Job {name} failed ({reason}): {message}; nothing was dropped. Fix the cause and delete the Job to retry, or change reclaimPolicy"
+        ))),
+    }
+}
+
+async fn delete_final_job(school: &School, ctx: &Context) -> Result<(), Error> {
+    let jobs: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
+    match jobs
+        .delete(
+            &backupjobs::final_job_name(&school.name_any()),
+            &DeleteParams::background(),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_err("delete the final backup Job")(e)),
+    }
 }
 
 /// Retry policy: transient errors back off, permanent ones were already handled.

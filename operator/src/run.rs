@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use edumind_crds::School;
+use edumind_crds::{School, SchoolBackup, SchoolRestore};
 use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use tokio::sync::watch;
 
@@ -55,6 +57,37 @@ pub struct RunArgs {
     /// Namespace of the self-service Secret (default: the operator's namespace).
     #[arg(long, env = "EDUMIND_SELF_SERVICE_NAMESPACE")]
     pub self_service_namespace: Option<String>,
+    /// Image of the backup/restore Jobs: the operator's own image (it contains the
+    /// runner and the PostgreSQL client tools).
+    #[arg(long, env = "EDUMIND_BACKUP_IMAGE", default_value_t = crate::backupjobs::default_image())]
+    pub backup_image: String,
+    /// Backup storage of Schools without `spec.backup.storage`, as JSON in the shape of
+    /// that field, e.g. `{"s3":{"bucket":"b","credentials":{"secretName":"s3"}}}` (the
+    /// Secret or claim must exist in each School's namespace). Absent: such Schools get
+    /// no backups and `BackupHealthy=False` (`NoBackupStorage`).
+    #[arg(long, env = "EDUMIND_BACKUP_DEFAULT_STORAGE")]
+    pub backup_default_storage: Option<String>,
+}
+
+impl RunArgs {
+    /// The backup settings these flags describe.
+    pub fn backup_config(&self) -> anyhow::Result<crate::backupjobs::BackupConfig> {
+        let default_storage = match &self.backup_default_storage {
+            None => None,
+            Some(text) => {
+                let storage: edumind_crds::BackupStorage = serde_json::from_str(text)
+                    .map_err(|e| anyhow::anyhow!("--backup-default-storage: {e}"))?;
+                crate::backupjobs::check_storage(&storage)
+                    .map_err(|e| anyhow::anyhow!("--backup-default-storage: {e}"))?;
+                Some(storage)
+            }
+        };
+        Ok(crate::backupjobs::BackupConfig {
+            image: self.backup_image.clone(),
+            default_storage,
+            ..Default::default()
+        })
+    }
 }
 
 /// Keeps the self-service tenant provisioned while this replica leads: every resync
@@ -179,6 +212,12 @@ async fn shutdown_signal() {
     }
 }
 
+async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "controller event");
+    }
+}
+
 /// Runs the operator until SIGTERM/SIGINT or until leadership is lost.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -187,6 +226,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let backup_config = args.backup_config()?;
     let text = tokio::fs::read_to_string(&args.config).await?;
     let servers = TargetServers::from_yaml(&text)?;
     let self_service_server = match (args.self_service, &args.self_service_server) {
@@ -277,7 +317,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
     };
 
-    let ctx = Context::new(client.clone(), servers, args.namespace.clone(), metrics);
+    let ctx = Context::with_backup(
+        client.clone(),
+        servers,
+        args.namespace.clone(),
+        metrics,
+        backup_config,
+    );
     let (self_stop_tx, self_stop_rx) = watch::channel(false);
     let self_service = self_service_server.map(|server| {
         let namespace = args
@@ -293,26 +339,69 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let schools: Api<School> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::all(client.clone());
-    let (mut stop_a, mut lost_a) = (stop_rx.clone(), lost_rx.clone());
-    Controller::new(schools, watcher::Config::default())
-        .owns(
-            secrets,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=edumind-operator"),
+    let managed =
+        || watcher::Config::default().labels("app.kubernetes.io/managed-by=edumind-operator");
+    let stopped = || {
+        let (mut stop, mut lost) = (stop_rx.clone(), lost_rx.clone());
+        async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = lost.wait_for(|l| *l) => {}
+            }
+        }
+    };
+    let school_controller = Controller::new(schools, watcher::Config::default())
+        .owns(secrets, managed())
+        .owns(Api::<CronJob>::all(client.clone()), managed())
+        // Scheduled Jobs belong to the CronJob: map them back by annotation.
+        .watches(Api::<Job>::all(client.clone()), managed(), |job: Job| {
+            let school = job
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(crate::backupjobs::ANNOTATION_SCHOOL)?;
+            Some(ObjectRef::<School>::new(school).within(job.metadata.namespace.as_deref()?))
+        })
+        // A restore that ends gives the School its logins back.
+        .watches(
+            Api::<SchoolRestore>::all(client.clone()),
+            watcher::Config::default(),
+            |r: SchoolRestore| {
+                Some(
+                    ObjectRef::<School>::new(&r.spec.school)
+                        .within(r.metadata.namespace.as_deref()?),
+                )
+            },
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
-        .graceful_shutdown_on(async move {
-            tokio::select! {
-                _ = stop_a.wait_for(|s| *s) => {}
-                _ = lost_a.wait_for(|l| *l) => {}
-            }
-        })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
+        .graceful_shutdown_on(stopped())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(log_result);
+    let backup_controller = Controller::new(
+        Api::<SchoolBackup>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client.clone()), managed())
+    .graceful_shutdown_on(stopped())
+    .run(
+        crate::ops::reconcile_backup,
+        crate::ops::error_policy,
+        ctx.clone(),
+    )
+    .for_each(log_result);
+    let restore_controller = Controller::new(
+        Api::<SchoolRestore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client.clone()), managed())
+    .graceful_shutdown_on(stopped())
+    .run(
+        crate::ops::reconcile_restore,
+        crate::ops::error_policy,
+        ctx.clone(),
+    )
+    .for_each(log_result);
+    tokio::join!(school_controller, backup_controller, restore_controller);
     renew.abort();
     let _ = self_stop_tx.send(true);
     if let Some(task) = self_service {
@@ -327,4 +416,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("stopped");
     let _ = http.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(extra: &[&str]) -> RunArgs {
+        let mut args = vec!["x", "--config", "servers.yaml"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).unwrap().run
+    }
+
+    #[test]
+    fn backup_flags_parse_and_bad_default_storage_is_refused() {
+        let args = parse(&[]);
+        let config = args.backup_config().unwrap();
+        assert_eq!(config.image, crate::backupjobs::default_image());
+        assert!(config.default_storage.is_none());
+        let args = parse(&[
+            "--backup-image",
+            "registry.example/op:1",
+            "--backup-default-storage",
+            r#"{"s3":{"bucket":"b","credentials":{"secretName":"s3"}}}"#,
+        ]);
+        let config = args.backup_config().unwrap();
+        assert_eq!(config.image, "registry.example/op:1");
+        assert_eq!(config.default_storage.unwrap().s3.unwrap().bucket, "b");
+        for bad in [
+            "{}",
+            r#"{"persistentVolumeClaim":"a","s3":{"bucket":"b"}}"#,
+            "not json",
+        ] {
+            let args = parse(&["--backup-default-storage", bad]);
+            assert!(args.backup_config().is_err(), "{bad}");
+        }
+    }
 }

@@ -52,6 +52,7 @@ async fn env() -> Env {
     let client = kube_fake_client::ClientBuilder::new()
         .with_resource::<School>()
         .with_status_subresource::<School>()
+        .with_resource::<edumind_crds::SchoolRestore>()
         .with_object(admin)
         .build()
         .await
@@ -712,9 +713,11 @@ async fn reclaim_policies() {
     assert!(
         snap.finalizers()
             .contains(&reconcile::FINALIZER.to_string()),
-        "snapshot refuses to finish deletion"
+        "snapshot without backup storage refuses to finish deletion"
     );
-    assert_eq!(ready(&snap).1, "SnapshotNotSupported");
+    let (_, reason, message) = ready(&snap);
+    assert_eq!(reason, "FinalBackupFailed");
+    assert!(message.contains("backup storage"), "{message}");
     assert!(exists("db", &dbs["snap"]).await, "never treated as delete");
 
     // A School recreated under the same name but another code does not start a second,

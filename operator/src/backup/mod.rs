@@ -177,16 +177,133 @@ pub async fn run_restore(
     object: &str,
     work_dir: Option<&Path>,
 ) -> Result<RestoreReport, BackupError> {
+    run_restore_as(tools, conn, store, object, work_dir, None).await
+}
+
+/// [`run_restore`] with `pg_restore --role=<role>` (see [`PgTools::restore_as`]).
+pub async fn run_restore_as(
+    tools: &PgTools,
+    conn: &ConnectionInfo,
+    store: &BackupStore,
+    object: &str,
+    work_dir: Option<&Path>,
+    role: Option<&str>,
+) -> Result<RestoreReport, BackupError> {
     let started = Instant::now();
     let scratch = scratch_dir(work_dir)?;
     let local = scratch.path().join("dump");
     let size = store.download(object, &local).await?;
     tools.verify(&local).await?;
-    tools.restore(conn, &local).await?;
+    tools.restore_as(conn, &local, role).await?;
     tracing::info!(%object, size, "restore finished");
     Ok(RestoreReport {
         object: object.to_string(),
         size,
         duration: started.elapsed(),
     })
+}
+
+/// `latest` → the newest stored dump of `school_id`; anything else is an object name.
+pub async fn resolve_object(
+    store: &BackupStore,
+    school_id: &str,
+    requested: &str,
+) -> Result<String, BackupError> {
+    if requested != LATEST {
+        return Ok(requested.to_string());
+    }
+    store
+        .list(school_id)
+        .await?
+        .pop()
+        .map(|d| d.object)
+        .ok_or_else(|| BackupError::NotFound(format!("no stored backup of school {school_id}")))
+}
+
+/// The object name that means "the newest backup".
+pub const LATEST: &str = "latest";
+
+/// What a runner reports back to the operator, as JSON in the container's termination
+/// message (`/dev/termination-log`). Backup pods need no Kubernetes API rights: the
+/// operator reads this from the finished Pod. Never contains secrets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    /// `backup` or `restore`.
+    pub operation: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Kubernetes keeps at most 4096 bytes of a termination message.
+pub const MAX_RESULT_BYTES: usize = 4096;
+
+impl RunResult {
+    pub fn success(operation: &str, object: &str, size: u64) -> Self {
+        Self {
+            operation: operation.into(),
+            ok: true,
+            object: Some(object.into()),
+            size: Some(size),
+            reason: None,
+            message: None,
+        }
+    }
+
+    pub fn failure(operation: &str, error: &BackupError) -> Self {
+        Self {
+            operation: operation.into(),
+            ok: false,
+            object: None,
+            size: None,
+            reason: Some(error.reason().into()),
+            message: Some(error.to_string()),
+        }
+    }
+
+    /// The JSON form, with the message shortened so the whole fits a termination message.
+    pub fn to_json(&self) -> String {
+        let mut result = self.clone();
+        loop {
+            let text = serde_json::to_string(&result).unwrap_or_default();
+            if text.len() <= MAX_RESULT_BYTES {
+                return text;
+            }
+            let Some(message) = result.message.as_mut() else {
+                return text;
+            };
+            let mut cut = message
+                .len()
+                .saturating_sub(text.len() - MAX_RESULT_BYTES + 8);
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_round_trip_and_fit_a_termination_message() {
+        let ok = RunResult::success("backup", "a/b.dump", 42);
+        let back: RunResult = serde_json::from_str(&ok.to_json()).unwrap();
+        assert_eq!(back, ok);
+        let long = BackupError::Failed("é".repeat(5000));
+        let json = RunResult::failure("backup", &long).to_json();
+        assert!(json.len() <= MAX_RESULT_BYTES, "{}", json.len());
+        let back: RunResult = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.reason.as_deref(), Some("DumpFailed"));
+    }
 }

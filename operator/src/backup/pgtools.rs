@@ -120,19 +120,34 @@ impl PgTools {
     /// Restores `file` over the database, as the connecting role, in one transaction:
     /// either everything is replaced or nothing changes.
     pub async fn restore(&self, conn: &ConnectionInfo, file: &Path) -> Result<(), BackupError> {
+        self.restore_as(conn, file, None).await
+    }
+
+    /// [`Self::restore`], switching to `role` (`pg_restore --role`) after connecting, so
+    /// that a login role that is a member of the school's role restores objects owned by
+    /// the school's role (what a SchoolRestore does while the school role cannot log in).
+    pub async fn restore_as(
+        &self,
+        conn: &ConnectionInfo,
+        file: &Path,
+        role: Option<&str>,
+    ) -> Result<(), BackupError> {
         let passfile = PassFile::write(conn, file.parent())?;
         let mut cmd = self.command("pg_restore", Some(passfile.path()));
-        cmd.args(connection_args(conn))
-            .args([
-                "--clean",
-                "--if-exists",
-                "--no-owner",
-                "--no-privileges",
-                "--single-transaction",
-                "--exit-on-error",
-                "--no-password",
-            ])
-            .arg(file);
+        cmd.args(connection_args(conn));
+        if let Some(role) = role {
+            cmd.arg(format!("--role={role}"));
+        }
+        cmd.args([
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-privileges",
+            "--single-transaction",
+            "--exit-on-error",
+            "--no-password",
+        ])
+        .arg(file);
         run(cmd, "pg_restore").await
     }
 }

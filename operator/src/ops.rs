@@ -1,0 +1,806 @@
+//! The `SchoolBackup` (one backup now) and `SchoolRestore` (restore a stored backup)
+//! reconcilers. Both run a Job from the same pod template as the scheduled backups
+//! ([`crate::backupjobs`]) and report the outcome in their own status.
+//!
+//! Restore protocol (each step idempotent, so a crash anywhere converges):
+//! 1. `BlockingLogins`: the school role becomes `NOLOGIN` and its sessions are ended (the
+//!    School reconciler keeps it so while any SchoolRestore of the School is not
+//!    finished); a short-lived restore role (`edumind_school_restore_<uid>`, member of the
+//!    school role, `VALID UNTIL` one day) gets a fresh password, published in a temporary
+//!    Secret owned by the SchoolRestore.
+//! 2. `Restoring`: a Job runs `edumind-operator restore --role <school role>` with that
+//!    Secret; `pg_restore --single-transaction` replaces everything or changes nothing.
+//! 3. Finished (`Succeeded` or `Failed`): the restore role is dropped, the temporary
+//!    Secret deleted, the outcome recorded, and logins are given back as `spec.active`
+//!    says — also after a failure, so a school is never locked out by a restore.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edumind_crds::{
+    School, SchoolBackup, SchoolBackupStatus, SchoolRestore, SchoolRestoreStatus, TERMINAL_PHASES,
+};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::backupjobs::{self, Outcome, Run, RunnerInputs};
+use crate::credentials::{generate_password, scram_verifier};
+use crate::naming;
+use crate::pg::{self, PgError};
+use crate::reconcile::{self, Context, Desired, FIELD_MANAGER};
+
+/// How often a running backup or restore is looked at (Job watches usually come first).
+pub const POLL: Duration = Duration::from_secs(15);
+/// Finalizer of a SchoolRestore: its restore role is dropped before it goes.
+pub const RESTORE_FINALIZER: &str = "edumind.ai/restore";
+/// How long a restore role may log in at most.
+pub const RESTORE_ROLE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a SchoolBackup/SchoolRestore reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Problems the user must fix; they end the resource as `Failed`.
+    #[error("{message}")]
+    Permanent {
+        reason: &'static str,
+        message: String,
+    },
+    /// Retried with backoff (API or database unavailable).
+    #[error(transparent)]
+    Transient(#[from] reconcile::Error),
+}
+
+impl OpError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, OpError::Permanent { .. })
+    }
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OpError::Permanent { reason, .. } => reason,
+            OpError::Transient(e) => e.reason(),
+        }
+    }
+}
+
+impl From<PgError> for OpError {
+    fn from(e: PgError) -> Self {
+        OpError::Transient(reconcile::Error::Pg(e))
+    }
+}
+
+fn kube(step: &'static str) -> impl FnOnce(kube::Error) -> OpError {
+    move |e| {
+        OpError::Transient(reconcile::Error::Kube {
+            step,
+            source: Box::new(e),
+        })
+    }
+}
+
+fn permanent(reason: &'static str, message: String) -> OpError {
+    OpError::Permanent { reason, message }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Everything a backup or restore of one School needs, or why it cannot run (yet).
+enum Target {
+    Ready {
+        school: Box<School>,
+        desired: Box<Desired>,
+        storage: Box<edumind_crds::BackupStorage>,
+    },
+    /// The School exists but has no database yet.
+    NotReady(String),
+}
+
+async fn target(ctx: &Context, namespace: &str, name: &str) -> Result<Target, OpError> {
+    let schools: Api<School> = Api::namespaced(ctx.client.clone(), namespace);
+    let school = schools
+        .get_opt(name)
+        .await
+        .map_err(kube("read the School"))?
+        .ok_or_else(|| {
+            permanent(
+                "SchoolNotFound",
+                format!("School {name} not found in namespace {namespace}"),
+            )
+        })?;
+    if school.metadata.deletion_timestamp.is_some() {
+        return Err(permanent(
+            "SchoolDeleting",
+            format!("School {name} is being deleted"),
+        ));
+    }
+    let desired = reconcile::validate(&school, &ctx.servers).map_err(|e| {
+        permanent(
+            "SchoolInvalid",
+            format!("School {name} cannot be used: {e}"),
+        )
+    })?;
+    let status = school.status.clone().unwrap_or_default();
+    if status.database.is_none() || status.secret_name.is_none() {
+        return Ok(Target::NotReady(format!(
+            "School {name} has no database yet; waiting for it to be provisioned"
+        )));
+    }
+    let storage =
+        backupjobs::resolve_storage(school.spec.backup.storage.as_ref(), &ctx.backup)
+            .ok_or_else(|| {
+                permanent(
+                    "NoBackupStorage",
+                    format!(
+                        "School {name} has no backup storage: set spec.backup.storage or configure the operator's default storage"
+                    ),
+                )
+            })?;
+    Ok(Target::Ready {
+        school: Box::new(school),
+        desired: Box::new(desired),
+        storage: Box::new(storage),
+    })
+}
+
+/// The Job `name` and its Pods, if it exists and belongs to `owner_uid`.
+async fn job_and_pods(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    owner_uid: Option<String>,
+) -> Result<Option<(Job, Vec<Pod>)>, OpError> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(job) = jobs.get_opt(name).await.map_err(kube("read the Job"))? else {
+        return Ok(None);
+    };
+    if !job
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == owner_uid.as_ref())
+    {
+        return Err(permanent(
+            "JobConflict",
+            format!("a Job {name} exists that this resource did not create; delete or rename it"),
+        ));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
+        .await
+        .map_err(kube("list the Job's Pods"))?;
+    Ok(Some((job, pods.items)))
+}
+
+async fn create_job(ctx: &Context, namespace: &str, job: &Job) -> Result<(), OpError> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    jobs.patch(
+        &job.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(job),
+    )
+    .await
+    .map_err(kube("create the Job"))?;
+    Ok(())
+}
+
+async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+fn is_terminal(phase: Option<&str>) -> bool {
+    phase.is_some_and(|p| TERMINAL_PHASES.contains(&p))
+}
+
+// ---- SchoolBackup ------------------------------------------------------------------
+
+/// Name of the Job of a SchoolBackup.
+pub fn backup_job_name(backup: &str) -> String {
+    backupjobs::child_name(backup, "-backup", 63)
+}
+
+async fn patch_backup_status(
+    sb: &SchoolBackup,
+    ctx: &Context,
+    status: &SchoolBackupStatus,
+) -> Result<(), OpError> {
+    if sb.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<SchoolBackup> =
+        Api::namespaced(ctx.client.clone(), &sb.namespace().unwrap_or_default());
+    let patch =
+        json!({"apiVersion": "edumind.ai/v1alpha1", "kind": "SchoolBackup", "status": status});
+    api.patch_status(
+        &sb.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube("update the SchoolBackup's status"))?;
+    Ok(())
+}
+
+/// Reconciles one SchoolBackup: start its Job once, then follow it to the end.
+pub async fn reconcile_backup(sb: Arc<SchoolBackup>, ctx: Arc<Context>) -> Result<Action, OpError> {
+    let old = sb.status.clone().unwrap_or_default();
+    if is_terminal(old.phase.as_deref()) {
+        return Ok(Action::await_change());
+    }
+    let namespace = sb.namespace().unwrap_or_default();
+    let mut status = old.clone();
+    let step = backup_step(&sb, &ctx, &namespace, &mut status).await;
+    let action = match step {
+        Ok(action) => action,
+        Err(e) if e.is_permanent() => {
+            status.phase = Some("Failed".into());
+            status.reason = Some(e.reason().into());
+            status.message = Some(e.to_string());
+            status.completed = Some(now());
+            Action::await_change()
+        }
+        Err(e) => return Err(e),
+    };
+    patch_backup_status(&sb, &ctx, &status).await?;
+    if status.phase != old.phase && is_terminal(status.phase.as_deref()) {
+        let (type_, reason) = if status.phase.as_deref() == Some("Succeeded") {
+            (EventType::Normal, "BackupSucceeded")
+        } else {
+            (EventType::Warning, "BackupFailed")
+        };
+        let note = status.message.clone().unwrap_or_default();
+        publish(&ctx, sb.as_ref(), type_, reason, note).await;
+    }
+    Ok(action)
+}
+
+async fn backup_step(
+    sb: &SchoolBackup,
+    ctx: &Context,
+    namespace: &str,
+    status: &mut SchoolBackupStatus,
+) -> Result<Action, OpError> {
+    let job_name = backup_job_name(&sb.name_any());
+    if let Some((job, pods)) = job_and_pods(ctx, namespace, &job_name, sb.uid()).await? {
+        status.job = Some(job_name.clone());
+        status.started = status.started.take().or_else(|| Some(now()));
+        match backupjobs::job_outcome(&job, &pods) {
+            None => {
+                status.phase = Some("Running".into());
+                status.reason = Some("JobRunning".into());
+                status.message = Some(format!("backup Job {job_name} is running"));
+                return Ok(Action::requeue(POLL));
+            }
+            Some(o) => {
+                status.completed = Some(Time(o.finished));
+                match o.result {
+                    Outcome::Succeeded { object, size } => {
+                        status.phase = Some("Succeeded".into());
+                        status.reason = Some("BackupSucceeded".into());
+                        status.message = Some(format!("stored and verified {object}"));
+                        status.object = Some(object);
+                        status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
+                    }
+                    Outcome::SucceededUnknown => {
+                        status.phase = Some("Succeeded".into());
+                        status.reason = Some("BackupSucceeded".into());
+                        status.message = Some(format!(
+                            "Job {job_name} completed; its Pod (and the object name) is gone"
+                        ));
+                    }
+                    Outcome::Failed { reason, message } => {
+                        status.phase = Some("Failed".into());
+                        status.reason = Some(reason);
+                        status.message = Some(message);
+                    }
+                }
+                return Ok(Action::await_change());
+            }
+        }
+    }
+    let (school, desired, storage) = match target(ctx, namespace, &sb.spec.school).await? {
+        Target::Ready {
+            school,
+            desired,
+            storage,
+        } => (school, desired, storage),
+        Target::NotReady(message) => {
+            status.phase = Some("Pending".into());
+            status.reason = Some("SchoolNotReady".into());
+            status.message = Some(message);
+            return Ok(Action::requeue(POLL));
+        }
+    };
+    if !school.spec.active {
+        return Err(permanent(
+            "SchoolInactive",
+            format!(
+                "School {} is inactive (spec.active is false): backups run as the school's role, which cannot log in",
+                sb.spec.school
+            ),
+        ));
+    }
+    let inputs = RunnerInputs {
+        school_name: desired.name.clone(),
+        school_id: desired.school_id.to_string(),
+        secret_name: desired.secret_name.clone(),
+        storage: *storage,
+        run: Run::Backup {
+            kind: "on-demand",
+            retention_days: school.spec.backup.retention_days,
+        },
+    };
+    let job = backupjobs::job(
+        &job_name,
+        namespace,
+        sb.controller_owner_ref(&()),
+        &ctx.backup,
+        &inputs,
+    );
+    create_job(ctx, namespace, &job).await?;
+    status.phase = Some("Running".into());
+    status.reason = Some("JobStarted".into());
+    status.message = Some(format!("backup Job {job_name} started"));
+    status.job = Some(job_name);
+    status.started = Some(now());
+    Ok(Action::requeue(POLL))
+}
+
+// ---- SchoolRestore -----------------------------------------------------------------
+
+/// Name of the Job of a SchoolRestore.
+pub fn restore_job_name(restore: &str) -> String {
+    backupjobs::child_name(restore, "-restore", 63)
+}
+
+/// Name of the temporary credentials Secret of a SchoolRestore.
+pub fn restore_secret_name(restore: &str) -> String {
+    backupjobs::child_name(restore, "-restore-credentials", 253)
+}
+
+/// The restore role of a SchoolRestore: `edumind_school_restore_<uid hex>` (55 bytes,
+/// passes the identifier allowlist).
+pub fn restore_role_name(uid: &str) -> Result<String, OpError> {
+    let hex: String = uid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let name = format!("{}restore_{hex}", naming::SCHOOL_PREFIX);
+    if hex.len() != 32 || !naming::is_generated_identifier(&name) {
+        return Err(permanent(
+            "InvalidRequest",
+            "the SchoolRestore has no usable uid".into(),
+        ));
+    }
+    Ok(name)
+}
+
+async fn patch_restore_status(
+    sr: &SchoolRestore,
+    ctx: &Context,
+    status: &SchoolRestoreStatus,
+) -> Result<(), OpError> {
+    if sr.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<SchoolRestore> =
+        Api::namespaced(ctx.client.clone(), &sr.namespace().unwrap_or_default());
+    let patch =
+        json!({"apiVersion": "edumind.ai/v1alpha1", "kind": "SchoolRestore", "status": status});
+    api.patch_status(
+        &sr.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube("update the SchoolRestore's status"))?;
+    Ok(())
+}
+
+/// Reconciles one SchoolRestore (see the module docs for the protocol).
+pub async fn reconcile_restore(
+    sr: Arc<SchoolRestore>,
+    ctx: Arc<Context>,
+) -> Result<Action, OpError> {
+    let old = sr.status.clone().unwrap_or_default();
+    let namespace = sr.namespace().unwrap_or_default();
+    let has_finalizer = sr.finalizers().iter().any(|f| f == RESTORE_FINALIZER);
+    if sr.metadata.deletion_timestamp.is_some() {
+        // Deleted while it may hold the school: clean up, then let logins back.
+        if has_finalizer {
+            finish_restore(&sr, &ctx, &namespace).await?;
+            set_finalizer(&sr, &ctx, false).await?;
+        }
+        release_logins(&ctx, &namespace, &sr.spec.school).await?;
+        return Ok(Action::await_change());
+    }
+    if is_terminal(old.phase.as_deref()) {
+        if has_finalizer {
+            set_finalizer(&sr, &ctx, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !has_finalizer {
+        set_finalizer(&sr, &ctx, true).await?;
+    }
+    let mut status = old.clone();
+    let step = restore_step(&sr, &ctx, &namespace, &mut status).await;
+    let action = match step {
+        Ok(action) => action,
+        Err(e) if e.is_permanent() => {
+            // Give back anything this restore took before ending it.
+            finish_restore(&sr, &ctx, &namespace).await?;
+            status.phase = Some("Failed".into());
+            status.reason = Some(e.reason().into());
+            status.message = Some(e.to_string());
+            status.completed = Some(now());
+            Action::await_change()
+        }
+        Err(e) => return Err(e),
+    };
+    patch_restore_status(&sr, &ctx, &status).await?;
+    if is_terminal(status.phase.as_deref()) {
+        // After the terminal status is written, no School reconcile blocks logins for
+        // this restore any more; give them back now (the School reconcile would too).
+        release_logins(&ctx, &namespace, &sr.spec.school).await?;
+        set_finalizer(&sr, &ctx, false).await?;
+    }
+    if status.phase != old.phase && is_terminal(status.phase.as_deref()) {
+        let (type_, reason) = if status.phase.as_deref() == Some("Succeeded") {
+            (EventType::Normal, "RestoreSucceeded")
+        } else {
+            (EventType::Warning, "RestoreFailed")
+        };
+        let note = status.message.clone().unwrap_or_default();
+        publish(&ctx, sr.as_ref(), type_, reason, note).await;
+    }
+    Ok(action)
+}
+
+async fn restore_step(
+    sr: &SchoolRestore,
+    ctx: &Context,
+    namespace: &str,
+    status: &mut SchoolRestoreStatus,
+) -> Result<Action, OpError> {
+    let name = sr.name_any();
+    let (school, desired, storage) = match target(ctx, namespace, &sr.spec.school).await? {
+        Target::Ready {
+            school,
+            desired,
+            storage,
+        } => (school, desired, storage),
+        Target::NotReady(message) => {
+            status.phase = Some("Pending".into());
+            status.reason = Some("SchoolNotReady".into());
+            status.message = Some(message);
+            return Ok(Action::requeue(POLL));
+        }
+    };
+    // One restore per School at a time: the oldest goes first.
+    let restores: Api<SchoolRestore> = Api::namespaced(ctx.client.clone(), namespace);
+    let others = restores
+        .list(&ListParams::default())
+        .await
+        .map_err(kube("list SchoolRestores"))?;
+    let mine = (sr.metadata.creation_timestamp.clone(), name.clone());
+    if let Some(first) = others
+        .items
+        .iter()
+        .filter(|r| r.spec.school == sr.spec.school && r.is_active())
+        .map(|r| (r.metadata.creation_timestamp.clone(), r.name_any()))
+        .filter(|other| other.1 != name)
+        .find(|other| {
+            (other.0.as_ref().map(|t| t.0), &other.1) < (mine.0.as_ref().map(|t| t.0), &mine.1)
+        })
+    {
+        status.phase = Some("Pending".into());
+        status.reason = Some("WaitingForRestore".into());
+        status.message = Some(format!("waiting for SchoolRestore {} to finish", first.1));
+        return Ok(Action::requeue(POLL));
+    }
+    let job_name = restore_job_name(&name);
+    let restore_role = restore_role_name(&sr.uid().unwrap_or_default())?;
+
+    if let Some((job, pods)) = job_and_pods(ctx, namespace, &job_name, sr.uid()).await? {
+        status.job = Some(job_name.clone());
+        let Some(o) = backupjobs::job_outcome(&job, &pods) else {
+            // Re-assert the block: a School reconcile that read the restores before this
+            // one existed may have re-enabled logins since.
+            let mut conn = ctx.admin_conn(&desired.server).await?;
+            if pg::role_state(&mut conn, &desired.role)
+                .await?
+                .is_some_and(|r| r.can_login)
+            {
+                pg::reset_role_attributes(&mut conn, &desired.role, false).await?;
+                pg::terminate_role_sessions(&mut conn, &desired.role).await?;
+            }
+            drop(conn);
+            status.phase = Some("Restoring".into());
+            status.reason = Some("JobRunning".into());
+            status.message = Some(format!(
+                "restore Job {job_name} is running; logins of the school are blocked"
+            ));
+            return Ok(Action::requeue(POLL));
+        };
+        finish_restore(sr, ctx, namespace).await?;
+        status.completed = Some(now());
+        match o.result {
+            Outcome::Succeeded { object, size } => {
+                status.phase = Some("Succeeded".into());
+                status.reason = Some("Restored".into());
+                status.message = Some(format!(
+                    "restored {object}; logins are back as spec.active says"
+                ));
+                status.object = Some(object);
+                status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
+            }
+            Outcome::SucceededUnknown => {
+                status.phase = Some("Succeeded".into());
+                status.reason = Some("Restored".into());
+                status.message = Some(format!("restore Job {job_name} completed"));
+            }
+            Outcome::Failed { reason, message } => {
+                status.phase = Some("Failed".into());
+                status.reason = Some(reason);
+                status.message = Some(format!(
+                    "{message}; the database was left unchanged and logins are back"
+                ));
+            }
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Block logins. Record the phase first, so that a crash after this point still has
+    // the School reconciler keep logins off (any non-finished restore does).
+    if status.phase.as_deref() != Some("BlockingLogins") {
+        status.phase = Some("BlockingLogins".into());
+        status.reason = Some("BlockingLogins".into());
+        status.message = Some("ending the school's sessions and blocking its logins".into());
+        status.started = Some(now());
+        patch_restore_status(sr, ctx, status).await?;
+    }
+    let mut conn = ctx.admin_conn(&desired.server).await?;
+    pg::reset_role_attributes(&mut conn, &desired.role, false).await?;
+    pg::terminate_role_sessions(&mut conn, &desired.role).await?;
+
+    // The restore role and its temporary Secret (fresh password each time: only reached
+    // while no Job exists yet).
+    let password = generate_password();
+    let verifier = scram_verifier(&password).ok_or(PgError::Verifier)?;
+    let until = Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+            RESTORE_ROLE_LIFETIME.as_secs() as i64,
+        ))
+        .unwrap_or_else(|_| Timestamp::now());
+    pg::ensure_restore_role(
+        &mut conn,
+        &restore_role,
+        &desired.role,
+        &verifier,
+        &until.to_string(),
+    )
+    .await?;
+    drop(conn);
+    let server = &desired.server;
+    let secret_name = restore_secret_name(&name);
+    let data = [
+        ("host", server.client_host().to_string()),
+        ("port", server.client_port().to_string()),
+        ("dbname", desired.database.clone()),
+        ("username", restore_role.clone()),
+        ("password", password.expose().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name.clone()),
+            namespace: Some(namespace.into()),
+            // Deliberately not `app.kubernetes.io/managed-by=edumind-operator`: the data
+            // plane reads every Secret with that label as a tenant.
+            labels: Some(
+                [(
+                    "app.kubernetes.io/component".to_string(),
+                    "edumind-restore-credentials".to_string(),
+                )]
+                .into(),
+            ),
+            owner_references: sr.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    secrets
+        .patch(
+            &secret_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(kube("write the restore credentials Secret"))?;
+
+    let inputs = RunnerInputs {
+        school_name: school.name_any(),
+        school_id: desired.school_id.to_string(),
+        secret_name,
+        storage: *storage,
+        run: Run::Restore {
+            object: sr.spec.backup.clone(),
+            role: desired.role.clone(),
+        },
+    };
+    let job = backupjobs::job(
+        &job_name,
+        namespace,
+        sr.controller_owner_ref(&()),
+        &ctx.backup,
+        &inputs,
+    );
+    create_job(ctx, namespace, &job).await?;
+    status.phase = Some("Restoring".into());
+    status.reason = Some("JobStarted".into());
+    status.message = Some(format!(
+        "restore Job {job_name} started; logins of the school are blocked"
+    ));
+    status.job = Some(job_name);
+    Ok(Action::requeue(POLL))
+}
+
+/// Adds or removes [`RESTORE_FINALIZER`] (a JSON patch guarded by a test of the index).
+async fn set_finalizer(sr: &SchoolRestore, ctx: &Context, present: bool) -> Result<(), OpError> {
+    let api: Api<SchoolRestore> =
+        Api::namespaced(ctx.client.clone(), &sr.namespace().unwrap_or_default());
+    // Re-read: an earlier step of this reconcile may have changed the object.
+    let Some(current) = api
+        .get_opt(&sr.name_any())
+        .await
+        .map_err(kube("read the SchoolRestore"))?
+    else {
+        return Ok(());
+    };
+    let finalizers = current.finalizers();
+    let index = finalizers.iter().position(|f| f == RESTORE_FINALIZER);
+    let patch = match (present, index) {
+        (true, Some(_)) | (false, None) => return Ok(()),
+        (true, None) if finalizers.is_empty() => {
+            json!([{"op": "add", "path": "/metadata/finalizers", "value": [RESTORE_FINALIZER]}])
+        }
+        (true, None) => {
+            json!([{"op": "add", "path": "/metadata/finalizers/-", "value": RESTORE_FINALIZER}])
+        }
+        (false, Some(i)) => {
+            let path = format!("/metadata/finalizers/{i}");
+            json!([{"op": "test", "path": path, "value": RESTORE_FINALIZER}, {"op": "remove", "path": path}])
+        }
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| permanent("InvalidRequest", e.to_string()))?;
+    api.patch(
+        &sr.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(kube("update the SchoolRestore's finalizers"))?;
+    Ok(())
+}
+
+/// Drops the restore role and deletes the temporary Secret (both idempotent).
+async fn finish_restore(sr: &SchoolRestore, ctx: &Context, namespace: &str) -> Result<(), OpError> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match secrets
+        .delete(
+            &restore_secret_name(&sr.name_any()),
+            &DeleteParams::default(),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(kube("delete the restore credentials Secret")(e)),
+    }
+    let Ok(role) = restore_role_name(&sr.uid().unwrap_or_default()) else {
+        return Ok(());
+    };
+    // The School (and so its server) may be gone; then so is anything to clean up there.
+    let schools: Api<School> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(school) = schools
+        .get_opt(&sr.spec.school)
+        .await
+        .map_err(kube("read the School"))?
+    else {
+        return Ok(());
+    };
+    let Ok(desired) = reconcile::validate(&school, &ctx.servers) else {
+        return Ok(());
+    };
+    let mut conn = ctx.admin_conn(&desired.server).await?;
+    pg::drop_role(&mut conn, &role).await?;
+    Ok(())
+}
+
+/// Gives the school's logins back when no restore holds them and the School is active.
+async fn release_logins(ctx: &Context, namespace: &str, school: &str) -> Result<(), OpError> {
+    let schools: Api<School> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(school) = schools
+        .get_opt(school)
+        .await
+        .map_err(kube("read the School"))?
+    else {
+        return Ok(());
+    };
+    if !school.spec.active
+        || school
+            .status
+            .as_ref()
+            .and_then(|s| s.role.as_ref())
+            .is_none()
+    {
+        return Ok(());
+    }
+    if reconcile::restore_in_progress(ctx, &school).await? {
+        return Ok(());
+    }
+    let Ok(desired) = reconcile::validate(&school, &ctx.servers) else {
+        return Ok(());
+    };
+    let mut conn = ctx.admin_conn(&desired.server).await?;
+    pg::reset_role_attributes(&mut conn, &desired.role, true).await?;
+    Ok(())
+}
+
+/// Retry policy of both controllers.
+pub fn error_policy<K>(_obj: Arc<K>, error: &OpError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(reason = error.reason(), error = %error, "backup/restore reconcile failed");
+    if error.is_permanent() {
+        Action::requeue(reconcile::PERMANENT_RECHECK)
+    } else {
+        Action::requeue(reconcile::TRANSIENT_RETRY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_role_names_pass_the_allowlist() {
+        let name = restore_role_name("0B8F9A5C-3c1e-4c55-9b7d-2f6f1d5c9e11").unwrap();
+        assert_eq!(
+            name,
+            "edumind_school_restore_0b8f9a5c3c1e4c559b7d2f6f1d5c9e11"
+        );
+        assert!(naming::quote_ident(&name).is_ok());
+        assert!(restore_role_name("").is_err());
+        assert!(restore_role_name("x\"; DROP ROLE postgres; --").is_err());
+    }
+}
