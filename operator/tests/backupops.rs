@@ -676,7 +676,7 @@ async fn restore_blocks_logins_while_it_runs_restores_the_data_and_gives_logins_
     )
     .await
     .unwrap();
-    sqlx::query("UPDATE schools SET name = 'After'")
+    sqlx::query("UPDATE schools SET name = 'After' WHERE code = 'B'")
         .execute(&mut app)
         .await
         .unwrap();
@@ -787,7 +787,7 @@ async fn restore_blocks_logins_while_it_runs_restores_the_data_and_gives_logins_
     // Logins are back, the data is as backed up, the tables still belong to the school,
     // the temporary role and Secret are gone.
     let mut app = login(&school_uri).await.expect("logins are back");
-    let name: String = sqlx::query_scalar("SELECT name FROM schools")
+    let name: String = sqlx::query_scalar("SELECT name FROM schools WHERE code = 'B'")
         .fetch_one(&mut app)
         .await
         .unwrap();
@@ -852,7 +852,7 @@ async fn restore_blocks_logins_while_it_runs_restores_the_data_and_gives_logins_
     let mut app = login(&school_uri)
         .await
         .expect("logins are back after a failed restore");
-    let name: String = sqlx::query_scalar("SELECT name FROM schools")
+    let name: String = sqlx::query_scalar("SELECT name FROM schools WHERE code = 'B'")
         .fetch_one(&mut app)
         .await
         .unwrap();
