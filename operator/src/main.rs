@@ -48,6 +48,13 @@ enum Command {
     SchemaVersion,
     /// Print the `School` CustomResourceDefinition as YAML (for `kubectl apply -f -`).
     Crd,
+    /// Print the Kubernetes API permissions the operator and the data plane need (the
+    /// list the Helm chart's RBAC is checked against).
+    Rbac {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = RbacFormat::Yaml)]
+        format: RbacFormat,
+    },
     /// Check a target server configuration file and print the servers it defines.
     CheckConfig {
         #[arg(long, env = "EDUMIND_SERVERS_CONFIG")]
@@ -95,6 +102,12 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RbacFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Args)]
@@ -171,6 +184,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate { .. } => anyhow::bail!("give --database-url, or --all with --admin-url"),
         Command::SchemaVersion => println!("{}", edumind_schema::latest_version()),
         Command::Crd => print!("{}", edumind_crds::crd_yaml()?),
+        Command::Rbac { format } => {
+            let rules = &edumind_crds::rbac::PERMISSIONS;
+            match format {
+                RbacFormat::Yaml => print!("{}", serde_yaml_ng::to_string(rules)?),
+                RbacFormat::Json => println!("{}", serde_json::to_string_pretty(rules)?),
+            }
+        }
         Command::CheckConfig { config } => {
             let text = tokio::fs::read_to_string(&config).await?;
             let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;

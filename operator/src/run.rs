@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 
 /// Name of the Lease the replicas compete for.
-pub const LEASE_NAME: &str = "edumind-operator-leader";
+pub const LEASE_NAME: &str = edumind_crds::rbac::LEADER_LEASE;
 /// How long a Lease stays valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(5);
@@ -55,6 +55,27 @@ pub struct RunArgs {
     /// Namespace of the self-service Secret (default: the operator's namespace).
     #[arg(long, env = "EDUMIND_SELF_SERVICE_NAMESPACE")]
     pub self_service_namespace: Option<String>,
+    /// Watch Schools only in these namespaces (comma-separated); empty: every namespace.
+    /// With a list the operator needs RBAC only in those namespaces (namespaced Roles).
+    #[arg(
+        long,
+        env = "EDUMIND_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        num_args = 0..
+    )]
+    pub watch_namespaces: Vec<String>,
+}
+
+/// The namespaces to watch: `None` for all of them, else a de-duplicated, non-empty list.
+pub fn watch_scope(requested: &[String]) -> Option<Vec<String>> {
+    let mut namespaces: Vec<String> = requested
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    (!namespaces.is_empty()).then_some(namespaces)
 }
 
 /// Keeps the self-service tenant provisioned while this replica leads: every resync
@@ -291,22 +312,53 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             self_stop_rx,
         ))
     });
-    let schools: Api<School> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::all(client.clone());
-    let (mut stop_a, mut lost_a) = (stop_rx.clone(), lost_rx.clone());
-    Controller::new(schools, watcher::Config::default())
-        .owns(
-            secrets,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=edumind-operator"),
-        )
-        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
-        .graceful_shutdown_on(async move {
-            tokio::select! {
-                _ = stop_a.wait_for(|s| *s) => {}
-                _ = lost_a.wait_for(|l| *l) => {}
-            }
-        })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+    // One controller per watched namespace (or one for the whole cluster), sharing one
+    // concurrency limit so that the PostgreSQL servers see at most `concurrency`
+    // reconciles in total.
+    let scopes: Vec<Option<String>> = match watch_scope(&args.watch_namespaces) {
+        None => vec![None],
+        Some(list) => list.into_iter().map(Some).collect(),
+    };
+    tracing::info!(namespaces = ?scopes, "watching Schools");
+    let permits = Arc::new(tokio::sync::Semaphore::new(usize::from(
+        args.concurrency.max(1),
+    )));
+    let controllers = scopes.into_iter().map(|scope| {
+        let (schools, secrets): (Api<School>, Api<Secret>) = match &scope {
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+        };
+        let (mut stop_a, mut lost_a) = (stop_rx.clone(), lost_rx.clone());
+        let permits = permits.clone();
+        Controller::new(schools, watcher::Config::default())
+            .owns(
+                secrets,
+                watcher::Config::default().labels("app.kubernetes.io/managed-by=edumind-operator"),
+            )
+            .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+            .graceful_shutdown_on(async move {
+                tokio::select! {
+                    _ = stop_a.wait_for(|s| *s) => {}
+                    _ = lost_a.wait_for(|l| *l) => {}
+                }
+            })
+            .run(
+                move |school, ctx| {
+                    let permits = permits.clone();
+                    async move {
+                        let _permit = permits.acquire_owned().await;
+                        reconcile::reconcile(school, ctx).await
+                    }
+                },
+                reconcile::error_policy,
+                ctx.clone(),
+            )
+            .boxed()
+    });
+    futures::stream::select_all(controllers)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
@@ -327,4 +379,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("stopped");
     let _ = http.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watch_scope;
+
+    #[test]
+    fn watch_scope_trims_dedups_and_defaults_to_all() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(watch_scope(&[]), None);
+        assert_eq!(watch_scope(&v(&["", " "])), None);
+        assert_eq!(watch_scope(&v(&["b", " a", "b"])), Some(v(&["a", "b"])));
+    }
 }
