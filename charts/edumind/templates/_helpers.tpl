@@ -76,8 +76,8 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Name of the admin Secret of a target server: include with (dict "ctx" $ "server" $s). */}}
 {{- define "edumind.adminSecretName" -}}
-{{- if .server.admin.existingSecret -}}
-{{- .server.admin.existingSecret -}}
+{{- with dig "admin" "existingSecret" "" .server -}}
+{{- . -}}
 {{- else -}}
 {{- printf "%s-pg-%s-admin" (include "edumind.fullname" .ctx) .server.name | trunc 253 -}}
 {{- end -}}
