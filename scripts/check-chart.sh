@@ -68,6 +68,46 @@ for case in default all-on; do
     "$operator_bin" check-config --config "$out/$case/servers.yaml" | sed 's/^/  /'
 done
 
+echo "--- examples/ validate against the chart's CRD schemas"
+python3 - <<'PY'
+import glob, sys
+import jsonschema, yaml
+schemas = {}
+for path in glob.glob("charts/edumind/crds/*.yaml"):
+    crd = yaml.safe_load(open(path))
+    for v in crd["spec"]["versions"]:
+        key = (f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])
+        schemas[key] = v["schema"]["openAPIV3Schema"]
+count = bad = 0
+for path in sorted(glob.glob("examples/*.yaml")):
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc:
+            continue
+        schema = schemas.get((doc["apiVersion"], doc["kind"]))
+        if schema is None:
+            print(f"  FAIL {path}: no CRD for {doc['apiVersion']} {doc['kind']}", file=sys.stderr)
+            bad += 1
+            continue
+        # Structural schemas prune unknown fields; reject them here instead.
+        def close(s):
+            if isinstance(s, dict):
+                if s.get("type") == "object" and "properties" in s and not s.get("x-kubernetes-preserve-unknown-fields"):
+                    s.setdefault("additionalProperties", False)
+                for v in s.values():
+                    close(v)
+            elif isinstance(s, list):
+                for v in s:
+                    close(v)
+        close(schema)
+        body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+        for error in jsonschema.Draft7Validator(schema).iter_errors(body):
+            print(f"  FAIL {path}: {'/'.join(map(str, error.path))}: {error.message}", file=sys.stderr)
+            bad += 1
+        count += 1
+print(f"  {count} manifests checked (CEL rules: operator/tests/examples.rs)")
+sys.exit(1 if bad or count == 0 else 0)
+PY
+
 echo "--- bad values are rejected"
 bad=0
 # Each case: expected error text | helm arguments.
