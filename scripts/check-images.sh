@@ -5,10 +5,10 @@
 #     FROM debian:bookworm-slim, no `latest` tags;
 #   * every `COPY --from=<stage>` source is produced in that stage by
 #     `install … target/release/<bin> <source>` after `cargo build --release --locked
-#     -p <package> --bin <bin>`, and <package> really has a binary <bin>: the same cargo
-#     command is run here in the debug profile (CI already built it for the tests, so it is
-#     a no-op; a release build would add ~10 minutes on CI's 2 cores and only changes
-#     optimisation) and target/debug/<bin> must exist and answer --version;
+#     -p <package> --bin <bin>`, and <package> really has a binary <bin> (cargo metadata)
+#     whose debug build target/debug/<bin> answers --version (CI's test run built it; it
+#     is built here only when missing). A release build would add ~10 minutes on CI's 2
+#     cores and changes only optimisation, so the debug path stands in for target/release;
 #   * the final stage runs as a numeric non-root USER (uid and gid > 0);
 #   * the operator image installs postgresql-client-${PG_MAJOR} from the PGDG repository
 #     with PG_MAJOR >= the newest PostgreSQL major the project tests against, and points
@@ -107,8 +107,11 @@ for dockerfile in ["operator/Dockerfile", "dataplane/Dockerfile"]:
         if (package, binary) not in bins:
             fail(f"{dockerfile}: package {package} has no binary {binary}")
             continue
-        subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", package, "--bin", binary], check=True)
         path = f"target/debug/{binary}"
+        # CI's test run has just built it (with dev-dependency features, which a plain
+        # `cargo build` would not reuse): only build when it is missing.
+        if not os.access(path, os.X_OK):
+            subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", package, "--bin", binary], check=True)
         if not os.access(path, os.X_OK):
             fail(f"{dockerfile}: {path} missing after cargo build")
             continue
