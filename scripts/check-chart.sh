@@ -68,6 +68,23 @@ for case in default all-on; do
     "$operator_bin" check-config --config "$out/$case/servers.yaml" | sed 's/^/  /'
 done
 
+echo "--- the RBAC comparison notices a missing and an extra permission"
+python3 - "$out/default/rendered.yaml" "$out/mutated.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+role = next(d for d in docs if d["kind"] == "ClusterRole" and "operator" in d["metadata"]["name"])
+role["rules"][0]["verbs"] = [v for v in role["rules"][0]["verbs"] if v != "patch"] + ["delete"]
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
+PY
+if python3 scripts/check_chart.py "$out/mutated.yaml" "$out/default-values.json" "$out/rbac.json" \
+    "$NAMESPACE" >"$out/mutated.log" 2>&1; then
+    echo "  FAIL a mutated ClusterRole passed the RBAC comparison" >&2
+    exit 1
+fi
+grep -q "lacks patch edumind.ai/schools" "$out/mutated.log" && grep -q "granted delete edumind.ai/schools" "$out/mutated.log" \
+    || { cat "$out/mutated.log" >&2; exit 1; }
+echo "  ok: missing patch and extra delete on schools both reported"
+
 echo "--- examples/ validate against the chart's CRD schemas"
 python3 - <<'PY'
 import glob, sys
