@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the Helm chart charts/edumind (run by .ci/run; docs/chart.md explains each step):
 #   1. chart crds/ byte-identical to crds/generated/ (scripts/sync-chart-crds.sh --check)
-#   2. helm lint --strict with the default values and ci/all-on-values.yaml
+#   2. helm lint --strict with the default values and each charts/edumind/ci/*-values.yaml
 #   3. helm template of both, every object validated against the Kubernetes schemas of the
 #      oldest and newest supported versions, RBAC compared with `edumind-operator rbac`,
 #      restricted pod security and probes, config files parsed (scripts/check_chart.py),
@@ -48,12 +48,15 @@ print(json.dumps(values))
 PY
 }
 
-for case in default all-on; do
+# The default values, then every charts/edumind/ci/*-values.yaml.
+cases=(default)
+for f in "$CHART"/ci/*-values.yaml; do cases+=("$(basename "$f" -values.yaml)"); done
+for case in "${cases[@]}"; do
     args=()
     files=()
-    if [ "$case" = all-on ]; then
-        args=(-f "$CHART/ci/all-on-values.yaml")
-        files=("$CHART/ci/all-on-values.yaml")
+    if [ "$case" != default ]; then
+        args=(-f "$CHART/ci/$case-values.yaml")
+        files=("$CHART/ci/$case-values.yaml")
     fi
     echo "--- $case values: helm lint --strict"
     helm lint --strict --quiet "$CHART" "${args[@]}" -n "$NAMESPACE"
