@@ -67,6 +67,9 @@ for case in "${cases[@]}"; do
     cp "$out/$case.yaml" "$out/$case/rendered.yaml"
     python3 scripts/check_chart.py "$out/$case/rendered.yaml" "$out/$case-values.json" \
         "$out/rbac.json" "$NAMESPACE" "${K8S_VERSIONS[@]}"
+    echo "--- $case values: NOTES.txt renders (helm install --dry-run=client)"
+    helm install --dry-run=client "$RELEASE" "$CHART" -n "$NAMESPACE" "${args[@]}" >"$out/$case-install.txt"
+    grep -q "^NOTES:" "$out/$case-install.txt" || { echo "  FAIL no NOTES for $case" >&2; exit 1; }
     echo "--- $case values: the operator accepts the rendered target server config"
     "$operator_bin" check-config --config "$out/$case/servers.yaml" | sed 's/^/  /'
 done
