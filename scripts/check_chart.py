@@ -14,7 +14,7 @@ merged with the file the render used, produced by check-chart.sh), RBAC.json is
   * the RBAC the chart grants each component's ServiceAccount equals the list in code:
     nothing missing, nothing extra, in the right namespaces or cluster-wide;
   * the pod security baseline (restricted profile) and the probes;
-  * the data plane's TOML parses; the operator's target server config is written to
+  * the data plane's TOML parses and uses only keys its Settings structs know (file and EDUMIND_DP__* environment); the operator's target server config is written to
     OUT_DIR for `edumind-operator check-config`.
 """
 
@@ -172,14 +172,48 @@ def check_pods(objects, problems):
                 fail(problems, f"{where}: no image")
 
 
+def dataplane_settings_keys(path="dataplane/src/config.rs"):
+    """The data plane's TOML keys, read from its serde structs (deny_unknown_fields: an
+    unknown key stops it at start-up). Returns {section or "": {key: nested struct or None}}."""
+    import re
+    text = open(path).read()
+    structs = {}
+    for name, body in re.findall(r"pub struct (\w+) \{(.*?)\n\}", text, re.S):
+        structs[name] = dict(re.findall(r"pub (\w+): (\w+)", body))
+    return structs
+
+
+def check_dataplane_toml(config, problems, where):
+    structs = dataplane_settings_keys()
+    def walk(table, struct, at):
+        fields = structs.get(struct, {})
+        for key, value in table.items():
+            if key not in fields:
+                fail(problems, f"{where}: unknown data plane setting {at}{key} (dataplane/src/config.rs)")
+            elif isinstance(value, dict):
+                walk(value, fields[key], f"{at}{key}.")
+    walk(config, "Settings", "")
+
+
 def extract_configs(objects, out_dir, problems):
     for o in objects:
+        if o["kind"] == "Deployment":
+            for c in o["spec"]["template"]["spec"]["containers"]:
+                for env in c.get("env", []):
+                    if env["name"].startswith("EDUMIND_DP__"):
+                        path = [p.lower() for p in env["name"][len("EDUMIND_DP__"):].split("__")]
+                        nested = {}
+                        cur = nested
+                        for part in path[:-1]:
+                            cur = cur.setdefault(part, {})
+                        cur[path[-1]] = "value"
+                        check_dataplane_toml(nested, problems, f"{name_of(o)} env {env['name']}")
         if o["kind"] != "ConfigMap":
             continue
         for key, text in (o.get("data") or {}).items():
             if key.endswith(".toml"):
                 try:
-                    tomllib.loads(text)
+                    check_dataplane_toml(tomllib.loads(text), problems, f"{name_of(o)} {key}")
                 except tomllib.TOMLDecodeError as e:
                     fail(problems, f"{name_of(o)} key {key} is not valid TOML: {e}")
             if key == "servers.yaml":
