@@ -14,8 +14,28 @@
 #     with PG_MAJOR >= the newest PostgreSQL major the project tests against, and points
 #     EDUMIND_PG_BINDIR at it;
 #   * .dockerignore keeps target/ and .tools/ out of the context but nothing a build needs.
+# Arguments: Dockerfiles to check instead of the two (a path containing "operator" gets
+# the operator's checks); the script's own self-test uses this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--self-test" ]; then
+    # A Dockerfile that runs as root, from an unpinned builder, without the pg tools and
+    # copying a binary no stage builds must fail each check.
+    dir=$(mktemp -d)
+    trap 'rm -rf "$dir"' EXIT
+    sed -e 's/^USER 65532:65532/USER root/' -e 's/^FROM rust:1.95-bookworm/FROM rust:latest/' \
+        -e 's/postgresql-client-\${PG_MAJOR}/postgresql-client/' \
+        -e 's#/out/edumind-operator /usr/local#/out/edumind-operatorx /usr/local#' \
+        operator/Dockerfile >"$dir/operator.Dockerfile"
+    if bash "$0" "$dir/operator.Dockerfile" >"$dir/log" 2>&1; then
+        echo "  FAIL a broken Dockerfile passed" >&2; exit 1
+    fi
+    for expect in "not a numeric non-root" "builder is rust:latest" "postgresql-client-\${PG_MAJOR} is not installed" "is not installed from target/release/"; do
+        grep -qF -- "$expect" "$dir/log" || { echo "  FAIL self-test did not report: $expect" >&2; cat "$dir/log" >&2; exit 1; }
+    done
+    echo "  self-test: a broken Dockerfile fails all four checks"
+    exit 0
+fi
 python3 - "$@" <<'PY'
 import json, os, re, shlex, subprocess, sys
 
@@ -62,7 +82,7 @@ members = json.loads(subprocess.run(
     check=True, capture_output=True, text=True).stdout)
 bins = {(p["name"], t["name"]) for p in members["packages"] for t in p["targets"] if "bin" in t["kind"]}
 
-for dockerfile in ["operator/Dockerfile", "dataplane/Dockerfile"]:
+for dockerfile in sys.argv[1:] or ["operator/Dockerfile", "dataplane/Dockerfile"]:
     print(f"--- {dockerfile}")
     st = stages(instructions(dockerfile))
     if len(st) < 2:
@@ -129,7 +149,7 @@ for dockerfile in ["operator/Dockerfile", "dataplane/Dockerfile"]:
             fail(f"{dockerfile}: USER {users[-1]} is not a numeric non-root uid:gid")
         else:
             print(f"  USER {users[-1]}")
-    if dockerfile.startswith("operator/"):
+    if "operator" in dockerfile:
         runs = " ".join(r for k, r in final["instrs"] if k == "RUN")
         major = args.get("PG_MAJOR")
         if major is None or not major.isdigit() or int(major) < MIN_PG_MAJOR:
