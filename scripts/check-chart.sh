@@ -149,7 +149,7 @@ while IFS='|' read -r expect setargs; do
     fi
 done <<'EOF'
 minimum: got 0, want 1|--set operator.replicaCount=0
-value must be one of 'pvc', 's3'|--set backup.storage.type=nfs
+value must be one of 'none', 'pvc', 's3'|--set backup.storage.type=nfs
 additional properties 'replicas' not allowed|--set operator.replicas=2
 got string, want integer|--set-string dataplane.pool.serverBudget=lots
 minItems: got 0, want 1|--set-json targetServers=[]

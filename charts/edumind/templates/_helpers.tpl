@@ -131,3 +131,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "edumind.watchNamespaces" -}}
 {{- toJson (.Values.watchNamespaces | uniq | sortAlpha) -}}
 {{- end -}}
+
+{{/* Default backup storage as JSON in the shape of School spec.backup.storage. */}}
+{{- define "edumind.backupDefaultStorage" -}}
+{{- $st := .Values.backup.storage -}}
+{{- if eq $st.type "pvc" -}}
+{{- toJson (dict "persistentVolumeClaim" (include "edumind.backupClaimName" .)) -}}
+{{- else -}}
+{{- $s3 := dict "bucket" $st.s3.bucket -}}
+{{- with $st.s3.prefix }}{{ $_ := set $s3 "prefix" . }}{{ end -}}
+{{- with $st.s3.endpoint }}{{ $_ := set $s3 "endpoint" . }}{{ end -}}
+{{- with $st.s3.region }}{{ $_ := set $s3 "region" . }}{{ end -}}
+{{- if or $st.s3.existingSecret $st.s3.accessKeyId -}}
+{{- $_ := set $s3 "credentials" (dict "secretName" (include "edumind.s3SecretName" .)) -}}
+{{- end -}}
+{{- toJson (dict "s3" $s3) -}}
+{{- end -}}
+{{- end -}}
