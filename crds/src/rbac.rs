@@ -146,13 +146,34 @@ pub const OPERATOR_RULES: &[Rule] = &[
         Scope::SelfService,
         "self-service tenant Secret: read, create, replace (selfservice::ensure)",
     ),
+    // Verbs as main's backup merge (4d6caf0) documents them in docs/operator.md.
+    pending(
+        rule(
+            "edumind.ai",
+            &["schools"],
+            &["get"],
+            Scope::Watched,
+            "SchoolRestore reconciler reads the School it restores",
+        ),
+        BACKUPS,
+    ),
+    pending(
+        rule(
+            "",
+            &["secrets"],
+            &["delete"],
+            Scope::Watched,
+            "restore credentials Secret removed after a restore",
+        ),
+        BACKUPS,
+    ),
     pending(
         rule(
             "batch",
             &["cronjobs", "jobs"],
             &["get", "list", "watch", "create", "patch", "delete"],
             Scope::Watched,
-            "scheduled backup CronJobs and restore Jobs per School",
+            "scheduled backup CronJobs, final-backup and restore Jobs per School",
         ),
         BACKUPS,
     ),
@@ -160,7 +181,7 @@ pub const OPERATOR_RULES: &[Rule] = &[
         rule(
             "",
             &["pods"],
-            &["get", "list", "watch"],
+            &["list"],
             Scope::Watched,
             "read backup pods' termination messages",
         ),
@@ -169,10 +190,20 @@ pub const OPERATOR_RULES: &[Rule] = &[
     pending(
         rule(
             "edumind.ai",
-            &["schoolbackups", "schoolrestores"],
+            &["schoolbackups"],
+            &["list", "watch"],
+            Scope::Watched,
+            "SchoolBackup controller",
+        ),
+        BACKUPS,
+    ),
+    pending(
+        rule(
+            "edumind.ai",
+            &["schoolrestores"],
             &["get", "list", "watch", "patch"],
             Scope::Watched,
-            "SchoolBackup and SchoolRestore controllers",
+            "SchoolRestore controller (patch: finalizer edumind.ai/restore)",
         ),
         BACKUPS,
     ),
@@ -180,9 +211,9 @@ pub const OPERATOR_RULES: &[Rule] = &[
         rule(
             "edumind.ai",
             &["schoolbackups/status", "schoolrestores/status"],
-            &["get", "patch", "update"],
+            &["patch"],
             Scope::Watched,
-            "SchoolBackup and SchoolRestore status",
+            "SchoolBackup and SchoolRestore status (server-side apply)",
         ),
         BACKUPS,
     ),

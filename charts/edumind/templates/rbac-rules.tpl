@@ -20,19 +20,28 @@ Roles with that list and fails on anything missing or extra.
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
-# Reserved for scheduled backups and SchoolBackup/SchoolRestore (pending in rbac.rs).
+# Backups, SchoolBackup and SchoolRestore (pending in rbac.rs; verbs as main documents them).
+- apiGroups: [edumind.ai]
+  resources: [schools]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [delete]
 - apiGroups: [batch]
   resources: [cronjobs, jobs]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list]
 - apiGroups: [edumind.ai]
-  resources: [schoolbackups, schoolrestores]
+  resources: [schoolbackups]
+  verbs: [list, watch]
+- apiGroups: [edumind.ai]
+  resources: [schoolrestores]
   verbs: [get, list, watch, patch]
 - apiGroups: [edumind.ai]
   resources: [schoolbackups/status, schoolrestores/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 {{- end -}}
 
 {{- define "edumind.operator.rules.release" -}}
