@@ -78,6 +78,13 @@ enum Command {
     /// Print the CustomResourceDefinitions (School, SchoolBackup, SchoolRestore) as YAML
     /// (for `kubectl apply -f -`).
     Crd,
+    /// Print the Kubernetes API permissions the operator and the data plane need (the
+    /// list the Helm chart's RBAC is checked against).
+    Rbac {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = RbacFormat::Yaml)]
+        format: RbacFormat,
+    },
     /// Check a target server configuration file and print the servers it defines.
     CheckConfig {
         #[arg(long, env = "EDUMIND_SERVERS_CONFIG")]
@@ -130,6 +137,12 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RbacFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Args)]
@@ -249,6 +262,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::SchemaVersion => println!("{}", edumind_schema::latest_version()),
         Command::Crd => print!("{}", edumind_crds::all_crds_yaml()?),
+        Command::Rbac { format } => {
+            let rules = &edumind_crds::rbac::PERMISSIONS;
+            match format {
+                RbacFormat::Yaml => print!("{}", serde_yaml_ng::to_string(rules)?),
+                RbacFormat::Json => println!("{}", serde_json::to_string_pretty(rules)?),
+            }
+        }
         Command::CheckConfig { config } => {
             let text = tokio::fs::read_to_string(&config).await?;
             let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;

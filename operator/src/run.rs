@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use edumind_crds::{School, SchoolBackup, SchoolRestore};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 
 /// Name of the Lease the replicas compete for.
-pub const LEASE_NAME: &str = "edumind-operator-leader";
+pub const LEASE_NAME: &str = edumind_crds::rbac::LEADER_LEASE;
 /// How long a Lease stays valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(5);
@@ -67,6 +68,15 @@ pub struct RunArgs {
     /// no backups and `BackupHealthy=False` (`NoBackupStorage`).
     #[arg(long, env = "EDUMIND_BACKUP_DEFAULT_STORAGE")]
     pub backup_default_storage: Option<String>,
+    /// Watch Schools only in these namespaces (comma-separated); empty: every namespace.
+    /// With a list the operator needs RBAC only in those namespaces (namespaced Roles).
+    #[arg(
+        long,
+        env = "EDUMIND_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        num_args = 0..
+    )]
+    pub watch_namespaces: Vec<String>,
 }
 
 impl RunArgs {
@@ -88,6 +98,30 @@ impl RunArgs {
             ..Default::default()
         })
     }
+}
+
+/// An API for namespaced objects in one watched namespace, or in all of them.
+fn scoped<K>(client: &Client, scope: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match scope {
+        None => Api::all(client.clone()),
+        Some(ns) => Api::namespaced(client.clone(), ns),
+    }
+}
+
+/// The namespaces to watch: `None` for all of them, else a de-duplicated, non-empty list.
+pub fn watch_scope(requested: &[String]) -> Option<Vec<String>> {
+    let mut namespaces: Vec<String> = requested
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    (!namespaces.is_empty()).then_some(namespaces)
 }
 
 /// Keeps the self-service tenant provisioned while this replica leads: every resync
@@ -337,8 +371,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             self_stop_rx,
         ))
     });
-    let schools: Api<School> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::all(client.clone());
     let managed =
         || watcher::Config::default().labels("app.kubernetes.io/managed-by=edumind-operator");
     let stopped = || {
@@ -350,11 +382,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let school_controller = Controller::new(schools, watcher::Config::default())
-        .owns(secrets, managed())
-        .owns(Api::<CronJob>::all(client.clone()), managed())
+    // One set of controllers per watched namespace (or one for the whole cluster). School
+    // reconciles share one concurrency limit so that the PostgreSQL servers see at most
+    // `concurrency` of them in total.
+    let scopes: Vec<Option<String>> = match watch_scope(&args.watch_namespaces) {
+        None => vec![None],
+        Some(list) => list.into_iter().map(Some).collect(),
+    };
+    tracing::info!(namespaces = ?scopes, "watching Schools");
+    let permits = Arc::new(tokio::sync::Semaphore::new(usize::from(
+        args.concurrency.max(1),
+    )));
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let permits = permits.clone();
+        let school_controller = Controller::new(
+            scoped::<School>(&client, &scope),
+            watcher::Config::default(),
+        )
+        .owns(scoped::<Secret>(&client, &scope), managed())
+        .owns(scoped::<CronJob>(&client, &scope), managed())
         // Scheduled Jobs belong to the CronJob: map them back by annotation.
-        .watches(Api::<Job>::all(client.clone()), managed(), |job: Job| {
+        .watches(scoped::<Job>(&client, &scope), managed(), |job: Job| {
             let school = job
                 .metadata
                 .annotations
@@ -364,7 +413,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         // A restore that ends gives the School its logins back.
         .watches(
-            Api::<SchoolRestore>::all(client.clone()),
+            scoped::<SchoolRestore>(&client, &scope),
             watcher::Config::default(),
             |r: SchoolRestore| {
                 Some(
@@ -375,33 +424,48 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stopped())
-        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-        .for_each(log_result);
-    let backup_controller = Controller::new(
-        Api::<SchoolBackup>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Job>::all(client.clone()), managed())
-    .graceful_shutdown_on(stopped())
-    .run(
-        crate::ops::reconcile_backup,
-        crate::ops::error_policy,
-        ctx.clone(),
-    )
-    .for_each(log_result);
-    let restore_controller = Controller::new(
-        Api::<SchoolRestore>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Job>::all(client.clone()), managed())
-    .graceful_shutdown_on(stopped())
-    .run(
-        crate::ops::reconcile_restore,
-        crate::ops::error_policy,
-        ctx.clone(),
-    )
-    .for_each(log_result);
-    tokio::join!(school_controller, backup_controller, restore_controller);
+        .run(
+            move |school, ctx| {
+                let permits = permits.clone();
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    reconcile::reconcile(school, ctx).await
+                }
+            },
+            reconcile::error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result)
+        .boxed();
+        let backup_controller = Controller::new(
+            scoped::<SchoolBackup>(&client, &scope),
+            watcher::Config::default(),
+        )
+        .owns(scoped::<Job>(&client, &scope), managed())
+        .graceful_shutdown_on(stopped())
+        .run(
+            crate::ops::reconcile_backup,
+            crate::ops::error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result)
+        .boxed();
+        let restore_controller = Controller::new(
+            scoped::<SchoolRestore>(&client, &scope),
+            watcher::Config::default(),
+        )
+        .owns(scoped::<Job>(&client, &scope), managed())
+        .graceful_shutdown_on(stopped())
+        .run(
+            crate::ops::reconcile_restore,
+            crate::ops::error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result)
+        .boxed();
+        controllers.extend([school_controller, backup_controller, restore_controller]);
+    }
+    futures::future::join_all(controllers).await;
     renew.abort();
     let _ = self_stop_tx.send(true);
     if let Some(task) = self_service {
@@ -458,5 +522,13 @@ mod tests {
             let args = parse(&["--backup-default-storage", bad]);
             assert!(args.backup_config().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn watch_scope_trims_dedups_and_defaults_to_all() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(watch_scope(&[]), None);
+        assert_eq!(watch_scope(&v(&["", " "])), None);
+        assert_eq!(watch_scope(&v(&["b", " a", "b"])), Some(v(&["a", "b"])));
     }
 }

@@ -1,0 +1,25 @@
+{{/* Cross-field checks values.schema.json cannot express; rendered by NOTES.txt. */}}
+{{- define "edumind.validate" -}}
+{{- $defaults := 0 -}}
+{{- $names := dict -}}
+{{- range .Values.targetServers -}}
+{{- if .default }}{{ $defaults = add1 $defaults }}{{ end -}}
+{{- if hasKey $names .name }}{{ fail (printf "targetServers: %q is listed twice" .name) }}{{ end -}}
+{{- $_ := set $names .name true -}}
+{{- end -}}
+{{- if not (or (eq $defaults 1) (and (eq (len .Values.targetServers) 1) (eq $defaults 0))) -}}
+{{- fail (printf "targetServers: exactly one server must have default: true (found %d)" $defaults) -}}
+{{- end -}}
+{{- with .Values.selfService.server -}}
+{{- if not (hasKey $names .) }}{{ fail (printf "selfService.server %q is not in targetServers" .) }}{{ end -}}
+{{- end -}}
+{{- if and (eq .Values.backup.storage.type "s3") (not .Values.backup.storage.s3.bucket) -}}
+{{- fail "backup.storage.s3.bucket is required when backup.storage.type is s3" -}}
+{{- end -}}
+{{- with .Values.dataplane.auth.hs256.value -}}
+{{- if lt (len .) 32 }}{{ fail "dataplane.auth.hs256.value must be at least 32 bytes" }}{{ end -}}
+{{- end -}}
+{{- if and .Values.dataplane.autoscaling.enabled (gt (int .Values.dataplane.autoscaling.minReplicas) (int .Values.dataplane.autoscaling.maxReplicas)) -}}
+{{- fail "dataplane.autoscaling.minReplicas must not exceed maxReplicas" -}}
+{{- end -}}
+{{- end -}}
