@@ -8,7 +8,7 @@
 //! `charts/edumind/templates/*rbac.yaml`.
 //!
 //! Entries marked [`Rule::pending`] are not called by the code on this branch yet: they are
-//! reserved for work in flight (backups, the data plane's in-cluster tenant source) so that
+//! reserved for work in flight (the data plane's in-cluster tenant source) so that
 //! the chart is ready when it lands. Whoever lands that work removes the marker.
 
 use serde::Serialize;
@@ -72,7 +72,6 @@ const fn pending(mut r: Rule, work: &'static str) -> Rule {
 /// Name of the operator's leader-election Lease (also `edumind_operator::run::LEASE_NAME`).
 pub const LEADER_LEASE: &str = "edumind-operator-leader";
 
-const BACKUPS: &str = "SchoolBackup/SchoolRestore and scheduled backups (wt-backup)";
 const TENANT_SOURCE: &str = "data plane in-cluster tenant source (wt-dp)";
 
 /// What `edumind-operator run` calls.
@@ -146,76 +145,57 @@ pub const OPERATOR_RULES: &[Rule] = &[
         Scope::SelfService,
         "self-service tenant Secret: read, create, replace (selfservice::ensure)",
     ),
-    // Verbs as main's backup merge (4d6caf0) documents them in docs/operator.md.
-    pending(
-        rule(
-            "edumind.ai",
-            &["schools"],
-            &["get"],
-            Scope::Watched,
-            "SchoolRestore reconciler reads the School it restores",
-        ),
-        BACKUPS,
+    // Backups: School CronJobs and final backups, SchoolBackup, SchoolRestore.
+    rule(
+        "edumind.ai",
+        &["schools"],
+        &["get"],
+        Scope::Watched,
+        "SchoolRestore reconciler reads the School it restores",
     ),
-    pending(
-        rule(
-            "",
-            &["secrets"],
-            &["delete"],
-            Scope::Watched,
-            "restore credentials Secret removed after a restore",
-        ),
-        BACKUPS,
+    rule(
+        "",
+        &["secrets"],
+        &["delete"],
+        Scope::Watched,
+        "restore credentials Secret removed after a restore",
     ),
-    pending(
-        rule(
-            "batch",
-            &["cronjobs", "jobs"],
-            &["get", "list", "watch", "create", "patch", "delete"],
-            Scope::Watched,
-            "scheduled backup CronJobs, final-backup and restore Jobs per School",
-        ),
-        BACKUPS,
+    rule(
+        "batch",
+        &["cronjobs", "jobs"],
+        &["get", "list", "watch", "create", "patch", "delete"],
+        Scope::Watched,
+        "backup CronJob per School (server-side apply; deleted when storage is removed), \
+         on-demand, restore and final-backup Jobs (server-side apply; the final one deleted \
+         after the drop), Controller watches of both",
     ),
-    pending(
-        rule(
-            "",
-            &["pods"],
-            &["list"],
-            Scope::Watched,
-            "read backup pods' termination messages",
-        ),
-        BACKUPS,
+    rule(
+        "",
+        &["pods"],
+        &["list"],
+        Scope::Watched,
+        "read backup pods' termination messages",
     ),
-    pending(
-        rule(
-            "edumind.ai",
-            &["schoolbackups"],
-            &["list", "watch"],
-            Scope::Watched,
-            "SchoolBackup controller",
-        ),
-        BACKUPS,
+    rule(
+        "edumind.ai",
+        &["schoolbackups"],
+        &["list", "watch"],
+        Scope::Watched,
+        "SchoolBackup controller",
     ),
-    pending(
-        rule(
-            "edumind.ai",
-            &["schoolrestores"],
-            &["get", "list", "watch", "patch"],
-            Scope::Watched,
-            "SchoolRestore controller (patch: finalizer edumind.ai/restore)",
-        ),
-        BACKUPS,
+    rule(
+        "edumind.ai",
+        &["schoolrestores"],
+        &["get", "list", "watch", "patch"],
+        Scope::Watched,
+        "SchoolRestore controller (patch: finalizer edumind.ai/restore)",
     ),
-    pending(
-        rule(
-            "edumind.ai",
-            &["schoolbackups/status", "schoolrestores/status"],
-            &["patch"],
-            Scope::Watched,
-            "SchoolBackup and SchoolRestore status (server-side apply)",
-        ),
-        BACKUPS,
+    rule(
+        "edumind.ai",
+        &["schoolbackups/status", "schoolrestores/status"],
+        &["patch"],
+        Scope::Watched,
+        "SchoolBackup and SchoolRestore status (server-side apply)",
     ),
 ];
 

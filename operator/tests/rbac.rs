@@ -3,21 +3,31 @@
 //! used. The client handed to the reconciler, the self-service loop and leader election
 //! wraps the in-memory fake API in a service that records each request as
 //! (namespace, group, resource, verb) before passing it on.
+//!
+//! The backup scenarios play the Job controller and kubelet as `backupops.rs` does: the
+//! test (through the unrecorded fake) sets a Job's status and creates its Pod with the
+//! runner's termination message; only the operator's own calls are recorded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use edumind_crds::rbac::{OPERATOR_RULES, Rule, Scope};
-use edumind_crds::{ReclaimPolicy, School, SchoolSpec};
+use edumind_crds::{
+    ReclaimPolicy, School, SchoolBackup, SchoolBackupSpec, SchoolRestore, SchoolRestoreSpec,
+    SchoolSpec,
+};
+use edumind_operator::backup::RunResult;
+use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::credentials::SecretString;
 use edumind_operator::metrics::Metrics;
 use edumind_operator::reconcile::{self, Context};
-use edumind_operator::{pg, run, selfservice};
+use edumind_operator::{ops, pg, run, selfservice};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -94,6 +104,45 @@ fn covered(call: &Call) -> Option<&'static Rule> {
         .find(|r| scope_of(ns).contains(&r.scope) && r.allows(group, resource, verb))
 }
 
+/// Plays the Job controller and kubelet (through the unrecorded fake): the Job finished
+/// successfully and its Pod's runner container terminated with `message`.
+async fn finish_job(fake: &Client, job: &str, message: &str) {
+    let jobs: Api<Job> = Api::namespaced(fake.clone(), SCHOOL_NS);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    jobs.patch_status(
+        job,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"completionTime": now, "conditions": [{"type": "Complete",
+            "status": "True", "lastTransitionTime": now, "reason": "Completed"}]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let school_id = jobs
+        .get(job)
+        .await
+        .unwrap()
+        .labels()
+        .get(backupjobs::LABEL_SCHOOL_ID)
+        .cloned()
+        .unwrap_or_default();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{job}-pod"), "namespace": SCHOOL_NS,
+            "labels": {backupjobs::LABEL_JOB_NAME: job, backupjobs::LABEL_SCHOOL_ID: school_id}},
+        "spec": {"containers": [{"name": backupjobs::CONTAINER, "image": "x"}]},
+        "status": {"containerStatuses": [{"name": backupjobs::CONTAINER, "image": "x", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": now}}}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(fake.clone(), SCHOOL_NS)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+}
+
 /// Listed permissions the in-memory API cannot show being used, and why.
 const NOT_OBSERVABLE: &[(&str, &str, &str, &str)] = &[
     (
@@ -133,6 +182,54 @@ const NOT_OBSERVABLE: &[(&str, &str, &str, &str)] = &[
         "create",
         "server-side apply of a new Secret is a PATCH the API server authorises as create too",
     ),
+    (
+        "batch",
+        "cronjobs",
+        "list",
+        "the School Controller's watcher of owned CronJobs",
+    ),
+    (
+        "batch",
+        "cronjobs",
+        "watch",
+        "the School Controller's watcher of owned CronJobs",
+    ),
+    (
+        "batch",
+        "cronjobs",
+        "create",
+        "server-side apply of a new CronJob is a PATCH the API server authorises as create too",
+    ),
+    (
+        "batch",
+        "jobs",
+        "watch",
+        "the Controllers' watchers of backup, final-backup and restore Jobs",
+    ),
+    (
+        "batch",
+        "jobs",
+        "create",
+        "server-side apply of a new Job is a PATCH the API server authorises as create too",
+    ),
+    (
+        "edumind.ai",
+        "schoolbackups",
+        "list",
+        "the SchoolBackup Controller's watcher (no reconciler lists SchoolBackups)",
+    ),
+    (
+        "edumind.ai",
+        "schoolbackups",
+        "watch",
+        "the SchoolBackup Controller's watcher",
+    ),
+    (
+        "edumind.ai",
+        "schoolrestores",
+        "watch",
+        "the SchoolRestore Controller's and the School Controller's watchers",
+    ),
 ];
 
 #[tokio::test]
@@ -160,6 +257,10 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
     let fake = kube_fake_client::ClientBuilder::new()
         .with_resource::<School>()
         .with_status_subresource::<School>()
+        .with_resource::<SchoolBackup>()
+        .with_status_subresource::<SchoolBackup>()
+        .with_resource::<SchoolRestore>()
+        .with_status_subresource::<SchoolRestore>()
         .with_object(admin_secret)
         .build()
         .await
@@ -176,11 +277,16 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
         client_port: None,
         maintenance_database: "postgres".into(),
     };
-    let ctx = Context::new(
+    // No default storage: Schools without `spec.backup.storage` get no CronJob.
+    let ctx = Context::with_backup(
         client.clone(),
         TargetServers::new(vec![server.clone()]).unwrap(),
         OPERATOR_NS.into(),
         Arc::new(Metrics::default()),
+        BackupConfig {
+            image: "registry.example/edumind-operator:test".into(),
+            ..Default::default()
+        },
     );
     // Users' actions go through the fake directly and are not recorded.
     let schools: Api<School> = Api::namespaced(fake.clone(), SCHOOL_NS);
@@ -238,6 +344,159 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
     })
     .await;
     let _ = reconcile::reconcile(Arc::new(schools.get("bad").await.unwrap()), ctx.clone()).await;
+
+    // Scheduled backups: the CronJob is created, then updated after a spec change.
+    let with_storage = |code: &str, policy: ReclaimPolicy| {
+        let mut s = spec(code, policy);
+        s.backup =
+            serde_json::from_value(json!({"storage": {"persistentVolumeClaim": "bk"}})).unwrap();
+        s
+    };
+    create("bk", with_storage("K", ReclaimPolicy::Retain)).await;
+    reconcile("bk").await;
+    let cron_jobs: Api<CronJob> = Api::namespaced(fake.clone(), SCHOOL_NS);
+    let cron_name = backupjobs::cron_job_name("bk");
+    assert!(cron_jobs.get_opt(&cron_name).await.unwrap().is_some());
+    let schedule = json!({"spec": {"backup": {"schedule": "0 4 * * 1"}}});
+    schools
+        .patch("bk", &PatchParams::default(), &Patch::Merge(&schedule))
+        .await
+        .unwrap();
+    reconcile("bk").await;
+    let cj = cron_jobs.get(&cron_name).await.unwrap();
+    let cj_spec = cj.spec.unwrap();
+    assert_eq!(cj_spec.schedule, "0 4 * * 1");
+    // A Job the CronJob started finishes; its result is read back into the School's status.
+    let template = cj_spec.job_template;
+    let jobs: Api<Job> = Api::namespaced(fake.clone(), SCHOOL_NS);
+    let scheduled = Job {
+        metadata: kube::api::ObjectMeta {
+            name: Some("bk-backup-1".into()),
+            namespace: Some(SCHOOL_NS.into()),
+            labels: template.metadata.clone().unwrap().labels,
+            annotations: template.metadata.clone().unwrap().annotations,
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    };
+    jobs.create(&PostParams::default(), &scheduled)
+        .await
+        .unwrap();
+    finish_job(
+        &fake,
+        "bk-backup-1",
+        &RunResult::success("backup", "k/scheduled.dump", 10).to_json(),
+    )
+    .await;
+    reconcile("bk").await;
+    let backup_status = schools.get("bk").await.unwrap().status.unwrap().backup;
+    assert_eq!(
+        backup_status.unwrap().last_success.unwrap().object,
+        "k/scheduled.dump"
+    );
+
+    // A SchoolBackup runs to completion.
+    let backups: Api<SchoolBackup> = Api::namespaced(fake.clone(), SCHOOL_NS);
+    let mut sb = SchoolBackup::new(
+        "now",
+        SchoolBackupSpec {
+            school: "bk".into(),
+        },
+    );
+    sb.metadata.namespace = Some(SCHOOL_NS.into());
+    backups.create(&PostParams::default(), &sb).await.unwrap();
+    let reconcile_backup = || {
+        let (backups, ctx) = (backups.clone(), ctx.clone());
+        async move {
+            let sb = backups.get("now").await.unwrap();
+            ops::reconcile_backup(Arc::new(sb), ctx).await.unwrap();
+            backups.get("now").await.unwrap().status.unwrap()
+        }
+    };
+    let job_name = reconcile_backup().await.job.unwrap();
+    finish_job(
+        &fake,
+        &job_name,
+        &RunResult::success("backup", "k/on-demand.dump", 10).to_json(),
+    )
+    .await;
+    assert_eq!(reconcile_backup().await.phase.as_deref(), Some("Succeeded"));
+
+    // A SchoolRestore runs to success: finalizer, temporary Secret, Job, then clean-up.
+    let restores: Api<SchoolRestore> = Api::namespaced(fake.clone(), SCHOOL_NS);
+    let mut sr = SchoolRestore::new(
+        "undo",
+        SchoolRestoreSpec {
+            school: "bk".into(),
+            backup: "latest".into(),
+        },
+    );
+    sr.metadata.namespace = Some(SCHOOL_NS.into());
+    restores.create(&PostParams::default(), &sr).await.unwrap();
+    let reconcile_restore = || {
+        let (restores, ctx) = (restores.clone(), ctx.clone());
+        async move {
+            let sr = restores.get("undo").await.unwrap();
+            ops::reconcile_restore(Arc::new(sr), ctx).await.unwrap();
+            restores.get("undo").await.unwrap()
+        }
+    };
+    let running = reconcile_restore().await;
+    let st = running.status.clone().unwrap();
+    assert_eq!(st.phase.as_deref(), Some("Restoring"), "{st:?}");
+    finish_job(
+        &fake,
+        &st.job.unwrap(),
+        &RunResult::success("restore", "k/on-demand.dump", 10).to_json(),
+    )
+    .await;
+    let done = reconcile_restore().await;
+    assert_eq!(
+        done.status.clone().unwrap().phase.as_deref(),
+        Some("Succeeded")
+    );
+    assert!(done.finalizers().is_empty(), "finalizer released");
+    assert!(
+        secrets
+            .get_opt(&ops::restore_secret_name("undo"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    reconcile("bk").await;
+
+    // Storage removed: the CronJob is deleted.
+    let no_storage = json!({"spec": {"backup": {"storage": null}}});
+    schools
+        .patch("bk", &PatchParams::default(), &Patch::Merge(&no_storage))
+        .await
+        .unwrap();
+    reconcile("bk").await;
+    assert!(cron_jobs.get_opt(&cron_name).await.unwrap().is_none());
+
+    // reclaimPolicy snapshot: the final backup Job runs, succeeds, is deleted, then the drop.
+    create("snap", with_storage("S", ReclaimPolicy::Snapshot)).await;
+    reconcile("snap").await;
+    let delete_snap = || {
+        let (schools, ctx) = (schools.clone(), ctx.clone());
+        async move {
+            let mut school = schools.get("snap").await.unwrap();
+            school.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+            reconcile::reconcile(Arc::new(school), ctx).await.unwrap();
+            schools.get("snap").await.unwrap()
+        }
+    };
+    delete_snap().await;
+    let final_job = backupjobs::final_job_name("snap");
+    finish_job(
+        &fake,
+        &final_job,
+        &RunResult::success("backup", "s/final.dump", 10).to_json(),
+    )
+    .await;
+    assert!(delete_snap().await.finalizers().is_empty(), "dropped");
+    assert!(jobs.get_opt(&final_job).await.unwrap().is_none());
 
     // The self-service tenant: create its Secret, keep it, replace it after a change.
     let admin = pg::admin_options(
