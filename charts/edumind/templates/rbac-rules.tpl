@@ -20,7 +20,7 @@ Roles with that list and fails on anything missing or extra.
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
-# Backups, SchoolBackup and SchoolRestore (pending in rbac.rs; verbs as main documents them).
+# Backups, SchoolBackup and SchoolRestore.
 - apiGroups: [edumind.ai]
   resources: [schools]
   verbs: [get]
