@@ -14,6 +14,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // The Kubernetes client's TLS: choose the one crypto provider explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
