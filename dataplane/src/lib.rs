@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod distribute;
 pub mod kube_source;
 pub mod metrics;
 pub mod openapi;

@@ -165,6 +165,32 @@ impl Application {
     }
 }
 
+/// The current tenant set from the source the settings name, read once (one-shot jobs
+/// such as `distribute-content`).
+pub async fn load_tenants(settings: &Settings) -> Result<TenantDirectory, StartError> {
+    let directory = TenantDirectory::default();
+    match settings.tenant_source {
+        TenantSourceKind::Directory => {
+            let source = FileTenantSource {
+                dir: settings.tenants_dir.clone(),
+            };
+            directory.refresh_once(&source).await?;
+        }
+        TenantSourceKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
+            let source = KubeTenantSource {
+                client,
+                namespaces: settings.kubernetes.namespaces.clone(),
+                label_selector: settings.kubernetes.label_selector.clone(),
+            };
+            directory.refresh_once(&source).await?;
+        }
+    }
+    Ok(directory)
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
