@@ -26,6 +26,10 @@ const WRITABLE: &[&str] = &[
     "assessments",
 ];
 
+/// The tables platform admins may delete from (content; the `edumind_admin` policy is
+/// the only one that admits a DELETE).
+const DELETABLE: &[&str] = &["courses", "questions", "assessments"];
+
 /// Quotes a PostgreSQL identifier: doubles embedded quotes and wraps it in quotes. The one
 /// place identifiers are put into SQL text in this crate.
 pub fn quote_ident(name: &str) -> String {
@@ -44,6 +48,12 @@ pub async fn apply_policies(conn: &mut PgConnection, app_role: &str) -> Result<(
     for t in WRITABLE {
         grants.push(format!(
             "GRANT INSERT, UPDATE ON TABLE {} TO {role}",
+            quote_ident(t)
+        ));
+    }
+    for t in DELETABLE {
+        grants.push(format!(
+            "GRANT DELETE ON TABLE {} TO {role}",
             quote_ident(t)
         ));
     }

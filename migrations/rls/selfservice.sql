@@ -12,7 +12,8 @@
 -- Privileges (granted to the application role by apply_policies, kept in step with this
 -- file because its hash is the policy version the operator records): SELECT on all
 -- tables; INSERT, UPDATE on users, students, student_assessments, student_responses,
--- courses, questions, assessments. Content writes are admin-only through the
+-- courses, questions, assessments; DELETE on courses, questions, assessments (no
+-- policy but edumind_admin admits a DELETE). Content writes are admin-only through the
 -- edumind_admin policy; the trigger at the end limits everyone else's question updates
 -- to the answer counters.
 

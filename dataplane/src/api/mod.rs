@@ -2,6 +2,8 @@
 //! business error into a [`Problem`] reply themselves, so rejections only ever mean "this
 //! route does not match" (or the body could not be read).
 
+mod deletes;
+
 use std::convert::Infallible;
 use std::time::Instant;
 
@@ -262,6 +264,8 @@ pub fn routes(s: Ctx) -> BoxedFilter<(Response,)> {
         .or(assessment_put(&s))
         .unify()
         .or(class_put(&s))
+        .unify()
+        .or(deletes::routes(&s))
         .unify()
         .recover(crate::problem::recover)
         .unify()
