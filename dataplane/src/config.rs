@@ -100,6 +100,9 @@ pub struct AuthSettings {
     pub jwks_file: Option<PathBuf>,
     /// Clock skew allowed on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// How often the JWKS file is re-read (a changed file replaces the keys without a
+    /// restart), in milliseconds.
+    pub jwks_reload_ms: u64,
 }
 
 impl Default for Settings {
@@ -149,6 +152,7 @@ impl Default for AuthSettings {
             hs256_secret: None,
             jwks_file: None,
             leeway_secs: 30,
+            jwks_reload_ms: 30_000,
         }
     }
 }

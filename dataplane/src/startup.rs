@@ -122,6 +122,14 @@ impl Application {
             cache,
             metrics,
         });
+        let mut tasks = tasks;
+        if state.settings.auth.jwks_file.is_some() {
+            tasks.push(crate::auth::spawn_jwks_reloader(
+                state.clone(),
+                Duration::from_millis(state.settings.auth.jwks_reload_ms.max(100)),
+                shutdown_tx.subscribe(),
+            ));
+        }
         Ok(Application {
             port,
             listener,
