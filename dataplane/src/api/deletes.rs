@@ -14,7 +14,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{
-    Who, begin_scoped, db_problem, instrument, pool_problem, principal, reply, scope, with,
+    Who, begin_scoped, db_problem, instrument, keyed_path, pool_problem, principal, reply, scope,
+    with,
 };
 use crate::access::path_uuid;
 use crate::openapi::{self, RouteDoc};
@@ -93,12 +94,7 @@ fn referenced() -> Problem {
 }
 
 fn route(s: &Ctx, d: &'static Deletable) -> BoxedFilter<(Response,)> {
-    let f = warp::path("v1")
-        .and(warp::path("tenants"))
-        .and(warp::path::param::<String>())
-        .and(warp::path(d.segment))
-        .and(warp::path::param::<String>())
-        .and(warp::path::end())
+    let f = keyed_path(d.segment)
         .and(warp::delete())
         .and(principal(s))
         .and(with(s))

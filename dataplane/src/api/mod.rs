@@ -81,6 +81,18 @@ fn json_body<T: serde::de::DeserializeOwned + Send>(
         })
 }
 
+/// `/v1/tenants/{tenant}/{segment}/{key}`: the path of one row of a keyed resource.
+pub(super) fn keyed_path(
+    segment: &'static str,
+) -> impl Filter<Extract = (String, String), Error = warp::Rejection> + Clone {
+    warp::path("v1")
+        .and(warp::path("tenants"))
+        .and(warp::path::param::<String>())
+        .and(warp::path(segment))
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+}
+
 /// Counts and times every reply of one route. The only way to mount a route: it takes
 /// the route's entry of the OpenAPI table, so every route is documented.
 fn instrument(s: &Ctx, doc: RouteDoc, f: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {

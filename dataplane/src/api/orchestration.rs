@@ -190,64 +190,29 @@ pub(super) const BREAKER_STATES: [&str; 3] = ["Closed", "Open", "HalfOpen"];
 /// `GET /v1/tenants/{tenant}/circuit-breakers?after=&limit=`: circuit breaker states,
 /// keyset-paginated by `agent_key`. Platform admins only.
 pub fn breakers_list(s: &Ctx) -> BoxedFilter<(Response,)> {
-    let f = warp::path!("v1" / "tenants" / String / "circuit-breakers")
-        .and(warp::get())
-        .and(warp::query::<KeyQuery>())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(|t: String, q: KeyQuery, who: Who, inm: Option<String>, s: Ctx| async move {
-            reply(
-                async {
-                    let sc = admin_scope(&s, who, &t)?;
-                    let limit = page_limit(q.limit)?;
-                    let doc = fetch_doc(
-                        &s,
-                        &sc,
-                        scoped!(
-                            "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.agent_key), '[]'::jsonb) AS doc FROM ( \
-                             SELECT * FROM circuit_breaker_states WHERE ($3::text IS NULL OR agent_key > $3::text) \
-                             ORDER BY agent_key LIMIT $4::int) c"
-                        ),
-                        &[q.after.map(Value::String).unwrap_or(Value::Null), json!(limit)],
-                    )
-                    .await?;
-                    Ok(etagged(page(doc, limit, "agent_key").to_string(), inm.as_deref()))
-                }
-                .await,
-            )
-        })
-        .boxed();
-    instrument(s, openapi::BREAKERS_LIST, f)
+    agent_keyed_list(
+        s,
+        openapi::BREAKERS_LIST,
+        "circuit-breakers",
+        scoped!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.agent_key), '[]'::jsonb) AS doc FROM ( \
+             SELECT * FROM circuit_breaker_states WHERE ($3::text IS NULL OR agent_key > $3::text) \
+             ORDER BY agent_key LIMIT $4::int) c"
+        ),
+    )
 }
 
 /// `GET /v1/tenants/{tenant}/circuit-breakers/{agent_key}`. Platform admins only.
 pub fn breakers_get(s: &Ctx) -> BoxedFilter<(Response,)> {
-    let f = warp::path!("v1" / "tenants" / String / "circuit-breakers" / String)
-        .and(warp::get())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(|t: String, k: String, who: Who, inm: Option<String>, s: Ctx| async move {
-            reply(
-                async {
-                    let sc = admin_scope(&s, who, &t)?;
-                    let k = path_agent_key(&k)?;
-                    let doc = fetch_doc(
-                        &s,
-                        &sc,
-                        scoped!("SELECT to_jsonb(c) AS doc FROM circuit_breaker_states c WHERE c.agent_key = $3::text"),
-                        &[Value::String(k)],
-                    )
-                    .await?
-                    .ok_or_else(Problem::not_found)?;
-                    Ok(etagged(doc.to_string(), inm.as_deref()))
-                }
-                .await,
-            )
-        })
-        .boxed();
-    instrument(s, openapi::BREAKERS_GET, f)
+    keyed_get(
+        s,
+        openapi::BREAKERS_GET,
+        "circuit-breakers",
+        PathKey::Agent,
+        scoped!(
+            "SELECT to_jsonb(c) AS doc FROM circuit_breaker_states c WHERE c.agent_key = $3::text"
+        ),
+    )
 }
 
 #[derive(Deserialize)]
@@ -368,31 +333,13 @@ pub fn decisions_list(s: &Ctx) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/routing-decisions/{id}`. Platform admins only.
 pub fn decisions_get(s: &Ctx) -> BoxedFilter<(Response,)> {
-    let f = warp::path!("v1" / "tenants" / String / "routing-decisions" / String)
-        .and(warp::get())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
-            reply(
-                async {
-                    let sc = admin_scope(&s, who, &t)?;
-                    let id = path_uuid(&id)?;
-                    let doc = fetch_doc(
-                        &s,
-                        &sc,
-                        scoped!("SELECT to_jsonb(d) AS doc FROM routing_decisions d WHERE d.id = $3::uuid"),
-                        &[json!(id.to_string())],
-                    )
-                    .await?
-                    .ok_or_else(Problem::not_found)?;
-                    Ok(etagged(doc.to_string(), inm.as_deref()))
-                }
-                .await,
-            )
-        })
-        .boxed();
-    instrument(s, openapi::DECISIONS_GET, f)
+    keyed_get(
+        s,
+        openapi::DECISIONS_GET,
+        "routing-decisions",
+        PathKey::Uuid,
+        scoped!("SELECT to_jsonb(d) AS doc FROM routing_decisions d WHERE d.id = $3::uuid"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -464,64 +411,27 @@ pub fn decisions_create(s: &Ctx) -> BoxedFilter<(Response,)> {
 /// `GET /v1/tenants/{tenant}/routing-statistics?after=&limit=`: per-agent statistics,
 /// keyset-paginated by `agent_key`. Platform admins only.
 pub fn stats_list(s: &Ctx) -> BoxedFilter<(Response,)> {
-    let f = warp::path!("v1" / "tenants" / String / "routing-statistics")
-        .and(warp::get())
-        .and(warp::query::<KeyQuery>())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(|t: String, q: KeyQuery, who: Who, inm: Option<String>, s: Ctx| async move {
-            reply(
-                async {
-                    let sc = admin_scope(&s, who, &t)?;
-                    let limit = page_limit(q.limit)?;
-                    let doc = fetch_doc(
-                        &s,
-                        &sc,
-                        scoped!(
-                            "SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.agent_key), '[]'::jsonb) AS doc FROM ( \
-                             SELECT * FROM routing_statistics WHERE ($3::text IS NULL OR agent_key > $3::text) \
-                             ORDER BY agent_key LIMIT $4::int) r"
-                        ),
-                        &[q.after.map(Value::String).unwrap_or(Value::Null), json!(limit)],
-                    )
-                    .await?;
-                    Ok(etagged(page(doc, limit, "agent_key").to_string(), inm.as_deref()))
-                }
-                .await,
-            )
-        })
-        .boxed();
-    instrument(s, openapi::STATS_LIST, f)
+    agent_keyed_list(
+        s,
+        openapi::STATS_LIST,
+        "routing-statistics",
+        scoped!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.agent_key), '[]'::jsonb) AS doc FROM ( \
+             SELECT * FROM routing_statistics WHERE ($3::text IS NULL OR agent_key > $3::text) \
+             ORDER BY agent_key LIMIT $4::int) r"
+        ),
+    )
 }
 
 /// `GET /v1/tenants/{tenant}/routing-statistics/{agent_key}`. Platform admins only.
 pub fn stats_get(s: &Ctx) -> BoxedFilter<(Response,)> {
-    let f = warp::path!("v1" / "tenants" / String / "routing-statistics" / String)
-        .and(warp::get())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(|t: String, k: String, who: Who, inm: Option<String>, s: Ctx| async move {
-            reply(
-                async {
-                    let sc = admin_scope(&s, who, &t)?;
-                    let k = path_agent_key(&k)?;
-                    let doc = fetch_doc(
-                        &s,
-                        &sc,
-                        scoped!("SELECT to_jsonb(r) AS doc FROM routing_statistics r WHERE r.agent_key = $3::text"),
-                        &[Value::String(k)],
-                    )
-                    .await?
-                    .ok_or_else(Problem::not_found)?;
-                    Ok(etagged(doc.to_string(), inm.as_deref()))
-                }
-                .await,
-            )
-        })
-        .boxed();
-    instrument(s, openapi::STATS_GET, f)
+    keyed_get(
+        s,
+        openapi::STATS_GET,
+        "routing-statistics",
+        PathKey::Agent,
+        scoped!("SELECT to_jsonb(r) AS doc FROM routing_statistics r WHERE r.agent_key = $3::text"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -585,4 +495,101 @@ pub fn stats_put(s: &Ctx) -> BoxedFilter<(Response,)> {
         })
         .boxed();
     instrument(s, openapi::STATS_PUT, f)
+}
+
+// ------------------------------------------------------------------------------------
+// shared shapes of the keyed orchestration tables
+// ------------------------------------------------------------------------------------
+
+/// How a keyed row is named in its path.
+#[derive(Clone, Copy)]
+pub(super) enum PathKey {
+    /// An agent key (1–200 of `A-Z a-z 0-9 - _ . : @ ~`).
+    Agent,
+    /// A UUID.
+    Uuid,
+}
+
+/// `GET` one row of a keyed table (platform admins), with a strong ETag. `sql` is a
+/// [`scoped!`] statement whose `$3` is the key as text.
+pub(super) fn keyed_get(
+    s: &Ctx,
+    doc: RouteDoc,
+    segment: &'static str,
+    key: PathKey,
+    sql: &'static str,
+) -> BoxedFilter<(Response,)> {
+    let f = keyed_path(segment)
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(
+            move |t: String, k: String, who: Who, inm: Option<String>, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = admin_scope(&s, who, &t)?;
+                        let k = match key {
+                            PathKey::Agent => path_agent_key(&k)?,
+                            PathKey::Uuid => path_uuid(&k)?.to_string(),
+                        };
+                        let doc = fetch_doc(&s, &sc, sql, &[Value::String(k)])
+                            .await?
+                            .ok_or_else(Problem::not_found)?;
+                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed();
+    instrument(s, doc, f)
+}
+
+/// `GET` a page of a table keyed by `agent_key` (`?after=&limit=`, platform admins), with
+/// a strong ETag. `sql` is a [`scoped!`] statement with `$3` after (text or NULL) and `$4`
+/// the limit.
+pub(super) fn agent_keyed_list(
+    s: &Ctx,
+    doc: RouteDoc,
+    segment: &'static str,
+    sql: &'static str,
+) -> BoxedFilter<(Response,)> {
+    let f = warp::path("v1")
+        .and(warp::path("tenants"))
+        .and(warp::path::param::<String>())
+        .and(warp::path(segment))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::query::<KeyQuery>())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(
+            move |t: String, q: KeyQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = admin_scope(&s, who, &t)?;
+                        let limit = page_limit(q.limit)?;
+                        let doc = fetch_doc(
+                            &s,
+                            &sc,
+                            sql,
+                            &[
+                                q.after.map(Value::String).unwrap_or(Value::Null),
+                                json!(limit),
+                            ],
+                        )
+                        .await?;
+                        Ok(etagged(
+                            page(doc, limit, "agent_key").to_string(),
+                            inm.as_deref(),
+                        ))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed();
+    instrument(s, doc, f)
 }
