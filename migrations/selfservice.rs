@@ -11,13 +11,24 @@ use sqlx::{AssertSqlSafe, Executor};
 /// The policy SQL (functions, RLS switches, policies). Identifier-free.
 pub const POLICIES_SQL: &str = include_str!("rls/selfservice.sql");
 
-/// The tables the data plane may write in the self-service database.
+/// The tables the data plane may write in the self-service database. Content (courses,
+/// questions, assessments) is written by platform admins only: the `edumind_admin` policy
+/// restricts writes, and a trigger keeps non-admin updates of questions to the answer
+/// counters (see `rls/selfservice.sql`). A change here must also change that file, whose
+/// hash is the installed policy version the operator compares.
 const WRITABLE: &[&str] = &[
     "users",
     "students",
     "student_assessments",
     "student_responses",
+    "courses",
+    "questions",
+    "assessments",
 ];
+
+/// The tables platform admins may delete from (content; the `edumind_admin` policy is
+/// the only one that admits a DELETE).
+const DELETABLE: &[&str] = &["courses", "questions", "assessments"];
 
 /// Quotes a PostgreSQL identifier: doubles embedded quotes and wraps it in quotes. The one
 /// place identifiers are put into SQL text in this crate.
@@ -33,13 +44,16 @@ pub async fn apply_policies(conn: &mut PgConnection, app_role: &str) -> Result<(
         format!("GRANT USAGE ON SCHEMA public TO {role}"),
         format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"),
         format!("REVOKE SELECT ON TABLE _sqlx_migrations FROM {role}"),
-        format!(
-            "GRANT UPDATE (times_answered, times_correct, updated_at) ON TABLE questions TO {role}"
-        ),
     ];
     for t in WRITABLE {
         grants.push(format!(
             "GRANT INSERT, UPDATE ON TABLE {} TO {role}",
+            quote_ident(t)
+        ));
+    }
+    for t in DELETABLE {
+        grants.push(format!(
+            "GRANT DELETE ON TABLE {} TO {role}",
             quote_ident(t)
         ));
     }

@@ -9,7 +9,8 @@
 //! Claims: `sub` = user id (UUID), `role` = the spec's `UserRole` (number 0–5 or its
 //! name), `school_id` = UUID, absent for self-service users.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
@@ -102,10 +103,14 @@ struct Key {
     key: DecodingKey,
 }
 
-/// Verifies bearer tokens. Built once at startup.
+/// Verifies bearer tokens. Built once at startup; the JWKS keys are swapped in place when
+/// the file changes ([`Authenticator::reload_jwks`]).
 pub struct Authenticator {
     hs256: Option<DecodingKey>,
-    keys: Vec<Key>,
+    keys: RwLock<Arc<Vec<Key>>>,
+    jwks_file: Option<PathBuf>,
+    /// SHA-256 of the JWKS file's bytes as last loaded.
+    jwks_hash: Mutex<Option<[u8; 32]>>,
     issuer: String,
     audience: String,
     leeway: u64,
@@ -113,20 +118,56 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn from_settings(s: &AuthSettings) -> Result<Self, KeyError> {
-        let keys = match &s.jwks_file {
-            Some(path) => load_jwks(path)?,
-            None => Vec::new(),
+        let (keys, hash) = match &s.jwks_file {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let bytes = std::fs::read(path).map_err(|e| KeyError::Read(shown.clone(), e))?;
+                (parse_jwks(&bytes, &shown)?, Some(digest(&bytes)))
+            }
+            None => (Vec::new(), None),
         };
         Ok(Authenticator {
             hs256: s
                 .hs256_secret
                 .as_ref()
                 .map(|k| DecodingKey::from_secret(k.expose().as_bytes())),
-            keys,
+            keys: RwLock::new(Arc::new(keys)),
+            jwks_file: s.jwks_file.clone(),
+            jwks_hash: Mutex::new(hash),
             issuer: s.issuer.clone(),
             audience: s.audience.clone(),
             leeway: s.leeway_secs,
         })
+    }
+
+    /// Re-reads the JWKS file; when its bytes changed and parse, the new key set replaces
+    /// the old one (`Ok(true)`). A file that cannot be read or parsed keeps the current
+    /// keys (a half-written or briefly missing file must not lock every caller out).
+    pub async fn reload_jwks(&self) -> Result<bool, KeyError> {
+        let Some(path) = &self.jwks_file else {
+            return Ok(false);
+        };
+        let shown = path.display().to_string();
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| KeyError::Read(shown.clone(), e))?;
+        let hash = digest(&bytes);
+        if *self.jwks_hash.lock().unwrap_or_else(|p| p.into_inner()) == Some(hash) {
+            return Ok(false);
+        }
+        let keys = parse_jwks(&bytes, &shown)?;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        *self.jwks_hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(hash);
+        Ok(true)
+    }
+
+    /// Number of RS256/ES256 keys currently loaded.
+    pub fn jwks_len(&self) -> usize {
+        self.current_keys().len()
+    }
+
+    fn current_keys(&self) -> Arc<Vec<Key>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -157,7 +198,8 @@ impl Authenticator {
                     .claims
             }
             alg @ (Algorithm::RS256 | Algorithm::ES256) => {
-                let candidates = self.keys.iter().filter(|k| {
+                let keys = self.current_keys();
+                let candidates = keys.iter().filter(|k| {
                     k.alg == alg && (head.kid.is_none() || k.kid.as_deref() == head.kid.as_deref())
                 });
                 let validation = self.validation(alg);
@@ -194,10 +236,37 @@ fn principal(c: Claims) -> Result<Principal, AuthError> {
     })
 }
 
-fn load_jwks(path: &Path) -> Result<Vec<Key>, KeyError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read(shown.clone(), e))?;
-    let set: JwkSet = serde_json::from_str(&text).map_err(|_| KeyError::Parse(shown.clone()))?;
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Keeps the keys in step with the JWKS file: re-reads it every `every` until `shutdown`.
+pub fn spawn_jwks_reloader(
+    state: Arc<crate::startup::State>,
+    every: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            match state.auth.reload_jwks().await {
+                Ok(true) => tracing::info!(keys = state.auth.jwks_len(), "JWKS reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "JWKS reload failed; keeping the current keys")
+                }
+            }
+        }
+    })
+}
+
+fn parse_jwks(bytes: &[u8], shown: &str) -> Result<Vec<Key>, KeyError> {
+    let shown = shown.to_owned();
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|_| KeyError::Parse(shown.clone()))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {

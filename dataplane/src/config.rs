@@ -18,9 +18,12 @@ pub const ENV_PREFIX: &str = "EDUMIND_DP__";
 pub struct Settings {
     /// Address to listen on; port 0 picks a free port (tests).
     pub listen: SocketAddr,
+    /// Where tenants come from: `directory` (Secret-shaped files in `tenants_dir`) or
+    /// `kubernetes` (the labelled Secrets in `[kubernetes] namespaces`, in-cluster).
+    pub tenant_source: TenantSourceKind,
     /// Directory of Secret-shaped YAML files, one per tenant.
     pub tenants_dir: PathBuf,
-    /// How often the tenant directory is re-read, in milliseconds.
+    /// How often the tenant source is re-read (directory) or re-listed (Kubernetes), in ms.
     pub tenant_poll_ms: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: u64,
@@ -29,6 +32,33 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub pool: PoolSettings,
     pub auth: AuthSettings,
+    pub kubernetes: KubernetesSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantSourceKind {
+    Directory,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSettings {
+    /// Namespaces whose connection Secrets are tenants (the operator's namespaces, and the
+    /// self-service Secret's). Required when `tenant_source = "kubernetes"`.
+    pub namespaces: Vec<String>,
+    /// Which Secrets to list.
+    pub label_selector: String,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            namespaces: Vec::new(),
+            label_selector: crate::kube_source::DEFAULT_SELECTOR.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,12 +100,16 @@ pub struct AuthSettings {
     pub jwks_file: Option<PathBuf>,
     /// Clock skew allowed on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// How often the JWKS file is re-read (a changed file replaces the keys without a
+    /// restart), in milliseconds.
+    pub jwks_reload_ms: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tenant_source: TenantSourceKind::Directory,
             tenants_dir: PathBuf::from("/etc/edumind/tenants"),
             tenant_poll_ms: 2000,
             max_body_bytes: 64 * 1024,
@@ -83,6 +117,7 @@ impl Default for Settings {
             redis: RedisSettings::default(),
             pool: PoolSettings::default(),
             auth: AuthSettings::default(),
+            kubernetes: KubernetesSettings::default(),
         }
     }
 }
@@ -117,6 +152,7 @@ impl Default for AuthSettings {
             hs256_secret: None,
             jwks_file: None,
             leeway_secs: 30,
+            jwks_reload_ms: 30_000,
         }
     }
 }
@@ -173,6 +209,13 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.tenant_source == TenantSourceKind::Kubernetes
+            && self.kubernetes.namespaces.is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "tenant_source = \"kubernetes\" needs kubernetes.namespaces".into(),
+            ));
+        }
         if self.pool.server_budget == 0 || self.pool.per_tenant_max == 0 {
             return Err(ConfigError::Invalid(
                 "pool budgets must be at least 1".into(),
@@ -267,5 +310,37 @@ mod tests {
         assert!(err.to_string().contains("budgett"), "{err}");
         let err = Settings::load(None, Vec::new()).unwrap_err();
         assert!(err.to_string().contains("hs256_secret"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_source_needs_namespaces() {
+        let secret = (
+            "EDUMIND_DP__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let err = Settings::load(
+            None,
+            env(&[secret, ("EDUMIND_DP__TENANT_SOURCE", "kubernetes")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("namespaces"), "{err}");
+        let s = Settings::load(
+            None,
+            env(&[
+                secret,
+                ("EDUMIND_DP__TENANT_SOURCE", "kubernetes"),
+                (
+                    "EDUMIND_DP__KUBERNETES__NAMESPACES",
+                    r#"["schools", "edumind-system"]"#,
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.tenant_source, TenantSourceKind::Kubernetes);
+        assert_eq!(s.kubernetes.namespaces, ["schools", "edumind-system"]);
+        assert_eq!(
+            s.kubernetes.label_selector,
+            "app.kubernetes.io/managed-by=edumind-operator"
+        );
     }
 }

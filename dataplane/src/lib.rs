@@ -1,7 +1,7 @@
 //! `edumind-dataplane`: the tenant-isolated HTTP API over the per-school databases.
 //!
 //! Module map: [`config`] (layered settings) · [`tenants`] (tenant directory from the
-//! connection Secrets) · [`pool`] (per-server connection budgets) · [`auth`] (bearer JWT)
+//! connection Secrets; [`kube_source`] lists them in a cluster) · [`pool`] (per-server connection budgets) · [`auth`] (bearer JWT)
 //! · [`access`] (tenant authorization, row-level-security scope) · [`cache`] (Redis cache,
 //! sessions, locks) · [`api`] (routes and handlers) · [`startup`] (building and running
 //! the server) · [`problem`] (RFC 9457 errors).
@@ -11,6 +11,8 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod distribute;
+pub mod kube_source;
 pub mod metrics;
 pub mod openapi;
 pub mod pool;

@@ -63,6 +63,10 @@ routes! {
     QUESTION_PUT = ("questions.put", "put", "/v1/tenants/{tenant}/questions/{id}", true, "Create or replace a question by id (global content); invalidates its course's cached question list");
     ASSESSMENT_PUT = ("assessments.put", "put", "/v1/tenants/{tenant}/assessments/{id}", true, "Create or replace an assessment by id (global content); invalidates its cached metadata");
     CLASS_PUT = ("classes.put", "put", "/v1/tenants/{tenant}/classes/{id}", true, "Create or replace a class by id (school admins, platform admins); invalidates its cached roster");
+    CLASS_DELETE = ("classes.delete", "delete", "/v1/tenants/{tenant}/classes/{id}", true, "Delete a class of this school (school admins, platform admins); 204; drops its cached roster");
+    COURSE_DELETE = ("courses.delete", "delete", "/v1/tenants/{tenant}/courses/{id}", true, "Delete a course (content writers); 204, or 409 while questions or assessments reference it");
+    QUESTION_DELETE = ("questions.delete", "delete", "/v1/tenants/{tenant}/questions/{id}", true, "Delete a question (content writers); 204, or 409 while responses or an assessment's question_ids reference it");
+    ASSESSMENT_DELETE = ("assessments.delete", "delete", "/v1/tenants/{tenant}/assessments/{id}", true, "Delete an assessment (content writers); 204, or 409 while attempts reference it");
     STATS_PUT = ("stats.put", "put", "/v1/tenants/{tenant}/routing-statistics/{agent_key}", true, "Create or replace an agent's routing statistics (platform admins)");
 }
 
@@ -86,6 +90,10 @@ pub fn document() -> Value {
             "404": {"$ref": "#/components/responses/Problem"},
             "503": {"$ref": "#/components/responses/Problem"}
         });
+        if r.method == "delete" && r.path.starts_with("/v1/tenants/") {
+            responses["204"] = json!({"description": "Deleted"});
+            responses["409"] = json!({"$ref": "#/components/responses/Problem"});
+        }
         if r.auth {
             responses["401"] = json!({"$ref": "#/components/responses/Problem"});
             responses["403"] = json!({"$ref": "#/components/responses/Problem"});

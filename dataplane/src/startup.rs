@@ -11,9 +11,11 @@ use crate::api;
 use crate::auth::Authenticator;
 use crate::cache::Cache;
 use crate::config::Settings;
+use crate::config::TenantSourceKind;
+use crate::kube_source::KubeTenantSource;
 use crate::metrics::Metrics;
 use crate::pool::PoolManager;
-use crate::tenants::{FileTenantSource, TenantDirectory};
+use crate::tenants::{FileTenantSource, TenantDirectory, TenantSource};
 
 /// Everything a request handler needs.
 pub struct State {
@@ -48,7 +50,37 @@ pub struct Application {
 }
 
 impl Application {
+    /// Builds with the tenant source the settings name (`tenant_source`); in-cluster, the
+    /// Kubernetes client comes from the pod's service account (or `KUBECONFIG`).
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        match settings.tenant_source {
+            TenantSourceKind::Directory => {
+                let source = FileTenantSource {
+                    dir: settings.tenants_dir.clone(),
+                };
+                Self::build_with_source(settings, source).await
+            }
+            TenantSourceKind::Kubernetes => {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
+                let source = KubeTenantSource {
+                    client,
+                    namespaces: settings.kubernetes.namespaces.clone(),
+                    label_selector: settings.kubernetes.label_selector.clone(),
+                };
+                Self::build_with_source(settings, source).await
+            }
+        }
+    }
+
+    /// Builds with an explicit tenant source (tests pass a Kubernetes source over a fake
+    /// API client). The first snapshot must succeed, then the source is re-read every
+    /// `tenant_poll_ms`.
+    pub async fn build_with_source<S: TenantSource>(
+        settings: Settings,
+        source: S,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
         let auth = Authenticator::from_settings(&settings.auth)?;
         let cache = Cache::new(
@@ -58,9 +90,6 @@ impl Application {
         )
         .map_err(StartError::Other)?;
         let directory = TenantDirectory::default();
-        let source = FileTenantSource {
-            dir: settings.tenants_dir.clone(),
-        };
         directory.refresh_once(&source).await?;
         let pools = PoolManager::new(settings.pool.clone());
         let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -93,6 +122,14 @@ impl Application {
             cache,
             metrics,
         });
+        let mut tasks = tasks;
+        if state.settings.auth.jwks_file.is_some() {
+            tasks.push(crate::auth::spawn_jwks_reloader(
+                state.clone(),
+                Duration::from_millis(state.settings.auth.jwks_reload_ms.max(100)),
+                shutdown_tx.subscribe(),
+            ));
+        }
         Ok(Application {
             port,
             listener,
@@ -134,6 +171,32 @@ impl Application {
             let _ = t.await;
         }
     }
+}
+
+/// The current tenant set from the source the settings name, read once (one-shot jobs
+/// such as `distribute-content`).
+pub async fn load_tenants(settings: &Settings) -> Result<TenantDirectory, StartError> {
+    let directory = TenantDirectory::default();
+    match settings.tenant_source {
+        TenantSourceKind::Directory => {
+            let source = FileTenantSource {
+                dir: settings.tenants_dir.clone(),
+            };
+            directory.refresh_once(&source).await?;
+        }
+        TenantSourceKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
+            let source = KubeTenantSource {
+                client,
+                namespaces: settings.kubernetes.namespaces.clone(),
+                label_selector: settings.kubernetes.label_selector.clone(),
+            };
+            directory.refresh_once(&source).await?;
+        }
+    }
+    Ok(directory)
 }
 
 /// Resolves on SIGINT or SIGTERM.

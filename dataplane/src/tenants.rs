@@ -99,6 +99,8 @@ impl Tenant {
 pub enum SourceError {
     #[error("cannot read tenant directory {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("cannot list tenant Secrets in namespace {0}: {1}")]
+    Kube(String, String),
 }
 
 /// Where tenants come from. Implementations return the complete current set; entries
@@ -178,17 +180,6 @@ pub fn parse_secret(text: &str) -> Result<Option<Tenant>, &'static str> {
     if m.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE) {
         return Ok(None);
     }
-    let id = if m.metadata.labels.get(TENANT_LABEL).map(String::as_str) == Some(SELF_SERVICE_VALUE)
-    {
-        TenantId::SelfService
-    } else {
-        let raw = m
-            .metadata
-            .labels
-            .get(SCHOOL_ID_LABEL)
-            .ok_or("no school-id label")?;
-        TenantId::School(Uuid::parse_str(raw).map_err(|_| "school-id label is not a UUID")?)
-    };
     let get = |key: &str| -> Result<String, &'static str> {
         if let Some(v) = m.string_data.get(key) {
             return Ok(v.clone());
@@ -199,19 +190,35 @@ pub fn parse_secret(text: &str) -> Result<Option<Tenant>, &'static str> {
             .map_err(|_| "a data value is not base64")?;
         String::from_utf8(bytes).map_err(|_| "a data value is not UTF-8")
     };
+    tenant_from_parts(|k| m.metadata.labels.get(k).map(String::as_str), get).map(Some)
+}
+
+/// Builds a tenant from a managed Secret's labels and values, whatever shape the Secret
+/// came in (a manifest file, or an object from the Kubernetes API). The caller has already
+/// checked the managed-by label. `Err` never includes a value from the Secret.
+pub fn tenant_from_parts<'a>(
+    label: impl Fn(&str) -> Option<&'a str>,
+    get: impl Fn(&str) -> Result<String, &'static str>,
+) -> Result<Tenant, &'static str> {
+    let id = if label(TENANT_LABEL) == Some(SELF_SERVICE_VALUE) {
+        TenantId::SelfService
+    } else {
+        let raw = label(SCHOOL_ID_LABEL).ok_or("no school-id label")?;
+        TenantId::School(Uuid::parse_str(raw).map_err(|_| "school-id label is not a UUID")?)
+    };
     let port = get("port")?
         .trim()
         .parse::<u16>()
         .map_err(|_| "port is not a number")?;
-    Ok(Some(Tenant {
+    Ok(Tenant {
         id,
-        code: m.metadata.labels.get(SCHOOL_CODE_LABEL).cloned(),
+        code: label(SCHOOL_CODE_LABEL).map(str::to_owned),
         host: get("host")?,
         port,
         dbname: get("dbname")?,
         username: get("username")?,
         password: Secret::new(get("password")?),
-    }))
+    })
 }
 
 /// What changed between two snapshots, for the pool manager.

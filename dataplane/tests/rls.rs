@@ -194,3 +194,137 @@ async fn self_service_students_through_http() {
     assert_eq!(v["student"]["xp_points"], 80);
     let _ = student_b;
 }
+
+/// Content in the self-service database: the application role may write it, but the
+/// policies admit only platform admins; a student changes nothing (raw SQL as the role).
+#[tokio::test]
+async fn only_admins_write_content_in_self_service() {
+    let pg = edumind_tests::postgres().await;
+    let ss = provision(pg, edumind_dataplane::tenants::TenantId::SelfService).await;
+    let (user_a, _) = ss.students[0];
+    let mut c = app_conn(&ss).await;
+    let as_caller = async |c: &mut PgConnection, user: Uuid, admin: &str, sql: &str| {
+        let mut tx = c.begin().await.unwrap();
+        sqlx::query(
+            "SELECT set_config('edumind.user_id', $1, true), set_config('edumind.admin', $2, true)",
+        )
+        .bind(user.to_string())
+        .bind(admin)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected());
+        tx.commit().await.unwrap_or(());
+        r
+    };
+    let code = |r: Result<u64, sqlx::Error>| match r {
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        other => panic!("expected a database error, got {other:?}"),
+    };
+    let new_course = "INSERT INTO courses (id, name, code, subject, grade_level, description) VALUES (gen_random_uuid(), 'X', 'XSTU', 1, 8, 'd')";
+    // Student: insert refused by the policy, updates touch nothing or are refused.
+    assert_eq!(
+        code(as_caller(&mut c, user_a, "off", new_course).await).as_deref(),
+        Some("42501")
+    );
+    assert_eq!(
+        as_caller(&mut c, user_a, "off", "UPDATE courses SET name = 'hacked'")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        as_caller(
+            &mut c,
+            user_a,
+            "off",
+            "UPDATE assessments SET title = 'hacked'"
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        code(
+            as_caller(
+                &mut c,
+                user_a,
+                "off",
+                "UPDATE questions SET correct_answer = '\"A\"'"
+            )
+            .await
+        )
+        .as_deref(),
+        Some("42501")
+    );
+    // ...but a submission's counters still move.
+    assert_eq!(
+        as_caller(
+            &mut c,
+            user_a,
+            "off",
+            "UPDATE questions SET times_answered = times_answered + 1, updated_at = now()"
+        )
+        .await
+        .unwrap(),
+        3
+    );
+    // Platform admin: writes go through.
+    assert_eq!(
+        as_caller(&mut c, Uuid::new_v4(), "on", new_course)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        as_caller(
+            &mut c,
+            Uuid::new_v4(),
+            "on",
+            "UPDATE questions SET question_text = 'q2?'"
+        )
+        .await
+        .unwrap(),
+        3
+    );
+    let names: Vec<String> = sqlx::query_scalar(edumind_dataplane::scoped!(
+        "SELECT to_jsonb(c.name) AS doc FROM courses c ORDER BY c.code"
+    ))
+    .bind(user_a.to_string())
+    .bind("off")
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|v: serde_json::Value| v.as_str().unwrap().to_owned())
+    .collect();
+    assert_eq!(
+        names,
+        ["Algebra", "X"],
+        "the student's update changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn self_service_student_cannot_write_content_over_http() {
+    let f = Fixture::start(edumind_tests::redis().await.url()).await;
+    let student = token(f.ss.students[0].0, 0, None);
+    let body = serde_json::json!({"name": "X", "code": "X1", "subject": 1, "grade_level": 8, "description": "d"});
+    for (path, body) in [
+        (
+            format!("/v1/tenants/selfservice/courses/{COURSE}"),
+            body.clone(),
+        ),
+        (
+            format!("/v1/tenants/selfservice/courses/{}", Uuid::new_v4()),
+            body,
+        ),
+    ] {
+        let (s, v, h) = f.call("PUT", &path, Some(&student), Some(body)).await;
+        assert_eq!(s, 403, "{v}");
+        assert_eq!(h["content-type"], "application/problem+json");
+    }
+}

@@ -8,6 +8,14 @@
 -- is asking sees no student rows at all (fail closed).
 -- FORCE makes the policies bind the table owner too; only superusers and BYPASSRLS
 -- roles are exempt. Re-running this file is harmless.
+--
+-- Privileges (granted to the application role by apply_policies, kept in step with this
+-- file because its hash is the policy version the operator records): SELECT on all
+-- tables; INSERT, UPDATE on users, students, student_assessments, student_responses,
+-- courses, questions, assessments; DELETE on courses, questions, assessments (no
+-- policy but edumind_admin admits a DELETE). Content writes are admin-only through the
+-- edumind_admin policy; the trigger at the end limits everyone else's question updates
+-- to the answer counters.
 
 CREATE OR REPLACE FUNCTION edumind_current_user_id() RETURNS uuid
     LANGUAGE sql STABLE
@@ -75,3 +83,26 @@ DROP POLICY IF EXISTS edumind_count ON questions;
 CREATE POLICY edumind_count ON questions FOR UPDATE
     USING (edumind_current_user_id() IS NOT NULL)
     WITH CHECK (edumind_current_user_id() IS NOT NULL);
+
+-- The edumind_count policy lets any identified caller UPDATE questions (a submission
+-- counts answers), and the role holds UPDATE on the whole table (admins write content):
+-- non-admin updates may change only the counters.
+CREATE OR REPLACE FUNCTION edumind_questions_counters_only() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF edumind_is_admin() THEN
+        RETURN NEW;
+    END IF;
+    IF (to_jsonb(NEW) - ARRAY['times_answered', 'times_correct', 'updated_at'])
+       IS DISTINCT FROM (to_jsonb(OLD) - ARRAY['times_answered', 'times_correct', 'updated_at'])
+    THEN
+        RAISE EXCEPTION 'only platform admins may change question content'
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS edumind_counters_only ON questions;
+CREATE TRIGGER edumind_counters_only BEFORE UPDATE ON questions
+    FOR EACH ROW EXECUTE FUNCTION edumind_questions_counters_only();

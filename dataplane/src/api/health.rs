@@ -1,0 +1,83 @@
+//! Service endpoints: liveness, readiness, metrics, the OpenAPI document.
+
+use super::*;
+
+/// `GET /healthz`: the process is alive (no dependencies checked).
+pub fn healthz(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
+        .boxed();
+    instrument(s, openapi::HEALTHZ, f)
+}
+
+/// `GET /readyz`: PostgreSQL (one tenant per server) and Redis, reported separately. Ready
+/// (200) when PostgreSQL answers; Redis down is reported but does not make the service
+/// unready, because reads fall back to PostgreSQL.
+pub fn readyz(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("readyz")
+        .and(warp::get())
+        .and(with(s))
+        .then(readyz_handler)
+        .boxed();
+    instrument(s, openapi::READYZ, f)
+}
+
+pub(super) async fn readyz_handler(s: Ctx) -> Response {
+    let redis_up = s.cache.ping().await;
+    let mut servers = std::collections::BTreeMap::new();
+    for t in s.directory.all() {
+        servers.entry(t.server_key()).or_insert(t);
+    }
+    let mut pg = Vec::new();
+    let mut all_up = true;
+    for (server, t) in servers {
+        let up = match s.pools.acquire(&t).await {
+            Ok(mut c) => c.ping().await.is_ok(),
+            Err(_) => false,
+        };
+        all_up &= up;
+        pg.push(json!({"server": server, "status": if up {"up"} else {"down"}}));
+    }
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_reply(
+        status,
+        &json!({
+            "status": if all_up {"ready"} else {"unready"},
+            "postgres": {"status": if all_up {"up"} else {"down"}, "servers": pg},
+            "redis": {"status": if redis_up {"up"} else {"down"}},
+            "tenants": s.directory.len(),
+        }),
+    )
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let st = s.clone();
+    let f = warp::path!("metrics")
+        .and(warp::get())
+        .map(move || {
+            let body = st.metrics.render(&st.pools.usage());
+            let mut r = Response::new(body.into());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        })
+        .boxed();
+    instrument(s, openapi::METRICS, f)
+}
+
+/// `GET /openapi.json`: the OpenAPI 3 document, built from the route table.
+pub fn openapi_json(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &openapi::document()))
+        .boxed();
+    instrument(s, openapi::OPENAPI, f)
+}

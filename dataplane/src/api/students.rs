@@ -1,0 +1,179 @@
+//! The school record, students and their (cached) progress.
+
+use super::*;
+
+/// `GET /v1/tenants/{tenant}/school`: the school's own record (school members, admins).
+pub fn school_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "school")
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(
+            |t: String, who: Who, inm: Option<String>, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = scope(&s, who, &t)?;
+                        if sc.access == Access::Content {
+                            return Err(Problem::forbidden());
+                        }
+                        let id = sc.school_id().ok_or_else(Problem::not_found)?;
+                        let doc = fetch_doc(
+                            &s,
+                            &sc,
+                            scoped!(
+                                "SELECT to_jsonb(t) AS doc FROM schools t WHERE t.id = $3::uuid"
+                            ),
+                            &[json!(id.to_string())],
+                        )
+                        .await?
+                        .ok_or_else(Problem::not_found)?;
+                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed();
+    instrument(s, openapi::SCHOOL_GET, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StudentsQuery {
+    after: Option<Uuid>,
+    limit: Option<i64>,
+    grade_level: Option<i32>,
+    subscription_tier: Option<i32>,
+}
+
+/// `GET /v1/tenants/{tenant}/students?after=&limit=&grade_level=&subscription_tier=`:
+/// keyset-paginated by id. Students see only themselves.
+pub fn students_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "students")
+        .and(warp::get())
+        .and(warp::query::<StudentsQuery>())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, q: StudentsQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !(sc.access.reads_all() || sc.access.is_student()) {
+                        return Err(Problem::forbidden());
+                    }
+                    let limit = q.limit.unwrap_or(50);
+                    if !(1..=200).contains(&limit) {
+                        return Err(Problem::bad_request("limit must be between 1 and 200"));
+                    }
+                    let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]'::jsonb) AS doc FROM ( \
+                             SELECT * FROM students s WHERE ($3::uuid IS NULL OR s.id > $3::uuid) \
+                             AND ($4::int IS NULL OR s.grade_level = $4::int) \
+                             AND ($5::int IS NULL OR s.subscription_tier = $5::int) \
+                             AND ($6::uuid IS NULL OR s.user_id = $6::uuid) \
+                             ORDER BY s.id LIMIT $7::int) t"
+                        ),
+                        &[
+                            q.after.map(|a| json!(a.to_string())).unwrap_or(Value::Null),
+                            q.grade_level.map(|g| json!(g)).unwrap_or(Value::Null),
+                            q.subscription_tier.map(|g| json!(g)).unwrap_or(Value::Null),
+                            only_user.map(Value::String).unwrap_or(Value::Null),
+                            json!(limit),
+                        ],
+                    )
+                    .await?
+                    .unwrap_or_else(|| json!([]));
+                    let items = doc.as_array().cloned().unwrap_or_default();
+                    let next = (items.len() as i64 == limit)
+                        .then(|| items.last().and_then(|l| l.get("id")).cloned())
+                        .flatten();
+                    let body = json!({"items": items, "next_after": next});
+                    Ok(etagged(body.to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::STUDENTS_LIST, f)
+}
+
+/// Serves a cached document: a hit from Redis, else the scoped query (single flight).
+pub(super) async fn cached_doc(
+    s: &Ctx,
+    sc: &Scope,
+    kind: &str,
+    seed: &str,
+    ttl: std::time::Duration,
+    sql: &'static str,
+    binds: Vec<Value>,
+) -> Result<Option<Value>, Problem> {
+    let key = sc.key(seed);
+    let text = s
+        .cache
+        .get_or_load(kind, &key, ttl, || async {
+            let doc = fetch_doc(s, sc, sql, &binds).await?;
+            Ok::<String, Problem>(doc.map(|d| d.to_string()).unwrap_or_else(|| "null".into()))
+        })
+        .await?;
+    let v: Value = serde_json::from_str(&text).map_err(|_| Problem::internal())?;
+    Ok((!v.is_null()).then_some(v))
+}
+
+/// `GET /v1/tenants/{tenant}/students/{id}/progress`: level, XP, streak and attempt
+/// counts; cached 5 minutes under `student:{id}:progress`. Students: their own only.
+pub fn student_progress(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "students" / String / "progress")
+        .and(warp::get())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !(sc.access.reads_all() || sc.access.is_student()) {
+                        return Err(Problem::forbidden());
+                    }
+                    let id = path_uuid(&id)?;
+                    let doc = cached_doc(
+                        &s,
+                        &sc,
+                        "progress",
+                        &format!("student:{id}:progress"),
+                        cache::PROGRESS_TTL,
+                        scoped!(
+                            "SELECT jsonb_build_object('student_id', s.id, 'user_id', s.user_id, \
+                             'level', s.level, 'xp_points', s.xp_points, 'daily_streak', s.daily_streak, \
+                             'last_activity_date', s.last_activity_date, \
+                             'attempts_completed', (SELECT count(*) FROM student_assessments a \
+                                WHERE a.student_id = s.id AND a.status = 2), \
+                             'attempts_passed', (SELECT count(*) FROM student_assessments a \
+                                WHERE a.student_id = s.id AND a.status = 2 AND a.passed)) AS doc \
+                             FROM students s WHERE s.id = $3::uuid"
+                        ),
+                        vec![json!(id.to_string())],
+                    )
+                    .await?
+                    .ok_or_else(Problem::not_found)?;
+                    // The cache is shared by everyone in the tenant: the ownership check
+                    // runs on every reply, not only when PostgreSQL (RLS) loaded it.
+                    if sc.access.is_student()
+                        && doc.get("user_id").and_then(Value::as_str)
+                            != Some(sc.p.user_id.to_string().as_str())
+                    {
+                        return Err(Problem::not_found());
+                    }
+                    Ok(etagged(doc.to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::STUDENT_PROGRESS, f)
+}

@@ -1,0 +1,144 @@
+//! Users of a tenant: list and create.
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UsersQuery {
+    after: Option<Uuid>,
+    limit: Option<i64>,
+    role: Option<i32>,
+}
+
+/// `GET /v1/tenants/{tenant}/users?after=&limit=&role=`: the tenant's users,
+/// keyset-paginated by id, filtered on the indexed `role`. Staff and admins.
+pub fn users_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "users")
+        .and(warp::get())
+        .and(warp::query::<UsersQuery>())
+        .and(principal(s))
+        .and(if_none_match())
+        .and(with(s))
+        .then(|t: String, q: UsersQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !sc.access.reads_all() {
+                        return Err(Problem::forbidden());
+                    }
+                    let limit = q.limit.unwrap_or(50);
+                    if !(1..=200).contains(&limit) {
+                        return Err(Problem::bad_request("limit must be between 1 and 200"));
+                    }
+                    if q.role.is_some_and(|r| !(0..=5).contains(&r)) {
+                        return Err(Problem::bad_request("role must be 0..=5"));
+                    }
+                    let doc = fetch_doc(
+                        &s,
+                        &sc,
+                        scoped!(
+                            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]'::jsonb) AS doc FROM ( \
+                             SELECT * FROM users u WHERE ($3::uuid IS NULL OR u.id > $3::uuid) \
+                             AND ($4::int IS NULL OR u.role = $4::int) ORDER BY u.id LIMIT $5::int) t"
+                        ),
+                        &[
+                            q.after.map(|a| json!(a.to_string())).unwrap_or(Value::Null),
+                            q.role.map(|r| json!(r)).unwrap_or(Value::Null),
+                            json!(limit),
+                        ],
+                    )
+                    .await?
+                    .unwrap_or_else(|| json!([]));
+                    let items = doc.as_array().cloned().unwrap_or_default();
+                    let next = (items.len() as i64 == limit)
+                        .then(|| items.last().and_then(|l| l.get("id")).cloned())
+                        .flatten();
+                    Ok(etagged(json!({"items": items, "next_after": next}).to_string(), inm.as_deref()))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::USERS_LIST, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewUser {
+    email: String,
+    full_name: String,
+    role: i32,
+    external_id: Option<String>,
+    #[serde(default = "yes")]
+    is_active: bool,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+impl NewUser {
+    /// Every field against its column (spec 2.2 `users`), and the roles a school admin
+    /// may hand out (not the platform roles).
+    fn validate(&self, access: Access) -> Result<(), Problem> {
+        check_len("email", &self.email, 255)?;
+        let at = self.email.find('@');
+        if at.is_none_or(|i| i == 0 || i + 1 == self.email.len())
+            || self.email.contains(char::is_whitespace)
+        {
+            return Err(Problem::bad_request("email is not an address"));
+        }
+        check_len("full_name", &self.full_name, 255)?;
+        if let Some(x) = &self.external_id {
+            check_len("external_id", x, 255)?;
+        }
+        let max_role = if access == Access::Admin { 5 } else { 2 };
+        if !(0..=max_role).contains(&self.role) {
+            return Err(Problem::bad_request(format!("role must be 0..={max_role}")));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/users`: creates a user of this tenant (school admins and
+/// admins); 409 when the email or external id is taken.
+pub fn users_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "users")
+        .and(warp::post())
+        .and(principal(s))
+        .and(json_body::<NewUser>(s))
+        .and(with(s))
+        .then(|t: String, who: Who, body: Result<NewUser, Problem>, s: Ctx| async move {
+            reply(
+                async {
+                    let sc = scope(&s, who, &t)?;
+                    if !sc.access.manages_school() {
+                        return Err(Problem::forbidden());
+                    }
+                    let u = body?;
+                    u.validate(sc.access)?;
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO users (id, email, full_name, role, school_id, is_active, external_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING to_jsonb(users.*)",
+                    )
+                    .bind(Uuid::new_v4())
+                    .bind(&u.email)
+                    .bind(&u.full_name)
+                    .bind(u.role)
+                    .bind(sc.school_id())
+                    .bind(u.is_active)
+                    .bind(&u.external_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    Ok(json_reply(StatusCode::CREATED, &doc))
+                }
+                .await,
+            )
+        })
+        .boxed();
+    instrument(s, openapi::USERS_CREATE, f)
+}

@@ -1,0 +1,228 @@
+//! The in-cluster tenant source: the connection Secrets the operator labels, listed
+//! through the Kubernetes API in the configured namespaces.
+//!
+//! **Decision: list-polling, not a watch.** Every `tenant_poll_ms` the source lists the
+//! Secrets matching `label_selector` in each namespace (`resourceVersion=0`, so the API
+//! server answers from its watch cache instead of etcd), and [`TenantDirectory::replace`]
+//! diffs the result against the current snapshot: added tenants appear, deleted ones
+//! disappear (404), a changed Secret (rotated password) retires the tenant's connections.
+//! Reasons: the directory already works on complete snapshots (the file source), a full
+//! list is the only way to notice deletions missed while disconnected anyway (a watcher
+//! would need this relist as its safety net), and the number of Secrets is one per school
+//! — a selector-filtered list per namespace every two seconds is small next to what the
+//! operator itself does. A watch would cut the delay from `tenant_poll_ms` to near zero;
+//! `kube_runtime::watcher` could feed the same `replace` if that delay ever matters.
+//! A failed list of any namespace fails the whole poll, which keeps the last known set:
+//! an API outage must not drop every tenant.
+//!
+//! RBAC: `get`, `list`, `watch` on `secrets` (core group) in each configured namespace
+//! (`watch` is not used today; granting it keeps a future watcher from needing a new
+//! Role).
+//!
+//! [`TenantDirectory::replace`]: crate::tenants::TenantDirectory::replace
+
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::api::{Api, ListParams};
+
+use crate::tenants::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, SourceError, Tenant, TenantSource, tenant_from_parts,
+};
+
+/// The default label selector: every Secret the operator manages.
+pub const DEFAULT_SELECTOR: &str = "app.kubernetes.io/managed-by=edumind-operator";
+
+/// Lists the operator's Secrets in `namespaces`.
+#[derive(Clone)]
+pub struct KubeTenantSource {
+    pub client: kube::Client,
+    pub namespaces: Vec<String>,
+    pub label_selector: String,
+}
+
+impl TenantSource for KubeTenantSource {
+    async fn snapshot(&self) -> Result<Vec<Tenant>, SourceError> {
+        let params = ListParams::default()
+            .labels(&self.label_selector)
+            .match_any();
+        let mut out = Vec::new();
+        for ns in &self.namespaces {
+            let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), ns);
+            let list = api
+                .list(&params)
+                .await
+                .map_err(|e| SourceError::Kube(ns.clone(), e.to_string()))?;
+            out.extend(tenants_from_secrets(ns, &list.items));
+        }
+        Ok(out)
+    }
+}
+
+/// The tenants among `secrets`; Secrets that are not ours are skipped silently, broken
+/// ones are logged by name with a reason that never includes a value.
+pub fn tenants_from_secrets(namespace: &str, secrets: &[KubeSecret]) -> Vec<Tenant> {
+    let mut out = Vec::new();
+    for s in secrets {
+        match tenant_from_secret(s) {
+            Ok(Some(t)) => out.push(t),
+            Ok(None) => {}
+            Err(reason) => tracing::warn!(
+                namespace,
+                secret = s.metadata.name.as_deref().unwrap_or(""),
+                reason,
+                "skipping tenant Secret"
+            ),
+        }
+    }
+    out
+}
+
+/// One Secret from the API → a tenant. `Ok(None)`: not managed by the operator, or being
+/// deleted.
+pub fn tenant_from_secret(s: &KubeSecret) -> Result<Option<Tenant>, &'static str> {
+    let labels = s.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    if label(MANAGED_BY_LABEL) != Some(MANAGED_BY_VALUE) || s.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(None);
+    }
+    let get = |key: &str| -> Result<String, &'static str> {
+        if let Some(v) = s.string_data.as_ref().and_then(|d| d.get(key)) {
+            return Ok(v.clone());
+        }
+        let raw = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .ok_or("a required key is missing")?;
+        String::from_utf8(raw.0.clone()).map_err(|_| "a data value is not UTF-8")
+    };
+    tenant_from_parts(label, get).map(Some)
+}
+
+/// A Secret in the operator's shape for `tenant` (tests and local setups).
+pub fn kube_secret(name: &str, namespace: &str, tenant: &Tenant) -> KubeSecret {
+    use crate::tenants::{SCHOOL_CODE_LABEL, SCHOOL_ID_LABEL, SELF_SERVICE_VALUE, TENANT_LABEL};
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+    let mut labels = BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())]);
+    match tenant.id {
+        crate::tenants::TenantId::School(id) => {
+            labels.insert(SCHOOL_ID_LABEL.to_owned(), id.to_string());
+        }
+        crate::tenants::TenantId::SelfService => {
+            labels.insert(TENANT_LABEL.to_owned(), SELF_SERVICE_VALUE.to_owned());
+        }
+    }
+    if let Some(code) = &tenant.code {
+        labels.insert(SCHOOL_CODE_LABEL.to_owned(), code.clone());
+    }
+    let data = [
+        ("username", tenant.username.clone()),
+        ("user", tenant.username.clone()),
+        ("password", tenant.password.expose().to_owned()),
+        ("host", tenant.host.clone()),
+        ("port", tenant.port.to_string()),
+        ("dbname", tenant.dbname.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+    .collect();
+    KubeSecret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/basic-auth".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::tenants::{TenantDirectory, TenantId};
+    use uuid::Uuid;
+
+    fn tenant(id: TenantId, password: &str) -> Tenant {
+        Tenant {
+            id,
+            code: Some("c1".into()),
+            host: "db".into(),
+            port: 5432,
+            dbname: "edumind_school_c1".into(),
+            username: "school_c1".into(),
+            password: Secret::new(password),
+        }
+    }
+
+    #[test]
+    fn secret_round_trips_school_and_self_service() {
+        let school = tenant(TenantId::School(Uuid::new_v4()), "pw");
+        let s = kube_secret("s", "ns", &school);
+        assert_eq!(tenant_from_secret(&s).unwrap(), Some(school));
+        let mut ss = tenant(TenantId::SelfService, "pw");
+        ss.code = None;
+        let s = kube_secret("edumind-selfservice", "ns", &ss);
+        assert_eq!(tenant_from_secret(&s).unwrap(), Some(ss));
+    }
+
+    #[test]
+    fn string_data_wins_and_foreign_or_deleting_secrets_are_skipped() {
+        let t = tenant(TenantId::School(Uuid::new_v4()), "old");
+        let mut s = kube_secret("s", "ns", &t);
+        s.string_data = Some([("password".to_owned(), "new".to_owned())].into());
+        assert_eq!(
+            tenant_from_secret(&s).unwrap().unwrap().password.expose(),
+            "new"
+        );
+        let mut foreign = s.clone();
+        foreign
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(MANAGED_BY_LABEL.into(), "helm".into());
+        assert_eq!(tenant_from_secret(&foreign).unwrap(), None);
+        let mut deleting = s.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_eq!(tenant_from_secret(&deleting).unwrap(), None);
+    }
+
+    #[test]
+    fn broken_secrets_report_without_values_and_are_skipped() {
+        let t = tenant(TenantId::School(Uuid::new_v4()), "s3cret");
+        let mut s = kube_secret("s", "ns", &t);
+        s.data.as_mut().unwrap().remove("host");
+        assert_eq!(
+            tenant_from_secret(&s).unwrap_err(),
+            "a required key is missing"
+        );
+        let good = kube_secret("g", "ns", &tenant(TenantId::SelfService, "x"));
+        assert_eq!(tenants_from_secrets("ns", &[s, good]).len(), 1);
+    }
+
+    #[test]
+    fn snapshots_diff_into_added_rotated_removed() {
+        let dir = TenantDirectory::default();
+        let a = tenant(TenantId::School(Uuid::new_v4()), "1");
+        let b = tenant(TenantId::SelfService, "1");
+        let list = |ts: &[&Tenant]| {
+            let secrets: Vec<_> = ts.iter().map(|t| kube_secret("x", "ns", t)).collect();
+            tenants_from_secrets("ns", &secrets)
+        };
+        let c = dir.replace(list(&[&a, &b]));
+        assert_eq!(c.added.len(), 2);
+        let a2 = tenant(a.id, "2");
+        let c = dir.replace(list(&[&a2]));
+        assert_eq!(c.changed, vec![a.id]);
+        assert_eq!(c.removed, vec![b.id]);
+        assert!(c.added.is_empty());
+    }
+}
