@@ -120,8 +120,11 @@ def check_rbac(objects, values, rbac, release_ns, problems):
         if o["kind"] == "Deployment" and o["metadata"]["labels"].get("app.kubernetes.io/component") == "operator":
             fullname = o["metadata"]["name"]
     components = {"operator": rbac["operator"]}
+    # The data plane lists Secrets only with the in-cluster tenant source (the default);
+    # with a mounted tenant directory (tenants.existingSecret) it gets no RBAC at all.
     if values["dataplane"]["enabled"]:
-        components["dataplane"] = rbac["dataplane"]
+        in_cluster = not values["dataplane"]["tenants"].get("existingSecret")
+        components["dataplane"] = rbac["dataplane"] if in_cluster else []
     sa_names = {}
     for o in objects:
         if o["kind"] == "Deployment":

@@ -7,9 +7,9 @@
 //! code starts calling a new resource or verb, add it here, then to
 //! `charts/edumind/templates/*rbac.yaml`.
 //!
-//! Entries marked [`Rule::pending`] are not called by the code on this branch yet: they are
-//! reserved for work in flight (the data plane's in-cluster tenant source) so that
-//! the chart is ready when it lands. Whoever lands that work removes the marker.
+//! An entry may be marked [`Rule::pending`] while no code on a branch calls it yet (work in
+//! flight, so that the chart is ready when it lands); `operator/tests/rbac.rs` then does
+//! not require it to be used. Whoever lands that work removes the marker. None is pending.
 
 use serde::Serialize;
 
@@ -64,15 +64,8 @@ const fn rule(
     }
 }
 
-const fn pending(mut r: Rule, work: &'static str) -> Rule {
-    r.pending = Some(work);
-    r
-}
-
 /// Name of the operator's leader-election Lease (also `edumind_operator::run::LEASE_NAME`).
 pub const LEADER_LEASE: &str = "edumind-operator-leader";
-
-const TENANT_SOURCE: &str = "data plane in-cluster tenant source (wt-dp)";
 
 /// What `edumind-operator run` calls.
 pub const OPERATOR_RULES: &[Rule] = &[
@@ -201,25 +194,20 @@ pub const OPERATOR_RULES: &[Rule] = &[
 
 /// What `edumind-dataplane` calls.
 pub const DATAPLANE_RULES: &[Rule] = &[
-    pending(
-        rule(
-            "",
-            &["secrets"],
-            &["get", "list", "watch"],
-            Scope::Watched,
-            "tenant discovery: the operator's labelled connection Secrets",
-        ),
-        TENANT_SOURCE,
+    rule(
+        "",
+        &["secrets"],
+        &["list"],
+        Scope::Watched,
+        "tenant discovery: list-polling of the operator's labelled connection Secrets \
+         (edumind_dataplane::kube_source)",
     ),
-    pending(
-        rule(
-            "",
-            &["secrets"],
-            &["get", "list", "watch"],
-            Scope::SelfService,
-            "tenant discovery: the self-service tenant's Secret",
-        ),
-        TENANT_SOURCE,
+    rule(
+        "",
+        &["secrets"],
+        &["list"],
+        Scope::SelfService,
+        "tenant discovery: the self-service tenant's Secret",
     ),
 ];
 

@@ -46,8 +46,12 @@ pub enum TenantSourceKind {
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesSettings {
     /// Namespaces whose connection Secrets are tenants (the operator's namespaces, and the
-    /// self-service Secret's). Required when `tenant_source = "kubernetes"`.
+    /// self-service Secret's). Required when `tenant_source = "kubernetes"`, unless
+    /// `all_namespaces` is set.
     pub namespaces: Vec<String>,
+    /// List the Secrets in every namespace (cluster-wide `list`), for an operator that
+    /// watches every namespace. Exclusive with `namespaces`.
+    pub all_namespaces: bool,
     /// Which Secrets to list.
     pub label_selector: String,
 }
@@ -56,6 +60,7 @@ impl Default for KubernetesSettings {
     fn default() -> Self {
         KubernetesSettings {
             namespaces: Vec::new(),
+            all_namespaces: false,
             label_selector: crate::kube_source::DEFAULT_SELECTOR.into(),
         }
     }
@@ -210,10 +215,12 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.tenant_source == TenantSourceKind::Kubernetes
-            && self.kubernetes.namespaces.is_empty()
+            && self.kubernetes.namespaces.is_empty() == !self.kubernetes.all_namespaces
         {
             return Err(ConfigError::Invalid(
-                "tenant_source = \"kubernetes\" needs kubernetes.namespaces".into(),
+                "tenant_source = \"kubernetes\" needs either kubernetes.namespaces or \
+                 kubernetes.all_namespaces = true"
+                    .into(),
             ));
         }
         if self.pool.server_budget == 0 || self.pool.per_tenant_max == 0 {
@@ -338,6 +345,19 @@ mod tests {
         .unwrap();
         assert_eq!(s.tenant_source, TenantSourceKind::Kubernetes);
         assert_eq!(s.kubernetes.namespaces, ["schools", "edumind-system"]);
+        assert!(!s.kubernetes.all_namespaces);
+        let all = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                secret,
+                ("EDUMIND_DP__TENANT_SOURCE", "kubernetes"),
+                ("EDUMIND_DP__KUBERNETES__ALL_NAMESPACES", "true"),
+            ];
+            vars.extend_from_slice(extra);
+            Settings::load(None, env(&vars))
+        };
+        assert!(all(&[]).unwrap().kubernetes.all_namespaces);
+        let err = all(&[("EDUMIND_DP__KUBERNETES__NAMESPACES", r#"["schools"]"#)]).unwrap_err();
+        assert!(err.to_string().contains("either"), "{err}");
         assert_eq!(
             s.kubernetes.label_selector,
             "app.kubernetes.io/managed-by=edumind-operator"

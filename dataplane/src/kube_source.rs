@@ -15,9 +15,11 @@
 //! A failed list of any namespace fails the whole poll, which keeps the last known set:
 //! an API outage must not drop every tenant.
 //!
-//! RBAC: `get`, `list`, `watch` on `secrets` (core group) in each configured namespace
-//! (`watch` is not used today; granting it keeps a future watcher from needing a new
-//! Role).
+//! `[kubernetes] all_namespaces = true` lists every namespace instead, in one cluster-wide
+//! list: the match for an operator that watches every namespace.
+//!
+//! RBAC: `list` on `secrets` (core group) in each configured namespace, or cluster-wide
+//! when the list is empty — nothing else (`edumind_crds::rbac::DATAPLANE_RULES`).
 //!
 //! [`TenantDirectory::replace`]: crate::tenants::TenantDirectory::replace
 
@@ -31,7 +33,8 @@ use crate::tenants::{
 /// The default label selector: every Secret the operator manages.
 pub const DEFAULT_SELECTOR: &str = "app.kubernetes.io/managed-by=edumind-operator";
 
-/// Lists the operator's Secrets in `namespaces`.
+/// Lists the operator's Secrets in `namespaces` (empty: in every namespace; the settings
+/// only allow that with `kubernetes.all_namespaces = true`).
 #[derive(Clone)]
 pub struct KubeTenantSource {
     pub client: kube::Client,
@@ -45,6 +48,18 @@ impl TenantSource for KubeTenantSource {
             .labels(&self.label_selector)
             .match_any();
         let mut out = Vec::new();
+        if self.namespaces.is_empty() {
+            let api: Api<KubeSecret> = Api::all(self.client.clone());
+            let list = api
+                .list(&params)
+                .await
+                .map_err(|e| SourceError::Kube("(all namespaces)".into(), e.to_string()))?;
+            for s in &list.items {
+                let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+                out.extend(tenants_from_secrets(ns, std::slice::from_ref(s)));
+            }
+            return Ok(out);
+        }
         for ns in &self.namespaces {
             let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), ns);
             let list = api

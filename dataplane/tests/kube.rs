@@ -171,3 +171,61 @@ async fn kubernetes_secrets_come_rotate_and_go_without_restart() {
     let _ = stop.send(());
     server.await.unwrap();
 }
+
+/// `all_namespaces`: one cluster-wide list finds the operator's Secrets in every namespace
+/// (and still only those).
+#[tokio::test]
+async fn all_namespaces_lists_every_namespace() {
+    use edumind_dataplane::tenants::{Tenant, TenantSource};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube_fake_client::ClientBuilder::new()
+        .build()
+        .await
+        .unwrap();
+    let tenant = |id: TenantId| Tenant {
+        id,
+        code: None,
+        host: "127.0.0.1".into(),
+        port: 5432,
+        dbname: "db".into(),
+        username: "u".into(),
+        password: Secret::new("p"),
+    };
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let pp = PostParams::default();
+    for (ns, name, t) in [
+        ("ns-a", "school-a", tenant(TenantId::School(a))),
+        ("ns-b", "school-b", tenant(TenantId::School(b))),
+        ("ns-c", "selfservice", tenant(TenantId::SelfService)),
+    ] {
+        let api: Api<KubeSecret> = Api::namespaced(client.clone(), ns);
+        api.create(&pp, &kube_secret(name, ns, &t)).await.unwrap();
+    }
+    let mut foreign = kube_secret("other", "ns-a", &tenant(TenantId::School(Uuid::new_v4())));
+    foreign.metadata.labels = None;
+    Api::<KubeSecret>::namespaced(client.clone(), "ns-a")
+        .create(&pp, &foreign)
+        .await
+        .unwrap();
+
+    let source = KubeTenantSource {
+        client,
+        namespaces: Vec::new(),
+        label_selector: DEFAULT_SELECTOR.into(),
+    };
+    let mut ids: Vec<TenantId> = source
+        .snapshot()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    ids.sort_by_key(|id| format!("{id:?}"));
+    let mut want = vec![
+        TenantId::School(a),
+        TenantId::School(b),
+        TenantId::SelfService,
+    ];
+    want.sort_by_key(|id| format!("{id:?}"));
+    assert_eq!(ids, want);
+}
