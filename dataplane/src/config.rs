@@ -215,7 +215,7 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.tenant_source == TenantSourceKind::Kubernetes
-            && self.kubernetes.namespaces.is_empty() == !self.kubernetes.all_namespaces
+            && self.kubernetes.namespaces.is_empty() != self.kubernetes.all_namespaces
         {
             return Err(ConfigError::Invalid(
                 "tenant_source = \"kubernetes\" needs either kubernetes.namespaces or \

@@ -37,6 +37,7 @@ routes! {
     USERS_LIST = ("users.list", "get", "/v1/tenants/{tenant}/users", true, "Users, keyset-paginated by id, filtered by role (staff and admins)");
     USERS_CREATE = ("users.create", "post", "/v1/tenants/{tenant}/users", true, "Create a user of this tenant (school admins: roles 0-2; admins: any)");
     STUDENTS_LIST = ("students.list", "get", "/v1/tenants/{tenant}/students", true, "Students, keyset-paginated by id (after, limit, grade_level, subscription_tier); students see themselves");
+    STUDENTS_CREATE = ("students.create", "post", "/v1/tenants/{tenant}/students", true, "Make a Student-role user of this tenant a student (school admins, admins)");
     STUDENT_PROGRESS = ("students.progress", "get", "/v1/tenants/{tenant}/students/{id}/progress", true, "Level, XP, streak and attempt counts (cached 5 min)");
     ROSTER_GET = ("classes.roster.get", "get", "/v1/tenants/{tenant}/classes/{id}/roster", true, "A class's students (cached 10 min)");
     ROSTER_PUT = ("classes.roster.put", "put", "/v1/tenants/{tenant}/classes/{id}/roster", true, "Replace a class's roster");

@@ -963,3 +963,86 @@ async fn content_and_class_writes_are_validated() {
         "{v}"
     );
 }
+
+/// `POST /students`: school admins turn a Student-role user of their school into a
+/// student; everything else is refused with the right status and nothing is written.
+#[tokio::test]
+async fn students_are_created_for_student_users_only() {
+    let f = fixture().await;
+    let (ta, tb) = (f.a.school_id.unwrap(), f.b.school_id.unwrap());
+    let school_admin = token(f.a.admin_user, 2, Some(ta));
+    let users = format!("/v1/tenants/{ta}/users");
+    let students = format!("/v1/tenants/{ta}/students");
+    let (s, user, _) = f
+        .call(
+            "POST",
+            &users,
+            Some(&school_admin),
+            Some(json!({"email": "kid@x.test", "full_name": "New Kid", "role": 0})),
+        )
+        .await;
+    assert_eq!(s, 201, "{user}");
+    let uid = user["id"].as_str().unwrap().to_owned();
+    let body = json!({"user_id": uid, "grade_level": 7, "parent_email": "mum@x.test"});
+
+    let teacher = token(f.a.teacher_user, 1, Some(ta));
+    assert_eq!(
+        f.call("POST", &students, Some(&teacher), Some(body.clone()))
+            .await
+            .0,
+        403,
+        "teachers do not create students"
+    );
+    let other_admin = token(f.b.admin_user, 2, Some(tb));
+    assert_eq!(
+        f.call("POST", &students, Some(&other_admin), Some(body.clone()))
+            .await
+            .0,
+        404,
+        "another school's admin sees no such tenant"
+    );
+    for bad in [
+        json!({"user_id": uid, "grade_level": 5}),
+        json!({"user_id": uid, "grade_level": 7, "parent_email": "no-at-sign"}),
+        json!({"user_id": uid, "grade_level": 7, "subscription_tier": -1}),
+        json!({"user_id": uid, "grade_level": 7, "xp_points": 1000}),
+        json!({"user_id": f.a.teacher_user, "grade_level": 7}),
+        json!({"user_id": Uuid::new_v4(), "grade_level": 7}),
+    ] {
+        let (s, v, h) = f
+            .call("POST", &students, Some(&school_admin), Some(bad.clone()))
+            .await;
+        assert_eq!(s, 400, "{bad} -> {v}");
+        assert_eq!(h["content-type"], "application/problem+json");
+    }
+
+    let (s, created, _) = f
+        .call("POST", &students, Some(&school_admin), Some(body.clone()))
+        .await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["user_id"], uid);
+    assert_eq!(created["school_id"], ta.to_string());
+    assert_eq!(
+        (created["level"].as_i64(), created["xp_points"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(
+        f.call("POST", &students, Some(&school_admin), Some(body))
+            .await
+            .0,
+        409,
+        "one student row per user"
+    );
+    // The new student reads their own progress with their own token.
+    let sid = created["id"].as_str().unwrap();
+    let kid: Uuid = uid.parse().unwrap();
+    let (s, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/students/{sid}/progress"),
+            Some(&token(kid, 0, Some(ta))),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -2,11 +2,10 @@
 //!
 //! Everything the data plane's API can write goes through it (users, courses, questions,
 //! assessments, classes, rosters, and the students' attempts, answered and submitted
-//! with their own tokens), so the demo exercises the real request path. Three kinds of
-//! rows have no write endpoint yet and are inserted with SQL on the demo's own throwaway
-//! server: `students` rows, and the self-service tenant's users, students and content
-//! (its application role may only read content). Each school's own `schools` row comes
-//! from the operator, which writes it from the School spec.
+//! with their own tokens, and students), so the demo exercises the real request path.
+//! The self-service tenant's users, students and content are one SQL batch on the demo's
+//! own throwaway server. Each school's own `schools` row comes from the operator,
+//! which writes it from the School spec.
 
 use std::collections::BTreeMap;
 
@@ -328,11 +327,9 @@ pub async fn load_school(
     tokens: &Tokens,
     plan: &SchoolPlan,
     school_id: Uuid,
-    db_url: &str,
 ) -> anyhow::Result<LoadedSchool> {
     let admin = tokens.platform_admin()?;
     let t = school_id.to_string();
-    let mut conn = PgConnection::connect(db_url).await?;
 
     let mut users = BTreeMap::new();
     let people = std::iter::once((plan.admin, 2))
@@ -350,17 +347,15 @@ pub async fn load_school(
     }
     let mut students = BTreeMap::new();
     for name in plan.students {
-        let user = users[name];
-        let id = student_id(user);
-        sql(
-            &mut conn,
-            "INSERT INTO students (id, user_id, school_id, grade_level) VALUES ($1, $2, $3, 9)",
-            &[json!(id.to_string()), json!(user.to_string()), json!(t)],
-        )
-        .await?;
-        students.insert(name, id);
+        let created = api
+            .post(
+                &format!("/v1/tenants/{t}/students"),
+                &admin,
+                json!({"user_id": users[name], "grade_level": 9}),
+            )
+            .await?;
+        students.insert(name, uuid_of(&created, "id")?);
     }
-    let _ = conn.close().await;
 
     put_content(api, &t, &admin).await?;
     // Classes: Algebra (first teacher, students 1-3), Biology (second teacher, students 2-4).

@@ -272,11 +272,7 @@ async fn demo(args: &Args, running: &mut Running) -> anyhow::Result<()> {
     let mut loaded = Vec::new();
     for (plan, outcome) in SCHOOLS.iter().zip(&report.schools) {
         let school_id = Uuid::parse_str(&outcome.school_id)?;
-        let db = outcome
-            .database
-            .as_deref()
-            .context("no database in status")?;
-        loaded.push(data::load_school(&api, &tokens, plan, school_id, &pg.url(db)).await?);
+        loaded.push(data::load_school(&api, &tokens, plan, school_id).await?);
     }
     let self_service = data::load_self_service(
         &api,

@@ -243,6 +243,10 @@ pub fn routes(s: Ctx) -> BoxedFilter<(Response,)> {
         .unify()
         .or(students_list(&s))
         .unify()
+        .or(students_create(&s))
+        .unify()
+        // Boxing part-way keeps the combined filter type within the compiler's depth limit.
+        .boxed()
         .or(student_progress(&s))
         .unify()
         .or(roster_get(&s))

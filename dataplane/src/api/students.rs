@@ -177,3 +177,98 @@ pub fn student_progress(s: &Ctx) -> BoxedFilter<(Response,)> {
         .boxed();
     instrument(s, openapi::STUDENT_PROGRESS, f)
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewStudent {
+    user_id: Uuid,
+    grade_level: i32,
+    date_of_birth: Option<chrono::NaiveDate>,
+    #[serde(default)]
+    parental_consent_granted: bool,
+    parent_email: Option<String>,
+    #[serde(default)]
+    subscription_tier: i32,
+    subscription_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl NewStudent {
+    /// Every field against its column (spec 2.2 `students`).
+    fn validate(&self) -> Result<(), Problem> {
+        if !(6..=12).contains(&self.grade_level) {
+            return Err(Problem::bad_request("grade_level must be 6..=12"));
+        }
+        if let Some(e) = &self.parent_email {
+            check_len("parent_email", e, 255)?;
+            if !e.contains('@') || e.contains(char::is_whitespace) {
+                return Err(Problem::bad_request("parent_email is not an address"));
+            }
+        }
+        if self.subscription_tier < 0 {
+            return Err(Problem::bad_request(
+                "subscription_tier must not be negative",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/students`: makes a user of this tenant whose role is Student
+/// (0) a student, with level 1, no XP and no classes (the roster PUT adds classes). School
+/// admins and admins; 400 when `user_id` is not a student user here, 409 when that user
+/// already is a student.
+pub fn students_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+    let f = warp::path!("v1" / "tenants" / String / "students")
+        .and(warp::post())
+        .and(principal(s))
+        .and(json_body::<NewStudent>(s))
+        .and(with(s))
+        .then(
+            |t: String, who: Who, body: Result<NewStudent, Problem>, s: Ctx| async move {
+                reply(
+                    async {
+                        let sc = scope(&s, who, &t)?;
+                        if !sc.access.manages_school() {
+                            return Err(Problem::forbidden());
+                        }
+                        let n = body?;
+                        n.validate()?;
+                        let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                        let mut tx = begin_scoped(&mut conn, &sc).await?;
+                        // The user must exist in this tenant's database with the Student role;
+                        // the row's school is the tenant's (NULL in self-service).
+                        let doc: Option<Value> = sqlx::query_scalar(
+                        "INSERT INTO students (id, user_id, school_id, grade_level, date_of_birth, \
+                             parental_consent_granted, parent_email, subscription_tier, \
+                             subscription_expires_at) \
+                         SELECT $1, u.id, $3, $4, $5, $6, $7, $8, $9 FROM users u \
+                         WHERE u.id = $2 AND u.role = 0 \
+                         RETURNING to_jsonb(students.*)",
+                    )
+                    .bind(Uuid::new_v4())
+                    .bind(n.user_id)
+                    .bind(sc.school_id())
+                    .bind(n.grade_level)
+                    .bind(n.date_of_birth)
+                    .bind(n.parental_consent_granted)
+                    .bind(&n.parent_email)
+                    .bind(n.subscription_tier)
+                    .bind(n.subscription_expires_at)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                        let doc = doc.ok_or_else(|| {
+                            Problem::bad_request(
+                                "user_id must name a user of this tenant with the Student role",
+                            )
+                        })?;
+                        tx.commit().await.map_err(db_problem)?;
+                        Ok(json_reply(StatusCode::CREATED, &doc))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed();
+    instrument(s, openapi::STUDENTS_CREATE, f)
+}
