@@ -222,26 +222,50 @@ pub fn backup_job_name(backup: &str) -> String {
     backupjobs::child_name(backup, "-backup", 63)
 }
 
+/// Writes `status` of a SchoolBackup or SchoolRestore with server-side apply, only when it
+/// differs from `current`.
+async fn apply_status<K, S>(
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+    ctx: &Context,
+    step: &'static str,
+) -> Result<(), OpError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube(step))?;
+    Ok(())
+}
+
 async fn patch_backup_status(
     sb: &SchoolBackup,
     ctx: &Context,
     status: &SchoolBackupStatus,
 ) -> Result<(), OpError> {
-    if sb.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let api: Api<SchoolBackup> =
-        Api::namespaced(ctx.client.clone(), &sb.namespace().unwrap_or_default());
-    let patch =
-        json!({"apiVersion": "edumind.ai/v1alpha1", "kind": "SchoolBackup", "status": status});
-    api.patch_status(
-        &sb.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+    apply_status(
+        sb,
+        sb.status.as_ref(),
+        status,
+        ctx,
+        "update the SchoolBackup's status",
     )
     .await
-    .map_err(kube("update the SchoolBackup's status"))?;
-    Ok(())
 }
 
 /// Reconciles one SchoolBackup: start its Job once, then follow it to the end.
@@ -404,21 +428,14 @@ async fn patch_restore_status(
     ctx: &Context,
     status: &SchoolRestoreStatus,
 ) -> Result<(), OpError> {
-    if sr.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let api: Api<SchoolRestore> =
-        Api::namespaced(ctx.client.clone(), &sr.namespace().unwrap_or_default());
-    let patch =
-        json!({"apiVersion": "edumind.ai/v1alpha1", "kind": "SchoolRestore", "status": status});
-    api.patch_status(
-        &sr.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+    apply_status(
+        sr,
+        sr.status.as_ref(),
+        status,
+        ctx,
+        "update the SchoolRestore's status",
     )
     .await
-    .map_err(kube("update the SchoolRestore's status"))?;
-    Ok(())
 }
 
 /// Reconciles one SchoolRestore (see the module docs for the protocol).
