@@ -7,6 +7,7 @@
 //! operator validates again before touching a database, so a manifest that slips past an
 //! old CRD still ends as a readable status condition.
 
+pub mod connection;
 pub mod rbac;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

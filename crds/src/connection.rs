@@ -1,0 +1,450 @@
+//! The connection Secret: the contract between the operator, which writes one per tenant,
+//! and its readers (the data plane and the backup runner). Its label names, key names and
+//! value formats are written here once; every builder and parser uses this module.
+//!
+//! Shape (design brief, "Connection Secret"): type `kubernetes.io/basic-auth`; labels
+//! `app.kubernetes.io/managed-by: edumind-operator`, and `edumind.ai/school-id` plus
+//! `edumind.ai/school-code` for a school, or `edumind.ai/tenant: selfservice` for the shared
+//! self-service database; `edumind.ai/tenant-kind` says which. Keys: `username`, `user`,
+//! `password`, `host`, `port`, `dbname`, `uri`, `jdbc-uri`, `pgpass` and the .NET
+//! connection string (`School-{id}-ConnectionString` or `SelfService-ConnectionString`).
+//!
+//! Parse errors name the key or label at fault and never carry a value from the Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use uuid::Uuid;
+
+/// `app.kubernetes.io/managed-by`: only Secrets carrying [`MANAGED_BY`] here are tenants.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The value of [`LABEL_MANAGED_BY`] on everything the operator manages.
+pub const MANAGED_BY: &str = "edumind-operator";
+/// The school's id (a UUID): the exact key readers route by.
+pub const LABEL_SCHOOL_ID: &str = "edumind.ai/school-id";
+/// A label-safe form of the school's code, for humans and selectors.
+pub const LABEL_SCHOOL_CODE: &str = "edumind.ai/school-code";
+/// `school` or `selfservice`.
+pub const LABEL_TENANT_KIND: &str = "edumind.ai/tenant-kind";
+/// `selfservice` on the shared self-service database's Secret (and nothing else).
+pub const LABEL_TENANT: &str = "edumind.ai/tenant";
+/// The value of [`LABEL_TENANT`] and [`LABEL_TENANT_KIND`] for the self-service tenant.
+pub const SELF_SERVICE: &str = "selfservice";
+/// The value of [`LABEL_TENANT_KIND`] for a school.
+pub const SCHOOL: &str = "school";
+/// The Secret type.
+pub const SECRET_TYPE: &str = "kubernetes.io/basic-auth";
+/// The .NET key of the self-service Secret (`GetConnectionString("SelfService")`).
+pub const SELF_SERVICE_DOTNET_KEY: &str = "SelfService-ConnectionString";
+
+/// The key names of the Secret's data.
+pub mod keys {
+    pub const USERNAME: &str = "username";
+    pub const USER: &str = "user";
+    pub const PASSWORD: &str = "password";
+    pub const HOST: &str = "host";
+    pub const PORT: &str = "port";
+    pub const DBNAME: &str = "dbname";
+    pub const URI: &str = "uri";
+    pub const JDBC_URI: &str = "jdbc-uri";
+    pub const PGPASS: &str = "pgpass";
+}
+
+/// The .NET key of a school's Secret, as the storage spec names it.
+pub fn school_dotnet_key(school_id: Uuid) -> String {
+    format!("School-{school_id}-ConnectionString")
+}
+
+/// A password. `Debug` prints `***`; the value is reachable only through [`Password::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(value: impl Into<String>) -> Self {
+        Password(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// Which tenant a connection Secret is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantRef {
+    /// A school. `code_label` is the label-safe form of its code (absent when a reader
+    /// finds no code label).
+    School {
+        id: Uuid,
+        code_label: Option<String>,
+    },
+    /// The shared self-service database.
+    SelfService,
+}
+
+/// Where and as whom to connect: the keys every reader needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub username: String,
+    pub password: Password,
+}
+
+impl Endpoint {
+    /// Every key of the contract for this endpoint, with the .NET connection string under
+    /// `dotnet_key`. Role, database and password are generated as `[A-Za-z0-9_]`, so no
+    /// value needs escaping in any of the formats.
+    pub fn data(&self, dotnet_key: &str) -> BTreeMap<String, String> {
+        let Endpoint {
+            host,
+            port,
+            dbname: db,
+            username: user,
+            password,
+        } = self;
+        let pw = password.expose();
+        BTreeMap::from([
+            (keys::USERNAME.into(), user.clone()),
+            (keys::USER.into(), user.clone()),
+            (keys::PASSWORD.into(), pw.into()),
+            (keys::HOST.into(), host.clone()),
+            (keys::PORT.into(), port.to_string()),
+            (keys::DBNAME.into(), db.clone()),
+            (
+                keys::URI.into(),
+                format!("postgresql://{user}:{pw}@{host}:{port}/{db}"),
+            ),
+            (
+                keys::JDBC_URI.into(),
+                format!("jdbc:postgresql://{host}:{port}/{db}?user={user}&password={pw}"),
+            ),
+            (
+                keys::PGPASS.into(),
+                format!("{host}:{port}:{db}:{user}:{pw}\n"),
+            ),
+            (
+                dotnet_key.into(),
+                format!("Host={host};Port={port};Database={db};Username={user};Password={pw}"),
+            ),
+        ])
+    }
+
+    /// Reads the endpoint from a Secret's keys (`username`, or `user` when it is absent).
+    pub fn from_keys(keys: &BTreeMap<String, String>) -> Result<Self, ParseError> {
+        let get = |name: &'static str| {
+            keys.get(name)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or(ParseError::MissingKey(name))
+        };
+        Ok(Endpoint {
+            host: get(keys::HOST)?,
+            port: get(keys::PORT)?
+                .trim()
+                .parse()
+                .map_err(|_| ParseError::BadPort)?,
+            dbname: get(keys::DBNAME)?,
+            username: get(keys::USERNAME).or_else(|_| get(keys::USER))?,
+            password: Password::new(get(keys::PASSWORD)?),
+        })
+    }
+}
+
+/// One tenant's connection Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSecret {
+    pub tenant: TenantRef,
+    pub endpoint: Endpoint,
+}
+
+/// Why a Secret is not a usable connection Secret. Never carries a value from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    NotManaged,
+    NotASecret,
+    MissingKey(&'static str),
+    NotUtf8(String),
+    BadPort,
+    NoSchoolId,
+    BadSchoolId,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::NotManaged => write!(f, "not managed by {MANAGED_BY}"),
+            ParseError::NotASecret => f.write_str("not a Secret manifest"),
+            ParseError::MissingKey(k) => write!(f, "the Secret has no `{k}` key"),
+            ParseError::NotUtf8(k) => write!(f, "the value of `{k}` is not UTF-8 text"),
+            ParseError::BadPort => write!(f, "`{}` is not a port number", keys::PORT),
+            ParseError::NoSchoolId => write!(f, "no {LABEL_SCHOOL_ID} label"),
+            ParseError::BadSchoolId => write!(f, "the {LABEL_SCHOOL_ID} label is not a UUID"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl ConnectionSecret {
+    /// The labels the operator sets.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())]);
+        match &self.tenant {
+            TenantRef::School { id, code_label } => {
+                labels.insert(LABEL_SCHOOL_ID.into(), id.to_string());
+                if let Some(code) = code_label {
+                    labels.insert(LABEL_SCHOOL_CODE.into(), code.clone());
+                }
+                labels.insert(LABEL_TENANT_KIND.into(), SCHOOL.into());
+            }
+            TenantRef::SelfService => {
+                labels.insert(LABEL_TENANT.into(), SELF_SERVICE.into());
+                labels.insert(LABEL_TENANT_KIND.into(), SELF_SERVICE.into());
+            }
+        }
+        labels
+    }
+
+    /// The .NET key for this tenant.
+    pub fn dotnet_key(&self) -> String {
+        match &self.tenant {
+            TenantRef::School { id, .. } => school_dotnet_key(*id),
+            TenantRef::SelfService => SELF_SERVICE_DOTNET_KEY.to_string(),
+        }
+    }
+
+    /// Every key of the Secret's data, as text.
+    pub fn data(&self) -> BTreeMap<String, String> {
+        self.endpoint.data(&self.dotnet_key())
+    }
+
+    /// The Secret the operator publishes.
+    pub fn to_secret(&self, name: &str, namespace: &str, owner: Option<OwnerReference>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
+                labels: Some(self.labels()),
+                owner_references: owner.map(|o| vec![o]),
+                ..Default::default()
+            },
+            type_: Some(SECRET_TYPE.into()),
+            data: Some(
+                self.data()
+                    .into_iter()
+                    .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// Reads a tenant from a Secret (from the API or a manifest). `stringData` wins over
+    /// `data`, as in the API server. [`ParseError::NotManaged`] for a Secret without the
+    /// managed-by label: readers skip those silently.
+    pub fn from_secret(secret: &Secret) -> Result<Self, ParseError> {
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+            return Err(ParseError::NotManaged);
+        }
+        Self::from_parts(&labels, &secret_keys(secret)?)
+    }
+
+    /// Reads a tenant from labels and key values, whatever shape they came in.
+    pub fn from_parts(
+        labels: &BTreeMap<String, String>,
+        keys: &BTreeMap<String, String>,
+    ) -> Result<Self, ParseError> {
+        let tenant = if labels.get(LABEL_TENANT).map(String::as_str) == Some(SELF_SERVICE) {
+            TenantRef::SelfService
+        } else {
+            let raw = labels.get(LABEL_SCHOOL_ID).ok_or(ParseError::NoSchoolId)?;
+            TenantRef::School {
+                id: Uuid::parse_str(raw).map_err(|_| ParseError::BadSchoolId)?,
+                code_label: labels.get(LABEL_SCHOOL_CODE).cloned(),
+            }
+        };
+        Ok(ConnectionSecret {
+            tenant,
+            endpoint: Endpoint::from_keys(keys)?,
+        })
+    }
+}
+
+/// A Secret's values as text: `data` decoded, then `stringData` over it.
+pub fn secret_keys(secret: &Secret) -> Result<BTreeMap<String, String>, ParseError> {
+    let mut out = BTreeMap::new();
+    for (key, value) in secret.data.iter().flatten() {
+        let text =
+            String::from_utf8(value.0.clone()).map_err(|_| ParseError::NotUtf8(key.clone()))?;
+        out.insert(key.clone(), text);
+    }
+    for (key, value) in secret.string_data.iter().flatten() {
+        out.insert(key.clone(), value.clone());
+    }
+    Ok(out)
+}
+
+/// Parses a Secret manifest (YAML or JSON). The error never echoes the document.
+pub fn secret_from_yaml(text: &str) -> Result<Secret, ParseError> {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: Option<String>,
+    }
+    let kind: Kind = serde_yaml_ng::from_str(text).map_err(|_| ParseError::NotASecret)?;
+    if kind.kind.as_deref().is_some_and(|k| k != "Secret") {
+        return Err(ParseError::NotASecret);
+    }
+    serde_yaml_ng::from_str(text).map_err(|_| ParseError::NotASecret)
+}
+
+/// The Secret as a clean manifest: what `kubectl get secret -o yaml` shows without the
+/// server-populated fields (uid, resourceVersion, owner references).
+pub fn secret_to_yaml(secret: &Secret) -> Result<String, serde_yaml_ng::Error> {
+    // k8s-openapi writes `apiVersion` and `kind` itself.
+    let clean = Secret {
+        metadata: ObjectMeta {
+            name: secret.metadata.name.clone(),
+            namespace: secret.metadata.namespace.clone(),
+            labels: secret.metadata.labels.clone(),
+            ..Default::default()
+        },
+        type_: secret.type_.clone(),
+        data: secret.data.clone(),
+        string_data: secret.string_data.clone(),
+        ..Default::default()
+    };
+    serde_yaml_ng::to_string(&clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn school() -> ConnectionSecret {
+        ConnectionSecret {
+            tenant: TenantRef::School {
+                id: Uuid::parse_str("0b8f3a5e-0000-4000-8000-000000000001").unwrap(),
+                code_label: Some("LHS".into()),
+            },
+            endpoint: Endpoint {
+                host: "pg.example".into(),
+                port: 5433,
+                dbname: "edumind_school_lhs_x".into(),
+                username: "edumind_school_lhs_x".into(),
+                password: Password::new("s3cr3tPassw0rd"),
+            },
+        }
+    }
+
+    #[test]
+    fn build_then_parse_is_the_identity() {
+        for c in [
+            school(),
+            ConnectionSecret {
+                tenant: TenantRef::SelfService,
+                ..school()
+            },
+        ] {
+            let secret = c.to_secret("n", "ns", None);
+            assert_eq!(secret.type_.as_deref(), Some(SECRET_TYPE));
+            assert_eq!(ConnectionSecret::from_secret(&secret), Ok(c.clone()));
+            let yaml = secret_to_yaml(&secret).unwrap();
+            assert!(yaml.contains("kind: Secret") && yaml.contains("apiVersion: v1"));
+            let back = secret_from_yaml(&yaml).unwrap();
+            assert_eq!(ConnectionSecret::from_secret(&back), Ok(c));
+        }
+    }
+
+    #[test]
+    fn every_contract_key_is_present() {
+        let c = school();
+        let data = c.data();
+        for key in [
+            "username",
+            "user",
+            "password",
+            "host",
+            "port",
+            "dbname",
+            "uri",
+            "jdbc-uri",
+            "pgpass",
+            "School-0b8f3a5e-0000-4000-8000-000000000001-ConnectionString",
+        ] {
+            assert!(data.contains_key(key), "{key}");
+        }
+        assert_eq!(
+            data["uri"],
+            "postgresql://edumind_school_lhs_x:s3cr3tPassw0rd@pg.example:5433/edumind_school_lhs_x"
+        );
+        let ss = ConnectionSecret {
+            tenant: TenantRef::SelfService,
+            ..school()
+        };
+        assert!(ss.data().contains_key(SELF_SERVICE_DOTNET_KEY));
+        assert_eq!(ss.labels()[LABEL_TENANT], SELF_SERVICE);
+        assert!(!ss.labels().contains_key(LABEL_SCHOOL_ID));
+    }
+
+    #[test]
+    fn string_data_wins_and_user_stands_in_for_username() {
+        let mut secret = school().to_secret("n", "ns", None);
+        let data = secret.data.as_mut().unwrap();
+        data.remove("username");
+        secret.string_data = Some(BTreeMap::from([("port".into(), "6000".into())]));
+        let parsed = ConnectionSecret::from_secret(&secret).unwrap();
+        assert_eq!(parsed.endpoint.port, 6000);
+        assert_eq!(parsed.endpoint.username, "edumind_school_lhs_x");
+    }
+
+    #[test]
+    fn errors_name_the_fault_never_a_value() {
+        let mut secret = school().to_secret("n", "ns", None);
+        secret.data.as_mut().unwrap().remove("password");
+        let err = ConnectionSecret::from_secret(&secret).unwrap_err();
+        assert_eq!(err, ParseError::MissingKey("password"));
+        let mut secret = school().to_secret("n", "ns", None);
+        secret
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_SCHOOL_ID.into(), "s3cr3tPassw0rd".into());
+        let err = ConnectionSecret::from_secret(&secret).unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        let mut secret = school().to_secret("n", "ns", None);
+        secret.metadata.labels = None;
+        assert_eq!(
+            ConnectionSecret::from_secret(&secret),
+            Err(ParseError::NotManaged)
+        );
+        assert_eq!(
+            secret_from_yaml("{ this is: [not yaml").unwrap_err(),
+            ParseError::NotASecret
+        );
+        assert_eq!(
+            secret_from_yaml("kind: ConfigMap\n").unwrap_err(),
+            ParseError::NotASecret
+        );
+        assert!(!format!("{:?}", school()).contains("s3cr3t"));
+    }
+
+    #[test]
+    fn manifests_without_api_version_are_read() {
+        let s = secret_from_yaml("kind: Secret\nstringData:\n  host: h\n").unwrap();
+        assert_eq!(secret_keys(&s).unwrap()["host"], "h");
+        let s = secret_from_yaml("stringData:\n  host: h\n").unwrap();
+        assert_eq!(secret_keys(&s).unwrap()["host"], "h");
+    }
+}
