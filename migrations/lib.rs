@@ -32,6 +32,11 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<(), MigrateError> {
     MIGRATOR.run_direct(None, conn, false).await
 }
 
+/// [`migrate`], stopping after migration `target` (pending ones up to it are applied).
+pub async fn migrate_to(conn: &mut PgConnection, target: i64) -> Result<(), MigrateError> {
+    MIGRATOR.run_direct(Some(target), conn, false).await
+}
+
 /// The newest migration version recorded in the database, `None` when it was never migrated.
 pub async fn applied_version(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
     let exists: bool = sqlx::query_scalar(

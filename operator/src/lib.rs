@@ -20,6 +20,7 @@ pub mod backup;
 pub mod backupjobs;
 pub mod config;
 pub mod credentials;
+pub mod fault;
 pub mod fleet;
 pub mod local;
 pub mod metrics;

@@ -64,6 +64,8 @@ pub enum PgError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot compute a password verifier")]
     Verifier,
+    #[error(transparent)]
+    Injected(#[from] crate::fault::Injected),
 }
 
 fn sql(step: &'static str) -> impl FnOnce(sqlx::Error) -> PgError {
@@ -182,7 +184,7 @@ async fn exec(
     conn.execute(AssertSqlSafe(statement))
         .await
         .map_err(sql(step))?;
-    Ok(())
+    crate::fault::after(step)
 }
 
 const ROLE_ATTRIBUTES: &str =
@@ -196,22 +198,25 @@ pub async fn create_role(
     login: bool,
 ) -> Result<(), PgError> {
     let (r, v) = (quote_ident(role)?, quote_literal(verifier)?);
+    let comment = quote_literal(&claim.to_comment())?;
     let login = if login { "LOGIN" } else { "NOLOGIN" };
+    // Role and claim commit together: a crash in between leaves neither, never a role
+    // without the proof that it is ours (which every later reconcile would refuse).
+    let mut tx = conn.begin().await.map_err(sql("begin creating the role"))?;
     exec(
-        conn,
+        &mut tx,
         "create the role",
         format!("CREATE ROLE {r} {login} {ROLE_ATTRIBUTES} PASSWORD {v}"),
     )
     .await?;
     exec(
-        conn,
+        &mut tx,
         "label the role",
-        format!(
-            "COMMENT ON ROLE {r} IS {}",
-            quote_literal(&claim.to_comment())?
-        ),
+        format!("COMMENT ON ROLE {r} IS {comment}"),
     )
-    .await
+    .await?;
+    tx.commit().await.map_err(sql("commit the new role"))?;
+    crate::fault::after("commit the new role")
 }
 
 /// Resets a drifted role to an unprivileged login (or non-login) role.
@@ -278,15 +283,39 @@ pub async fn create_database(
         format!("REVOKE ALL ON DATABASE {d} FROM PUBLIC"),
     )
     .await?;
+    label_database(conn, database, claim).await
+}
+
+/// Records `claim` on a database. `CREATE DATABASE` cannot run in a transaction, so a
+/// crash can leave a new database without its claim; [`adoptable`] recognises such a
+/// database by its owner, a role that carries the same claim, and this labels it.
+pub async fn label_database(
+    conn: &mut PgConnection,
+    database: &str,
+    claim: &Claim,
+) -> Result<(), PgError> {
     exec(
         conn,
         "label the database",
         format!(
-            "COMMENT ON DATABASE {d} IS {}",
+            "COMMENT ON DATABASE {} IS {}",
+            quote_ident(database)?,
             quote_literal(&claim.to_comment())?
         ),
     )
     .await
+}
+
+/// Whether an unlabelled database is provably `claim`'s own, interrupted between its
+/// creation and its label: it is owned by `role`, and `role` carries the same owner in
+/// its claim (a role and its claim are committed together, see [`create_role`]). A
+/// database labelled by anyone, or owned by any other role, is never adoptable.
+pub fn adoptable(db: &DatabaseState, role: Option<&RoleState>, claim: &Claim) -> bool {
+    db.claim.is_none()
+        && db.owned_by_role
+        && role
+            .and_then(|r| r.claim.as_ref())
+            .is_some_and(|c| c.owner == claim.owner && c.school_id == claim.school_id)
 }
 
 /// Repairs ownership and PUBLIC access of an existing database.
@@ -495,6 +524,7 @@ async fn sync_school_record(conn: &mut PgConnection, r: &SchoolRecord) -> Result
     .execute(&mut *conn)
     .await
     .map_err(sql("write the school's own record"))?;
+    crate::fault::after("write the school's own record")?;
     Ok(written.rows_affected() > 0)
 }
 
@@ -528,7 +558,17 @@ async fn migrate_on(conn: &mut PgConnection, role: &str) -> Result<MigrationOutc
             after: latest,
         });
     }
-    edumind_schema::migrate(conn).await?;
+    // One migration at a time (each in its own transaction), so every step is a point
+    // a crash or a test's fault can stop at; the next run continues from there.
+    let pending: Vec<i64> = edumind_schema::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| before.is_none_or(|b| *v > b))
+        .collect();
+    for version in pending {
+        edumind_schema::migrate_to(conn, version).await?;
+        crate::fault::after(&format!("apply migration {version}"))?;
+    }
     let after = edumind_schema::applied_version(conn)
         .await
         .map_err(sql("read the schema version"))?

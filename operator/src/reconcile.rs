@@ -548,6 +548,19 @@ async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, E
         source: e,
     })?;
     let db_state = match pg::database_state(&mut conn, &d.database, &d.role).await? {
+        Some(state)
+            if state.claim.is_none() && {
+                let role = pg::role_state(&mut conn, &d.role).await?;
+                pg::adoptable(&state, role.as_ref(), &claim)
+            } =>
+        {
+            // Created by an earlier run that stopped before labelling it.
+            pg::label_database(&mut conn, &d.database, &claim).await?;
+            applied
+                .changes
+                .push("labelled the database an interrupted run created");
+            state
+        }
         Some(state) => {
             if state.claim.as_ref().map(|c| &c.owner) != Some(&claim.owner) {
                 return Err(Error::Conflict(format!(
@@ -703,6 +716,7 @@ async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, E
                 source: Box::new(e),
             })?;
         applied.changes.push("wrote the connection Secret");
+        crate::fault::after("write the connection Secret")?;
     }
     Ok(applied)
 }

@@ -928,3 +928,106 @@ async fn the_school_record_follows_the_spec() {
     assert_eq!(rows[0].3.as_deref(), Some("+1 555 0100"));
     assert!(rows[0].5 > first_update, "updated_at moves on a change");
 }
+
+/// Every database and role on the server whose name carries this School's id.
+async fn objects_of(school_id: &str) -> (Vec<String>, Vec<String>) {
+    let simple = uuid::Uuid::parse_str(school_id)
+        .unwrap()
+        .simple()
+        .to_string();
+    let pattern = format!("%{simple}%");
+    let mut conn = admin().await;
+    let dbs = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE $1")
+        .bind(&pattern)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let roles = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1")
+        .bind(&pattern)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    (dbs, roles)
+}
+
+/// A crash right after any provisioning step (simulated by a fault injected after the
+/// step took effect) converges on the next reconcile: Ready, one database and one role,
+/// both claimed, no Conflict.
+#[tokio::test]
+async fn a_fault_after_any_provisioning_step_converges() {
+    let env = env().await;
+    let mut steps: Vec<String> = [
+        "create the role",
+        "label the role",
+        "commit the new role",
+        "create the database",
+        "revoke public access to the database",
+        "label the database",
+    ]
+    .map(String::from)
+    .to_vec();
+    steps.extend(
+        edumind_schema::MIGRATOR
+            .iter()
+            .map(|m| format!("apply migration {}", m.version)),
+    );
+    steps.push("write the school's own record".into());
+    steps.push("write the connection Secret".into());
+    for (i, step) in steps.iter().enumerate() {
+        let name = format!("crash-{i}");
+        env.create(&name, env.spec(&env.code(&format!("C{i}"))))
+            .await;
+        let school = env.get(&name).await;
+        let err = edumind_operator::fault::with_fault(
+            step,
+            reconcile::reconcile(Arc::new(school), env.ctx.clone()),
+        )
+        .await
+        .expect_err("the injected fault fails the reconcile");
+        assert!(
+            format!("{err:?} {err}").contains(&format!("injected fault after step `{step}`")),
+            "{step}: {err}"
+        );
+        let school = env.reconcile(&name).await;
+        let (status, reason, message) = ready(&school);
+        assert_eq!(status, "True", "after `{step}`: {reason}: {message}");
+        let status = school.status.clone().unwrap();
+        let database = status.database.clone().unwrap();
+        let (dbs, roles) = objects_of(status.school_id.as_deref().unwrap()).await;
+        assert_eq!(dbs, vec![database.clone()], "after `{step}`");
+        assert_eq!(roles, vec![status.role.clone().unwrap()], "after `{step}`");
+        let mut app = connect(&env.secret(&name).await.unwrap()).await.unwrap();
+        assert!(count_tables(&mut app).await >= 13, "after `{step}`");
+        // And a further reconcile changes nothing.
+        let again = env.reconcile(&name).await;
+        assert_eq!(
+            again.resource_version(),
+            school.resource_version(),
+            "{step}"
+        );
+    }
+}
+
+/// A database someone else created under the School's name, unlabelled and owned by
+/// another role, is still refused: adoption needs the School's own claimed role.
+#[tokio::test]
+async fn an_unlabelled_foreign_database_is_still_refused() {
+    let env = env().await;
+    let code = env.code("Foreign");
+    let mut spec = env.spec(&code);
+    let id = uuid::Uuid::new_v4();
+    spec.school_id = Some(id.to_string());
+    let database = edumind_operator::naming::school_database(&code, id);
+    admin()
+        .await
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .await
+        .unwrap();
+    env.create("foreign", spec).await;
+    let school = env.reconcile("foreign").await;
+    let (status, reason, _) = ready(&school);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Conflict"));
+    assert!(env.secret("foreign").await.is_none());
+}
