@@ -43,6 +43,23 @@ enum Command {
         /// How many databases to migrate at once with `--all`.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// With `--all`: back up every database whose schema is about to change first (a
+        /// verified dump, as `backup` takes it) into this storage (a directory, or
+        /// s3://bucket/prefix); a database whose backup fails is not migrated.
+        #[arg(
+            long = "backup-storage",
+            env = "EDUMIND_BACKUP_STORAGE",
+            requires = "all"
+        )]
+        backup_storage: Option<String>,
+        /// Endpoint of an S3-compatible service for `--backup-storage` (omit for AWS).
+        #[arg(long, env = "EDUMIND_S3_ENDPOINT")]
+        s3_endpoint: Option<String>,
+        #[arg(long, env = "EDUMIND_S3_REGION", default_value = "us-east-1")]
+        s3_region: String,
+        /// Days to keep dumps (7 to 35) when `--backup-storage` applies retention.
+        #[arg(long, env = "EDUMIND_BACKUP_RETENTION_DAYS", default_value_t = 7)]
+        retention_days: u32,
     },
     /// Provision School manifests without Kubernetes and write the connection Secrets as
     /// YAML files (mode 0600) for the data plane's tenant directory.
@@ -208,13 +225,28 @@ async fn main() -> anyhow::Result<()> {
             all: true,
             admin_url: Some(url),
             concurrency,
+            backup_storage,
+            s3_endpoint,
+            s3_region,
+            retention_days,
             ..
         } => {
             let options: PgConnectOptions = url.parse().context("invalid admin URL")?;
             let options = options.disable_statement_logging();
+            let backup = match backup_storage {
+                Some(storage) => Some(edumind_operator::fleet::FleetBackup {
+                    tools: PgTools::discover()?,
+                    store: BackupStore::from_spec(&storage, s3_endpoint.as_deref(), &s3_region)?,
+                    retention_days,
+                    admin: admin_connection(&url)?,
+                }),
+                None => None,
+            };
             let failed =
-                edumind_operator::fleet::migrate_all(&options, concurrency, |p| println!("{p}"))
-                    .await?;
+                edumind_operator::fleet::migrate_all(&options, backup.as_ref(), concurrency, |p| {
+                    println!("{p}")
+                })
+                .await?;
             if failed > 0 {
                 anyhow::bail!("{failed} database(s) failed to migrate");
             }
@@ -392,4 +424,47 @@ fn failure(operation: &str, e: &anyhow::Error) -> backup::RunResult {
             backup::RunResult::failure(operation, &backup::BackupError::Invalid(format!("{e:#}")))
         }
     }
+}
+
+/// Host, port and credentials of an admin URL, for dumps taken with them. Errors never
+/// include the URL (it holds the password).
+fn admin_connection(url: &str) -> anyhow::Result<ConnectionInfo> {
+    let parsed = url::Url::parse(url).map_err(|_| anyhow::anyhow!("invalid admin URL"))?;
+    let host = parsed.host_str().unwrap_or("localhost");
+    let password = percent_decode(parsed.password().unwrap_or_default());
+    let user = percent_decode(parsed.username());
+    if user.is_empty() {
+        anyhow::bail!("the admin URL names no user");
+    }
+    Ok(ConnectionInfo::new(
+        host,
+        parsed.port().unwrap_or(5432),
+        "postgres",
+        &user,
+        &password,
+    ))
+}
+
+/// Decodes `%XX` escapes of URL user information (`+` stays `+`).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -125,3 +125,124 @@ async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
     let lease = leases.get(edumind_operator::run::LEASE_NAME).await.unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("a"));
 }
+
+/// A claimed school database with role, migrated up to `version` (`None`: no schema).
+async fn school_at(tag: &str, i: usize, version: Option<i64>) -> (String, uuid::Uuid) {
+    let pg = edumind_tests::postgres().await;
+    let mut admin = pg.admin().await;
+    let id = uuid::Uuid::new_v4();
+    let name = edumind_operator::naming::school_database(&format!("pre {tag} {i}"), id);
+    let claim = Claim {
+        kind: "school".into(),
+        school_id: id.to_string(),
+        code: format!("pre-{tag}-{i}"),
+        owner: format!("pre-{tag}/s{i}"),
+    };
+    let verifier = edumind_operator::credentials::scram_verifier(
+        &edumind_operator::credentials::generate_password(),
+    )
+    .unwrap();
+    pg::create_role(&mut admin, &name, &verifier, &claim, true)
+        .await
+        .unwrap();
+    pg::create_database(&mut admin, &name, &name, &claim)
+        .await
+        .unwrap();
+    if let Some(version) = version {
+        let mut conn = sqlx::PgConnection::connect(&pg.url(&name)).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        edumind_schema::migrate_to(&mut conn, version)
+            .await
+            .unwrap();
+    }
+    (name, id)
+}
+
+async fn version_of(name: &str) -> Option<i64> {
+    let pg = edumind_tests::postgres().await;
+    let mut conn = sqlx::PgConnection::connect(&pg.url(name)).await.unwrap();
+    edumind_schema::applied_version(&mut conn).await.unwrap()
+}
+
+/// `migrate --all --backup-storage`: a database about to move to a newer schema is backed
+/// up first (the dump holds the old schema version); current and schema-less databases
+/// are not; and a failing backup holds that database's migration back.
+#[tokio::test]
+async fn migrate_all_backs_up_before_a_schema_change_and_a_failed_backup_holds_it_back() {
+    let pg = edumind_tests::postgres().await;
+    let tag = edumind_tests::random_token(6);
+    let first = edumind_schema::MIGRATOR.iter().next().unwrap().version;
+    let latest = edumind_schema::latest_version();
+    assert!(first < latest, "needs two migrations");
+    let (old, old_id) = school_at(&tag, 0, Some(first)).await;
+    let (current, current_id) = school_at(&tag, 1, Some(latest)).await;
+    let (fresh, fresh_id) = school_at(&tag, 2, None).await;
+    let storage = tempfile::tempdir().unwrap();
+
+    // Storage that cannot take this school's dump: a regular file where its directory
+    // of dumps should be.
+    let blocked = storage.path().join(old_id.to_string());
+    std::fs::write(&blocked, b"x").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
+        .args(["migrate", "--all", "--backup-storage"])
+        .arg(storage.path())
+        .env("EDUMIND_ADMIN_URL", pg.admin_url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(&old) && l.contains("backup before the schema change failed")),
+        "{stdout}"
+    );
+    assert_eq!(version_of(&old).await, Some(first), "migration held back");
+    assert!(!stdout.contains(&pg.password));
+    std::fs::remove_file(&blocked).unwrap();
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
+        .args(["migrate", "--all", "--backup-storage"])
+        .arg(storage.path())
+        .env("EDUMIND_ADMIN_URL", pg.admin_url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(&old) && l.contains("migrated") && l.contains("(backup ")),
+        "{stdout}"
+    );
+    for name in [&old, &current, &fresh] {
+        assert_eq!(version_of(name).await, Some(latest), "{name}");
+    }
+    let store = edumind_operator::backup::BackupStore::directory(storage.path()).unwrap();
+    let dumps = store.list(&old_id.to_string()).await.unwrap();
+    assert_eq!(dumps.len(), 1, "one backup of the database that moved");
+    for id in [current_id, fresh_id] {
+        assert!(store.list(&id.to_string()).await.unwrap().is_empty());
+    }
+    // The dump was taken before the migration: it records only the old version.
+    let tools = edumind_operator::backup::PgTools::discover().unwrap();
+    let local = storage.path().join("check.dump");
+    store.download(&dumps[0].object, &local).await.unwrap();
+    let listing = std::process::Command::new(tools.bindir.join("pg_restore"))
+        .args(["--data-only", "--table=_sqlx_migrations", "-f", "-"])
+        .arg(&local)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(text.contains(&first.to_string()), "{text}");
+    assert!(!text.contains(&latest.to_string()), "{text}");
+}
