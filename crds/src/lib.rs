@@ -166,6 +166,13 @@ pub struct BackupSpec {
     /// Where backups are stored. Absent means the operator's default backup storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<BackupStorage>,
+
+    /// Take a verified backup before the operator moves the database to a newer schema
+    /// version, and migrate only once it succeeded. Default: true (when backup storage is
+    /// configured). The operator's `--backup-before-migration=false` turns it off for
+    /// every School.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_migration: Option<bool>,
 }
 
 impl Default for BackupSpec {
@@ -175,6 +182,7 @@ impl Default for BackupSpec {
             retention_days: default_retention(),
             suspend: false,
             storage: None,
+            before_migration: None,
         }
     }
 }
@@ -306,6 +314,21 @@ pub struct BackupStatus {
     pub last_failure: Option<BackupFailure>,
 }
 
+/// The verified backup taken before the database's last schema change.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreMigrationBackup {
+    /// Schema version the dump holds.
+    pub from_version: i64,
+    /// Schema version the database was then migrated to.
+    pub to_version: i64,
+    /// The backup Job.
+    pub job: String,
+    /// The stored dump (absent when the Job's result could no longer be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
 /// Observed state of a School, written only by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -340,6 +363,9 @@ pub struct SchoolStatus {
     /// Results of scheduled, on-demand and final backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+    /// The verified backup taken before the last schema change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_migration_backup: Option<PreMigrationBackup>,
     /// The value of the `edumind.ai/rotate-password` annotation last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_rotation: Option<String>,

@@ -55,6 +55,8 @@ pub struct BackupConfig {
     pub backoff_limit: i32,
     /// A run taking longer than this is killed and counted as failed.
     pub active_deadline_seconds: i64,
+    /// Back a School up before moving it to a newer schema version (see `premigration`).
+    pub before_migration: bool,
 }
 
 /// Default runner image: the operator image of this version.
@@ -74,6 +76,7 @@ impl Default for BackupConfig {
             failed_jobs_history_limit: 3,
             backoff_limit: 1,
             active_deadline_seconds: 6 * 3600,
+            before_migration: true,
         }
     }
 }

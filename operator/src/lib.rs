@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod naming;
 pub mod ops;
 pub mod pg;
+pub mod premigration;
 pub mod reconcile;
 pub mod run;
 pub mod selfservice;

@@ -202,6 +202,10 @@ pub enum Error {
     FinalBackupFailed(String),
     #[error("{0}")]
     FinalBackupRunning(String),
+    #[error("{0}")]
+    PreMigrationBackupRunning(String),
+    #[error("{0}")]
+    PreMigrationBackupFailed(String),
     #[error("admin credentials of the target server: {0}")]
     AdminCredentials(String),
     #[error(transparent)]
@@ -225,6 +229,7 @@ impl Error {
                 | Error::Conflict(_)
                 | Error::DatabaseMissing(_)
                 | Error::FinalBackupFailed(_)
+                | Error::PreMigrationBackupFailed(_)
         )
     }
 
@@ -237,6 +242,8 @@ impl Error {
             Error::DatabaseMissing(_) => "DatabaseMissing",
             Error::FinalBackupFailed(_) => "FinalBackupFailed",
             Error::FinalBackupRunning(_) => "FinalBackupRunning",
+            Error::PreMigrationBackupRunning(_) => "BackupBeforeMigration",
+            Error::PreMigrationBackupFailed(_) => "BackupBeforeMigrationFailed",
             Error::AdminCredentials(_) => "AdminCredentialsUnavailable",
             Error::Pg(PgError::Migrate(_)) => "MigrationFailed",
             Error::Pg(_) => "DatabaseServerError",
@@ -416,6 +423,8 @@ pub struct Applied {
     /// Human-readable list of changes (empty when nothing changed).
     pub changes: Vec<&'static str>,
     pub rotated: bool,
+    /// The backup taken before this run's schema change.
+    pub pre_migration_backup: Option<edumind_crds::PreMigrationBackup>,
 }
 
 /// The connection details the Secret publishes.
@@ -675,6 +684,8 @@ async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, E
         }
     };
     drop(conn);
+    let desired = desired_secret(school, d, &password);
+    let mut secret_published = false;
 
     // Schema and the school's own row. Not while a restore replaces the database in one
     // long transaction (the check would wait for it); the first reconcile after the
@@ -687,6 +698,17 @@ async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, E
             .and_then(|s| s.schema_version)
             .unwrap_or_default();
     } else {
+        let latest = edumind_schema::latest_version();
+        let current = pg::schema_version(&handle.options, &d.database).await?;
+        if let Some(from) =
+            current.filter(|_| crate::premigration::wanted(school, ctx, current, latest))
+        {
+            // The backup Job mounts the Secret: it must be current before the Job starts.
+            publish_secret(&secrets, existing.as_ref(), &desired, &mut applied).await?;
+            secret_published = true;
+            applied.pre_migration_backup =
+                crate::premigration::ensure(school, d, ctx, from, latest).await?;
+        }
         let (outcome, record_changed) =
             pg::migrate_school_database(&handle.options, &d.database, &d.role, &d.record).await?;
         if outcome.changed() {
@@ -698,27 +720,38 @@ async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, E
         applied.schema_version = outcome.after;
     }
 
-    // Connection Secret.
-    let desired = desired_secret(school, d, &password);
-    if !existing
-        .as_ref()
-        .is_some_and(|e| secret_up_to_date(e, &desired))
-    {
-        secrets
-            .patch(
-                &d.secret_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await
-            .map_err(|e| Error::Kube {
-                step: "write the connection Secret",
-                source: Box::new(e),
-            })?;
-        applied.changes.push("wrote the connection Secret");
-        crate::fault::after("write the connection Secret")?;
+    // Connection Secret (unless the backup gate published it already).
+    if !secret_published {
+        publish_secret(&secrets, existing.as_ref(), &desired, &mut applied).await?;
     }
     Ok(applied)
+}
+
+/// Writes the connection Secret unless `existing` already is `desired`.
+async fn publish_secret(
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+    desired: &Secret,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    if existing.is_some_and(|e| secret_up_to_date(e, desired)) {
+        return Ok(());
+    }
+    let name = desired.metadata.name.as_deref().unwrap_or_default();
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await
+        .map_err(|e| Error::Kube {
+            step: "write the connection Secret",
+            source: Box::new(e),
+        })?;
+    applied.changes.push("wrote the connection Secret");
+    crate::fault::after("write the connection Secret")?;
+    Ok(())
 }
 
 async fn set_new_password(
@@ -849,6 +882,9 @@ pub fn next_status(
             s.role = Some(d.role.clone());
             s.secret_name = Some(d.secret_name.clone());
             s.schema_version = Some(applied.schema_version);
+            if applied.pre_migration_backup.is_some() {
+                s.pre_migration_backup = applied.pre_migration_backup.clone();
+            }
             if let Some(token) = &d.rotate {
                 s.password_rotation = Some(token.clone());
             }

@@ -68,6 +68,17 @@ pub struct RunArgs {
     /// no backups and `BackupHealthy=False` (`NoBackupStorage`).
     #[arg(long, env = "EDUMIND_BACKUP_DEFAULT_STORAGE")]
     pub backup_default_storage: Option<String>,
+    /// Take a verified backup (a Job) before moving a School's database to a newer schema
+    /// version, and migrate only once it succeeded (when the School has backup storage).
+    /// `false` turns this off for every School; `spec.backup.beforeMigration: false` does
+    /// it for one.
+    #[arg(
+        long,
+        env = "EDUMIND_BACKUP_BEFORE_MIGRATION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub backup_before_migration: bool,
     /// Watch Schools only in these namespaces (comma-separated); empty: every namespace.
     /// With a list the operator needs RBAC only in those namespaces (namespaced Roles).
     #[arg(
@@ -95,6 +106,7 @@ impl RunArgs {
         Ok(crate::backupjobs::BackupConfig {
             image: self.backup_image.clone(),
             default_storage,
+            before_migration: self.backup_before_migration,
             ..Default::default()
         })
     }

@@ -1123,3 +1123,144 @@ fn crd_prints_every_crd() {
         assert!(text.contains(&format!("name: {name}")), "{name}");
     }
 }
+
+async fn schema_version_of(database: &str) -> Option<i64> {
+    let pg = edumind_tests::postgres().await;
+    let mut conn = PgConnection::connect(&pg.url(database)).await.unwrap();
+    edumind_schema::applied_version(&mut conn).await.unwrap()
+}
+
+/// Reconciles once, whatever the outcome (waiting for a Job is an `Err` to retry).
+async fn reconcile_once(env: &Env, name: &str) -> School {
+    let school = env.school(name).await;
+    let _ = reconcile::reconcile(Arc::new(school), env.ctx.clone()).await;
+    env.school(name).await
+}
+
+/// A School that an older release provisioned at an older schema version: the new
+/// migrations wait for a verified backup Job; a failed backup holds them back; a
+/// successful one lets them run and is recorded in status. `beforeMigration: false`
+/// migrates at once.
+#[tokio::test]
+async fn a_schema_change_waits_for_a_verified_backup_and_a_failed_backup_holds_it_back() {
+    let env = env(Some(pvc())).await;
+    let first = edumind_schema::MIGRATOR.iter().next().unwrap().version;
+    let latest = edumind_schema::latest_version();
+    assert!(first < latest, "needs two migrations");
+
+    // Provision up to the first migration only, as an older release would have, and
+    // record that version in status.
+    let older = |name: &'static str, extra: serde_json::Value| {
+        let env = &env;
+        async move {
+            env.create(name, env.spec(name, extra)).await;
+            let school = env.school(name).await;
+            let step = format!("apply migration {first}");
+            edumind_operator::fault::with_fault(
+                &step,
+                reconcile::reconcile(Arc::new(school), env.ctx.clone()),
+            )
+            .await
+            .expect_err("stopped after the first migration");
+            env.api::<School>()
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"schemaVersion": first}})),
+                )
+                .await
+                .unwrap();
+            let school = env.school(name).await;
+            let id: uuid::Uuid = school
+                .status
+                .as_ref()
+                .unwrap()
+                .school_id
+                .as_deref()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let db = edumind_operator::naming::school_database(&school.spec.code, id);
+            assert_eq!(schema_version_of(&db).await, Some(first));
+            db
+        }
+    };
+    let db = older("upgr", json!({})).await;
+    let job = edumind_operator::premigration::job_name("upgr", latest);
+
+    let school = reconcile_once(&env, "upgr").await;
+    assert_eq!(condition(&school, "Ready").1, "BackupBeforeMigration");
+    assert_eq!(
+        schema_version_of(&db).await,
+        Some(first),
+        "waits for the backup"
+    );
+    let created = env.api::<Job>().get(&job).await.unwrap();
+    assert_eq!(
+        created
+            .labels()
+            .get(backupjobs::LABEL_KIND)
+            .map(String::as_str),
+        Some("premigration")
+    );
+    let secret = school.status.as_ref().unwrap().secret_name.clone();
+    let secret = secret.unwrap_or_else(|| edumind_operator::naming::secret_name("upgr"));
+    assert!(
+        env.api::<Secret>()
+            .get_opt(&secret)
+            .await
+            .unwrap()
+            .is_some(),
+        "the Secret the Job mounts is published first"
+    );
+
+    // The backup fails: the migration stays held back, the condition says why.
+    let err = backup::BackupError::Storage("bucket unreachable".into());
+    env.finish_job(&job, false, &RunResult::failure("backup", &err).to_json())
+        .await;
+    let school = reconcile_once(&env, "upgr").await;
+    let (status, reason, message) = condition(&school, "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "BackupBeforeMigrationFailed")
+    );
+    assert!(message.contains(&job), "{message}");
+    let school = reconcile_once(&env, "upgr").await;
+    assert_eq!(condition(&school, "Ready").1, "BackupBeforeMigrationFailed");
+    assert_eq!(schema_version_of(&db).await, Some(first), "held back");
+
+    // Deleting the failed Job retries; a success lets the migration run.
+    env.api::<Job>()
+        .delete(&job, &Default::default())
+        .await
+        .unwrap();
+    env.api::<Pod>()
+        .delete(&format!("{job}-pod"), &Default::default())
+        .await
+        .unwrap();
+    let school = reconcile_once(&env, "upgr").await;
+    assert_eq!(condition(&school, "Ready").1, "BackupBeforeMigration");
+    env.finish_job(
+        &job,
+        true,
+        &RunResult::success("backup", "upgr-before.dump", 4242).to_json(),
+    )
+    .await;
+    let school = reconcile_once(&env, "upgr").await;
+    assert_eq!(condition(&school, "Ready").0, "True");
+    assert_eq!(schema_version_of(&db).await, Some(latest));
+    let status = school.status.unwrap();
+    assert_eq!(status.schema_version, Some(latest));
+    let record = status.pre_migration_backup.expect("recorded in status");
+    assert_eq!((record.from_version, record.to_version), (first, latest));
+    assert_eq!(record.job, job);
+    assert_eq!(record.object.as_deref(), Some("upgr-before.dump"));
+
+    // Switched off for one School: no Job, migrated at once.
+    let db = older("nogate", json!({"backup": {"beforeMigration": false}})).await;
+    let school = reconcile_once(&env, "nogate").await;
+    assert_eq!(condition(&school, "Ready").0, "True");
+    assert_eq!(schema_version_of(&db).await, Some(latest));
+    let no_job = edumind_operator::premigration::job_name("nogate", latest);
+    assert!(env.api::<Job>().get_opt(&no_job).await.unwrap().is_none());
+}

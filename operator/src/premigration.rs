@@ -1,0 +1,139 @@
+//! A verified backup before every schema change (storage spec: "take a manual backup
+//! before running migrations").
+//!
+//! When a School's database is about to move to a newer schema version and backup
+//! storage is configured, the reconcile first runs a backup Job (the runner, like a
+//! SchoolBackup) and migrates only once that Job succeeded. While it runs, the School
+//! reports `Ready=False` with reason `BackupBeforeMigration`; when it failed, the
+//! migration waits with reason `BackupBeforeMigrationFailed` and a message saying why
+//! (delete the failed Job to retry, or turn the gate off). The database keeps serving
+//! at its old schema version meanwhile.
+//!
+//! On by default; off per School (`spec.backup.beforeMigration: false`) or for the whole
+//! operator (`--backup-before-migration=false`). A database without any schema yet (a
+//! new School) has nothing to lose and is never backed up first.
+
+use edumind_crds::{PreMigrationBackup, School};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+
+use crate::backupjobs::{self, Outcome, RunnerInputs};
+use crate::reconcile::{Context, Desired, Error, FIELD_MANAGER};
+
+/// The `edumind.ai/backup-kind` of these Jobs.
+pub const KIND: &str = "premigration";
+
+/// The Job that backs a School up before migrating it to `to_version`.
+pub fn job_name(school: &str, to_version: i64) -> String {
+    // Schema versions are 14-digit timestamps; keep the last 8 so names stay short.
+    let short = to_version.rem_euclid(100_000_000);
+    backupjobs::child_name(school, &format!("-premigrate-{short:08}"), 63)
+}
+
+/// Whether the gate applies: a schema change from the `current` version of a database
+/// that has served (the School recorded a schema version in its status; one still being
+/// provisioned has nothing to lose), with the gate on for this School and the operator.
+pub fn wanted(school: &School, ctx: &Context, current: Option<i64>, latest: i64) -> bool {
+    let served = school
+        .status
+        .as_ref()
+        .is_some_and(|s| s.schema_version.is_some());
+    ctx.backup.before_migration
+        && school.spec.backup.before_migration.unwrap_or(true)
+        && served
+        && current.is_some_and(|v| v < latest)
+}
+
+/// Runs the gate. `Ok(Some(record))`: the backup succeeded, migrate. `Ok(None)`: no
+/// backup storage is configured, migrate without one. `Err`: wait (the Job runs) or
+/// fix something (it failed); the error says which.
+pub async fn ensure(
+    school: &School,
+    d: &Desired,
+    ctx: &Context,
+    from_version: i64,
+    to_version: i64,
+) -> Result<Option<PreMigrationBackup>, Error> {
+    let Some(storage) =
+        backupjobs::resolve_storage(school.spec.backup.storage.as_ref(), &ctx.backup)
+    else {
+        return Ok(None);
+    };
+    let name = job_name(&d.name, to_version);
+    if !d.login {
+        return Err(Error::PreMigrationBackupFailed(format!(
+            "schema version {to_version} waits for a backup, which runs as the school's role; that role cannot log in while spec.active is false (or a restore runs). Set active: true, or spec.backup.beforeMigration: false to migrate without a backup"
+        )));
+    }
+    let kube = |step: &'static str| {
+        move |e: kube::Error| Error::Kube {
+            step,
+            source: Box::new(e),
+        }
+    };
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let Some(job) = jobs
+        .get_opt(&name)
+        .await
+        .map_err(kube("read the pre-migration backup Job"))?
+    else {
+        let inputs = RunnerInputs {
+            school_name: d.name.clone(),
+            school_id: d.school_id.to_string(),
+            secret_name: d.secret_name.clone(),
+            storage,
+            run: backupjobs::Run::Backup {
+                kind: KIND,
+                retention_days: school.spec.backup.retention_days,
+            },
+        };
+        let job = backupjobs::job(
+            &name,
+            &d.namespace,
+            school.controller_owner_ref(&()),
+            &ctx.backup,
+            &inputs,
+        );
+        jobs.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&job),
+        )
+        .await
+        .map_err(kube("create the pre-migration backup Job"))?;
+        return Err(Error::PreMigrationBackupRunning(format!(
+            "backup Job {name} started: schema version {from_version} is backed up before the migration to {to_version}"
+        )));
+    };
+    let labels = job.labels();
+    let ours = labels.get(backupjobs::LABEL_KIND).map(String::as_str) == Some(KIND)
+        && labels.get(backupjobs::LABEL_SCHOOL_ID) == Some(&d.school_id.to_string());
+    if !ours {
+        return Err(Error::PreMigrationBackupFailed(format!(
+            "a Job {name} exists that is not this School's pre-migration backup; delete or rename it (the migration to {to_version} waits)"
+        )));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
+        .await
+        .map_err(kube("list the pre-migration backup Pods"))?;
+    let record = |object: Option<String>| PreMigrationBackup {
+        from_version,
+        to_version,
+        job: name.clone(),
+        object,
+    };
+    match backupjobs::job_outcome(&job, &pods.items).map(|o| o.result) {
+        None => Err(Error::PreMigrationBackupRunning(format!(
+            "backup Job {name} is running: the migration from schema version {from_version} to {to_version} starts once it succeeded"
+        ))),
+        Some(Outcome::Succeeded { object, .. }) => Ok(Some(record(Some(object)))),
+        Some(Outcome::SucceededUnknown) => Ok(Some(record(None))),
+        Some(Outcome::Failed { reason, message }) => Err(Error::PreMigrationBackupFailed(format!(
+            "backup Job {name} failed ({reason}): {message}; the migration from schema version {from_version} to {to_version} waits. Fix the cause and delete the Job to retry, or set spec.backup.beforeMigration: false"
+        ))),
+    }
+}
