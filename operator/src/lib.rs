@@ -7,7 +7,6 @@
 //! * [`pg`]: idempotent steps inside PostgreSQL.
 //! * [`reconcile`]: the School reconcile pipeline, status, events, deletion.
 //! * [`fleet`]: `migrate --all` over every school database of a server.
-//! * [`local`]: `edumind-operator local`, provisioning without Kubernetes (Secret files).
 //! * [`run`]: the controller process (leader election, metrics, health, shutdown).
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
 //!
@@ -21,7 +20,6 @@ pub mod backupjobs;
 pub mod config;
 pub mod credentials;
 pub mod fleet;
-pub mod local;
 pub mod metrics;
 pub mod naming;
 pub mod ops;

@@ -1,5 +1,9 @@
-//! Local mode: provision School manifests without Kubernetes and write the connection
+//! `edumind-local`: provision School manifests without Kubernetes and write the connection
 //! Secrets as YAML files (what the data plane's directory tenant source reads).
+//!
+//! A crate of its own (library and binary) so that the operator's build, and the
+//! controller image, carry no fake Kubernetes API; `kube-fake-client` is a dependency of
+//! this crate only. The demo uses the library in-process.
 //!
 //! It runs the controller's own [`reconcile::reconcile`] and [`selfservice::ensure`]
 //! against an in-process, in-memory Kubernetes API (`kube-fake-client`), seeded with the
@@ -25,10 +29,10 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 
-use crate::config::TargetServers;
-use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
-use crate::selfservice;
+use edumind_operator::config::TargetServers;
+use edumind_operator::metrics::Metrics;
+use edumind_operator::reconcile::{self, Context};
+use edumind_operator::selfservice;
 
 /// The namespace the admin Secrets (and the self-service Secret) live in.
 pub const OPERATOR_NAMESPACE: &str = "edumind-system";
