@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use edumind_crds::School;
+use edumind_crds::connection;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -206,7 +207,7 @@ fn read_secret_files(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Secret)>> {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let secret: Secret = serde_yaml_ng::from_str(&text)
+        let secret = connection::secret_from_yaml(&text)
             .with_context(|| format!("{} is not a Secret manifest", path.display()))?;
         out.push((path, secret));
     }
@@ -281,26 +282,11 @@ pub fn secret_file_name(namespace: &str, name: &str) -> String {
     format!("{namespace}_{name}.yaml")
 }
 
-/// The Secret as a clean manifest: what `kubectl get secret -o yaml` shows without the
-/// server-populated fields (uid, resourceVersion, owner references of the in-memory API).
+/// The Secret as a clean manifest (the contract's [`connection::secret_to_yaml`]): what
+/// `kubectl get secret -o yaml` shows without the server-populated fields (uid,
+/// resourceVersion, owner references of the in-memory API).
 fn manifest(secret: &Secret) -> anyhow::Result<String> {
-    let clean = Secret {
-        metadata: ObjectMeta {
-            name: secret.metadata.name.clone(),
-            namespace: secret.metadata.namespace.clone(),
-            labels: secret.metadata.labels.clone(),
-            ..Default::default()
-        },
-        type_: secret.type_.clone(),
-        data: secret.data.clone(),
-        ..Default::default()
-    };
-    let mut value = serde_json::to_value(&clean)?;
-    if let Some(o) = value.as_object_mut() {
-        o.insert("apiVersion".into(), "v1".into());
-        o.insert("kind".into(), "Secret".into());
-    }
-    Ok(serde_yaml_ng::to_string(&value)?)
+    Ok(connection::secret_to_yaml(secret)?)
 }
 
 /// Writes `text` to `path` (mode 0600) unless it already holds exactly that; atomic
@@ -394,9 +380,9 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
         .map(|(_, s)| s)
         .filter(|s| {
             s.labels()
-                .get(reconcile::LABEL_MANAGED_BY)
+                .get(connection::LABEL_MANAGED_BY)
                 .map(String::as_str)
-                == Some("edumind-operator")
+                == Some(connection::MANAGED_BY)
         })
         .collect();
     let client = build_client(admin, existing).await?;

@@ -11,7 +11,7 @@
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
 //!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
-//! [`reconcile::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
+//! [`edumind_crds::connection::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
 //! names and a claim, so provisioning `edumind_selfservice` reuses them with its own
 //! RLS migration step.
 

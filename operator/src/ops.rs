@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use edumind_crds::connection::keys;
 use edumind_crds::{
     School, SchoolBackup, SchoolBackupStatus, SchoolRestore, SchoolRestoreStatus, TERMINAL_PHASES,
 };
@@ -626,11 +627,11 @@ async fn restore_step(
     let server = &desired.server;
     let secret_name = restore_secret_name(&name);
     let data = [
-        ("host", server.client_host().to_string()),
-        ("port", server.client_port().to_string()),
-        ("dbname", desired.database.clone()),
-        ("username", restore_role.clone()),
-        ("password", password.expose().to_string()),
+        (keys::HOST, server.client_host().to_string()),
+        (keys::PORT, server.client_port().to_string()),
+        (keys::DBNAME, desired.database.clone()),
+        (keys::USERNAME, restore_role.clone()),
+        (keys::PASSWORD, password.expose().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))

@@ -5,15 +5,17 @@
 //! [`reconcile`] is what the controller calls; tests call it directly against the
 //! in-memory API fake and a real PostgreSQL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edumind_crds::connection::{
+    ConnectionSecret, Endpoint, LABEL_SCHOOL_ID, MANAGED_BY, Password, TenantRef, keys,
+};
 use edumind_crds::{BackupStatus, ReclaimPolicy, School, SchoolRestore, SchoolStatus};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -39,12 +41,6 @@ pub const FINALIZER: &str = "edumind.ai/database";
 pub const ANNOTATION_PAUSED: &str = "edumind.ai/paused";
 /// Setting `edumind.ai/rotate-password` to a new value rotates the password once.
 pub const ANNOTATION_ROTATE: &str = "edumind.ai/rotate-password";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_SCHOOL_ID: &str = "edumind.ai/school-id";
-pub const LABEL_SCHOOL_CODE: &str = "edumind.ai/school-code";
-/// Marks the tenant kind of a connection Secret (`school`; `selfservice` for the shared one).
-pub const LABEL_TENANT_KIND: &str = "edumind.ai/tenant-kind";
-const MANAGED_BY: &str = "edumind-operator";
 
 /// How often a Ready School is re-checked for drift.
 pub const RESYNC: Duration = Duration::from_secs(600);
@@ -142,10 +138,10 @@ impl Context {
                     self.operator_namespace, server.admin_secret
                 ))
             })?;
-        let user = secret_value(&secret, "username").ok_or_else(|| {
+        let user = secret_value(&secret, keys::USERNAME).ok_or_else(|| {
             Error::AdminCredentials(format!("Secret {} has no `username`", server.admin_secret))
         })?;
-        let password = secret_value(&secret, "password").ok_or_else(|| {
+        let password = secret_value(&secret, keys::PASSWORD).ok_or_else(|| {
             Error::AdminCredentials(format!("Secret {} has no `password`", server.admin_secret))
         })?;
         let options = pg::admin_options(
@@ -179,7 +175,8 @@ impl Context {
     }
 }
 
-fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+/// One key of a Secret's `data` as text, if present and UTF-8 (other keys may be binary).
+pub(crate) fn secret_value(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone()).ok()
 }
@@ -418,80 +415,35 @@ pub struct Applied {
     pub rotated: bool,
 }
 
-/// The connection details the Secret publishes.
-pub fn secret_data(d: &Desired, password: &SecretString) -> BTreeMap<String, String> {
-    connection_keys(
-        &d.server,
-        &d.role,
-        &d.database,
-        password,
-        &format!("School-{}-ConnectionString", d.school_id),
-    )
+/// The school's connection Secret, as the contract (`edumind_crds::connection`) defines it.
+pub fn connection_secret(d: &Desired, password: &SecretString) -> ConnectionSecret {
+    ConnectionSecret {
+        tenant: TenantRef::School {
+            id: d.school_id,
+            code_label: Some(label_value(&d.code)),
+        },
+        endpoint: endpoint(&d.server, &d.role, &d.database, password),
+    }
 }
 
-/// The connection Secret contract (design brief): the keys users of other Postgres
-/// operators expect, plus the .NET connection string under `dotnet_key`. Shared by school
-/// and self-service Secrets. Role, database and password are `[A-Za-z0-9_]`: nothing needs
-/// escaping in any of the formats.
-pub fn connection_keys(
-    server: &TargetServer,
-    user: &str,
-    db: &str,
-    password: &SecretString,
-    dotnet_key: &str,
-) -> BTreeMap<String, String> {
-    let (host, port, pw) = (
-        server.client_host(),
-        server.client_port(),
-        password.expose(),
-    );
-    BTreeMap::from([
-        ("username".into(), user.into()),
-        ("user".into(), user.into()),
-        ("password".into(), pw.into()),
-        ("host".into(), host.into()),
-        ("port".into(), port.to_string()),
-        ("dbname".into(), db.into()),
-        (
-            "uri".into(),
-            format!("postgresql://{user}:{pw}@{host}:{port}/{db}"),
-        ),
-        (
-            "jdbc-uri".into(),
-            format!("jdbc:postgresql://{host}:{port}/{db}?user={user}&password={pw}"),
-        ),
-        ("pgpass".into(), format!("{host}:{port}:{db}:{user}:{pw}\n")),
-        (
-            dotnet_key.into(),
-            format!("Host={host};Port={port};Database={db};Username={user};Password={pw}"),
-        ),
-    ])
+/// Where and as whom a tenant's clients connect: the server's client address, the role,
+/// the database and its password. Shared by school and self-service Secrets.
+pub fn endpoint(server: &TargetServer, user: &str, db: &str, password: &SecretString) -> Endpoint {
+    Endpoint {
+        host: server.client_host().into(),
+        port: server.client_port(),
+        dbname: db.into(),
+        username: user.into(),
+        password: Password::new(password.expose()),
+    }
 }
 
 fn desired_secret(school: &School, d: &Desired, password: &SecretString) -> Secret {
-    let labels = BTreeMap::from([
-        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-        (LABEL_SCHOOL_ID.to_string(), d.school_id.to_string()),
-        (LABEL_SCHOOL_CODE.to_string(), label_value(&d.code)),
-        (LABEL_TENANT_KIND.to_string(), "school".to_string()),
-    ]);
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(d.secret_name.clone()),
-            namespace: Some(d.namespace.clone()),
-            labels: Some(labels),
-            owner_references: school.controller_owner_ref(&()).map(|r| vec![r]),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/basic-auth".into()),
-        data: Some(
-            secret_data(d, password)
-                .into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
+    connection_secret(d, password).to_secret(
+        &d.secret_name,
+        &d.namespace,
+        school.controller_owner_ref(&()),
+    )
 }
 
 /// Label values are at most 63 characters of `[A-Za-z0-9._-]`, alphanumeric at the
@@ -646,7 +598,7 @@ async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, E
         (None, None) => {
             let current = existing
                 .as_ref()
-                .and_then(|s| secret_value(s, "password"))
+                .and_then(|s| secret_value(s, keys::PASSWORD))
                 .map(SecretString::new);
             let verifier = role
                 .as_ref()
@@ -1321,7 +1273,7 @@ pub(crate) async fn backup_outcomes(
     namespace: &str,
     school_id: &str,
 ) -> Result<Vec<backupjobs::JobOutcome>, Error> {
-    let selector = format!("{}={school_id}", backupjobs::LABEL_SCHOOL_ID);
+    let selector = format!("{}={school_id}", LABEL_SCHOOL_ID);
     let lp = ListParams::default().labels(&selector);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
@@ -1488,7 +1440,7 @@ async fn final_backup(school: &School, ctx: &Context) -> Result<String, Error> {
     };
     let labels = job.labels();
     if labels.get(backupjobs::LABEL_KIND).map(String::as_str) != Some("final")
-        || labels.get(backupjobs::LABEL_SCHOOL_ID) != Some(&d.school_id.to_string())
+        || labels.get(LABEL_SCHOOL_ID) != Some(&d.school_id.to_string())
     {
         return Err(Error::FinalBackupFailed(format!(
             "a Job {name} exists that is not this School's final backup; delete or rename it; nothing was dropped"

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use edumind_crds::connection;
 use edumind_crds::{School, SchoolBackup, SchoolRestore};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -371,8 +372,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             self_stop_rx,
         ))
     });
-    let managed =
-        || watcher::Config::default().labels("app.kubernetes.io/managed-by=edumind-operator");
+    let managed = || {
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            connection::LABEL_MANAGED_BY,
+            connection::MANAGED_BY
+        ))
+    };
     let stopped = || {
         let (mut stop, mut lost) = (stop_rx.clone(), lost_rx.clone());
         async move {

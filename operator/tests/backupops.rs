@@ -183,13 +183,13 @@ impl Env {
             .await
             .unwrap()
             .labels()
-            .get(backupjobs::LABEL_SCHOOL_ID)
+            .get(edumind_crds::connection::LABEL_SCHOOL_ID)
             .cloned()
             .unwrap_or_default();
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("{job}-pod"), "namespace": self.ns,
-                "labels": {backupjobs::LABEL_JOB_NAME: job, backupjobs::LABEL_SCHOOL_ID: school_id}},
+                "labels": {backupjobs::LABEL_JOB_NAME: job, edumind_crds::connection::LABEL_SCHOOL_ID: school_id}},
             "spec": {"containers": [{"name": backupjobs::CONTAINER, "image": "x"}]},
             "status": {"containerStatuses": [{"name": backupjobs::CONTAINER, "image": "x", "imageID": "",
                 "ready": false, "restartCount": 0,
