@@ -5,7 +5,7 @@
 //! controller image, carry no fake Kubernetes API; `kube-fake-client` is a dependency of
 //! this crate only. The demo uses the library in-process.
 //!
-//! It runs the controller's own [`reconcile::reconcile`] and [`selfservice::ensure`]
+//! It runs the controller's own [`school::reconcile`] and [`selfservice::ensure`]
 //! against an in-process, in-memory Kubernetes API (`kube-fake-client`), seeded with the
 //! Schools, the admin credentials and the Secret files of an earlier run, then writes the
 //! resulting Secrets out. So local mode cannot drift from the controller: role, database,
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use edumind_operator::config::TargetServers;
 use edumind_operator::metrics::Metrics;
-use edumind_operator::reconcile::{self, Context};
+use edumind_operator::school::{self, Context};
 use edumind_operator::selfservice;
 
 /// The namespace the admin Secrets (and the self-service Secret) live in.
@@ -336,7 +336,7 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
     let mut inputs = Vec::new();
     for file in school_files(&opts.schools)? {
         for school in parse_schools(&file)? {
-            reconcile::validate(&school, &servers).map_err(|e| {
+            school::validate(&school, &servers).map_err(|e| {
                 anyhow::anyhow!(
                     "{}: School {}: {e}",
                     file.display(),
@@ -407,7 +407,7 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
             .map_err(|e| {
                 anyhow::anyhow!("{}: cannot load School {name}: {e}", input.file.display())
             })?;
-        reconcile::reconcile(Arc::new(created), ctx.clone())
+        school::reconcile(Arc::new(created), ctx.clone())
             .await
             .map_err(|e| anyhow::anyhow!("School {ns}/{name}: {e}"))?;
         let school = api.get(&name).await?;

@@ -5,7 +5,10 @@
 //! * [`credentials`]: passwords and SCRAM-SHA-256 verifiers (pure).
 //! * [`config`]: the target servers the platform team configures.
 //! * [`pg`]: idempotent steps inside PostgreSQL.
-//! * [`reconcile`]: the School reconcile pipeline, status, events, deletion.
+//! * [`school`]: the School reconcile pipeline, one module per step or concern:
+//!   `desired` (validate and build, pure) → `apply` (role, database, migrations,
+//!   `connection_secret`) → `status` (conditions, events); `school_backups`, `deletion`,
+//!   `finalizer`, `labels`, `context` ([`school::Context`]) and `error`.
 //! * [`fleet`]: `migrate --all` over every school database of a server.
 //! * [`run`]: the controller process (leader election, metrics, health, shutdown).
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
@@ -24,6 +27,6 @@ pub mod metrics;
 pub mod naming;
 pub mod ops;
 pub mod pg;
-pub mod reconcile;
 pub mod run;
+pub mod school;
 pub mod selfservice;

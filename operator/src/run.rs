@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::TargetServers;
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
+use crate::school::{self, Context};
 
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = edumind_crds::rbac::LEADER_LEASE;
@@ -141,17 +141,17 @@ async fn self_service_loop(
                         if !outcome.changes.is_empty() {
                             tracing::info!(changes = ?outcome.changes, "self-service tenant updated");
                         }
-                        reconcile::RESYNC
+                        school::RESYNC
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "self-service tenant not ready");
-                        reconcile::TRANSIENT_RETRY
+                        school::TRANSIENT_RETRY
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "self-service server unavailable");
-                reconcile::TRANSIENT_RETRY
+                school::TRANSIENT_RETRY
             }
         };
         tokio::select! {
@@ -435,10 +435,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let permits = permits.clone();
                 async move {
                     let _permit = permits.acquire_owned().await;
-                    reconcile::reconcile(school, ctx).await
+                    school::reconcile(school, ctx).await
                 }
             },
-            reconcile::error_policy,
+            school::error_policy,
             ctx.clone(),
         )
         .for_each(log_result)

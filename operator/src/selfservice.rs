@@ -255,7 +255,7 @@ async fn exec(conn: &mut PgConnection, step: &'static str, sql: String) -> Resul
 pub fn connection_secret(server: &TargetServer, password: &SecretString) -> ConnectionSecret {
     ConnectionSecret {
         tenant: TenantRef::SelfService,
-        endpoint: crate::reconcile::endpoint(server, APP_ROLE, DATABASE, password),
+        endpoint: crate::school::endpoint(server, APP_ROLE, DATABASE, password),
     }
 }
 
@@ -286,7 +286,7 @@ pub async fn ensure(
         .map_err(kube("read the self-service Secret"))?;
     let password = existing
         .as_ref()
-        .and_then(|s| crate::reconcile::secret_value(s, keys::PASSWORD))
+        .and_then(|s| crate::school::secret_value(s, keys::PASSWORD))
         .filter(|p| p.len() >= 16)
         .map(SecretString::new)
         .unwrap_or_else(credentials::generate_password);

@@ -19,7 +19,7 @@ use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::metrics::Metrics;
 use edumind_operator::ops;
-use edumind_operator::reconcile::{self, Context};
+use edumind_operator::school::{self as reconcile, Context};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Secret};

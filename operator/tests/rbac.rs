@@ -22,7 +22,7 @@ use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::credentials::SecretString;
 use edumind_operator::metrics::Metrics;
-use edumind_operator::reconcile::{self, Context};
+use edumind_operator::school::{self as reconcile, Context};
 use edumind_operator::{ops, pg, run, selfservice};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
