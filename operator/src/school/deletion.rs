@@ -14,7 +14,7 @@ use crate::backupjobs::{self, Outcome, RunnerInputs};
 use crate::pg::{self, Claim, PgError};
 
 use super::context::Context;
-use super::desired::validate;
+use super::desired::{Desired, validate};
 use super::error::Error;
 use super::finalizer::remove_finalizer;
 use super::labels::{FIELD_MANAGER, FINALIZER};
@@ -40,8 +40,13 @@ pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Er
             .await;
         }
         ReclaimPolicy::Snapshot => {
-            match final_backup(school, ctx).await {
-                Ok(note) => {
+            // Validated once: the final backup and the drop use the same desired state.
+            let backed_up = match validate(school, &ctx.servers) {
+                Ok(d) => final_backup(school, &d, ctx).await.map(|note| (d, note)),
+                Err(e) => Err(e),
+            };
+            match backed_up {
+                Ok((d, note)) => {
                     publish(
                         ctx,
                         school,
@@ -51,6 +56,13 @@ pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Er
                         note,
                     )
                     .await;
+                    drop_and_report(
+                        school,
+                        Ok(d),
+                        ctx,
+                        "reclaimPolicy snapshot: final backup verified, the database and role were dropped",
+                    )
+                    .await?;
                 }
                 Err(e) if matches!(e, Error::Kube { .. } | Error::Pg(_)) => return Err(e),
                 Err(e) => {
@@ -84,12 +96,6 @@ pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Er
                     }));
                 }
             }
-            drop_and_report(
-                school,
-                ctx,
-                "reclaimPolicy snapshot: final backup verified, the database and role were dropped",
-            )
-            .await?;
             if let Err(e) = delete_final_job(school, ctx).await {
                 tracing::warn!(error = %e, "cannot delete the final backup Job");
             }
@@ -97,6 +103,7 @@ pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Er
         ReclaimPolicy::Delete => {
             drop_and_report(
                 school,
+                validate(school, &ctx.servers),
                 ctx,
                 "reclaimPolicy delete: the database and role were dropped",
             )
@@ -107,20 +114,27 @@ pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Er
     Ok(Action::await_change())
 }
 
-/// Drops database and role; a failure is written to status and returned.
+/// Drops database and role; a failure is written to status as `DeletionBlocked` and
+/// its cause returned (so a transient cause is retried soon).
 pub(crate) async fn drop_and_report(
     school: &School,
+    desired: Result<Desired, Error>,
     ctx: &Context,
     note: &str,
 ) -> Result<(), Error> {
-    if let Err(e) = drop_school(school, ctx).await {
-        let status = next_status(
-            school,
-            None,
-            &Err(Error::InvalidSpec(format!("deletion blocked: {e}"))),
-        );
-        patch_status(school, ctx, &status).await?;
-        return Err(e);
+    let dropped = match desired {
+        Ok(d) => drop_school(&d, ctx).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = dropped {
+        let blocked = Err(Error::DeletionBlocked {
+            source: Box::new(e),
+        });
+        patch_status(school, ctx, &next_status(school, None, &blocked)).await?;
+        return blocked.map(|_| ()).map_err(|b| match b {
+            Error::DeletionBlocked { source } => *source,
+            other => other,
+        });
     }
     publish(
         ctx,
@@ -134,8 +148,7 @@ pub(crate) async fn drop_and_report(
     Ok(())
 }
 
-pub(crate) async fn drop_school(school: &School, ctx: &Context) -> Result<(), Error> {
-    let d = validate(school, &ctx.servers)?;
+pub(crate) async fn drop_school(d: &Desired, ctx: &Context) -> Result<(), Error> {
     let handle = ctx.server(&d.server).await?;
     let mut conn = handle.pool.acquire().await.map_err(|e| PgError::Sql {
         step: "connect to the server",
@@ -162,8 +175,11 @@ pub(crate) async fn drop_school(school: &School, ctx: &Context) -> Result<(), Er
 /// `Ok(note)` once a verified backup is stored; `FinalBackupRunning` while it runs;
 /// `FinalBackupFailed` when it failed (nothing is dropped; deleting the failed Job
 /// retries).
-pub(crate) async fn final_backup(school: &School, ctx: &Context) -> Result<String, Error> {
-    let d = validate(school, &ctx.servers)?;
+pub(crate) async fn final_backup(
+    school: &School,
+    d: &Desired,
+    ctx: &Context,
+) -> Result<String, Error> {
     if !d.recorded {
         return Ok("the School never had a database: nothing to back up".into());
     }

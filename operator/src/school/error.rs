@@ -38,6 +38,22 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// Dropping the database and role was refused or failed: nothing was dropped and the
+    /// finalizer stays. Permanent for the status (a person has to look); the reconcile
+    /// itself returns the cause, so a transient cause is still retried soon.
+    #[error("deletion blocked: {source}")]
+    DeletionBlocked {
+        #[source]
+        source: Box<Error>,
+    },
+    /// Something the operator builds itself (a JSON patch) was malformed: a bug in the
+    /// operator, not in the School's spec. Retried like a transient error.
+    #[error("internal error while trying to {step}: {source}")]
+    Internal {
+        step: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl Error {
@@ -51,6 +67,7 @@ impl Error {
                 | Error::Conflict(_)
                 | Error::DatabaseMissing(_)
                 | Error::FinalBackupFailed(_)
+                | Error::DeletionBlocked { .. }
         )
     }
 
@@ -67,6 +84,8 @@ impl Error {
             Error::Pg(PgError::Migrate(_)) => "MigrationFailed",
             Error::Pg(_) => "DatabaseServerError",
             Error::Kube { .. } => "KubernetesApiError",
+            Error::DeletionBlocked { .. } => "DeletionBlocked",
+            Error::Internal { .. } => "InternalError",
         }
     }
 }
@@ -78,5 +97,43 @@ pub fn error_policy(_school: Arc<School>, error: &Error, _ctx: Arc<Context>) -> 
         Action::requeue(PERMANENT_RECHECK)
     } else {
         Action::requeue(TRANSIENT_RETRY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_drop_and_a_bad_patch_are_not_invalid_specs() {
+        let blocked = Error::DeletionBlocked {
+            source: Box::new(Error::Conflict(
+                "database x belongs to another School".into(),
+            )),
+        };
+        assert_eq!(blocked.reason(), "DeletionBlocked");
+        assert!(blocked.is_permanent());
+        assert_eq!(
+            blocked.to_string(),
+            "deletion blocked: database x belongs to another School"
+        );
+        let source = std::error::Error::source(&blocked).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("database x belongs to another School")
+        );
+
+        let bad = serde_json::from_str::<json_patch::Patch>("{").unwrap_err();
+        let internal = Error::Internal {
+            step: "add the finalizer",
+            source: bad,
+        };
+        assert_eq!(internal.reason(), "InternalError");
+        assert!(!internal.is_permanent());
+        assert!(
+            internal
+                .to_string()
+                .starts_with("internal error while trying to add the finalizer: ")
+        );
     }
 }

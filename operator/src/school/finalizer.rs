@@ -20,7 +20,7 @@ pub(crate) async fn patch_school(
     let api: Api<School> =
         Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
     let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        serde_json::from_value(patch).map_err(|source| Error::Internal { step, source })?;
     api.patch(
         &school.name_any(),
         &PatchParams::default(),
