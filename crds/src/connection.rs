@@ -174,6 +174,8 @@ pub enum ParseError {
     NotASecret,
     MissingKey(&'static str),
     NotUtf8(String),
+    /// A value under `data` of a manifest is not base64 (names the key).
+    NotBase64(String),
     BadPort,
     NoSchoolId,
     BadSchoolId,
@@ -186,6 +188,7 @@ impl std::fmt::Display for ParseError {
             ParseError::NotASecret => f.write_str("not a Secret manifest"),
             ParseError::MissingKey(k) => write!(f, "the Secret has no `{k}` key"),
             ParseError::NotUtf8(k) => write!(f, "the value of `{k}` is not UTF-8 text"),
+            ParseError::NotBase64(k) => write!(f, "data.{k} is not base64"),
             ParseError::BadPort => write!(f, "`{}` is not a port number", keys::PORT),
             ParseError::NoSchoolId => write!(f, "no {LABEL_SCHOOL_ID} label"),
             ParseError::BadSchoolId => write!(f, "the {LABEL_SCHOOL_ID} label is not a UUID"),
@@ -305,7 +308,24 @@ pub fn secret_from_yaml(text: &str) -> Result<Secret, ParseError> {
     if kind.kind.as_deref().is_some_and(|k| k != "Secret") {
         return Err(ParseError::NotASecret);
     }
-    serde_yaml_ng::from_str(text).map_err(|_| ParseError::NotASecret)
+    serde_yaml_ng::from_str(text).map_err(|_| match bad_data_key(text) {
+        Some(key) => ParseError::NotBase64(key),
+        None => ParseError::NotASecret,
+    })
+}
+
+/// The first key under `data` whose value does not decode as base64, if that is why a
+/// manifest is not a Secret.
+fn bad_data_key(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Data {
+        data: Option<BTreeMap<String, serde_yaml_ng::Value>>,
+    }
+    let data: Data = serde_yaml_ng::from_str(text).ok()?;
+    data.data?
+        .into_iter()
+        .find(|(_, v)| serde_yaml_ng::from_value::<ByteString>(v.clone()).is_err())
+        .map(|(k, _)| k)
 }
 
 /// The Secret as a clean manifest: what `kubectl get secret -o yaml` shows without the
@@ -438,6 +458,16 @@ mod tests {
             ParseError::NotASecret
         );
         assert!(!format!("{:?}", school()).contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_value_that_is_not_base64_is_named_never_shown() {
+        let yaml = "kind: Secret\ndata:\n  host: aG9zdA==\n  password: s3cr3t$\n";
+        let err = secret_from_yaml(yaml).unwrap_err();
+        assert_eq!(err, ParseError::NotBase64("password".into()));
+        assert_eq!(err.to_string(), "data.password is not base64");
+        let good = secret_from_yaml(&yaml.replace("s3cr3t$", "czNjcjN0")).unwrap();
+        assert_eq!(secret_keys(&good).unwrap()["password"], "s3cr3t");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! 1. Starts a throwaway PostgreSQL and Redis (the test harness's servers: free ports,
 //!    temporary directories, supervisors that remove everything however this process ends).
 //! 2. Writes two School manifests and a target-server config, and provisions them plus
-//!    the self-service tenant with the operator's local mode (`edumind_operator::local`,
+//!    the self-service tenant with local mode (`edumind_local`, the `edumind-local` crate,
 //!    which runs the controller's reconcile), writing Secret files.
 //! 3. Starts the data plane on those Secret files with a random HS256 development secret.
 //! 4. Loads demo data, mostly through the data plane's API.
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use edumind_dataplane::startup::Application;
-use edumind_operator::local::{LocalOptions, LocalReport};
+use edumind_local::{LocalOptions, LocalReport};
 use edumind_tests::supervisor::Supervised;
 use edumind_tests::{PgServer, RedisServer};
 use rand::Rng;
@@ -245,8 +245,8 @@ async fn demo(args: &Args, running: &mut Running) -> anyhow::Result<()> {
             data::school_manifest(plan),
         )?;
     }
-    println!("  provisioning 2 schools and the self-service tenant (edumind-operator local)…");
-    let report = edumind_operator::local::provision(&LocalOptions {
+    println!("  provisioning 2 schools and the self-service tenant (edumind-local)…");
+    let report = edumind_local::provision(&LocalOptions {
         config,
         schools: vec![schools_dir],
         out: secrets_dir.clone(),
@@ -259,7 +259,7 @@ async fn demo(args: &Args, running: &mut Running) -> anyhow::Result<()> {
     anyhow::ensure!(
         report.all_ready(),
         "not every School is Ready:\n{}",
-        edumind_operator::local::render(&report)
+        edumind_local::render(&report)
     );
     print_provisioned(&report);
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use edumind_crds::{School, SchoolSpec};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::metrics::Metrics;
-use edumind_operator::reconcile::{self, Context};
+use edumind_operator::school::{self as reconcile, Context};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};

@@ -20,9 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Owne
 use k8s_openapi::jiff::Timestamp;
 
 use crate::backup::RunResult;
+use edumind_crds::connection::{LABEL_MANAGED_BY, LABEL_SCHOOL_ID, MANAGED_BY};
 
-/// Label on every backup/restore CronJob, Job and Pod: the school id.
-pub const LABEL_SCHOOL_ID: &str = "edumind.ai/school-id";
 /// Label saying what a Job is for: `scheduled`, `on-demand`, `final` or `restore`.
 pub const LABEL_KIND: &str = "edumind.ai/backup-kind";
 /// Annotation on backup Jobs naming their School (names may exceed label limits).
@@ -172,10 +171,7 @@ fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 /// Labels of everything the backup machinery creates for a school.
 pub fn labels(school_id: &str, kind: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (
-            crate::reconcile::LABEL_MANAGED_BY.to_string(),
-            "edumind-operator".to_string(),
-        ),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
         (LABEL_SCHOOL_ID.to_string(), school_id.to_string()),
         (LABEL_KIND.to_string(), kind.to_string()),
     ])

@@ -5,14 +5,16 @@
 //! * [`credentials`]: passwords and SCRAM-SHA-256 verifiers (pure).
 //! * [`config`]: the target servers the platform team configures.
 //! * [`pg`]: idempotent steps inside PostgreSQL.
-//! * [`reconcile`]: the School reconcile pipeline, status, events, deletion.
+//! * [`school`]: the School reconcile pipeline, one module per step or concern:
+//!   `desired` (validate and build, pure) → `apply` (role, database, migrations,
+//!   `connection_secret`) → `status` (conditions, events); `school_backups`, `deletion`,
+//!   `finalizer`, `labels`, `context` ([`school::Context`]) and `error`.
 //! * [`fleet`]: `migrate --all` over every school database of a server.
-//! * [`local`]: `edumind-operator local`, provisioning without Kubernetes (Secret files).
 //! * [`run`]: the controller process (leader election, metrics, health, shutdown).
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
 //!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
-//! [`reconcile::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
+//! [`edumind_crds::connection::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
 //! names and a claim, so provisioning `edumind_selfservice` reuses them with its own
 //! RLS migration step.
 
@@ -22,12 +24,11 @@ pub mod config;
 pub mod credentials;
 pub mod fault;
 pub mod fleet;
-pub mod local;
 pub mod metrics;
 pub mod naming;
 pub mod ops;
 pub mod pg;
 pub mod premigration;
-pub mod reconcile;
 pub mod run;
+pub mod school;
 pub mod selfservice;

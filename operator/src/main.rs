@@ -61,35 +61,6 @@ enum Command {
         #[arg(long, env = "EDUMIND_BACKUP_RETENTION_DAYS", default_value_t = 7)]
         retention_days: u32,
     },
-    /// Provision School manifests without Kubernetes and write the connection Secrets as
-    /// YAML files (mode 0600) for the data plane's tenant directory.
-    ///
-    /// Runs the controller's own reconcile against an in-memory Kubernetes API. Admin
-    /// credentials: `EDUMIND_ADMIN_URL` (its user and password; host and port come from
-    /// the config) or `--admin-secrets DIR` with Secret manifests named as the servers'
-    /// `adminSecret`. Idempotent: passwords in existing Secret files are kept.
-    Local {
-        /// Target server configuration (the controller's `servers.yaml` format).
-        #[arg(long, env = "EDUMIND_SERVERS_CONFIG")]
-        config: PathBuf,
-        /// School manifests: files or directories of *.yaml files.
-        #[arg(long, required = true, num_args = 1..)]
-        schools: Vec<PathBuf>,
-        /// Directory to write the Secret files to.
-        #[arg(long)]
-        out: PathBuf,
-        /// Also provision the shared self-service tenant on the default server.
-        #[arg(long)]
-        self_service: bool,
-        /// Directory of admin Secret manifests.
-        #[arg(long)]
-        admin_secrets: Option<PathBuf>,
-        #[arg(long = "admin-url", env = "EDUMIND_ADMIN_URL", hide_env_values = true)]
-        admin_url: Option<String>,
-        /// Print the report as JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
     /// Print the schema version this build's migrations produce.
     SchemaVersion,
     /// Print the CustomResourceDefinitions (School, SchoolBackup, SchoolRestore) as YAML
@@ -217,7 +188,7 @@ impl Target {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // kube-fake-client and kube pull in two rustls providers; choose one explicitly.
+    // kube pulls in more than one rustls provider; choose one explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Run(args) => edumind_operator::run::run(args).await?,
@@ -265,33 +236,6 @@ async fn main() -> anyhow::Result<()> {
             println!("schema version {}", version.unwrap_or(0));
         }
         Command::Migrate { .. } => anyhow::bail!("give --database-url, or --all with --admin-url"),
-        Command::Local {
-            config,
-            schools,
-            out,
-            self_service,
-            admin_secrets,
-            admin_url,
-            json,
-        } => {
-            let opts = edumind_operator::local::LocalOptions {
-                config,
-                schools,
-                out,
-                self_service,
-                admin_secrets,
-                admin_url,
-            };
-            let report = edumind_operator::local::provision(&opts).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", edumind_operator::local::render(&report));
-            }
-            if !report.all_ready() {
-                anyhow::bail!("not every School is Ready");
-            }
-        }
         Command::SchemaVersion => println!("{}", edumind_schema::latest_version()),
         Command::Crd => print!("{}", edumind_crds::all_crds_yaml()?),
         Command::Rbac { format } => {

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use edumind_crds::connection::keys;
 use edumind_crds::{
     School, SchoolBackup, SchoolBackupStatus, SchoolRestore, SchoolRestoreStatus, TERMINAL_PHASES,
 };
@@ -35,7 +36,7 @@ use crate::backupjobs::{self, Outcome, Run, RunnerInputs};
 use crate::credentials::{generate_password, scram_verifier};
 use crate::naming;
 use crate::pg::{self, PgError};
-use crate::reconcile::{self, Context, Desired, FIELD_MANAGER};
+use crate::school::{self, Context, Desired, FIELD_MANAGER};
 
 /// How often a running backup or restore is looked at (Job watches usually come first).
 pub const POLL: Duration = Duration::from_secs(15);
@@ -55,7 +56,7 @@ pub enum OpError {
     },
     /// Retried with backoff (API or database unavailable).
     #[error(transparent)]
-    Transient(#[from] reconcile::Error),
+    Transient(#[from] school::Error),
 }
 
 impl OpError {
@@ -72,13 +73,13 @@ impl OpError {
 
 impl From<PgError> for OpError {
     fn from(e: PgError) -> Self {
-        OpError::Transient(reconcile::Error::Pg(e))
+        OpError::Transient(school::Error::Pg(e))
     }
 }
 
 fn kube(step: &'static str) -> impl FnOnce(kube::Error) -> OpError {
     move |e| {
-        OpError::Transient(reconcile::Error::Kube {
+        OpError::Transient(school::Error::Kube {
             step,
             source: Box::new(e),
         })
@@ -122,7 +123,7 @@ async fn target(ctx: &Context, namespace: &str, name: &str) -> Result<Target, Op
             format!("School {name} is being deleted"),
         ));
     }
-    let desired = reconcile::validate(&school, &ctx.servers).map_err(|e| {
+    let desired = school::validate(&school, &ctx.servers).map_err(|e| {
         permanent(
             "SchoolInvalid",
             format!("School {name} cannot be used: {e}"),
@@ -626,11 +627,11 @@ async fn restore_step(
     let server = &desired.server;
     let secret_name = restore_secret_name(&name);
     let data = [
-        ("host", server.client_host().to_string()),
-        ("port", server.client_port().to_string()),
-        ("dbname", desired.database.clone()),
-        ("username", restore_role.clone()),
-        ("password", password.expose().to_string()),
+        (keys::HOST, server.client_host().to_string()),
+        (keys::PORT, server.client_port().to_string()),
+        (keys::DBNAME, desired.database.clone()),
+        (keys::USERNAME, restore_role.clone()),
+        (keys::PASSWORD, password.expose().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
@@ -757,7 +758,7 @@ async fn finish_restore(sr: &SchoolRestore, ctx: &Context, namespace: &str) -> R
     else {
         return Ok(());
     };
-    let Ok(desired) = reconcile::validate(&school, &ctx.servers) else {
+    let Ok(desired) = school::validate(&school, &ctx.servers) else {
         return Ok(());
     };
     let mut conn = ctx.admin_conn(&desired.server).await?;
@@ -784,10 +785,10 @@ async fn release_logins(ctx: &Context, namespace: &str, school: &str) -> Result<
     {
         return Ok(());
     }
-    if reconcile::restore_in_progress(ctx, &school).await? {
+    if school::restore_in_progress(ctx, &school).await? {
         return Ok(());
     }
-    let Ok(desired) = reconcile::validate(&school, &ctx.servers) else {
+    let Ok(desired) = school::validate(&school, &ctx.servers) else {
         return Ok(());
     };
     let mut conn = ctx.admin_conn(&desired.server).await?;
@@ -799,9 +800,9 @@ async fn release_logins(ctx: &Context, namespace: &str, school: &str) -> Result<
 pub fn error_policy<K>(_obj: Arc<K>, error: &OpError, _ctx: Arc<Context>) -> Action {
     tracing::warn!(reason = error.reason(), error = %error, "backup/restore reconcile failed");
     if error.is_permanent() {
-        Action::requeue(reconcile::PERMANENT_RECHECK)
+        Action::requeue(school::PERMANENT_RECHECK)
     } else {
-        Action::requeue(reconcile::TRANSIENT_RETRY)
+        Action::requeue(school::TRANSIENT_RETRY)
     }
 }
 

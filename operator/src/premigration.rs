@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
 use crate::backupjobs::{self, Outcome, RunnerInputs};
-use crate::reconcile::{Context, Desired, Error, FIELD_MANAGER};
+use crate::school::{Context, Desired, Error, FIELD_MANAGER};
 
 /// The `edumind.ai/backup-kind` of these Jobs.
 pub const KIND: &str = "premigration";
@@ -109,7 +109,7 @@ pub async fn ensure(
     };
     let labels = job.labels();
     let ours = labels.get(backupjobs::LABEL_KIND).map(String::as_str) == Some(KIND)
-        && labels.get(backupjobs::LABEL_SCHOOL_ID) == Some(&d.school_id.to_string());
+        && labels.get(edumind_crds::connection::LABEL_SCHOOL_ID) == Some(&d.school_id.to_string());
     if !ours {
         return Err(Error::PreMigrationBackupFailed(format!(
             "a Job {name} exists that is not this School's pre-migration backup; delete or rename it (the migration to {to_version} waits)"

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use edumind_crds::connection;
 use edumind_crds::{School, SchoolBackup, SchoolRestore};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -23,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::TargetServers;
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
+use crate::school::{self, Context};
 
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = edumind_crds::rbac::LEADER_LEASE;
@@ -152,17 +153,17 @@ async fn self_service_loop(
                         if !outcome.changes.is_empty() {
                             tracing::info!(changes = ?outcome.changes, "self-service tenant updated");
                         }
-                        reconcile::RESYNC
+                        school::RESYNC
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "self-service tenant not ready");
-                        reconcile::TRANSIENT_RETRY
+                        school::TRANSIENT_RETRY
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "self-service server unavailable");
-                reconcile::TRANSIENT_RETRY
+                school::TRANSIENT_RETRY
             }
         };
         tokio::select! {
@@ -383,8 +384,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             self_stop_rx,
         ))
     });
-    let managed =
-        || watcher::Config::default().labels("app.kubernetes.io/managed-by=edumind-operator");
+    let managed = || {
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            connection::LABEL_MANAGED_BY,
+            connection::MANAGED_BY
+        ))
+    };
     let stopped = || {
         let (mut stop, mut lost) = (stop_rx.clone(), lost_rx.clone());
         async move {
@@ -441,10 +447,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let permits = permits.clone();
                 async move {
                     let _permit = permits.acquire_owned().await;
-                    reconcile::reconcile(school, ctx).await
+                    school::reconcile(school, ctx).await
                 }
             },
-            reconcile::error_policy,
+            school::error_policy,
             ctx.clone(),
         )
         .for_each(log_result)

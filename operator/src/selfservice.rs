@@ -17,12 +17,10 @@
 //! nothing (no DDL). The installed policy version is recorded (a hash of the policy SQL)
 //! so a new operator release with new policies re-applies them once.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
+use edumind_crds::connection::{self, ConnectionSecret, TenantRef, keys};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -36,11 +34,6 @@ pub const DATABASE: &str = crate::naming::SELF_SERVICE_DATABASE;
 pub const OWNER_ROLE: &str = crate::naming::SELF_SERVICE_ROLES[0];
 pub const APP_ROLE: &str = crate::naming::SELF_SERVICE_ROLES[1];
 pub const SECRET_NAME: &str = "edumind-selfservice";
-/// The label (and value) the data plane's tenant directory recognises.
-pub const LABEL_TENANT: &str = "edumind.ai/tenant";
-pub const TENANT_VALUE: &str = "selfservice";
-/// The key the storage spec's .NET services read (`GetConnectionString("SelfService")`).
-pub const DOTNET_KEY: &str = "SelfService-ConnectionString";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelfServiceError {
@@ -70,7 +63,7 @@ fn claim() -> Claim {
         kind: "selfservice".into(),
         school_id: String::new(),
         code: "selfservice".into(),
-        owner: "edumind-operator".into(),
+        owner: connection::MANAGED_BY.into(),
     }
 }
 
@@ -258,38 +251,16 @@ async fn exec(conn: &mut PgConnection, step: &'static str, sql: String) -> Resul
     Ok(())
 }
 
-/// The Secret's keys for the application role.
-pub fn secret_data(server: &TargetServer, password: &SecretString) -> BTreeMap<String, String> {
-    crate::reconcile::connection_keys(server, APP_ROLE, DATABASE, password, DOTNET_KEY)
+/// The self-service tenant's connection Secret (the application role's endpoint).
+pub fn connection_secret(server: &TargetServer, password: &SecretString) -> ConnectionSecret {
+    ConnectionSecret {
+        tenant: TenantRef::SelfService,
+        endpoint: crate::school::endpoint(server, APP_ROLE, DATABASE, password),
+    }
 }
 
 fn desired_secret(namespace: &str, server: &TargetServer, password: &SecretString) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(SECRET_NAME.into()),
-            namespace: Some(namespace.into()),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "edumind-operator".to_string(),
-                ),
-                (LABEL_TENANT.to_string(), TENANT_VALUE.to_string()),
-                (
-                    crate::reconcile::LABEL_TENANT_KIND.to_string(),
-                    TENANT_VALUE.to_string(),
-                ),
-            ])),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/basic-auth".into()),
-        data: Some(
-            secret_data(server, password)
-                .into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
+    connection_secret(server, password).to_secret(SECRET_NAME, namespace, None)
 }
 
 /// Provisions (or checks) the self-service tenant on `server` and publishes its Secret in
@@ -315,8 +286,7 @@ pub async fn ensure(
         .map_err(kube("read the self-service Secret"))?;
     let password = existing
         .as_ref()
-        .and_then(|s| s.data.as_ref()?.get("password"))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .and_then(|s| crate::school::secret_value(s, keys::PASSWORD))
         .filter(|p| p.len() >= 16)
         .map(SecretString::new)
         .unwrap_or_else(credentials::generate_password);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use edumind_crds::{School, SchoolSpec};
 use edumind_operator::config::TargetServers;
-use edumind_operator::reconcile;
+use edumind_operator::school as reconcile;
 use serde::Deserialize;
 
 fn examples_dir() -> PathBuf {

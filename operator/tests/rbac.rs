@@ -22,7 +22,7 @@ use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::credentials::SecretString;
 use edumind_operator::metrics::Metrics;
-use edumind_operator::reconcile::{self, Context};
+use edumind_operator::school::{self as reconcile, Context};
 use edumind_operator::{ops, pg, run, selfservice};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -124,13 +124,13 @@ async fn finish_job(fake: &Client, job: &str, message: &str) {
         .await
         .unwrap()
         .labels()
-        .get(backupjobs::LABEL_SCHOOL_ID)
+        .get(edumind_crds::connection::LABEL_SCHOOL_ID)
         .cloned()
         .unwrap_or_default();
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": format!("{job}-pod"), "namespace": SCHOOL_NS,
-            "labels": {backupjobs::LABEL_JOB_NAME: job, backupjobs::LABEL_SCHOOL_ID: school_id}},
+            "labels": {backupjobs::LABEL_JOB_NAME: job, edumind_crds::connection::LABEL_SCHOOL_ID: school_id}},
         "spec": {"containers": [{"name": backupjobs::CONTAINER, "image": "x"}]},
         "status": {"containerStatuses": [{"name": backupjobs::CONTAINER, "image": "x", "imageID": "",
             "ready": false, "restartCount": 0,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use edumind_crds::{ReclaimPolicy, School, SchoolSpec};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::metrics::Metrics;
-use edumind_operator::reconcile::{self, Context};
+use edumind_operator::school::{self as reconcile, Context};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;

@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use base64::Engine;
-use serde::Deserialize;
+use edumind_crds::connection::{self, Endpoint, LABEL_SCHOOL_ID, ParseError};
 
 use super::BackupError;
 
@@ -33,22 +32,6 @@ impl std::fmt::Debug for ConnectionInfo {
             .field("school_id", &self.school_id)
             .finish()
     }
-}
-
-#[derive(Deserialize)]
-struct SecretYaml {
-    #[serde(default)]
-    metadata: Metadata,
-    #[serde(default)]
-    data: BTreeMap<String, String>,
-    #[serde(default, rename = "stringData")]
-    string_data: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Metadata {
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
 }
 
 impl ConnectionInfo {
@@ -83,51 +66,39 @@ impl ConnectionInfo {
                     .map_err(|e| invalid(format!("key {name}: {e}")))?;
                 keys.insert(name, value.trim_end_matches('\n').to_string());
             }
-            return Self::from_keys(&keys, None).map_err(invalid);
+            return Self::from_keys(&keys, None).map_err(|e| invalid(e.to_string()));
         }
         let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
         Self::from_secret_yaml(&text).map_err(invalid)
     }
 
-    /// Parses a Secret manifest; `stringData` wins over `data`, as in the API server.
+    /// Parses a Secret manifest through the contract (`edumind_crds::connection`);
+    /// `stringData` wins over `data`, as in the API server. Errors never echo a value.
     pub fn from_secret_yaml(text: &str) -> Result<Self, String> {
-        // Never echo the document in errors: it holds the password.
-        let secret: SecretYaml =
-            serde_yaml_ng::from_str(text).map_err(|_| "not a Secret manifest".to_string())?;
-        let mut keys = BTreeMap::new();
-        for (key, value) in secret.data {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(value.trim())
-                .map_err(|_| format!("data.{key} is not base64"))?;
-            let value =
-                String::from_utf8(bytes).map_err(|_| format!("data.{key} is not UTF-8 text"))?;
-            keys.insert(key, value);
-        }
-        keys.extend(secret.string_data);
-        let school_id = secret.metadata.labels.get("edumind.ai/school-id").cloned();
-        Self::from_keys(&keys, school_id)
+        let parse = || -> Result<Self, ParseError> {
+            let secret = connection::secret_from_yaml(text)?;
+            let school_id = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SCHOOL_ID))
+                .cloned();
+            Self::from_keys(&connection::secret_keys(&secret)?, school_id)
+        };
+        parse().map_err(|e| e.to_string())
     }
 
     fn from_keys(
         keys: &BTreeMap<String, String>,
         school_id: Option<String>,
-    ) -> Result<Self, String> {
-        let get = |name: &str| {
-            keys.get(name)
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .ok_or_else(|| format!("the Secret has no `{name}` key"))
-        };
-        let port = get("port")?;
+    ) -> Result<Self, ParseError> {
+        let endpoint = Endpoint::from_keys(keys)?;
         Ok(Self {
-            host: get("host")?,
-            port: port
-                .trim()
-                .parse()
-                .map_err(|_| format!("port `{port}` is not a port number"))?,
-            dbname: get("dbname")?,
-            username: get("username").or_else(|_| get("user"))?,
-            password: get("password")?,
+            host: endpoint.host,
+            port: endpoint.port,
+            dbname: endpoint.dbname,
+            username: endpoint.username,
+            password: endpoint.password.expose().to_string(),
             school_id,
         })
     }

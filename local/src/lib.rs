@@ -1,7 +1,11 @@
-//! Local mode: provision School manifests without Kubernetes and write the connection
+//! `edumind-local`: provision School manifests without Kubernetes and write the connection
 //! Secrets as YAML files (what the data plane's directory tenant source reads).
 //!
-//! It runs the controller's own [`reconcile::reconcile`] and [`selfservice::ensure`]
+//! A crate of its own (library and binary) so that the operator's build, and the
+//! controller image, carry no fake Kubernetes API; `kube-fake-client` is a dependency of
+//! this crate only. The demo uses the library in-process.
+//!
+//! It runs the controller's own [`school::reconcile`] and [`selfservice::ensure`]
 //! against an in-process, in-memory Kubernetes API (`kube-fake-client`), seeded with the
 //! Schools, the admin credentials and the Secret files of an earlier run, then writes the
 //! resulting Secrets out. So local mode cannot drift from the controller: role, database,
@@ -19,16 +23,17 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use edumind_crds::School;
+use edumind_crds::connection;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 
-use crate::config::TargetServers;
-use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
-use crate::selfservice;
+use edumind_operator::config::TargetServers;
+use edumind_operator::metrics::Metrics;
+use edumind_operator::school::{self, Context};
+use edumind_operator::selfservice;
 
 /// The namespace the admin Secrets (and the self-service Secret) live in.
 pub const OPERATOR_NAMESPACE: &str = "edumind-system";
@@ -202,7 +207,7 @@ fn read_secret_files(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Secret)>> {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let secret: Secret = serde_yaml_ng::from_str(&text)
+        let secret = connection::secret_from_yaml(&text)
             .with_context(|| format!("{} is not a Secret manifest", path.display()))?;
         out.push((path, secret));
     }
@@ -277,26 +282,11 @@ pub fn secret_file_name(namespace: &str, name: &str) -> String {
     format!("{namespace}_{name}.yaml")
 }
 
-/// The Secret as a clean manifest: what `kubectl get secret -o yaml` shows without the
-/// server-populated fields (uid, resourceVersion, owner references of the in-memory API).
+/// The Secret as a clean manifest (the contract's [`connection::secret_to_yaml`]): what
+/// `kubectl get secret -o yaml` shows without the server-populated fields (uid,
+/// resourceVersion, owner references of the in-memory API).
 fn manifest(secret: &Secret) -> anyhow::Result<String> {
-    let clean = Secret {
-        metadata: ObjectMeta {
-            name: secret.metadata.name.clone(),
-            namespace: secret.metadata.namespace.clone(),
-            labels: secret.metadata.labels.clone(),
-            ..Default::default()
-        },
-        type_: secret.type_.clone(),
-        data: secret.data.clone(),
-        ..Default::default()
-    };
-    let mut value = serde_json::to_value(&clean)?;
-    if let Some(o) = value.as_object_mut() {
-        o.insert("apiVersion".into(), "v1".into());
-        o.insert("kind".into(), "Secret".into());
-    }
-    Ok(serde_yaml_ng::to_string(&value)?)
+    Ok(connection::secret_to_yaml(secret)?)
 }
 
 /// Writes `text` to `path` (mode 0600) unless it already holds exactly that; atomic
@@ -346,7 +336,7 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
     let mut inputs = Vec::new();
     for file in school_files(&opts.schools)? {
         for school in parse_schools(&file)? {
-            reconcile::validate(&school, &servers).map_err(|e| {
+            school::validate(&school, &servers).map_err(|e| {
                 anyhow::anyhow!(
                     "{}: School {}: {e}",
                     file.display(),
@@ -390,9 +380,9 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
         .map(|(_, s)| s)
         .filter(|s| {
             s.labels()
-                .get(reconcile::LABEL_MANAGED_BY)
+                .get(connection::LABEL_MANAGED_BY)
                 .map(String::as_str)
-                == Some("edumind-operator")
+                == Some(connection::MANAGED_BY)
         })
         .collect();
     let client = build_client(admin, existing).await?;
@@ -417,7 +407,7 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
             .map_err(|e| {
                 anyhow::anyhow!("{}: cannot load School {name}: {e}", input.file.display())
             })?;
-        reconcile::reconcile(Arc::new(created), ctx.clone())
+        school::reconcile(Arc::new(created), ctx.clone())
             .await
             .map_err(|e| anyhow::anyhow!("School {ns}/{name}: {e}"))?;
         let school = api.get(&name).await?;

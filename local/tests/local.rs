@@ -1,4 +1,4 @@
-//! `edumind-operator local`: the real binary against the harness's PostgreSQL. School
+//! `edumind-local`: the real binary against the harness's PostgreSQL. School
 //! manifests in, Secret files out (mode 0600), idempotent, passwords kept unless the
 //! file is missing, invalid manifests refused before anything is written.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,8 +12,8 @@ use base64::Engine;
 use sqlx::Connection;
 
 fn operator(args: &[&str], admin_url: Option<&str>) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"));
-    cmd.arg("local").args(args).env_remove("EDUMIND_ADMIN_URL");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edumind-local"));
+    cmd.args(args).env_remove("EDUMIND_ADMIN_URL");
     if let Some(url) = admin_url {
         cmd.env("EDUMIND_ADMIN_URL", url);
     }

@@ -1,0 +1,154 @@
+//! [`Context`]: what every reconcile shares (API client, target servers, admin pools,
+//! metrics, event recorder, backup settings).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use edumind_crds::connection::{MANAGED_BY, keys};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::Mutex;
+
+use crate::backupjobs::BackupConfig;
+use crate::config::{TargetServer, TargetServers};
+use crate::credentials::SecretString;
+use crate::metrics::Metrics;
+use crate::pg::{self, PgError};
+
+use super::error::Error;
+
+/// Everything a reconcile needs, shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub servers: TargetServers,
+    /// Where the target servers' admin Secrets live.
+    pub operator_namespace: String,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Backup runner image, default storage and Job settings.
+    pub backup: BackupConfig,
+    /// Admin pool per server name, created on first use.
+    pools: Mutex<HashMap<String, ServerHandle>>,
+}
+
+#[derive(Clone)]
+pub(crate) struct ServerHandle {
+    pub(crate) pool: PgPool,
+    pub(crate) options: PgConnectOptions,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        servers: TargetServers,
+        operator_namespace: String,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Self::with_backup(
+            client,
+            servers,
+            operator_namespace,
+            metrics,
+            BackupConfig::default(),
+        )
+    }
+
+    /// [`Context::new`] with backup settings.
+    pub fn with_backup(
+        client: Client,
+        servers: TargetServers,
+        operator_namespace: String,
+        metrics: Arc<Metrics>,
+        backup: BackupConfig,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: MANAGED_BY.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            servers,
+            operator_namespace,
+            metrics,
+            backup,
+            pools: Mutex::default(),
+        })
+    }
+
+    /// An admin connection to `server` (maintenance database).
+    pub(crate) async fn admin_conn(
+        &self,
+        server: &TargetServer,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
+        let handle = self.server(server).await?;
+        Ok(handle.pool.acquire().await.map_err(|e| PgError::Sql {
+            step: "connect to the server",
+            source: e,
+        })?)
+    }
+
+    pub(crate) async fn server(&self, server: &TargetServer) -> Result<ServerHandle, Error> {
+        if let Some(h) = self.pools.lock().await.get(&server.name) {
+            return Ok(h.clone());
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.operator_namespace);
+        let secret = secrets
+            .get_opt(&server.admin_secret)
+            .await
+            .map_err(|e| Error::Kube {
+                step: "read the admin Secret",
+                source: Box::new(e),
+            })?
+            .ok_or_else(|| {
+                Error::AdminCredentials(format!(
+                    "Secret {}/{} not found",
+                    self.operator_namespace, server.admin_secret
+                ))
+            })?;
+        let user = secret_value(&secret, keys::USERNAME).ok_or_else(|| {
+            Error::AdminCredentials(format!("Secret {} has no `username`", server.admin_secret))
+        })?;
+        let password = secret_value(&secret, keys::PASSWORD).ok_or_else(|| {
+            Error::AdminCredentials(format!("Secret {} has no `password`", server.admin_secret))
+        })?;
+        let options = pg::admin_options(
+            &server.host,
+            server.port,
+            &user,
+            &SecretString::new(password),
+            &server.maintenance_database,
+        );
+        let handle = ServerHandle {
+            pool: pg::admin_pool(options.clone(), 4),
+            options,
+        };
+        self.pools
+            .lock()
+            .await
+            .insert(server.name.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Admin connection options for `server` (reads its admin Secret once).
+    pub async fn admin_options(&self, server: &TargetServer) -> Result<PgConnectOptions, Error> {
+        Ok(self.server(server).await?.options)
+    }
+
+    /// Forgets a server's pool so the next reconcile re-reads its admin Secret. The pool
+    /// is not closed: concurrent reconciles may still hold it, and it closes itself when
+    /// the last handle is dropped.
+    pub(crate) async fn forget_server(&self, name: &str) {
+        self.pools.lock().await.remove(name);
+    }
+}
+
+/// One key of a Secret's `data` as text, if present and UTF-8 (other keys may be binary).
+pub(crate) fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}

@@ -1,0 +1,271 @@
+//! Deletion: the reclaim policy (`retain`, `delete`, `snapshot` with a final backup)
+//! behind the finalizer. The School is validated once per deletion.
+
+use edumind_crds::connection::LABEL_SCHOOL_ID;
+use edumind_crds::{ReclaimPolicy, School};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use crate::backupjobs::{self, Outcome, RunnerInputs};
+use crate::pg::{self, Claim, PgError};
+
+use super::context::Context;
+use super::desired::{Desired, validate};
+use super::error::Error;
+use super::finalizer::remove_finalizer;
+use super::labels::{FIELD_MANAGER, FINALIZER};
+use super::school_backups::kube_err;
+use super::status::{next_status, patch_status, publish, ready_condition};
+use super::{PERMANENT_RECHECK, TRANSIENT_RETRY};
+
+/// Runs the reclaim policy of a School being deleted, then releases the finalizer.
+pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Error> {
+    if !school.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    match school.spec.reclaim_policy {
+        ReclaimPolicy::Retain => {
+            publish(
+                ctx,
+                school,
+                EventType::Normal,
+                "Retained",
+                "Delete",
+                "reclaimPolicy retain: the database and role are kept".into(),
+            )
+            .await;
+        }
+        ReclaimPolicy::Snapshot => {
+            // Validated once: the final backup and the drop use the same desired state.
+            let backed_up = match validate(school, &ctx.servers) {
+                Ok(d) => final_backup(school, &d, ctx).await.map(|note| (d, note)),
+                Err(e) => Err(e),
+            };
+            match backed_up {
+                Ok((d, note)) => {
+                    publish(
+                        ctx,
+                        school,
+                        EventType::Normal,
+                        "FinalBackupTaken",
+                        "Delete",
+                        note,
+                    )
+                    .await;
+                    drop_and_report(
+                        school,
+                        Ok(d),
+                        ctx,
+                        "reclaimPolicy snapshot: final backup verified, the database and role were dropped",
+                    )
+                    .await?;
+                }
+                Err(e) if matches!(e, Error::Kube { .. } | Error::Pg(_)) => return Err(e),
+                Err(e) => {
+                    // Running, or failed: nothing is dropped, the finalizer stays.
+                    let mut status = next_status(school, None, &Err(e));
+                    status.phase = Some("Deleting".into());
+                    let before = ready_condition(&school.status);
+                    patch_status(school, ctx, &status).await?;
+                    let after = ready_condition(&Some(status.clone()));
+                    let failed = after.as_ref().is_some_and(|a| a.1 == "FinalBackupFailed");
+                    if failed && before != after {
+                        let note = status
+                            .conditions
+                            .first()
+                            .map(|c| c.message.clone())
+                            .unwrap_or_default();
+                        publish(
+                            ctx,
+                            school,
+                            EventType::Warning,
+                            "FinalBackupFailed",
+                            "Delete",
+                            note,
+                        )
+                        .await;
+                    }
+                    return Ok(Action::requeue(if failed {
+                        PERMANENT_RECHECK
+                    } else {
+                        TRANSIENT_RETRY
+                    }));
+                }
+            }
+            if let Err(e) = delete_final_job(school, ctx).await {
+                tracing::warn!(error = %e, "cannot delete the final backup Job");
+            }
+        }
+        ReclaimPolicy::Delete => {
+            drop_and_report(
+                school,
+                validate(school, &ctx.servers),
+                ctx,
+                "reclaimPolicy delete: the database and role were dropped",
+            )
+            .await?;
+        }
+    }
+    remove_finalizer(school, ctx).await?;
+    Ok(Action::await_change())
+}
+
+/// Drops database and role; a failure is written to status as `DeletionBlocked` and
+/// its cause returned (so a transient cause is retried soon).
+pub(crate) async fn drop_and_report(
+    school: &School,
+    desired: Result<Desired, Error>,
+    ctx: &Context,
+    note: &str,
+) -> Result<(), Error> {
+    let dropped = match desired {
+        Ok(d) => drop_school(&d, ctx).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = dropped {
+        let blocked = Err(Error::DeletionBlocked {
+            source: Box::new(e),
+        });
+        patch_status(school, ctx, &next_status(school, None, &blocked)).await?;
+        return blocked.map(|_| ()).map_err(|b| match b {
+            Error::DeletionBlocked { source } => *source,
+            other => other,
+        });
+    }
+    publish(
+        ctx,
+        school,
+        EventType::Normal,
+        "Deleted",
+        "Delete",
+        note.into(),
+    )
+    .await;
+    Ok(())
+}
+
+pub(crate) async fn drop_school(d: &Desired, ctx: &Context) -> Result<(), Error> {
+    let handle = ctx.server(&d.server).await?;
+    let mut conn = handle.pool.acquire().await.map_err(|e| PgError::Sql {
+        step: "connect to the server",
+        source: e,
+    })?;
+    let owner = d.claim().owner;
+    let db = pg::database_state(&mut conn, &d.database, &d.role).await?;
+    let role = pg::role_state(&mut conn, &d.role).await?;
+    let ours = |c: Option<&Claim>| c.map(|c| &c.owner) == Some(&owner);
+    if db.as_ref().is_some_and(|s| !ours(s.claim.as_ref()))
+        || role.as_ref().is_some_and(|r| !ours(r.claim.as_ref()))
+    {
+        return Err(Error::Conflict(format!(
+            "database or role {} belongs to another School; not dropping it",
+            d.database
+        )));
+    }
+    pg::drop_tenant(&mut conn, &d.database, &d.role).await?;
+    Ok(())
+}
+
+/// `reclaimPolicy: snapshot`: takes the final backup in a Job (the runner needs the
+/// School's storage mounted, which the operator pod does not have) and waits for it.
+/// `Ok(note)` once a verified backup is stored; `FinalBackupRunning` while it runs;
+/// `FinalBackupFailed` when it failed (nothing is dropped; deleting the failed Job
+/// retries).
+pub(crate) async fn final_backup(
+    school: &School,
+    d: &Desired,
+    ctx: &Context,
+) -> Result<String, Error> {
+    if !d.recorded {
+        return Ok("the School never had a database: nothing to back up".into());
+    }
+    let storage = backupjobs::resolve_storage(school.spec.backup.storage.as_ref(), &ctx.backup)
+        .ok_or_else(|| {
+            Error::FinalBackupFailed(
+                "reclaimPolicy snapshot needs backup storage: set spec.backup.storage (or the operator's default storage), or change reclaimPolicy; nothing was dropped".into(),
+            )
+        })?;
+    if !school.spec.active {
+        return Err(Error::FinalBackupFailed(
+            "the final backup runs as the school's role, which cannot log in while spec.active is false; set active: true or change reclaimPolicy; nothing was dropped".into(),
+        ));
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let name = backupjobs::final_job_name(&d.name);
+    let Some(job) = jobs
+        .get_opt(&name)
+        .await
+        .map_err(kube_err("read the final backup Job"))?
+    else {
+        let inputs = RunnerInputs {
+            school_name: d.name.clone(),
+            school_id: d.school_id.to_string(),
+            secret_name: d.secret_name.clone(),
+            storage,
+            run: backupjobs::Run::Backup {
+                kind: "final",
+                retention_days: school.spec.backup.retention_days,
+            },
+        };
+        // No owner reference: the School is being deleted, and a foreground deletion
+        // would remove the Job before it ran. The operator deletes it after the drop.
+        let job = backupjobs::job(&name, &d.namespace, None, &ctx.backup, &inputs);
+        jobs.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&job),
+        )
+        .await
+        .map_err(kube_err("create the final backup Job"))?;
+        return Err(Error::FinalBackupRunning(format!(
+            "reclaimPolicy snapshot: final backup Job {name} started; the database is dropped once it succeeded"
+        )));
+    };
+    let labels = job.labels();
+    if labels.get(backupjobs::LABEL_KIND).map(String::as_str) != Some("final")
+        || labels.get(LABEL_SCHOOL_ID) != Some(&d.school_id.to_string())
+    {
+        return Err(Error::FinalBackupFailed(format!(
+            "a Job {name} exists that is not this School's final backup; delete or rename it; nothing was dropped"
+        )));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
+        .await
+        .map_err(kube_err("list the final backup Pods"))?;
+    match backupjobs::job_outcome(&job, &pods.items).map(|o| o.result) {
+        None => Err(Error::FinalBackupRunning(format!(
+            "reclaimPolicy snapshot: final backup Job {name} is running; the database is dropped once it succeeded"
+        ))),
+        Some(Outcome::Succeeded { object, size }) => Ok(format!(
+            "final backup {object} ({size} bytes) stored and verified by Job {name}"
+        )),
+        Some(Outcome::SucceededUnknown) => Ok(format!(
+            "final backup Job {name} completed (stored and verified)"
+        )),
+        Some(Outcome::Failed { reason, message }) => Err(Error::FinalBackupFailed(format!(
+            "final backup Job {name} failed ({reason}): {message}; nothing was dropped. Fix the cause and delete the Job to retry, or change reclaimPolicy"
+        ))),
+    }
+}
+
+pub(crate) async fn delete_final_job(school: &School, ctx: &Context) -> Result<(), Error> {
+    let jobs: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
+    match jobs
+        .delete(
+            &backupjobs::final_job_name(&school.name_any()),
+            &DeleteParams::background(),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_err("delete the final backup Job")(e)),
+    }
+}

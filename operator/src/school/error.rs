@@ -1,0 +1,146 @@
+//! Why a reconcile did not reach Ready, and the retry policy that follows from it.
+
+use std::sync::Arc;
+
+use edumind_crds::School;
+use kube::runtime::controller::Action;
+
+use crate::pg::PgError;
+
+use super::context::Context;
+use super::{PERMANENT_RECHECK, TRANSIENT_RETRY};
+
+/// Why a reconcile did not reach Ready. The `Display` text goes into status conditions
+/// and events, so it never contains secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("target server {0:?} is not configured in the operator")]
+    UnknownServer(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(
+        "database {0} existed and has vanished; it is not recreated empty. Restore it from a backup, or delete and recreate the School to start over"
+    )]
+    DatabaseMissing(String),
+    #[error("{0}")]
+    FinalBackupFailed(String),
+    #[error("{0}")]
+    FinalBackupRunning(String),
+    #[error("{0}")]
+    PreMigrationBackupRunning(String),
+    #[error("{0}")]
+    PreMigrationBackupFailed(String),
+    #[error("admin credentials of the target server: {0}")]
+    AdminCredentials(String),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("Kubernetes API error while trying to {step}: {source}")]
+    Kube {
+        step: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Dropping the database and role was refused or failed: nothing was dropped and the
+    /// finalizer stays. Permanent for the status (a person has to look); the reconcile
+    /// itself returns the cause, so a transient cause is still retried soon.
+    #[error("deletion blocked: {source}")]
+    DeletionBlocked {
+        #[source]
+        source: Box<Error>,
+    },
+    /// Something the operator builds itself (a JSON patch) was malformed: a bug in the
+    /// operator, not in the School's spec. Retried like a transient error.
+    #[error("internal error while trying to {step}: {source}")]
+    Internal {
+        step: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Permanent errors wait for a change (spec, another School, an operator); transient
+    /// ones are retried with backoff.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidSpec(_)
+                | Error::UnknownServer(_)
+                | Error::Conflict(_)
+                | Error::DatabaseMissing(_)
+                | Error::FinalBackupFailed(_)
+                | Error::PreMigrationBackupFailed(_)
+                | Error::DeletionBlocked { .. }
+        )
+    }
+
+    /// The condition reason (CamelCase) and metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::UnknownServer(_) => "UnknownTargetServer",
+            Error::Conflict(_) => "Conflict",
+            Error::DatabaseMissing(_) => "DatabaseMissing",
+            Error::FinalBackupFailed(_) => "FinalBackupFailed",
+            Error::FinalBackupRunning(_) => "FinalBackupRunning",
+            Error::PreMigrationBackupRunning(_) => "BackupBeforeMigration",
+            Error::PreMigrationBackupFailed(_) => "BackupBeforeMigrationFailed",
+            Error::AdminCredentials(_) => "AdminCredentialsUnavailable",
+            Error::Pg(PgError::Migrate(_)) => "MigrationFailed",
+            Error::Pg(_) => "DatabaseServerError",
+            Error::Kube { .. } => "KubernetesApiError",
+            Error::DeletionBlocked { .. } => "DeletionBlocked",
+            Error::Internal { .. } => "InternalError",
+        }
+    }
+}
+
+/// Retry policy: transient errors back off, permanent ones were already handled.
+pub fn error_policy(_school: Arc<School>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(reason = error.reason(), error = %error, "reconcile failed");
+    if error.is_permanent() {
+        Action::requeue(PERMANENT_RECHECK)
+    } else {
+        Action::requeue(TRANSIENT_RETRY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_drop_and_a_bad_patch_are_not_invalid_specs() {
+        let blocked = Error::DeletionBlocked {
+            source: Box::new(Error::Conflict(
+                "database x belongs to another School".into(),
+            )),
+        };
+        assert_eq!(blocked.reason(), "DeletionBlocked");
+        assert!(blocked.is_permanent());
+        assert_eq!(
+            blocked.to_string(),
+            "deletion blocked: database x belongs to another School"
+        );
+        let source = std::error::Error::source(&blocked).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("database x belongs to another School")
+        );
+
+        let bad = serde_json::from_str::<json_patch::Patch>("{").unwrap_err();
+        let internal = Error::Internal {
+            step: "add the finalizer",
+            source: bad,
+        };
+        assert_eq!(internal.reason(), "InternalError");
+        assert!(!internal.is_permanent());
+        assert!(
+            internal
+                .to_string()
+                .starts_with("internal error while trying to add the finalizer: ")
+        );
+    }
+}

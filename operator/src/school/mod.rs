@@ -1,0 +1,226 @@
+//! The School reconciler: validate (pure) → ensure role → ensure database → migrate →
+//! publish the connection Secret → status and events. Deletion runs the reclaim policy
+//! behind a finalizer that guards external state only.
+//!
+//! One module per step: `desired` (validate and build) → `apply` (with
+//! `connection_secret`) → `status`; beside them `school_backups` (the CronJob and
+//! results), `deletion` (reclaim policy), `finalizer`, `labels`, `context` and
+//! `error`. This file holds the pipeline itself ([`reconcile`]).
+//!
+//! [`reconcile`] is what the controller calls; tests call it directly against the
+//! in-memory API fake and a real PostgreSQL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edumind_crds::School;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use crate::pg::PgError;
+
+mod apply;
+mod connection_secret;
+mod context;
+mod deletion;
+mod desired;
+mod error;
+mod finalizer;
+mod labels;
+mod school_backups;
+mod status;
+
+pub use apply::Applied;
+pub use connection_secret::{connection_secret, endpoint};
+pub use context::Context;
+pub(crate) use context::secret_value;
+pub use desired::{Desired, validate};
+pub use error::{Error, error_policy};
+pub use labels::{ANNOTATION_PAUSED, ANNOTATION_ROTATE, FIELD_MANAGER, FINALIZER, label_value};
+pub use school_backups::{BackupView, restore_in_progress};
+pub use status::next_status;
+
+use labels::is_paused;
+
+use apply::apply;
+use deletion::cleanup;
+use finalizer::add_finalizer;
+use school_backups::ensure_backups;
+use status::{condition, patch_status, publish, ready_condition};
+
+/// How often a Ready School is re-checked for drift.
+pub const RESYNC: Duration = Duration::from_secs(600);
+
+/// How often a School with a permanent problem is re-checked (it may resolve elsewhere).
+pub const PERMANENT_RECHECK: Duration = Duration::from_secs(300);
+
+/// Retry delay after a transient error.
+pub const TRANSIENT_RETRY: Duration = Duration::from_secs(15);
+
+/// Reconciles one School. Permanent problems end as a status condition and `Ok`;
+/// transient ones return `Err` for [`error_policy`] to retry.
+pub async fn reconcile(school: Arc<School>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&school, &ctx).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    let label = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => {
+            ctx.metrics
+                .errors
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: e.reason().into(),
+                })
+                .inc();
+            "error".to_string()
+        }
+    };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&crate::metrics::ResultLabels { result: label })
+        .inc();
+    result
+}
+
+pub(crate) async fn reconcile_inner(school: &School, ctx: &Context) -> Result<Action, Error> {
+    let uid = school.uid().unwrap_or_default();
+    if is_paused(school) {
+        let mut status = school.status.clone().unwrap_or_default();
+        if !status.conditions.iter().any(|c| c.type_ == "Paused") {
+            status.conditions.push(condition(
+                "Paused",
+                true,
+                "PausedByAnnotation",
+                format!("{ANNOTATION_PAUSED} is \"true\": the operator changes nothing"),
+                school.metadata.generation,
+                &[],
+            ));
+            status.phase = Some("Paused".into());
+            patch_status(school, ctx, &status).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if school.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.set_ready(&uid, None);
+        return cleanup(school, ctx).await;
+    }
+    let updated;
+    let school = if school.finalizers().iter().any(|f| f == FINALIZER) {
+        school
+    } else {
+        updated = add_finalizer(school, ctx).await?;
+        &updated
+    };
+
+    let (desired, result) = match validate(school, &ctx.servers) {
+        Ok(mut d) => {
+            let result = match restore_in_progress(ctx, school).await {
+                Ok(restoring) => {
+                    if restoring {
+                        d.restoring = true;
+                        d.login = false;
+                    }
+                    apply(school, &d, ctx).await
+                }
+                Err(e) => Err(e),
+            };
+            (Some(d), result)
+        }
+        Err(e) => (None, Err(e)),
+    };
+    if let (Err(Error::Pg(PgError::Sql { .. }) | Error::AdminCredentials(_)), Some(d)) =
+        (&result, &desired)
+    {
+        ctx.forget_server(&d.server.name).await;
+    }
+    let mut status = next_status(school, desired.as_ref(), &result);
+    let mut backup_error = None;
+    let mut new_failures = Vec::new();
+    if let (Ok(_), Some(d)) = (&result, &desired) {
+        match ensure_backups(school, d, ctx).await {
+            Ok(view) => {
+                status.last_backup = view
+                    .status
+                    .last_success
+                    .as_ref()
+                    .map(|s| s.time.clone())
+                    .or(status.last_backup);
+                status.backup = Some(view.status);
+                status.conditions.retain(|c| c.type_ != "BackupHealthy");
+                status.conditions.push(view.condition);
+                new_failures = view.new_failures;
+            }
+            Err(e) => backup_error = Some(e),
+        }
+    }
+    let before = ready_condition(&school.status);
+    patch_status(school, ctx, &status).await?;
+    ctx.metrics.set_ready(&uid, Some(result.is_ok()));
+    for f in &new_failures {
+        publish(
+            ctx,
+            school,
+            EventType::Warning,
+            "BackupFailed",
+            "Backup",
+            format!(
+                "backup Job {} failed ({}): {}",
+                f.job.as_deref().unwrap_or("?"),
+                f.reason,
+                f.message
+            ),
+        )
+        .await;
+    }
+
+    match &result {
+        Ok(applied) => {
+            let after = ready_condition(&Some(status.clone()));
+            if before != after {
+                let note = status
+                    .conditions
+                    .first()
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default();
+                let reason = after.map(|a| a.1).unwrap_or_default();
+                publish(ctx, school, EventType::Normal, &reason, "Reconcile", note).await;
+            }
+            if applied.rotated {
+                publish(
+                    ctx,
+                    school,
+                    EventType::Normal,
+                    "PasswordRotated",
+                    "RotatePassword",
+                    "the school role's password was rotated and the Secret updated".into(),
+                )
+                .await;
+            }
+            if !applied.changes.is_empty() {
+                tracing::info!(school = %school.name_any(), changes = ?applied.changes, "reconciled");
+            }
+            if let Some(e) = backup_error {
+                return Err(e);
+            }
+            Ok(Action::requeue(RESYNC))
+        }
+        Err(e) if e.is_permanent() => {
+            if before != ready_condition(&Some(status.clone())) {
+                publish(
+                    ctx,
+                    school,
+                    EventType::Warning,
+                    e.reason(),
+                    "Reconcile",
+                    e.to_string(),
+                )
+                .await;
+            }
+            Ok(Action::requeue(PERMANENT_RECHECK))
+        }
+        Err(_) => result.map(|_| Action::await_change()),
+    }
+}
