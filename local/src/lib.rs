@@ -277,9 +277,23 @@ fn admin_secrets(servers: &TargetServers, opts: &LocalOptions) -> anyhow::Result
     Ok(out)
 }
 
-/// The file a Secret is written to: `<namespace>_<name>.yaml`.
+/// Longest Secret file name written (file systems allow 255 bytes; leave room for the
+/// temporary file's suffix while writing).
+pub const MAX_FILE_NAME: usize = 200;
+
+/// The file a Secret is written to: `<namespace>_<name>.yaml`. A Kubernetes name may be
+/// 253 characters (the namespace 63): longer combinations keep a prefix and a digest of
+/// the whole, so the name stays unique, stable and under [`MAX_FILE_NAME`] bytes.
 pub fn secret_file_name(namespace: &str, name: &str) -> String {
-    format!("{namespace}_{name}.yaml")
+    let full = format!("{namespace}_{name}");
+    if full.len() + ".yaml".len() <= MAX_FILE_NAME {
+        return format!("{full}.yaml");
+    }
+    let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, full.as_bytes()).simple();
+    let keep = MAX_FILE_NAME - ".yaml".len() - 1 - 12;
+    // Kubernetes names are ASCII, so any byte index is a character boundary.
+    let prefix = full.get(..keep).unwrap_or(&full);
+    format!("{prefix}-{}.yaml", &digest.to_string()[..12])
 }
 
 /// The Secret as a clean manifest (the contract's [`connection::secret_to_yaml`]): what
@@ -397,50 +411,27 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
         schools: Vec::new(),
         self_service: None,
     };
+    // One School failing (a transient error, an unwritable file) never stops the others:
+    // each gets its outcome, and the exit status says whether all are Ready.
     for input in inputs {
-        let ns = input.school.namespace().unwrap_or_default();
-        let name = input.school.name_any();
-        let api: Api<School> = Api::namespaced(client.clone(), &ns);
-        let created = api
-            .create(&PostParams::default(), &input.school)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("{}: cannot load School {name}: {e}", input.file.display())
-            })?;
-        school::reconcile(Arc::new(created), ctx.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("School {ns}/{name}: {e}"))?;
-        let school = api.get(&name).await?;
-        let status = school.status.clone().unwrap_or_default();
-        let ready = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .cloned();
-        let mut outcome = SchoolOutcome {
-            file: input.file,
-            namespace: ns.clone(),
-            name: name.clone(),
-            code: school.spec.code.clone(),
-            school_id: status.school_id.clone().unwrap_or_default(),
-            ready: ready.as_ref().is_some_and(|c| c.status == "True"),
-            reason: ready.as_ref().map(|c| c.reason.clone()).unwrap_or_default(),
-            message: ready.map(|c| c.message).unwrap_or_default(),
-            database: status.database.clone(),
-            role: status.role.clone(),
-            schema_version: status.schema_version,
-            secret_file: None,
-            secret_written: false,
+        let outcome = match provision_one(&client, &ctx, opts, &input).await {
+            Ok(outcome) => outcome,
+            Err(e) => SchoolOutcome {
+                file: input.file.clone(),
+                namespace: input.school.namespace().unwrap_or_default(),
+                name: input.school.name_any(),
+                code: input.school.spec.code.clone(),
+                school_id: String::new(),
+                ready: false,
+                reason: "Failed".into(),
+                message: format!("{e:#}"),
+                database: None,
+                role: None,
+                schema_version: None,
+                secret_file: None,
+                secret_written: false,
+            },
         };
-        if outcome.ready
-            && let Some(secret_name) = &status.secret_name
-        {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            let secret = secrets.get(secret_name).await?;
-            let path = opts.out.join(secret_file_name(&ns, secret_name));
-            outcome.secret_written = write_if_changed(&path, &manifest(&secret)?)?;
-            outcome.secret_file = Some(path);
-        }
         report.schools.push(outcome);
     }
 
@@ -472,6 +463,61 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
         });
     }
     Ok(report)
+}
+
+/// Reconciles one School and writes its Secret file when it is Ready.
+async fn provision_one(
+    client: &Client,
+    ctx: &Arc<Context>,
+    opts: &LocalOptions,
+    input: &SchoolFile,
+) -> anyhow::Result<SchoolOutcome> {
+    let ns = input.school.namespace().unwrap_or_default();
+    let name = input.school.name_any();
+    let api: Api<School> = Api::namespaced(client.clone(), &ns);
+    if api.get_opt(&name).await?.is_none() {
+        api.create(&PostParams::default(), &input.school)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("{}: cannot load School {name}: {e}", input.file.display())
+            })?;
+    }
+    let current = api.get(&name).await?;
+    school::reconcile(Arc::new(current), ctx.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("School {ns}/{name}: {e}"))?;
+    let school = api.get(&name).await?;
+    let status = school.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .cloned();
+    let mut outcome = SchoolOutcome {
+        file: input.file.clone(),
+        namespace: ns.clone(),
+        name: name.clone(),
+        code: school.spec.code.clone(),
+        school_id: status.school_id.clone().unwrap_or_default(),
+        ready: ready.as_ref().is_some_and(|c| c.status == "True"),
+        reason: ready.as_ref().map(|c| c.reason.clone()).unwrap_or_default(),
+        message: ready.map(|c| c.message).unwrap_or_default(),
+        database: status.database.clone(),
+        role: status.role.clone(),
+        schema_version: status.schema_version,
+        secret_file: None,
+        secret_written: false,
+    };
+    if outcome.ready
+        && let Some(secret_name) = &status.secret_name
+    {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret = secrets.get(secret_name).await?;
+        let path = opts.out.join(secret_file_name(&ns, secret_name));
+        outcome.secret_written = write_if_changed(&path, &manifest(&secret)?)?;
+        outcome.secret_file = Some(path);
+    }
+    Ok(outcome)
 }
 
 /// The report as a few human lines (never a password).

@@ -259,3 +259,179 @@ fn invalid_manifests_are_refused_naming_file_and_field_before_anything_is_writte
         assert!(!out.exists(), "{file}: something was written");
     }
 }
+
+/// A config with the harness's server as `main` and, as `down`, a port nothing listens on.
+fn config_with_a_dead_server(dir: &Path, pg: &edumind_tests::PgServer) -> std::path::PathBuf {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("servers.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "servers:\n- {{name: main, host: {}, port: {}, adminSecret: pg-admin, default: true}}\n\
+             - {{name: down, host: 127.0.0.1, port: {dead}, adminSecret: pg-admin}}\n",
+            pg.host, pg.port
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A School whose name is the longest Kubernetes allows (253) gets a bounded, stable
+/// Secret file name; a School whose server is down fails alone: the others are provisioned
+/// and written, every outcome is reported, and the exit status is non-zero.
+#[tokio::test]
+async fn long_names_are_bounded_and_one_failing_school_does_not_stop_the_batch() {
+    let pg = edumind_tests::postgres().await;
+    let tag = edumind_tests::random_token(5);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_a_dead_server(dir.path(), pg);
+    let schools = dir.path().join("schools");
+    std::fs::create_dir(&schools).unwrap();
+    let long = "l".repeat(253);
+    // Sorted first, so the failing School comes before the others.
+    std::fs::write(
+        schools.join("a-down.yaml"),
+        school("down", &format!("DOWN{tag}"), "d@down.example")
+            .replace("contactEmail:", "targetServer: down, contactEmail:"),
+    )
+    .unwrap();
+    std::fs::write(
+        schools.join("b-long.yaml"),
+        school(&long, &format!("LONG{tag}"), "l@long.example"),
+    )
+    .unwrap();
+    std::fs::write(
+        schools.join("c-ok.yaml"),
+        school("okay", &format!("OK{tag}"), "o@ok.example"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (c, s, o) = (
+        config.to_str().unwrap(),
+        schools.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let args = ["--config", c, "--schools", s, "--out", o];
+    let admin = pg.admin_url();
+    for run in 0..2 {
+        let result = operator(&args, Some(&admin));
+        let shown = text(&result);
+        assert!(!result.status.success(), "run {run}: {shown}");
+        assert!(
+            shown.contains("School local-test/down") && shown.contains("NOT ready"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches(": Ready (Provisioned)").count(), 2, "{shown}");
+        let written = files(&out);
+        assert_eq!(written.len(), 2, "{:?}", written.keys());
+        assert!(written.contains_key("local-test_okay-connection.yaml"));
+        let long_file = written
+            .keys()
+            .find(|k| k.starts_with("local-test_lll"))
+            .expect("the long School's Secret file");
+        assert!(long_file.len() <= 200, "{long_file}");
+        if run == 1 {
+            assert!(shown.contains("(unchanged)"), "second run rewrote: {shown}");
+            assert!(!shown.contains("(written)"), "second run rewrote: {shown}");
+        }
+    }
+}
+
+/// Every database and role on the server whose name contains `fragment`.
+async fn objects_named(fragment: &str) -> (Vec<String>, Vec<String>) {
+    let pg = edumind_tests::postgres().await;
+    let mut conn = pg.admin().await;
+    let pattern = format!("%{fragment}%");
+    let dbs = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE $1 ORDER BY 1",
+    )
+    .bind(&pattern)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let roles =
+        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1")
+            .bind(&pattern)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    (dbs, roles)
+}
+
+/// The provisioning process SIGKILLed at random moments, again and again, then run to the
+/// end: every School is Ready with exactly one database and one role, no Conflict, and a
+/// further run changes nothing.
+#[tokio::test]
+async fn killed_at_random_moments_provisioning_converges() {
+    use rand::Rng;
+    let pg = edumind_tests::postgres().await;
+    let tag = edumind_tests::random_token(5).to_lowercase();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("servers.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "servers:\n- {{name: main, host: {}, port: {}, adminSecret: pg-admin}}\n",
+            pg.host, pg.port
+        ),
+    )
+    .unwrap();
+    let schools = dir.path().join("schools");
+    std::fs::create_dir(&schools).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            schools.join(format!("s{i}.yaml")),
+            school(&format!("kill{i}"), &format!("K{tag}{i}"), "k@kill.example"),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("out");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--schools",
+        schools.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut rng = rand::rng();
+    let mut killed = 0;
+    for _ in 0..12 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-local"))
+            .args(args)
+            .env("EDUMIND_ADMIN_URL", pg.admin_url())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = std::time::Duration::from_millis(rng.random_range(20..1500));
+        tokio::select! {
+            _ = child.wait() => {}
+            _ = tokio::time::sleep(delay) => {
+                child.start_kill().unwrap(); // SIGKILL
+                child.wait().await.unwrap();
+                killed += 1;
+            }
+        }
+    }
+    assert!(killed > 0, "no run was killed: the delays are too long");
+    let done = operator(&args, Some(&pg.admin_url()));
+    let shown = text(&done);
+    assert!(done.status.success(), "{shown}");
+    assert_eq!(shown.matches(": Ready (Provisioned)").count(), 4, "{shown}");
+    assert!(!shown.contains("Conflict"), "{shown}");
+    for i in 0..4 {
+        let slug = format!("k{tag}{i}");
+        let (dbs, roles) = objects_named(&format!("edumind_school_{slug}_")).await;
+        assert_eq!(dbs.len(), 1, "{slug}: {dbs:?}");
+        assert_eq!(roles, dbs, "{slug}: one role, named like its database");
+    }
+    let again = operator(&args, Some(&pg.admin_url()));
+    let shown = text(&again);
+    assert!(again.status.success(), "{shown}");
+    assert!(!shown.contains("(written)"), "{shown}");
+}
