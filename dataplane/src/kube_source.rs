@@ -26,11 +26,12 @@
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::api::{Api, ListParams};
 
-use crate::tenants::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, SourceError, Tenant, TenantSource, tenant_from_parts,
-};
+use edumind_crds::connection::ParseError;
 
-/// The default label selector: every Secret the operator manages.
+use crate::tenants::{SourceError, Tenant, TenantSource};
+
+/// The default label selector: every Secret the operator manages
+/// (`{LABEL_MANAGED_BY}={MANAGED_BY}`, checked by a unit test).
 pub const DEFAULT_SELECTOR: &str = "app.kubernetes.io/managed-by=edumind-operator";
 
 /// Lists the operator's Secrets in `namespaces` (empty: in every namespace; the settings
@@ -83,7 +84,7 @@ pub fn tenants_from_secrets(namespace: &str, secrets: &[KubeSecret]) -> Vec<Tena
             Err(reason) => tracing::warn!(
                 namespace,
                 secret = s.metadata.name.as_deref().unwrap_or(""),
-                reason,
+                %reason,
                 "skipping tenant Secret"
             ),
         }
@@ -93,66 +94,19 @@ pub fn tenants_from_secrets(namespace: &str, secrets: &[KubeSecret]) -> Vec<Tena
 
 /// One Secret from the API → a tenant. `Ok(None)`: not managed by the operator, or being
 /// deleted.
-pub fn tenant_from_secret(s: &KubeSecret) -> Result<Option<Tenant>, &'static str> {
-    let labels = s.metadata.labels.as_ref();
-    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-    if label(MANAGED_BY_LABEL) != Some(MANAGED_BY_VALUE) || s.metadata.deletion_timestamp.is_some()
-    {
+pub fn tenant_from_secret(s: &KubeSecret) -> Result<Option<Tenant>, ParseError> {
+    if s.metadata.deletion_timestamp.is_some() {
         return Ok(None);
     }
-    let get = |key: &str| -> Result<String, &'static str> {
-        if let Some(v) = s.string_data.as_ref().and_then(|d| d.get(key)) {
-            return Ok(v.clone());
-        }
-        let raw = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .ok_or("a required key is missing")?;
-        String::from_utf8(raw.0.clone()).map_err(|_| "a data value is not UTF-8")
-    };
-    tenant_from_parts(label, get).map(Some)
+    crate::tenants::tenant_from_secret(s)
 }
 
-/// A Secret in the operator's shape for `tenant` (tests and local setups).
+/// A Secret in the operator's shape for `tenant` (tests and local setups), built by the
+/// contract's own builder.
 pub fn kube_secret(name: &str, namespace: &str, tenant: &Tenant) -> KubeSecret {
-    use crate::tenants::{SCHOOL_CODE_LABEL, SCHOOL_ID_LABEL, SELF_SERVICE_VALUE, TENANT_LABEL};
-    use k8s_openapi::ByteString;
-    use std::collections::BTreeMap;
-    let mut labels = BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())]);
-    match tenant.id {
-        crate::tenants::TenantId::School(id) => {
-            labels.insert(SCHOOL_ID_LABEL.to_owned(), id.to_string());
-        }
-        crate::tenants::TenantId::SelfService => {
-            labels.insert(TENANT_LABEL.to_owned(), SELF_SERVICE_VALUE.to_owned());
-        }
-    }
-    if let Some(code) = &tenant.code {
-        labels.insert(SCHOOL_CODE_LABEL.to_owned(), code.clone());
-    }
-    let data = [
-        ("username", tenant.username.clone()),
-        ("user", tenant.username.clone()),
-        ("password", tenant.password.expose().to_owned()),
-        ("host", tenant.host.clone()),
-        ("port", tenant.port.to_string()),
-        ("dbname", tenant.dbname.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-    .collect();
-    KubeSecret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/basic-auth".into()),
-        data: Some(data),
-        ..Default::default()
-    }
+    tenant
+        .to_connection_secret()
+        .to_secret(name, namespace, None)
 }
 
 #[cfg(test)]
@@ -160,6 +114,7 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
     use crate::tenants::{TenantDirectory, TenantId};
+    use edumind_crds::connection::{LABEL_MANAGED_BY, MANAGED_BY};
     use uuid::Uuid;
 
     fn tenant(id: TenantId, password: &str) -> Tenant {
@@ -172,6 +127,11 @@ mod tests {
             username: "school_c1".into(),
             password: Secret::new(password),
         }
+    }
+
+    #[test]
+    fn default_selector_is_the_contracts_managed_by_label() {
+        assert_eq!(DEFAULT_SELECTOR, format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     }
 
     #[test]
@@ -200,7 +160,7 @@ mod tests {
             .labels
             .as_mut()
             .unwrap()
-            .insert(MANAGED_BY_LABEL.into(), "helm".into());
+            .insert(LABEL_MANAGED_BY.into(), "helm".into());
         assert_eq!(tenant_from_secret(&foreign).unwrap(), None);
         let mut deleting = s.clone();
         deleting.metadata.deletion_timestamp =
@@ -217,7 +177,7 @@ mod tests {
         s.data.as_mut().unwrap().remove("host");
         assert_eq!(
             tenant_from_secret(&s).unwrap_err(),
-            "a required key is missing"
+            ParseError::MissingKey("host")
         );
         let good = kube_secret("g", "ns", &tenant(TenantId::SelfService, "x"));
         assert_eq!(tenants_from_secrets("ns", &[s, good]).len(), 1);

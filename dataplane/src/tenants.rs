@@ -11,6 +11,9 @@
 //!
 //! Self-service marker: the shared self-service database's Secret carries the label
 //! `edumind.ai/tenant: selfservice` (and no school-id label).
+//!
+//! The Secret's shape (labels, keys, formats) is the operator's contract,
+//! [`edumind_crds::connection`]: this module parses and builds Secrets only through it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,19 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine;
-use serde::Deserialize;
+use edumind_crds::connection::{
+    self as contract, ConnectionSecret, Endpoint, ParseError, Password, SELF_SERVICE, TenantRef,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::secret::Secret;
-
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "edumind-operator";
-pub const SCHOOL_ID_LABEL: &str = "edumind.ai/school-id";
-pub const SCHOOL_CODE_LABEL: &str = "edumind.ai/school-code";
-pub const TENANT_LABEL: &str = "edumind.ai/tenant";
-pub const SELF_SERVICE_VALUE: &str = "selfservice";
 
 /// A tenant: one school, or the shared self-service database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,7 +40,7 @@ impl std::fmt::Display for TenantId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TenantId::School(id) => write!(f, "{id}"),
-            TenantId::SelfService => f.write_str(SELF_SERVICE_VALUE),
+            TenantId::SelfService => f.write_str(SELF_SERVICE),
         }
     }
 }
@@ -51,7 +48,7 @@ impl std::fmt::Display for TenantId {
 impl std::str::FromStr for TenantId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        if s == SELF_SERVICE_VALUE {
+        if s == SELF_SERVICE {
             Ok(TenantId::SelfService)
         } else {
             Uuid::parse_str(s).map(TenantId::School).map_err(|_| ())
@@ -92,6 +89,57 @@ impl Tenant {
         }
         h.update(self.password.expose().as_bytes());
         hex::encode(&h.finalize()[..12])
+    }
+
+    /// This tenant as the operator's connection Secret (tests and local setups build
+    /// Secrets from it).
+    pub fn to_connection_secret(&self) -> ConnectionSecret {
+        ConnectionSecret {
+            tenant: match self.id {
+                TenantId::School(id) => TenantRef::School {
+                    id,
+                    code_label: self.code.clone(),
+                },
+                TenantId::SelfService => TenantRef::SelfService,
+            },
+            endpoint: Endpoint {
+                host: self.host.clone(),
+                port: self.port,
+                dbname: self.dbname.clone(),
+                username: self.username.clone(),
+                password: Password::new(self.password.expose()),
+            },
+        }
+    }
+}
+
+impl From<ConnectionSecret> for Tenant {
+    fn from(c: ConnectionSecret) -> Self {
+        let (id, code) = match c.tenant {
+            TenantRef::School { id, code_label } => (TenantId::School(id), code_label),
+            TenantRef::SelfService => (TenantId::SelfService, None),
+        };
+        Tenant {
+            id,
+            code,
+            host: c.endpoint.host,
+            port: c.endpoint.port,
+            dbname: c.endpoint.dbname,
+            username: c.endpoint.username,
+            password: Secret::new(c.endpoint.password.expose()),
+        }
+    }
+}
+
+/// A parsed Secret → a tenant. `Ok(None)`: not managed by the operator (skipped silently).
+/// `Err` names the key or label at fault and never carries a value from the Secret.
+pub fn tenant_from_secret(
+    secret: &k8s_openapi::api::core::v1::Secret,
+) -> Result<Option<Tenant>, ParseError> {
+    match ConnectionSecret::from_secret(secret) {
+        Ok(c) => Ok(Some(c.into())),
+        Err(ParseError::NotManaged) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -145,7 +193,7 @@ impl TenantSource for FileTenantSource {
                 Ok(Some(t)) => out.push(t),
                 Ok(None) => {}
                 Err(reason) => {
-                    tracing::warn!(file = %path.display(), reason, "skipping tenant secret")
+                    tracing::warn!(file = %path.display(), %reason, "skipping tenant secret")
                 }
             }
         }
@@ -153,72 +201,10 @@ impl TenantSource for FileTenantSource {
     }
 }
 
-#[derive(Deserialize)]
-struct SecretManifest {
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Metadata,
-    #[serde(default)]
-    data: HashMap<String, String>,
-    #[serde(default, rename = "stringData")]
-    string_data: HashMap<String, String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Metadata {
-    #[serde(default)]
-    labels: HashMap<String, String>,
-}
-
-/// Parses one Secret manifest. `Ok(None)`: a Secret that is not ours (not managed by the
-/// operator). `Err` carries a reason that never includes a value from the Secret.
-pub fn parse_secret(text: &str) -> Result<Option<Tenant>, &'static str> {
-    let m: SecretManifest = serde_yaml_ng::from_str(text).map_err(|_| "not a valid manifest")?;
-    if m.kind.as_deref() != Some("Secret") {
-        return Err("kind is not Secret");
-    }
-    if m.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE) {
-        return Ok(None);
-    }
-    let get = |key: &str| -> Result<String, &'static str> {
-        if let Some(v) = m.string_data.get(key) {
-            return Ok(v.clone());
-        }
-        let raw = m.data.get(key).ok_or("a required key is missing")?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(raw.trim())
-            .map_err(|_| "a data value is not base64")?;
-        String::from_utf8(bytes).map_err(|_| "a data value is not UTF-8")
-    };
-    tenant_from_parts(|k| m.metadata.labels.get(k).map(String::as_str), get).map(Some)
-}
-
-/// Builds a tenant from a managed Secret's labels and values, whatever shape the Secret
-/// came in (a manifest file, or an object from the Kubernetes API). The caller has already
-/// checked the managed-by label. `Err` never includes a value from the Secret.
-pub fn tenant_from_parts<'a>(
-    label: impl Fn(&str) -> Option<&'a str>,
-    get: impl Fn(&str) -> Result<String, &'static str>,
-) -> Result<Tenant, &'static str> {
-    let id = if label(TENANT_LABEL) == Some(SELF_SERVICE_VALUE) {
-        TenantId::SelfService
-    } else {
-        let raw = label(SCHOOL_ID_LABEL).ok_or("no school-id label")?;
-        TenantId::School(Uuid::parse_str(raw).map_err(|_| "school-id label is not a UUID")?)
-    };
-    let port = get("port")?
-        .trim()
-        .parse::<u16>()
-        .map_err(|_| "port is not a number")?;
-    Ok(Tenant {
-        id,
-        code: label(SCHOOL_CODE_LABEL).map(str::to_owned),
-        host: get("host")?,
-        port,
-        dbname: get("dbname")?,
-        username: get("username")?,
-        password: Secret::new(get("password")?),
-    })
+/// Parses one Secret manifest (YAML or JSON) through the contract. `Ok(None)`: a Secret
+/// that is not ours (not managed by the operator). `Err` never includes a value from it.
+pub fn parse_secret(text: &str) -> Result<Option<Tenant>, ParseError> {
+    tenant_from_secret(&contract::secret_from_yaml(text)?)
 }
 
 /// What changed between two snapshots, for the pool manager.
@@ -351,48 +337,15 @@ impl TenantDirectory {
     }
 }
 
-/// Writes a Secret manifest in the operator's shape (tests and local setups use it).
-pub fn secret_manifest(tenant: &Tenant) -> String {
-    let mut labels = format!("    {MANAGED_BY_LABEL}: {MANAGED_BY_VALUE}\n");
-    match tenant.id {
-        TenantId::School(id) => labels.push_str(&format!("    {SCHOOL_ID_LABEL}: \"{id}\"\n")),
-        TenantId::SelfService => {
-            labels.push_str(&format!("    {TENANT_LABEL}: {SELF_SERVICE_VALUE}\n"))
-        }
-    }
-    if let Some(code) = &tenant.code {
-        labels.push_str(&format!("    {SCHOOL_CODE_LABEL}: {}\n", yaml_str(code)));
-    }
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let uri = format!(
-        "postgresql://{}:{}@{}:{}/{}",
-        tenant.username,
-        tenant.password.expose(),
-        tenant.host,
-        tenant.port,
-        tenant.dbname
-    );
-    let data = vec![
-        ("username", tenant.username.clone()),
-        ("user", tenant.username.clone()),
-        ("password", tenant.password.expose().to_owned()),
-        ("host", tenant.host.clone()),
-        ("port", tenant.port.to_string()),
-        ("dbname", tenant.dbname.clone()),
-        ("uri", uri),
-    ];
-    let mut body = String::new();
-    for (k, v) in data {
-        body.push_str(&format!("  {k}: {}\n", b64(&v)));
-    }
-    format!(
-        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/basic-auth\nmetadata:\n  name: tenant-{}\n  labels:\n{labels}data:\n{body}",
-        tenant.id
-    )
-}
-
-fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// A Secret manifest in the operator's shape for `tenant`, written by serde (tests and
+/// local setups use it).
+pub fn secret_manifest(tenant: &Tenant) -> Result<String, serde_yaml_ng::Error> {
+    let mut secret =
+        tenant
+            .to_connection_secret()
+            .to_secret(&format!("tenant-{}", tenant.id), "", None);
+    secret.metadata.namespace = None;
+    contract::secret_to_yaml(&secret)
 }
 
 /// Where a file source keeps a tenant's manifest (one file per tenant).
@@ -420,12 +373,15 @@ mod tests {
     fn manifest_round_trips_and_marks_self_service() {
         let school = tenant(TenantId::School(Uuid::new_v4()), "pw1");
         assert_eq!(
-            parse_secret(&secret_manifest(&school)).unwrap(),
+            parse_secret(&secret_manifest(&school).unwrap()).unwrap(),
             Some(school.clone())
         );
         let ss = tenant(TenantId::SelfService, "pw2");
         assert_eq!(
-            parse_secret(&secret_manifest(&ss)).unwrap().unwrap().id,
+            parse_secret(&secret_manifest(&ss).unwrap())
+                .unwrap()
+                .unwrap()
+                .id,
             TenantId::SelfService
         );
     }
@@ -435,10 +391,7 @@ mod tests {
         let foreign = "kind: Secret\nmetadata:\n  labels:\n    app: other\ndata: {}\n";
         assert_eq!(parse_secret(foreign).unwrap(), None);
         let broken = "kind: Secret\nmetadata:\n  labels:\n    app.kubernetes.io/managed-by: edumind-operator\n    edumind.ai/school-id: not-a-uuid\n";
-        assert_eq!(
-            parse_secret(broken).unwrap_err(),
-            "school-id label is not a UUID"
-        );
+        assert_eq!(parse_secret(broken).unwrap_err(), ParseError::BadSchoolId);
     }
 
     #[test]

@@ -194,7 +194,7 @@ pub fn settings(dir: PathBuf, redis_url: String) -> Settings {
 }
 
 pub fn write_tenant(dir: &std::path::Path, t: &Tenant) {
-    std::fs::write(manifest_path(dir, &t.id), secret_manifest(t)).unwrap();
+    std::fs::write(manifest_path(dir, &t.id), secret_manifest(t).unwrap()).unwrap();
 }
 
 impl Fixture {
