@@ -19,4 +19,5 @@ pub mod pool;
 pub mod problem;
 pub mod secret;
 pub mod startup;
+pub mod state;
 pub mod tenants;

@@ -15,19 +15,8 @@ use crate::config::TenantSourceKind;
 use crate::kube_source::KubeTenantSource;
 use crate::metrics::Metrics;
 use crate::pool::PoolManager;
+use crate::state::{AppState, SharedState};
 use crate::tenants::{FileTenantSource, TenantDirectory, TenantSource};
-
-/// Everything a request handler needs.
-pub struct State {
-    pub settings: Settings,
-    pub directory: TenantDirectory,
-    pub pools: PoolManager,
-    pub auth: Authenticator,
-    pub cache: Cache,
-    pub metrics: Arc<Metrics>,
-}
-
-pub type Ctx = Arc<State>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,7 +33,7 @@ pub enum StartError {
 pub struct Application {
     port: u16,
     listener: tokio::net::TcpListener,
-    state: Ctx,
+    state: SharedState,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -82,7 +71,7 @@ impl Application {
         source: S,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
-        let auth = Authenticator::from_settings(&settings.auth)?;
+        let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         let cache = Cache::new(
             &settings.redis.url,
             Duration::from_millis(settings.redis.timeout_ms),
@@ -114,7 +103,7 @@ impl Application {
             ),
             pools.spawn_reaper(shutdown_rx),
         ];
-        let state = Arc::new(State {
+        let state = Arc::new(AppState {
             settings,
             directory,
             pools,
@@ -125,7 +114,7 @@ impl Application {
         let mut tasks = tasks;
         if state.settings.auth.jwks_file.is_some() {
             tasks.push(crate::auth::spawn_jwks_reloader(
-                state.clone(),
+                state.auth.clone(),
                 Duration::from_millis(state.settings.auth.jwks_reload_ms.max(100)),
                 shutdown_tx.subscribe(),
             ));
@@ -143,7 +132,7 @@ impl Application {
         self.port
     }
 
-    pub fn state(&self) -> Ctx {
+    pub fn state(&self) -> SharedState {
         self.state.clone()
     }
 

@@ -2,15 +2,26 @@
 
 use super::*;
 
+/// Courses, questions and assessments: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([
+        course_questions(s),
+        assessment_get(s),
+        course_put(s),
+        question_put(s),
+        assessment_put(s),
+    ])
+}
+
 /// `GET /v1/tenants/{tenant}/courses/{id}/questions`: the course's active questions;
 /// cached one hour under `course:{id}:questions`. Students do not get answers.
-pub fn course_questions(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn course_questions(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "courses" / String / "questions")
         .and(warp::get())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
@@ -51,14 +62,14 @@ pub fn course_questions(s: &Ctx) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/assessments/{id}`: assessment metadata; cached 15 minutes
 /// under `assessment:{id}:meta`. Students see active assessments only.
-pub fn assessment_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn assessment_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "assessments" / String)
         .and(warp::get())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
         .then(
-            |t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            |t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
                 reply(
                     async {
                         let sc = scope(&s, who, &t)?;
@@ -109,7 +120,7 @@ pub(super) fn json_text<T: serde::Serialize>(v: &T) -> Result<String, Problem> {
     serde_json::to_string(v).map_err(|_| Problem::internal())
 }
 
-pub(super) fn content_scope(s: &Ctx, who: Who, t: &str) -> Result<Scope, Problem> {
+pub(super) fn content_scope(s: &SharedState, who: Who, t: &str) -> Result<Scope, Problem> {
     let sc = scope(s, who, t)?;
     if !sc.access.writes_content() {
         return Err(Problem::forbidden());
@@ -141,13 +152,13 @@ pub(super) struct CourseBody {
 
 /// `PUT /v1/tenants/{tenant}/courses/{id}`: creates or replaces a course (global content,
 /// same id in every tenant); invalidates `course:{id}:questions`. Content writers.
-pub fn course_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn course_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "courses" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<CourseBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, b: Result<CourseBody, Problem>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, b: Result<CourseBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = content_scope(&s, who, &t)?;
@@ -241,13 +252,13 @@ pub(super) fn one() -> i32 {
 
 /// `PUT /v1/tenants/{tenant}/questions/{id}`: creates or replaces a question; invalidates
 /// the question list of its course (and of its previous course when it moved).
-pub fn question_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn question_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "questions" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<QuestionBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, b: Result<QuestionBody, Problem>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, b: Result<QuestionBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = content_scope(&s, who, &t)?;
@@ -370,13 +381,13 @@ pub(super) fn seventy() -> i32 {
 /// `PUT /v1/tenants/{tenant}/assessments/{id}`: creates or replaces an assessment
 /// (`school_id` null for global content, else this tenant's school); invalidates
 /// `assessment:{id}:meta`. Content writers.
-pub fn assessment_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn assessment_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "assessments" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<AssessmentBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, b: Result<AssessmentBody, Problem>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, b: Result<AssessmentBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = content_scope(&s, who, &t)?;

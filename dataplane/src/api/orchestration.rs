@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// Orchestration state: workflows, circuit breakers, decisions, agent stats: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([
+        workflows_list(s),
+        workflows_create(s),
+        breakers_list(s),
+        breakers_get(s),
+        breakers_put(s),
+        decisions_list(s),
+        decisions_create(s),
+        decisions_get(s),
+        stats_list(s),
+        stats_get(s),
+        stats_put(s),
+    ])
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct WorkflowQuery {
@@ -14,13 +31,13 @@ pub(super) const WORKFLOW_STATUSES: [&str; 4] = ["Pending", "Running", "Complete
 
 /// `GET /v1/tenants/{tenant}/workflow-executions?after=&limit=&status=`: orchestration
 /// runs, keyset-paginated by `execution_id`. Platform admins only.
-pub fn workflows_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn workflows_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "workflow-executions")
         .and(warp::get())
         .and(warp::query::<WorkflowQuery>())
         .and(principal(s))
         .and(with(s))
-        .then(|t: String, q: WorkflowQuery, who: Who, s: Ctx| async move {
+        .then(|t: String, q: WorkflowQuery, who: Who, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
@@ -81,13 +98,13 @@ pub(super) fn check_len(field: &str, v: &str, max: usize) -> Result<(), Problem>
 
 /// `POST /v1/tenants/{tenant}/workflow-executions`: records an orchestration run
 /// (`tenant_id` is the path's tenant). Platform admins only.
-pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn workflows_create(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "workflow-executions")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<WorkflowBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, b: Result<WorkflowBody, Problem>, s: Ctx| async move {
+        .then(|t: String, who: Who, b: Result<WorkflowBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
@@ -170,7 +187,7 @@ pub(super) fn page(doc: Option<Value>, limit: i64, key: &str) -> Value {
     json!({"items": items, "next_after": next})
 }
 
-pub(super) fn admin_scope(s: &Ctx, who: Who, t: &str) -> Result<Scope, Problem> {
+pub(super) fn admin_scope(s: &SharedState, who: Who, t: &str) -> Result<Scope, Problem> {
     let sc = scope(s, who, t)?;
     if sc.access != Access::Admin {
         return Err(Problem::forbidden());
@@ -189,7 +206,7 @@ pub(super) const BREAKER_STATES: [&str; 3] = ["Closed", "Open", "HalfOpen"];
 
 /// `GET /v1/tenants/{tenant}/circuit-breakers?after=&limit=`: circuit breaker states,
 /// keyset-paginated by `agent_key`. Platform admins only.
-pub fn breakers_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn breakers_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     agent_keyed_list(
         s,
         openapi::BREAKERS_LIST,
@@ -203,7 +220,7 @@ pub fn breakers_list(s: &Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// `GET /v1/tenants/{tenant}/circuit-breakers/{agent_key}`. Platform admins only.
-pub fn breakers_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn breakers_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     keyed_get(
         s,
         openapi::BREAKERS_GET,
@@ -227,13 +244,13 @@ pub(super) struct BreakerBody {
 
 /// `PUT /v1/tenants/{tenant}/circuit-breakers/{agent_key}`: creates or replaces the state
 /// (`tenant_id` is the path's tenant). Platform admins only.
-pub fn breakers_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn breakers_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "circuit-breakers" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<BreakerBody>(s))
         .and(with(s))
-        .then(|t: String, k: String, who: Who, b: Result<BreakerBody, Problem>, s: Ctx| async move {
+        .then(|t: String, k: String, who: Who, b: Result<BreakerBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
@@ -291,14 +308,14 @@ pub(super) struct DecisionsQuery {
 
 /// `GET /v1/tenants/{tenant}/routing-decisions?after=&limit=&tenant_id=&task_id=`:
 /// routing decisions, keyset-paginated by id. Platform admins only.
-pub fn decisions_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn decisions_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "routing-decisions")
         .and(warp::get())
         .and(warp::query::<DecisionsQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: DecisionsQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, q: DecisionsQuery, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
@@ -332,7 +349,7 @@ pub fn decisions_list(s: &Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// `GET /v1/tenants/{tenant}/routing-decisions/{id}`. Platform admins only.
-pub fn decisions_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn decisions_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     keyed_get(
         s,
         openapi::DECISIONS_GET,
@@ -357,13 +374,13 @@ pub(super) struct DecisionBody {
 
 /// `POST /v1/tenants/{tenant}/routing-decisions`: records a routing decision (new id,
 /// `tenant_id` is the path's tenant). Platform admins only.
-pub fn decisions_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn decisions_create(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "routing-decisions")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<DecisionBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, b: Result<DecisionBody, Problem>, s: Ctx| async move {
+        .then(|t: String, who: Who, b: Result<DecisionBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
@@ -410,7 +427,7 @@ pub fn decisions_create(s: &Ctx) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/routing-statistics?after=&limit=`: per-agent statistics,
 /// keyset-paginated by `agent_key`. Platform admins only.
-pub fn stats_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn stats_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     agent_keyed_list(
         s,
         openapi::STATS_LIST,
@@ -424,7 +441,7 @@ pub fn stats_list(s: &Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// `GET /v1/tenants/{tenant}/routing-statistics/{agent_key}`. Platform admins only.
-pub fn stats_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn stats_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     keyed_get(
         s,
         openapi::STATS_GET,
@@ -447,13 +464,13 @@ pub(super) struct StatsBody {
 
 /// `PUT /v1/tenants/{tenant}/routing-statistics/{agent_key}`: creates or replaces an
 /// agent's statistics (`tenant_id` is the path's tenant). Platform admins only.
-pub fn stats_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn stats_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "routing-statistics" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<StatsBody>(s))
         .and(with(s))
-        .then(|t: String, k: String, who: Who, b: Result<StatsBody, Problem>, s: Ctx| async move {
+        .then(|t: String, k: String, who: Who, b: Result<StatsBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
@@ -513,7 +530,7 @@ pub(super) enum PathKey {
 /// `GET` one row of a keyed table (platform admins), with a strong ETag. `sql` is a
 /// [`scoped!`] statement whose `$3` is the key as text.
 pub(super) fn keyed_get(
-    s: &Ctx,
+    s: &SharedState,
     doc: RouteDoc,
     segment: &'static str,
     key: PathKey,
@@ -525,7 +542,7 @@ pub(super) fn keyed_get(
         .and(if_none_match())
         .and(with(s))
         .then(
-            move |t: String, k: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            move |t: String, k: String, who: Who, inm: Option<String>, s: SharedState| async move {
                 reply(
                     async {
                         let sc = admin_scope(&s, who, &t)?;
@@ -550,7 +567,7 @@ pub(super) fn keyed_get(
 /// a strong ETag. `sql` is a [`scoped!`] statement with `$3` after (text or NULL) and `$4`
 /// the limit.
 pub(super) fn agent_keyed_list(
-    s: &Ctx,
+    s: &SharedState,
     doc: RouteDoc,
     segment: &'static str,
     sql: &'static str,
@@ -566,7 +583,7 @@ pub(super) fn agent_keyed_list(
         .and(if_none_match())
         .and(with(s))
         .then(
-            move |t: String, q: KeyQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+            move |t: String, q: KeyQuery, who: Who, inm: Option<String>, s: SharedState| async move {
                 reply(
                     async {
                         let sc = admin_scope(&s, who, &t)?;

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Users: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([users_list(s), users_create(s)])
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UsersQuery {
@@ -12,14 +17,14 @@ pub(super) struct UsersQuery {
 
 /// `GET /v1/tenants/{tenant}/users?after=&limit=&role=`: the tenant's users,
 /// keyset-paginated by id, filtered on the indexed `role`. Staff and admins.
-pub fn users_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn users_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "users")
         .and(warp::get())
         .and(warp::query::<UsersQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: UsersQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, q: UsersQuery, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
@@ -102,13 +107,13 @@ impl NewUser {
 
 /// `POST /v1/tenants/{tenant}/users`: creates a user of this tenant (school admins and
 /// admins); 409 when the email or external id is taken.
-pub fn users_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn users_create(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "users")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<NewUser>(s))
         .and(with(s))
-        .then(|t: String, who: Who, body: Result<NewUser, Problem>, s: Ctx| async move {
+        .then(|t: String, who: Who, body: Result<NewUser, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
