@@ -70,7 +70,7 @@ impl Application {
         settings: Settings,
         source: S,
     ) -> Result<Self, StartError> {
-        let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
+        let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         let cache = Cache::new(
             &settings.redis.url,

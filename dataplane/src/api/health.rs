@@ -60,7 +60,7 @@ pub(super) async fn readyz_handler(s: SharedState) -> Response {
     )
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: OpenMetrics text (Prometheus reads it).
 pub fn metrics(s: &SharedState) -> BoxedFilter<(Response,)> {
     let st = s.clone();
     let f = warp::path!("metrics")
@@ -70,7 +70,7 @@ pub fn metrics(s: &SharedState) -> BoxedFilter<(Response,)> {
             let mut r = Response::new(body.into());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
             );
             r
         })
