@@ -1,34 +1,42 @@
-//! The in-cluster tenant source: the connection Secrets the operator labels, listed
-//! through the Kubernetes API in the configured namespaces.
+//! The in-cluster tenant source: the connection Secrets the operator labels, read through
+//! the Kubernetes API in the configured namespaces.
 //!
-//! **Decision: list-polling, not a watch.** Every `tenant_poll_ms` the source lists the
-//! Secrets matching `label_selector` in each namespace (`resourceVersion=0`, so the API
-//! server answers from its watch cache instead of etcd), and [`TenantDirectory::replace`]
-//! diffs the result against the current snapshot: added tenants appear, deleted ones
-//! disappear (404), a changed Secret (rotated password) retires the tenant's connections.
-//! Reasons: the directory already works on complete snapshots (the file source), a full
-//! list is the only way to notice deletions missed while disconnected anyway (a watcher
-//! would need this relist as its safety net), and the number of Secrets is one per school
-//! — a selector-filtered list per namespace every two seconds is small next to what the
-//! operator itself does. A watch would cut the delay from `tenant_poll_ms` to near zero;
-//! `kube_runtime::watcher` could feed the same `replace` if that delay ever matters.
-//! A failed list of any namespace fails the whole poll, which keeps the last known set:
+//! **Decision: a watch, with the watcher's relist as its safety net.** At start the source
+//! lists the Secrets matching `label_selector` once ([`TenantSource::snapshot`]; the
+//! service does not start without that list). Then [`KubeTenantSource::spawn_watch`] runs
+//! one `kube_runtime::watcher` per namespace (or one cluster-wide), each feeding a
+//! reflector store ([`SecretStores`]); after every change, once every watch has completed
+//! its initial list, the tenants of all stores go to [`TenantDirectory::replace`], which
+//! diffs them against the current snapshot: added tenants appear, deleted ones disappear
+//! (404), a changed Secret (rotated password) retires the tenant's connections. A new
+//! School's Secret is served as soon as the watch event arrives (well under a second),
+//! and no replica re-reads every password every two seconds. When a watch breaks, the
+//! watcher retries with backoff and relists (a relist replaces its store atomically, so
+//! deletions missed while disconnected are noticed); meanwhile the last known set stays:
 //! an API outage must not drop every tenant.
 //!
-//! `[kubernetes] all_namespaces = true` lists every namespace instead, in one cluster-wide
-//! list: the match for an operator that watches every namespace.
+//! `[kubernetes] all_namespaces = true` watches every namespace instead, in one
+//! cluster-wide watch: the match for an operator that watches every namespace.
 //!
-//! RBAC: `list` on `secrets` (core group) in each configured namespace, or cluster-wide
-//! when the list is empty — nothing else (`edumind_crds::rbac::DATAPLANE_RULES`).
+//! RBAC: `list` and `watch` on `secrets` (core group) in each configured namespace, or
+//! cluster-wide when the list is empty — nothing else (`edumind_crds::rbac::DATAPLANE_RULES`).
+//!
+//! Any other [`TenantSource`] (and this one, when passed to
+//! `Application::build_with_source`, as the tests over the in-memory API do: it has no
+//! watch) is polled every `tenant_poll_ms` instead.
 //!
 //! [`TenantDirectory::replace`]: crate::tenants::TenantDirectory::replace
 
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::watcher::{self, Event};
 
 use edumind_crds::connection::ParseError;
 
-use crate::tenants::{SourceError, Tenant, TenantSource};
+use crate::tenants::{Changes, SourceError, Tenant, TenantDirectory, TenantSource};
 
 /// The default label selector: every Secret the operator manages
 /// (`{LABEL_MANAGED_BY}={MANAGED_BY}`, checked by a unit test).
@@ -70,6 +78,101 @@ impl TenantSource for KubeTenantSource {
             out.extend(tenants_from_secrets(ns, &list.items));
         }
         Ok(out)
+    }
+}
+
+impl KubeTenantSource {
+    /// Keeps `directory` in step with the Secrets through watches until `shutdown` fires;
+    /// `on_change` hears about added, removed and rotated tenants.
+    pub fn spawn_watch<F>(
+        self,
+        directory: TenantDirectory,
+        mut on_change: F,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: FnMut(&Changes) + Send + 'static,
+    {
+        let apis: Vec<Api<KubeSecret>> = if self.namespaces.is_empty() {
+            vec![Api::all(self.client.clone())]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .collect()
+        };
+        let config = watcher::Config::default().labels(&self.label_selector);
+        let mut stores = SecretStores::new(apis.len());
+        let streams = apis.into_iter().enumerate().map(|(i, api)| {
+            watcher::watcher(api, config.clone())
+                .default_backoff()
+                .map(move |event| (i, event))
+                .boxed()
+        });
+        let mut events = futures_util::stream::select_all(streams);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = events.next() => next,
+                    _ = shutdown.changed() => return,
+                };
+                let Some((i, event)) = next else { return };
+                match event {
+                    Ok(event) => {
+                        if let Some(tenants) = stores.apply(i, &event) {
+                            directory.publish(tenants, &mut on_change);
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "tenant Secret watch failed; retrying, the current tenants stay"
+                    ),
+                }
+            }
+        })
+    }
+}
+
+/// The Secrets one watch per namespace has seen, each in a reflector store.
+pub struct SecretStores {
+    stores: Vec<(Writer<KubeSecret>, Store<KubeSecret>, bool)>,
+}
+
+impl SecretStores {
+    /// Stores for `watches` watches, none listed yet.
+    pub fn new(watches: usize) -> Self {
+        SecretStores {
+            stores: (0..watches)
+                .map(|_| {
+                    let (reader, writer) = reflector::store();
+                    (writer, reader, false)
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies one event of watch `i`. Returns the complete tenant set when it may have
+    /// changed and every watch has completed its initial list; `None` otherwise (a relist
+    /// in progress is buffered by the store and published when it is done).
+    pub fn apply(&mut self, i: usize, event: &Event<KubeSecret>) -> Option<Vec<Tenant>> {
+        let (writer, _, listed) = self.stores.get_mut(i)?;
+        writer.apply_watcher_event(event);
+        match event {
+            Event::Init | Event::InitApply(_) => return None,
+            Event::InitDone => *listed = true,
+            Event::Apply(_) | Event::Delete(_) => {}
+        }
+        if !self.stores.iter().all(|(_, _, listed)| *listed) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (_, reader, _) in &self.stores {
+            for s in reader.state() {
+                let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+                out.extend(tenants_from_secrets(ns, std::slice::from_ref(&*s)));
+            }
+        }
+        Some(out)
     }
 }
 
@@ -181,6 +284,51 @@ mod tests {
         );
         let good = kube_secret("g", "ns", &tenant(TenantId::SelfService, "x"));
         assert_eq!(tenants_from_secrets("ns", &[s, good]).len(), 1);
+    }
+
+    fn ids(tenants: Option<Vec<Tenant>>) -> Option<Vec<TenantId>> {
+        tenants.map(|ts| {
+            let mut ids: Vec<_> = ts.into_iter().map(|t| t.id).collect();
+            ids.sort();
+            ids
+        })
+    }
+
+    #[test]
+    fn watch_events_reach_the_directory_once_every_watch_has_listed() {
+        let a = tenant(TenantId::School(Uuid::new_v4()), "1");
+        let b = tenant(TenantId::SelfService, "1");
+        let sa = kube_secret("a", "schools", &a);
+        let sb = kube_secret("b", "system", &b);
+        let mut stores = SecretStores::new(2);
+        // Watch 0 lists a; nothing is published while watch 1 has not listed.
+        assert_eq!(stores.apply(0, &Event::Init), None);
+        assert_eq!(stores.apply(0, &Event::InitApply(sa.clone())), None);
+        assert_eq!(stores.apply(0, &Event::InitDone), None);
+        assert_eq!(stores.apply(1, &Event::Init), None);
+        assert_eq!(stores.apply(1, &Event::InitDone), Some(vec![a.clone()]));
+        // A new Secret is published by its own event.
+        let mut both = vec![a.id, b.id];
+        both.sort();
+        assert_eq!(ids(stores.apply(1, &Event::Apply(sb.clone()))), Some(both));
+        let dir = TenantDirectory::default();
+        dir.replace(stores.apply(1, &Event::Apply(sb.clone())).unwrap());
+        assert_eq!(dir.len(), 2);
+        // Rotation and deletion.
+        let a2 = tenant(a.id, "2");
+        let rotated = stores.apply(0, &Event::Apply(kube_secret("a", "schools", &a2)));
+        assert_eq!(dir.replace(rotated.unwrap()).changed, vec![a.id]);
+        let gone = stores.apply(1, &Event::Delete(sb.clone()));
+        assert_eq!(dir.replace(gone.unwrap()).removed, vec![b.id]);
+        // A relist buffers until it is done, then drops what it no longer lists.
+        assert_eq!(stores.apply(0, &Event::Init), None);
+        assert_eq!(dir.len(), 1);
+        let relisted = stores.apply(0, &Event::InitDone).unwrap();
+        assert_eq!(dir.replace(relisted).removed, vec![a.id]);
+        // Foreign and deleting Secrets in a store are not tenants.
+        let mut foreign = kube_secret("f", "schools", &a);
+        foreign.metadata.labels = None;
+        assert_eq!(stores.apply(0, &Event::Apply(foreign)), Some(vec![]));
     }
 
     #[test]

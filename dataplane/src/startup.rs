@@ -16,7 +16,7 @@ use crate::kube_source::KubeTenantSource;
 use crate::metrics::Metrics;
 use crate::pool::PoolManager;
 use crate::state::{AppState, SharedState};
-use crate::tenants::{FileTenantSource, TenantDirectory, TenantSource};
+use crate::tenants::{Changes, FileTenantSource, TenantDirectory, TenantSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -58,18 +58,44 @@ impl Application {
                     namespaces: settings.kubernetes.namespaces.clone(),
                     label_selector: settings.kubernetes.label_selector.clone(),
                 };
-                Self::build_with_source(settings, source).await
+                Self::build_inner(settings, source, |source, directory, on_change, stop| {
+                    source.spawn_watch(directory, on_change, stop)
+                })
+                .await
             }
         }
     }
 
     /// Builds with an explicit tenant source (tests pass a Kubernetes source over a fake
-    /// API client). The first snapshot must succeed, then the source is re-read every
-    /// `tenant_poll_ms`.
+    /// API client, which has no watch). The first snapshot must succeed, then the source
+    /// is re-read every `tenant_poll_ms`.
     pub async fn build_with_source<S: TenantSource>(
         settings: Settings,
         source: S,
     ) -> Result<Self, StartError> {
+        let every = Duration::from_millis(settings.tenant_poll_ms);
+        Self::build_inner(
+            settings,
+            source,
+            move |source, directory, on_change, stop| {
+                directory.spawn_poller(source, every, on_change, stop)
+            },
+        )
+        .await
+    }
+
+    /// Builds around `source`: its first snapshot must succeed; `follow` then starts the
+    /// task that keeps the directory current (a poller, or the Kubernetes watch).
+    async fn build_inner<S, W>(settings: Settings, source: S, follow: W) -> Result<Self, StartError>
+    where
+        S: TenantSource,
+        W: FnOnce(
+            S,
+            TenantDirectory,
+            Box<dyn FnMut(&Changes) + Send>,
+            tokio::sync::watch::Receiver<bool>,
+        ) -> tokio::task::JoinHandle<()>,
+    {
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         let cache = Cache::new(
@@ -91,14 +117,14 @@ impl Application {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let forget = pools.clone();
         let tasks = vec![
-            directory.spawn_poller(
+            follow(
                 source,
-                Duration::from_millis(settings.tenant_poll_ms),
-                move |changes| {
+                directory.clone(),
+                Box::new(move |changes: &Changes| {
                     for id in changes.removed.iter().chain(&changes.changed) {
                         forget.forget(id);
                     }
-                },
+                }),
                 shutdown_rx.clone(),
             ),
             pools.spawn_reaper(shutdown_rx),

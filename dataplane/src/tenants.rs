@@ -292,14 +292,30 @@ impl TenantDirectory {
         changes
     }
 
-    /// Loads once, then keeps polling `source` every `every` until `shutdown` fires;
-    /// `on_change` hears about removed and rotated tenants. A failed poll keeps the last
-    /// known set (a transient read error must not drop every tenant).
+    /// Replaces the tenant set and, when anything changed, logs the counts and tells
+    /// `on_change` (the pool manager retires removed and rotated tenants' connections).
+    pub fn publish<F: FnMut(&Changes)>(&self, tenants: Vec<Tenant>, on_change: &mut F) {
+        let changes = self.replace(tenants);
+        if changes != Changes::default() {
+            tracing::info!(
+                added = changes.added.len(),
+                removed = changes.removed.len(),
+                changed = changes.changed.len(),
+                "tenant directory changed"
+            );
+            on_change(&changes);
+        }
+    }
+
+    /// Reads `source` once and replaces the tenant set with what it lists.
     pub async fn refresh_once<S: TenantSource>(&self, source: &S) -> Result<Changes, SourceError> {
         let tenants = source.snapshot().await?;
         Ok(self.replace(tenants))
     }
 
+    /// Keeps polling `source` every `every` until `shutdown` fires; `on_change` hears
+    /// about added, removed and rotated tenants. A failed poll keeps the last known set (a
+    /// transient read error must not drop every tenant).
     pub fn spawn_poller<S, F>(
         &self,
         source: S,
@@ -318,18 +334,8 @@ impl TenantDirectory {
                     _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => return,
                 }
-                match dir.refresh_once(&source).await {
-                    Ok(changes) => {
-                        if changes != Changes::default() {
-                            tracing::info!(
-                                added = changes.added.len(),
-                                removed = changes.removed.len(),
-                                changed = changes.changed.len(),
-                                "tenant directory changed"
-                            );
-                            on_change(&changes);
-                        }
-                    }
+                match source.snapshot().await {
+                    Ok(tenants) => dir.publish(tenants, &mut on_change),
                     Err(e) => tracing::warn!(error = %e, "tenant directory poll failed"),
                 }
             }
