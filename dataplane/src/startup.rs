@@ -44,9 +44,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         match settings.tenant_source {
             TenantSourceKind::Directory => {
-                let source = FileTenantSource {
-                    dir: settings.tenants_dir.clone(),
-                };
+                let source = FileTenantSource::new(settings.tenants_dir.clone());
                 Self::build_with_source(settings, source).await
             }
             TenantSourceKind::Kubernetes => {
@@ -194,9 +192,7 @@ pub async fn load_tenants(settings: &Settings) -> Result<TenantDirectory, StartE
     let directory = TenantDirectory::default();
     match settings.tenant_source {
         TenantSourceKind::Directory => {
-            let source = FileTenantSource {
-                dir: settings.tenants_dir.clone(),
-            };
+            let source = FileTenantSource::new(settings.tenants_dir.clone());
             directory.refresh_once(&source).await?;
         }
         TenantSourceKind::Kubernetes => {

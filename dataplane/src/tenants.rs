@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use edumind_crds::connection::{
@@ -157,15 +157,67 @@ pub trait TenantSource: Send + Sync + 'static {
     fn snapshot(&self) -> impl Future<Output = Result<Vec<Tenant>, SourceError>> + Send;
 }
 
-/// Reads `*.yaml`, `*.yml` and `*.json` Secret manifests from one directory.
+/// Reads `*.yaml`, `*.yml` and `*.json` Secret manifests from one directory. A file is
+/// parsed again only when its bytes changed since the last snapshot (SHA-256 of the
+/// contents; modification times are too coarse to tell two quick writes apart), so an
+/// unchanged directory costs one small read per file per poll, and a broken file is
+/// reported once per change rather than every poll.
 #[derive(Debug, Clone)]
 pub struct FileTenantSource {
     pub dir: PathBuf,
+    seen: Arc<Mutex<HashMap<PathBuf, Parsed>>>,
+}
+
+/// A file's digest at its last parse, and what it held.
+#[derive(Debug, Clone)]
+struct Parsed {
+    digest: [u8; 32],
+    tenant: Option<Tenant>,
+}
+
+impl FileTenantSource {
+    pub fn new(dir: PathBuf) -> Self {
+        FileTenantSource {
+            dir,
+            seen: Arc::default(),
+        }
+    }
+
+    /// The tenant in `path`'s `bytes` (`None`: not ours or broken).
+    fn parse_cached(&self, path: &Path, bytes: &[u8]) -> Option<Tenant> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let mut seen = match self.seen.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(p) = seen.get(path).filter(|p| p.digest == digest) {
+            return p.tenant.clone();
+        }
+        let tenant = match std::str::from_utf8(bytes)
+            .map_err(|_| ParseError::NotASecret)
+            .and_then(parse_secret)
+        {
+            Ok(t) => t,
+            Err(reason) => {
+                tracing::warn!(file = %path.display(), %reason, "skipping tenant secret");
+                None
+            }
+        };
+        seen.insert(
+            path.to_owned(),
+            Parsed {
+                digest,
+                tenant: tenant.clone(),
+            },
+        );
+        tenant
+    }
 }
 
 impl TenantSource for FileTenantSource {
     async fn snapshot(&self) -> Result<Vec<Tenant>, SourceError> {
         let mut out = Vec::new();
+        let mut present = std::collections::HashSet::new();
         let mut entries = tokio::fs::read_dir(&self.dir)
             .await
             .map_err(|e| SourceError::Io(self.dir.clone(), e))?;
@@ -182,20 +234,19 @@ impl TenantSource for FileTenantSource {
             if !wanted {
                 continue;
             }
-            let text = match tokio::fs::read_to_string(&path).await {
-                Ok(t) => t,
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot read tenant secret");
                     continue;
                 }
             };
-            match parse_secret(&text) {
-                Ok(Some(t)) => out.push(t),
-                Ok(None) => {}
-                Err(reason) => {
-                    tracing::warn!(file = %path.display(), %reason, "skipping tenant secret")
-                }
-            }
+            out.extend(self.parse_cached(&path, &bytes));
+            present.insert(path);
+        }
+        match self.seen.lock() {
+            Ok(mut seen) => seen.retain(|p, _| present.contains(p)),
+            Err(poisoned) => poisoned.into_inner().retain(|p, _| present.contains(p)),
         }
         Ok(out)
     }
@@ -398,6 +449,27 @@ mod tests {
         assert_eq!(parse_secret(foreign).unwrap(), None);
         let broken = "kind: Secret\nmetadata:\n  labels:\n    app.kubernetes.io/managed-by: edumind-operator\n    edumind.ai/school-id: not-a-uuid\n";
         assert_eq!(parse_secret(broken).unwrap_err(), ParseError::BadSchoolId);
+    }
+
+    #[tokio::test]
+    async fn file_source_reparses_only_changed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tenant(TenantId::School(Uuid::new_v4()), "pw1");
+        let path = manifest_path(dir.path(), &a.id);
+        std::fs::write(&path, secret_manifest(&a).unwrap()).unwrap();
+        let source = FileTenantSource::new(dir.path().to_owned());
+        assert_eq!(source.snapshot().await.unwrap(), vec![a.clone()]);
+        // Unchanged bytes: the remembered parse is used (planted here to tell it apart).
+        let planted = tenant(a.id, "remembered");
+        source.seen.lock().unwrap().get_mut(&path).unwrap().tenant = Some(planted.clone());
+        assert_eq!(source.snapshot().await.unwrap(), vec![planted]);
+        // Changed bytes (same length, written at once): parsed again.
+        let rotated = tenant(a.id, "pw2");
+        std::fs::write(&path, secret_manifest(&rotated).unwrap()).unwrap();
+        assert_eq!(source.snapshot().await.unwrap(), vec![rotated]);
+        std::fs::remove_file(&path).unwrap();
+        assert!(source.snapshot().await.unwrap().is_empty());
+        assert!(source.seen.lock().unwrap().is_empty());
     }
 
     #[test]

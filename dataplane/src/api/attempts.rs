@@ -234,10 +234,7 @@ pub fn attempt_submit(s: &SharedState) -> BoxedFilter<(Response,)> {
             |t: String, id: String, who: Who, s: SharedState| async move {
                 reply(
                     async {
-                        let sc = scope(&s, who, &t)?;
-                        if !sc.access.is_student() {
-                            return Err(Problem::forbidden());
-                        }
+                        let sc = scope_where(&s, who, &t, Access::is_student)?;
                         let attempt = path_uuid(&id)?;
                         let lock_key = sc.key(&format!("lock:assessment:{attempt}"));
                         let token = match s.cache.lock_acquire(&lock_key, cache::LOCK_TTL).await {
@@ -355,10 +352,7 @@ pub fn attempt_get(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !(sc.access.reads_all() || sc.access.is_student()) {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
                     let id = path_uuid(&id)?;
                     let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
                     let doc = fetch_doc(

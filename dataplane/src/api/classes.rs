@@ -27,10 +27,7 @@ pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
             |t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
                 reply(
                     async {
-                        let sc = scope(&s, who, &t)?;
-                        if !sc.access.reads_all() {
-                            return Err(Problem::forbidden());
-                        }
+                        let sc = scope_where(&s, who, &t, Access::reads_all)?;
                         let id = path_uuid(&id)?;
                         let doc = cached_doc(
                             &s,
@@ -162,10 +159,7 @@ pub fn class_put(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|t: String, id: String, who: Who, b: Result<ClassBody, Problem>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !sc.access.manages_school() {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, Access::manages_school)?;
                     let school = sc.school_id().ok_or_else(Problem::not_found)?;
                     let b = b?;
                     let id = path_uuid(&id)?;

@@ -11,6 +11,7 @@ mod classes;
 mod content;
 mod deletes;
 mod health;
+mod keyed;
 mod orchestration;
 mod session;
 mod students;
@@ -19,6 +20,7 @@ mod users;
 // Helpers one resource module defines and others share (reached through `use super::*`).
 use attempts::begin_scoped;
 use content::{check_grade, json_text};
+use keyed::{PathKey, agent_keyed_list, keyed_get};
 use orchestration::{check_len, check_opt};
 use students::cached_doc;
 use users::yes;
@@ -192,6 +194,22 @@ fn scope(s: &SharedState, who: Who, tenant: &str) -> Result<Scope, Problem> {
     Ok(Scope { p, tenant, access })
 }
 
+/// [`scope`], then the role check: `403` unless `allowed(access)`. The first lines of
+/// most handlers.
+fn scope_where(
+    s: &SharedState,
+    who: Who,
+    tenant: &str,
+    allowed: impl FnOnce(Access) -> bool,
+) -> Result<Scope, Problem> {
+    let sc = scope(s, who, tenant)?;
+    if allowed(sc.access) {
+        Ok(sc)
+    } else {
+        Err(Problem::forbidden())
+    }
+}
+
 impl Scope {
     fn params(&self) -> (String, &'static str) {
         scope_params(&self.p, self.access)
@@ -205,6 +223,20 @@ impl Scope {
             TenantId::SelfService => None,
         }
     }
+}
+
+/// Takes a connection to the caller's tenant, runs `work` in a transaction scoped to the
+/// caller (see `begin_scoped`) and commits; an error from `work` rolls back.
+async fn in_scoped_tx<T>(
+    s: &SharedState,
+    sc: &Scope,
+    work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, Problem>,
+) -> Result<T, Problem> {
+    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+    let mut tx = begin_scoped(&mut conn, sc).await?;
+    let out = work(&mut tx).await?;
+    tx.commit().await.map_err(db_problem)?;
+    Ok(out)
 }
 
 /// Runs one scoped statement returning at most one `doc`.

@@ -40,10 +40,7 @@ pub fn workflows_list(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|t: String, q: WorkflowQuery, who: Who, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if sc.access != Access::Admin {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, |a| a == Access::Admin)?;
                     let limit = q.limit.unwrap_or(50);
                     if !(1..=200).contains(&limit) {
                         return Err(Problem::bad_request("limit must be between 1 and 200"));
@@ -121,24 +118,24 @@ pub fn workflows_create(s: &SharedState) -> BoxedFilter<(Response,)> {
                     if !WORKFLOW_STATUSES.contains(&b.status.as_str()) {
                         return Err(Problem::bad_request("status must be Pending, Running, Completed or Failed"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO workflow_executions (execution_id, tenant_id, workflow_name, status, \
-                         workflow_definition_json, initiated_by, tags) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                         RETURNING to_jsonb(workflow_executions.*)",
-                    )
-                    .bind(&b.execution_id)
-                    .bind(sc.tenant.id.to_string())
-                    .bind(&b.workflow_name)
-                    .bind(&b.status)
-                    .bind(&b.workflow_definition_json)
-                    .bind(&b.initiated_by)
-                    .bind(&b.tags)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO workflow_executions (execution_id, tenant_id, workflow_name, status, \
+                             workflow_definition_json, initiated_by, tags) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                             RETURNING to_jsonb(workflow_executions.*)",
+                        )
+                        .bind(&b.execution_id)
+                        .bind(sc.tenant.id.to_string())
+                        .bind(&b.workflow_name)
+                        .bind(&b.status)
+                        .bind(&b.workflow_definition_json)
+                        .bind(&b.initiated_by)
+                        .bind(&b.tags)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::CREATED, &doc))
                 }
                 .await,
@@ -188,18 +185,7 @@ pub(super) fn page(doc: Option<Value>, limit: i64, key: &str) -> Value {
 }
 
 pub(super) fn admin_scope(s: &SharedState, who: Who, t: &str) -> Result<Scope, Problem> {
-    let sc = scope(s, who, t)?;
-    if sc.access != Access::Admin {
-        return Err(Problem::forbidden());
-    }
-    Ok(sc)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct KeyQuery {
-    after: Option<String>,
-    limit: Option<i64>,
+    scope_where(s, who, t, |a| a == Access::Admin)
 }
 
 pub(super) const BREAKER_STATES: [&str; 3] = ["Closed", "Open", "HalfOpen"];
@@ -269,25 +255,25 @@ pub fn breakers_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     {
                         return Err(Problem::bad_request("last_failure_at must be an RFC 3339 timestamp"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO circuit_breaker_states (agent_key, tenant_id, state, failure_count, \
-                         last_failure_at, last_updated) VALUES ($1, $2, $3, $4, $5::timestamptz, now()) \
-                         ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
-                         state = EXCLUDED.state, failure_count = EXCLUDED.failure_count, \
-                         last_failure_at = EXCLUDED.last_failure_at, last_updated = now() \
-                         RETURNING to_jsonb(circuit_breaker_states.*)",
-                    )
-                    .bind(&k)
-                    .bind(sc.tenant.id.to_string())
-                    .bind(&b.state)
-                    .bind(b.failure_count)
-                    .bind(&b.last_failure_at)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO circuit_breaker_states (agent_key, tenant_id, state, failure_count, \
+                             last_failure_at, last_updated) VALUES ($1, $2, $3, $4, $5::timestamptz, now()) \
+                             ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
+                             state = EXCLUDED.state, failure_count = EXCLUDED.failure_count, \
+                             last_failure_at = EXCLUDED.last_failure_at, last_updated = now() \
+                             RETURNING to_jsonb(circuit_breaker_states.*)",
+                        )
+                        .bind(&k)
+                        .bind(sc.tenant.id.to_string())
+                        .bind(&b.state)
+                        .bind(b.failure_count)
+                        .bind(&b.last_failure_at)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,
@@ -395,27 +381,27 @@ pub fn decisions_create(s: &SharedState) -> BoxedFilter<(Response,)> {
                     if !b.routing_score.is_finite() {
                         return Err(Problem::bad_request("routing_score must be a finite number"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO routing_decisions (id, tenant_id, task_id, task_type, required_capability, \
-                         selected_agent, reason, routing_score, workflow_execution_id, workflow_step_id) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING to_jsonb(routing_decisions.*)",
-                    )
-                    .bind(Uuid::new_v4())
-                    .bind(sc.tenant.id.to_string())
-                    .bind(&b.task_id)
-                    .bind(&b.task_type)
-                    .bind(&b.required_capability)
-                    .bind(&b.selected_agent)
-                    .bind(&b.reason)
-                    .bind(b.routing_score)
-                    .bind(&b.workflow_execution_id)
-                    .bind(&b.workflow_step_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO routing_decisions (id, tenant_id, task_id, task_type, required_capability, \
+                             selected_agent, reason, routing_score, workflow_execution_id, workflow_step_id) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING to_jsonb(routing_decisions.*)",
+                        )
+                        .bind(Uuid::new_v4())
+                        .bind(sc.tenant.id.to_string())
+                        .bind(&b.task_id)
+                        .bind(&b.task_type)
+                        .bind(&b.required_capability)
+                        .bind(&b.selected_agent)
+                        .bind(&b.reason)
+                        .bind(b.routing_score)
+                        .bind(&b.workflow_execution_id)
+                        .bind(&b.workflow_step_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::CREATED, &doc))
                 }
                 .await,
@@ -482,29 +468,29 @@ pub fn stats_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     if !(b.success_rate.is_finite() && (0.0..=1.0).contains(&b.success_rate)) {
                         return Err(Problem::bad_request("success_rate must be between 0 and 1"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO routing_statistics (agent_key, tenant_id, total_tasks, successful_tasks, \
-                         failed_tasks, average_duration_ms, success_rate, last_updated) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
-                         ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
-                         total_tasks = EXCLUDED.total_tasks, successful_tasks = EXCLUDED.successful_tasks, \
-                         failed_tasks = EXCLUDED.failed_tasks, average_duration_ms = EXCLUDED.average_duration_ms, \
-                         success_rate = EXCLUDED.success_rate, last_updated = now() \
-                         RETURNING to_jsonb(routing_statistics.*)",
-                    )
-                    .bind(&k)
-                    .bind(sc.tenant.id.to_string())
-                    .bind(b.total_tasks)
-                    .bind(b.successful_tasks)
-                    .bind(b.failed_tasks)
-                    .bind(b.average_duration_ms)
-                    .bind(b.success_rate)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO routing_statistics (agent_key, tenant_id, total_tasks, successful_tasks, \
+                             failed_tasks, average_duration_ms, success_rate, last_updated) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+                             ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
+                             total_tasks = EXCLUDED.total_tasks, successful_tasks = EXCLUDED.successful_tasks, \
+                             failed_tasks = EXCLUDED.failed_tasks, average_duration_ms = EXCLUDED.average_duration_ms, \
+                             success_rate = EXCLUDED.success_rate, last_updated = now() \
+                             RETURNING to_jsonb(routing_statistics.*)",
+                        )
+                        .bind(&k)
+                        .bind(sc.tenant.id.to_string())
+                        .bind(b.total_tasks)
+                        .bind(b.successful_tasks)
+                        .bind(b.failed_tasks)
+                        .bind(b.average_duration_ms)
+                        .bind(b.success_rate)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,
@@ -512,101 +498,4 @@ pub fn stats_put(s: &SharedState) -> BoxedFilter<(Response,)> {
         })
         .boxed();
     instrument(s, openapi::STATS_PUT, f)
-}
-
-// ------------------------------------------------------------------------------------
-// shared shapes of the keyed orchestration tables
-// ------------------------------------------------------------------------------------
-
-/// How a keyed row is named in its path.
-#[derive(Clone, Copy)]
-pub(super) enum PathKey {
-    /// An agent key (1–200 of `A-Z a-z 0-9 - _ . : @ ~`).
-    Agent,
-    /// A UUID.
-    Uuid,
-}
-
-/// `GET` one row of a keyed table (platform admins), with a strong ETag. `sql` is a
-/// [`scoped!`] statement whose `$3` is the key as text.
-pub(super) fn keyed_get(
-    s: &SharedState,
-    doc: RouteDoc,
-    segment: &'static str,
-    key: PathKey,
-    sql: &'static str,
-) -> BoxedFilter<(Response,)> {
-    let f = keyed_path(segment)
-        .and(warp::get())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(
-            move |t: String, k: String, who: Who, inm: Option<String>, s: SharedState| async move {
-                reply(
-                    async {
-                        let sc = admin_scope(&s, who, &t)?;
-                        let k = match key {
-                            PathKey::Agent => path_agent_key(&k)?,
-                            PathKey::Uuid => path_uuid(&k)?.to_string(),
-                        };
-                        let doc = fetch_doc(&s, &sc, sql, &[Value::String(k)])
-                            .await?
-                            .ok_or_else(Problem::not_found)?;
-                        Ok(etagged(doc.to_string(), inm.as_deref()))
-                    }
-                    .await,
-                )
-            },
-        )
-        .boxed();
-    instrument(s, doc, f)
-}
-
-/// `GET` a page of a table keyed by `agent_key` (`?after=&limit=`, platform admins), with
-/// a strong ETag. `sql` is a [`scoped!`] statement with `$3` after (text or NULL) and `$4`
-/// the limit.
-pub(super) fn agent_keyed_list(
-    s: &SharedState,
-    doc: RouteDoc,
-    segment: &'static str,
-    sql: &'static str,
-) -> BoxedFilter<(Response,)> {
-    let f = warp::path("v1")
-        .and(warp::path("tenants"))
-        .and(warp::path::param::<String>())
-        .and(warp::path(segment))
-        .and(warp::path::end())
-        .and(warp::get())
-        .and(warp::query::<KeyQuery>())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(
-            move |t: String, q: KeyQuery, who: Who, inm: Option<String>, s: SharedState| async move {
-                reply(
-                    async {
-                        let sc = admin_scope(&s, who, &t)?;
-                        let limit = page_limit(q.limit)?;
-                        let doc = fetch_doc(
-                            &s,
-                            &sc,
-                            sql,
-                            &[
-                                q.after.map(Value::String).unwrap_or(Value::Null),
-                                json!(limit),
-                            ],
-                        )
-                        .await?;
-                        Ok(etagged(
-                            page(doc, limit, "agent_key").to_string(),
-                            inm.as_deref(),
-                        ))
-                    }
-                    .await,
-                )
-            },
-        )
-        .boxed();
-    instrument(s, doc, f)
 }

@@ -23,10 +23,7 @@ pub fn school_get(s: &SharedState) -> BoxedFilter<(Response,)> {
             |t: String, who: Who, inm: Option<String>, s: SharedState| async move {
                 reply(
                     async {
-                        let sc = scope(&s, who, &t)?;
-                        if sc.access == Access::Content {
-                            return Err(Problem::forbidden());
-                        }
+                        let sc = scope_where(&s, who, &t, |a| a != Access::Content)?;
                         let id = sc.school_id().ok_or_else(Problem::not_found)?;
                         let doc = fetch_doc(
                             &s,
@@ -69,10 +66,7 @@ pub fn students_list(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|t: String, q: StudentsQuery, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !(sc.access.reads_all() || sc.access.is_student()) {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
                     let limit = q.limit.unwrap_or(50);
                     if !(1..=200).contains(&limit) {
                         return Err(Problem::bad_request("limit must be between 1 and 200"));
@@ -146,10 +140,7 @@ pub fn student_progress(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !(sc.access.reads_all() || sc.access.is_student()) {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
                     let id = path_uuid(&id)?;
                     let doc = cached_doc(
                         &s,
@@ -237,10 +228,7 @@ pub fn students_create(s: &SharedState) -> BoxedFilter<(Response,)> {
             |t: String, who: Who, body: Result<NewStudent, Problem>, s: SharedState| async move {
                 reply(
                     async {
-                        let sc = scope(&s, who, &t)?;
-                        if !sc.access.manages_school() {
-                            return Err(Problem::forbidden());
-                        }
+                        let sc = scope_where(&s, who, &t, Access::manages_school)?;
                         let n = body?;
                         n.validate()?;
                         let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;

@@ -27,10 +27,7 @@ pub fn users_list(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|t: String, q: UsersQuery, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !sc.access.reads_all() {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, Access::reads_all)?;
                     let limit = q.limit.unwrap_or(50);
                     if !(1..=200).contains(&limit) {
                         return Err(Problem::bad_request("limit must be between 1 and 200"));
@@ -116,29 +113,26 @@ pub fn users_create(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|t: String, who: Who, body: Result<NewUser, Problem>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !sc.access.manages_school() {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, Access::manages_school)?;
                     let u = body?;
                     u.validate(sc.access)?;
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO users (id, email, full_name, role, school_id, is_active, external_id) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING to_jsonb(users.*)",
-                    )
-                    .bind(Uuid::new_v4())
-                    .bind(&u.email)
-                    .bind(&u.full_name)
-                    .bind(u.role)
-                    .bind(sc.school_id())
-                    .bind(u.is_active)
-                    .bind(&u.external_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO users (id, email, full_name, role, school_id, is_active, external_id) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING to_jsonb(users.*)",
+                        )
+                        .bind(Uuid::new_v4())
+                        .bind(&u.email)
+                        .bind(&u.full_name)
+                        .bind(u.role)
+                        .bind(sc.school_id())
+                        .bind(u.is_active)
+                        .bind(&u.external_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::CREATED, &doc))
                 }
                 .await,
