@@ -48,14 +48,7 @@ impl Application {
                 Self::build_with_source(settings, source).await
             }
             TenantSourceKind::Kubernetes => {
-                let client = kube::Client::try_default()
-                    .await
-                    .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
-                let source = KubeTenantSource {
-                    client,
-                    namespaces: settings.kubernetes.namespaces.clone(),
-                    label_selector: settings.kubernetes.label_selector.clone(),
-                };
+                let source = kube_source(&settings).await?;
                 Self::build_inner(settings, source, |source, directory, on_change, stop| {
                     source.spawn_watch(directory, on_change, stop)
                 })
@@ -196,18 +189,25 @@ pub async fn load_tenants(settings: &Settings) -> Result<TenantDirectory, StartE
             directory.refresh_once(&source).await?;
         }
         TenantSourceKind::Kubernetes => {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
-            let source = KubeTenantSource {
-                client,
-                namespaces: settings.kubernetes.namespaces.clone(),
-                label_selector: settings.kubernetes.label_selector.clone(),
-            };
-            directory.refresh_once(&source).await?;
+            directory
+                .refresh_once(&kube_source(settings).await?)
+                .await?;
         }
     }
     Ok(directory)
+}
+
+/// The in-cluster source the settings describe, with a client from the pod's service
+/// account (or `KUBECONFIG`).
+async fn kube_source(settings: &Settings) -> Result<KubeTenantSource, StartError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
+    Ok(KubeTenantSource {
+        client,
+        namespaces: settings.kubernetes.namespaces.clone(),
+        label_selector: settings.kubernetes.label_selector.clone(),
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.
