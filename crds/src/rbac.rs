@@ -197,17 +197,17 @@ pub const DATAPLANE_RULES: &[Rule] = &[
     rule(
         "",
         &["secrets"],
-        &["list"],
+        &["list", "watch"],
         Scope::Watched,
-        "tenant discovery: list-polling of the operator's labelled connection Secrets \
-         (edumind_dataplane::kube_source)",
+        "tenant discovery: initial list, then a watch (reflector) of the operator's labelled \
+         connection Secrets (edumind_dataplane::kube_source)",
     ),
     rule(
         "",
         &["secrets"],
-        &["list"],
+        &["list", "watch"],
         Scope::SelfService,
-        "tenant discovery: the self-service tenant's Secret",
+        "tenant discovery: the self-service tenant's Secret (list, then watch)",
     ),
 ];
 

@@ -243,7 +243,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Keeps the keys in step with the JWKS file: re-reads it every `every` until `shutdown`.
 pub fn spawn_jwks_reloader(
-    state: Arc<crate::startup::State>,
+    auth: Arc<Authenticator>,
     every: std::time::Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -253,8 +253,8 @@ pub fn spawn_jwks_reloader(
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,
             }
-            match state.auth.reload_jwks().await {
-                Ok(true) => tracing::info!(keys = state.auth.jwks_len(), "JWKS reloaded"),
+            match auth.reload_jwks().await {
+                Ok(true) => tracing::info!(keys = auth.jwks_len(), "JWKS reloaded"),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "JWKS reload failed; keeping the current keys")

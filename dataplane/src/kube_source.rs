@@ -1,36 +1,45 @@
-//! The in-cluster tenant source: the connection Secrets the operator labels, listed
-//! through the Kubernetes API in the configured namespaces.
+//! The in-cluster tenant source: the connection Secrets the operator labels, read through
+//! the Kubernetes API in the configured namespaces.
 //!
-//! **Decision: list-polling, not a watch.** Every `tenant_poll_ms` the source lists the
-//! Secrets matching `label_selector` in each namespace (`resourceVersion=0`, so the API
-//! server answers from its watch cache instead of etcd), and [`TenantDirectory::replace`]
-//! diffs the result against the current snapshot: added tenants appear, deleted ones
-//! disappear (404), a changed Secret (rotated password) retires the tenant's connections.
-//! Reasons: the directory already works on complete snapshots (the file source), a full
-//! list is the only way to notice deletions missed while disconnected anyway (a watcher
-//! would need this relist as its safety net), and the number of Secrets is one per school
-//! — a selector-filtered list per namespace every two seconds is small next to what the
-//! operator itself does. A watch would cut the delay from `tenant_poll_ms` to near zero;
-//! `kube_runtime::watcher` could feed the same `replace` if that delay ever matters.
-//! A failed list of any namespace fails the whole poll, which keeps the last known set:
+//! **Decision: a watch, with the watcher's relist as its safety net.** At start the source
+//! lists the Secrets matching `label_selector` once ([`TenantSource::snapshot`]; the
+//! service does not start without that list). Then [`KubeTenantSource::spawn_watch`] runs
+//! one `kube_runtime::watcher` per namespace (or one cluster-wide), each feeding a
+//! reflector store ([`SecretStores`]); after every change, once every watch has completed
+//! its initial list, the tenants of all stores go to [`TenantDirectory::replace`], which
+//! diffs them against the current snapshot: added tenants appear, deleted ones disappear
+//! (404), a changed Secret (rotated password) retires the tenant's connections. A new
+//! School's Secret is served as soon as the watch event arrives (well under a second),
+//! and no replica re-reads every password every two seconds. When a watch breaks, the
+//! watcher retries with backoff and relists (a relist replaces its store atomically, so
+//! deletions missed while disconnected are noticed); meanwhile the last known set stays:
 //! an API outage must not drop every tenant.
 //!
-//! `[kubernetes] all_namespaces = true` lists every namespace instead, in one cluster-wide
-//! list: the match for an operator that watches every namespace.
+//! `[kubernetes] all_namespaces = true` watches every namespace instead, in one
+//! cluster-wide watch: the match for an operator that watches every namespace.
 //!
-//! RBAC: `list` on `secrets` (core group) in each configured namespace, or cluster-wide
-//! when the list is empty — nothing else (`edumind_crds::rbac::DATAPLANE_RULES`).
+//! RBAC: `list` and `watch` on `secrets` (core group) in each configured namespace, or
+//! cluster-wide when the list is empty — nothing else (`edumind_crds::rbac::DATAPLANE_RULES`).
+//!
+//! Any other [`TenantSource`] (and this one, when passed to
+//! `Application::build_with_source`, as the tests over the in-memory API do: it has no
+//! watch) is polled every `tenant_poll_ms` instead.
 //!
 //! [`TenantDirectory::replace`]: crate::tenants::TenantDirectory::replace
 
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::watcher::{self, Event};
 
-use crate::tenants::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, SourceError, Tenant, TenantSource, tenant_from_parts,
-};
+use edumind_crds::connection::ParseError;
 
-/// The default label selector: every Secret the operator manages.
+use crate::tenants::{Changes, SourceError, Tenant, TenantDirectory, TenantSource};
+
+/// The default label selector: every Secret the operator manages
+/// (`{LABEL_MANAGED_BY}={MANAGED_BY}`, checked by a unit test).
 pub const DEFAULT_SELECTOR: &str = "app.kubernetes.io/managed-by=edumind-operator";
 
 /// Lists the operator's Secrets in `namespaces` (empty: in every namespace; the settings
@@ -72,6 +81,101 @@ impl TenantSource for KubeTenantSource {
     }
 }
 
+impl KubeTenantSource {
+    /// Keeps `directory` in step with the Secrets through watches until `shutdown` fires;
+    /// `on_change` hears about added, removed and rotated tenants.
+    pub fn spawn_watch<F>(
+        self,
+        directory: TenantDirectory,
+        mut on_change: F,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: FnMut(&Changes) + Send + 'static,
+    {
+        let apis: Vec<Api<KubeSecret>> = if self.namespaces.is_empty() {
+            vec![Api::all(self.client.clone())]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .collect()
+        };
+        let config = watcher::Config::default().labels(&self.label_selector);
+        let mut stores = SecretStores::new(apis.len());
+        let streams = apis.into_iter().enumerate().map(|(i, api)| {
+            watcher::watcher(api, config.clone())
+                .default_backoff()
+                .map(move |event| (i, event))
+                .boxed()
+        });
+        let mut events = futures_util::stream::select_all(streams);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = events.next() => next,
+                    _ = shutdown.changed() => return,
+                };
+                let Some((i, event)) = next else { return };
+                match event {
+                    Ok(event) => {
+                        if let Some(tenants) = stores.apply(i, &event) {
+                            directory.publish(tenants, &mut on_change);
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "tenant Secret watch failed; retrying, the current tenants stay"
+                    ),
+                }
+            }
+        })
+    }
+}
+
+/// The Secrets one watch per namespace has seen, each in a reflector store.
+pub struct SecretStores {
+    stores: Vec<(Writer<KubeSecret>, Store<KubeSecret>, bool)>,
+}
+
+impl SecretStores {
+    /// Stores for `watches` watches, none listed yet.
+    pub fn new(watches: usize) -> Self {
+        SecretStores {
+            stores: (0..watches)
+                .map(|_| {
+                    let (reader, writer) = reflector::store();
+                    (writer, reader, false)
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies one event of watch `i`. Returns the complete tenant set when it may have
+    /// changed and every watch has completed its initial list; `None` otherwise (a relist
+    /// in progress is buffered by the store and published when it is done).
+    pub fn apply(&mut self, i: usize, event: &Event<KubeSecret>) -> Option<Vec<Tenant>> {
+        let (writer, _, listed) = self.stores.get_mut(i)?;
+        writer.apply_watcher_event(event);
+        match event {
+            Event::Init | Event::InitApply(_) => return None,
+            Event::InitDone => *listed = true,
+            Event::Apply(_) | Event::Delete(_) => {}
+        }
+        if !self.stores.iter().all(|(_, _, listed)| *listed) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (_, reader, _) in &self.stores {
+            for s in reader.state() {
+                let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+                out.extend(tenants_from_secrets(ns, std::slice::from_ref(&*s)));
+            }
+        }
+        Some(out)
+    }
+}
+
 /// The tenants among `secrets`; Secrets that are not ours are skipped silently, broken
 /// ones are logged by name with a reason that never includes a value.
 pub fn tenants_from_secrets(namespace: &str, secrets: &[KubeSecret]) -> Vec<Tenant> {
@@ -83,7 +187,7 @@ pub fn tenants_from_secrets(namespace: &str, secrets: &[KubeSecret]) -> Vec<Tena
             Err(reason) => tracing::warn!(
                 namespace,
                 secret = s.metadata.name.as_deref().unwrap_or(""),
-                reason,
+                %reason,
                 "skipping tenant Secret"
             ),
         }
@@ -93,66 +197,19 @@ pub fn tenants_from_secrets(namespace: &str, secrets: &[KubeSecret]) -> Vec<Tena
 
 /// One Secret from the API → a tenant. `Ok(None)`: not managed by the operator, or being
 /// deleted.
-pub fn tenant_from_secret(s: &KubeSecret) -> Result<Option<Tenant>, &'static str> {
-    let labels = s.metadata.labels.as_ref();
-    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-    if label(MANAGED_BY_LABEL) != Some(MANAGED_BY_VALUE) || s.metadata.deletion_timestamp.is_some()
-    {
+pub fn tenant_from_secret(s: &KubeSecret) -> Result<Option<Tenant>, ParseError> {
+    if s.metadata.deletion_timestamp.is_some() {
         return Ok(None);
     }
-    let get = |key: &str| -> Result<String, &'static str> {
-        if let Some(v) = s.string_data.as_ref().and_then(|d| d.get(key)) {
-            return Ok(v.clone());
-        }
-        let raw = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .ok_or("a required key is missing")?;
-        String::from_utf8(raw.0.clone()).map_err(|_| "a data value is not UTF-8")
-    };
-    tenant_from_parts(label, get).map(Some)
+    crate::tenants::tenant_from_secret(s)
 }
 
-/// A Secret in the operator's shape for `tenant` (tests and local setups).
+/// A Secret in the operator's shape for `tenant` (tests and local setups), built by the
+/// contract's own builder.
 pub fn kube_secret(name: &str, namespace: &str, tenant: &Tenant) -> KubeSecret {
-    use crate::tenants::{SCHOOL_CODE_LABEL, SCHOOL_ID_LABEL, SELF_SERVICE_VALUE, TENANT_LABEL};
-    use k8s_openapi::ByteString;
-    use std::collections::BTreeMap;
-    let mut labels = BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())]);
-    match tenant.id {
-        crate::tenants::TenantId::School(id) => {
-            labels.insert(SCHOOL_ID_LABEL.to_owned(), id.to_string());
-        }
-        crate::tenants::TenantId::SelfService => {
-            labels.insert(TENANT_LABEL.to_owned(), SELF_SERVICE_VALUE.to_owned());
-        }
-    }
-    if let Some(code) = &tenant.code {
-        labels.insert(SCHOOL_CODE_LABEL.to_owned(), code.clone());
-    }
-    let data = [
-        ("username", tenant.username.clone()),
-        ("user", tenant.username.clone()),
-        ("password", tenant.password.expose().to_owned()),
-        ("host", tenant.host.clone()),
-        ("port", tenant.port.to_string()),
-        ("dbname", tenant.dbname.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-    .collect();
-    KubeSecret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/basic-auth".into()),
-        data: Some(data),
-        ..Default::default()
-    }
+    tenant
+        .to_connection_secret()
+        .to_secret(name, namespace, None)
 }
 
 #[cfg(test)]
@@ -160,6 +217,7 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
     use crate::tenants::{TenantDirectory, TenantId};
+    use edumind_crds::connection::{LABEL_MANAGED_BY, MANAGED_BY};
     use uuid::Uuid;
 
     fn tenant(id: TenantId, password: &str) -> Tenant {
@@ -172,6 +230,11 @@ mod tests {
             username: "school_c1".into(),
             password: Secret::new(password),
         }
+    }
+
+    #[test]
+    fn default_selector_is_the_contracts_managed_by_label() {
+        assert_eq!(DEFAULT_SELECTOR, format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     }
 
     #[test]
@@ -200,7 +263,7 @@ mod tests {
             .labels
             .as_mut()
             .unwrap()
-            .insert(MANAGED_BY_LABEL.into(), "helm".into());
+            .insert(LABEL_MANAGED_BY.into(), "helm".into());
         assert_eq!(tenant_from_secret(&foreign).unwrap(), None);
         let mut deleting = s.clone();
         deleting.metadata.deletion_timestamp =
@@ -217,10 +280,55 @@ mod tests {
         s.data.as_mut().unwrap().remove("host");
         assert_eq!(
             tenant_from_secret(&s).unwrap_err(),
-            "a required key is missing"
+            ParseError::MissingKey("host")
         );
         let good = kube_secret("g", "ns", &tenant(TenantId::SelfService, "x"));
         assert_eq!(tenants_from_secrets("ns", &[s, good]).len(), 1);
+    }
+
+    fn ids(tenants: Option<Vec<Tenant>>) -> Option<Vec<TenantId>> {
+        tenants.map(|ts| {
+            let mut ids: Vec<_> = ts.into_iter().map(|t| t.id).collect();
+            ids.sort();
+            ids
+        })
+    }
+
+    #[test]
+    fn watch_events_reach_the_directory_once_every_watch_has_listed() {
+        let a = tenant(TenantId::School(Uuid::new_v4()), "1");
+        let b = tenant(TenantId::SelfService, "1");
+        let sa = kube_secret("a", "schools", &a);
+        let sb = kube_secret("b", "system", &b);
+        let mut stores = SecretStores::new(2);
+        // Watch 0 lists a; nothing is published while watch 1 has not listed.
+        assert_eq!(stores.apply(0, &Event::Init), None);
+        assert_eq!(stores.apply(0, &Event::InitApply(sa.clone())), None);
+        assert_eq!(stores.apply(0, &Event::InitDone), None);
+        assert_eq!(stores.apply(1, &Event::Init), None);
+        assert_eq!(stores.apply(1, &Event::InitDone), Some(vec![a.clone()]));
+        // A new Secret is published by its own event.
+        let mut both = vec![a.id, b.id];
+        both.sort();
+        assert_eq!(ids(stores.apply(1, &Event::Apply(sb.clone()))), Some(both));
+        let dir = TenantDirectory::default();
+        dir.replace(stores.apply(1, &Event::Apply(sb.clone())).unwrap());
+        assert_eq!(dir.len(), 2);
+        // Rotation and deletion.
+        let a2 = tenant(a.id, "2");
+        let rotated = stores.apply(0, &Event::Apply(kube_secret("a", "schools", &a2)));
+        assert_eq!(dir.replace(rotated.unwrap()).changed, vec![a.id]);
+        let gone = stores.apply(1, &Event::Delete(sb.clone()));
+        assert_eq!(dir.replace(gone.unwrap()).removed, vec![b.id]);
+        // A relist buffers until it is done, then drops what it no longer lists.
+        assert_eq!(stores.apply(0, &Event::Init), None);
+        assert_eq!(dir.len(), 1);
+        let relisted = stores.apply(0, &Event::InitDone).unwrap();
+        assert_eq!(dir.replace(relisted).removed, vec![a.id]);
+        // Foreign and deleting Secrets in a store are not tenants.
+        let mut foreign = kube_secret("f", "schools", &a);
+        foreign.metadata.labels = None;
+        assert_eq!(stores.apply(0, &Event::Apply(foreign)), Some(vec![]));
     }
 
     #[test]

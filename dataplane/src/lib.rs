@@ -1,10 +1,14 @@
 //! `edumind-dataplane`: the tenant-isolated HTTP API over the per-school databases.
 //!
 //! Module map: [`config`] (layered settings) · [`tenants`] (tenant directory from the
-//! connection Secrets; [`kube_source`] lists them in a cluster) · [`pool`] (per-server connection budgets) · [`auth`] (bearer JWT)
-//! · [`access`] (tenant authorization, row-level-security scope) · [`cache`] (Redis cache,
-//! sessions, locks) · [`api`] (routes and handlers) · [`startup`] (building and running
-//! the server) · [`problem`] (RFC 9457 errors).
+//! connection Secrets, parsed through `edumind_crds::connection`; the file source) ·
+//! [`kube_source`] (in a cluster: a list, then a watch) · [`pool`] (per-server connection
+//! budgets) · [`auth`] (bearer JWT) · [`access`] (tenant authorization, row-level-security
+//! scope) · [`cache`] (Redis cache, sessions, locks) · [`state`] (the request state every
+//! handler reads) · [`api`] (one route group per resource, shared handler helpers) ·
+//! [`startup`] (building and running the server) · [`metrics`] (`/metrics`) · [`openapi`]
+//! (the route table's documentation) · [`distribute`] (catalogue distribution) ·
+//! [`problem`] (RFC 9457 errors) · [`secret`] (redacting secret strings).
 
 pub mod access;
 pub mod api;
@@ -19,4 +23,5 @@ pub mod pool;
 pub mod problem;
 pub mod secret;
 pub mod startup;
+pub mod state;
 pub mod tenants;

@@ -99,10 +99,7 @@ async fn distribute_content(
         Ok(d) => d,
         Err(e) => return fail(e.to_string()),
     };
-    let metrics = match edumind_dataplane::metrics::Metrics::new() {
-        Ok(m) => Arc::new(m),
-        Err(e) => return fail(e.to_string()),
-    };
+    let metrics = Arc::new(edumind_dataplane::metrics::Metrics::new());
     let cache = match edumind_dataplane::cache::Cache::new(
         &settings.redis.url,
         Duration::from_millis(settings.redis.timeout_ms),

@@ -15,19 +15,8 @@ use crate::config::TenantSourceKind;
 use crate::kube_source::KubeTenantSource;
 use crate::metrics::Metrics;
 use crate::pool::PoolManager;
-use crate::tenants::{FileTenantSource, TenantDirectory, TenantSource};
-
-/// Everything a request handler needs.
-pub struct State {
-    pub settings: Settings,
-    pub directory: TenantDirectory,
-    pub pools: PoolManager,
-    pub auth: Authenticator,
-    pub cache: Cache,
-    pub metrics: Arc<Metrics>,
-}
-
-pub type Ctx = Arc<State>;
+use crate::state::{AppState, SharedState};
+use crate::tenants::{Changes, FileTenantSource, TenantDirectory, TenantSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,7 +33,7 @@ pub enum StartError {
 pub struct Application {
     port: u16,
     listener: tokio::net::TcpListener,
-    state: Ctx,
+    state: SharedState,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -55,34 +44,51 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         match settings.tenant_source {
             TenantSourceKind::Directory => {
-                let source = FileTenantSource {
-                    dir: settings.tenants_dir.clone(),
-                };
+                let source = FileTenantSource::new(settings.tenants_dir.clone());
                 Self::build_with_source(settings, source).await
             }
             TenantSourceKind::Kubernetes => {
-                let client = kube::Client::try_default()
-                    .await
-                    .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
-                let source = KubeTenantSource {
-                    client,
-                    namespaces: settings.kubernetes.namespaces.clone(),
-                    label_selector: settings.kubernetes.label_selector.clone(),
-                };
-                Self::build_with_source(settings, source).await
+                let source = kube_source(&settings).await?;
+                Self::build_inner(settings, source, |source, directory, on_change, stop| {
+                    source.spawn_watch(directory, on_change, stop)
+                })
+                .await
             }
         }
     }
 
     /// Builds with an explicit tenant source (tests pass a Kubernetes source over a fake
-    /// API client). The first snapshot must succeed, then the source is re-read every
-    /// `tenant_poll_ms`.
+    /// API client, which has no watch). The first snapshot must succeed, then the source
+    /// is re-read every `tenant_poll_ms`.
     pub async fn build_with_source<S: TenantSource>(
         settings: Settings,
         source: S,
     ) -> Result<Self, StartError> {
-        let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
-        let auth = Authenticator::from_settings(&settings.auth)?;
+        let every = Duration::from_millis(settings.tenant_poll_ms);
+        Self::build_inner(
+            settings,
+            source,
+            move |source, directory, on_change, stop| {
+                directory.spawn_poller(source, every, on_change, stop)
+            },
+        )
+        .await
+    }
+
+    /// Builds around `source`: its first snapshot must succeed; `follow` then starts the
+    /// task that keeps the directory current (a poller, or the Kubernetes watch).
+    async fn build_inner<S, W>(settings: Settings, source: S, follow: W) -> Result<Self, StartError>
+    where
+        S: TenantSource,
+        W: FnOnce(
+            S,
+            TenantDirectory,
+            Box<dyn FnMut(&Changes) + Send>,
+            tokio::sync::watch::Receiver<bool>,
+        ) -> tokio::task::JoinHandle<()>,
+    {
+        let metrics = Arc::new(Metrics::new());
+        let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         let cache = Cache::new(
             &settings.redis.url,
             Duration::from_millis(settings.redis.timeout_ms),
@@ -102,19 +108,19 @@ impl Application {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let forget = pools.clone();
         let tasks = vec![
-            directory.spawn_poller(
+            follow(
                 source,
-                Duration::from_millis(settings.tenant_poll_ms),
-                move |changes| {
+                directory.clone(),
+                Box::new(move |changes: &Changes| {
                     for id in changes.removed.iter().chain(&changes.changed) {
                         forget.forget(id);
                     }
-                },
+                }),
                 shutdown_rx.clone(),
             ),
             pools.spawn_reaper(shutdown_rx),
         ];
-        let state = Arc::new(State {
+        let state = Arc::new(AppState {
             settings,
             directory,
             pools,
@@ -125,7 +131,7 @@ impl Application {
         let mut tasks = tasks;
         if state.settings.auth.jwks_file.is_some() {
             tasks.push(crate::auth::spawn_jwks_reloader(
-                state.clone(),
+                state.auth.clone(),
                 Duration::from_millis(state.settings.auth.jwks_reload_ms.max(100)),
                 shutdown_tx.subscribe(),
             ));
@@ -143,7 +149,7 @@ impl Application {
         self.port
     }
 
-    pub fn state(&self) -> Ctx {
+    pub fn state(&self) -> SharedState {
         self.state.clone()
     }
 
@@ -179,24 +185,29 @@ pub async fn load_tenants(settings: &Settings) -> Result<TenantDirectory, StartE
     let directory = TenantDirectory::default();
     match settings.tenant_source {
         TenantSourceKind::Directory => {
-            let source = FileTenantSource {
-                dir: settings.tenants_dir.clone(),
-            };
+            let source = FileTenantSource::new(settings.tenants_dir.clone());
             directory.refresh_once(&source).await?;
         }
         TenantSourceKind::Kubernetes => {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
-            let source = KubeTenantSource {
-                client,
-                namespaces: settings.kubernetes.namespaces.clone(),
-                label_selector: settings.kubernetes.label_selector.clone(),
-            };
-            directory.refresh_once(&source).await?;
+            directory
+                .refresh_once(&kube_source(settings).await?)
+                .await?;
         }
     }
     Ok(directory)
+}
+
+/// The in-cluster source the settings describe, with a client from the pod's service
+/// account (or `KUBECONFIG`).
+async fn kube_source(settings: &Settings) -> Result<KubeTenantSource, StartError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| StartError::Other(format!("Kubernetes client: {e}")))?;
+    Ok(KubeTenantSource {
+        client,
+        namespaces: settings.kubernetes.namespaces.clone(),
+        label_selector: settings.kubernetes.label_selector.clone(),
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -11,26 +11,23 @@
 //!
 //! Self-service marker: the shared self-service database's Secret carries the label
 //! `edumind.ai/tenant: selfservice` (and no school-id label).
+//!
+//! The Secret's shape (labels, keys, formats) is the operator's contract,
+//! [`edumind_crds::connection`]: this module parses and builds Secrets only through it.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use base64::Engine;
-use serde::Deserialize;
+use edumind_crds::connection::{
+    self as contract, ConnectionSecret, Endpoint, ParseError, Password, SELF_SERVICE, TenantRef,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::secret::Secret;
-
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "edumind-operator";
-pub const SCHOOL_ID_LABEL: &str = "edumind.ai/school-id";
-pub const SCHOOL_CODE_LABEL: &str = "edumind.ai/school-code";
-pub const TENANT_LABEL: &str = "edumind.ai/tenant";
-pub const SELF_SERVICE_VALUE: &str = "selfservice";
 
 /// A tenant: one school, or the shared self-service database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,7 +40,7 @@ impl std::fmt::Display for TenantId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TenantId::School(id) => write!(f, "{id}"),
-            TenantId::SelfService => f.write_str(SELF_SERVICE_VALUE),
+            TenantId::SelfService => f.write_str(SELF_SERVICE),
         }
     }
 }
@@ -51,7 +48,7 @@ impl std::fmt::Display for TenantId {
 impl std::str::FromStr for TenantId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        if s == SELF_SERVICE_VALUE {
+        if s == SELF_SERVICE {
             Ok(TenantId::SelfService)
         } else {
             Uuid::parse_str(s).map(TenantId::School).map_err(|_| ())
@@ -93,6 +90,57 @@ impl Tenant {
         h.update(self.password.expose().as_bytes());
         hex::encode(&h.finalize()[..12])
     }
+
+    /// This tenant as the operator's connection Secret (tests and local setups build
+    /// Secrets from it).
+    pub fn to_connection_secret(&self) -> ConnectionSecret {
+        ConnectionSecret {
+            tenant: match self.id {
+                TenantId::School(id) => TenantRef::School {
+                    id,
+                    code_label: self.code.clone(),
+                },
+                TenantId::SelfService => TenantRef::SelfService,
+            },
+            endpoint: Endpoint {
+                host: self.host.clone(),
+                port: self.port,
+                dbname: self.dbname.clone(),
+                username: self.username.clone(),
+                password: Password::new(self.password.expose()),
+            },
+        }
+    }
+}
+
+impl From<ConnectionSecret> for Tenant {
+    fn from(c: ConnectionSecret) -> Self {
+        let (id, code) = match c.tenant {
+            TenantRef::School { id, code_label } => (TenantId::School(id), code_label),
+            TenantRef::SelfService => (TenantId::SelfService, None),
+        };
+        Tenant {
+            id,
+            code,
+            host: c.endpoint.host,
+            port: c.endpoint.port,
+            dbname: c.endpoint.dbname,
+            username: c.endpoint.username,
+            password: Secret::new(c.endpoint.password.expose()),
+        }
+    }
+}
+
+/// A parsed Secret → a tenant. `Ok(None)`: not managed by the operator (skipped silently).
+/// `Err` names the key or label at fault and never carries a value from the Secret.
+pub fn tenant_from_secret(
+    secret: &k8s_openapi::api::core::v1::Secret,
+) -> Result<Option<Tenant>, ParseError> {
+    match ConnectionSecret::from_secret(secret) {
+        Ok(c) => Ok(Some(c.into())),
+        Err(ParseError::NotManaged) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,15 +157,67 @@ pub trait TenantSource: Send + Sync + 'static {
     fn snapshot(&self) -> impl Future<Output = Result<Vec<Tenant>, SourceError>> + Send;
 }
 
-/// Reads `*.yaml`, `*.yml` and `*.json` Secret manifests from one directory.
+/// Reads `*.yaml`, `*.yml` and `*.json` Secret manifests from one directory. A file is
+/// parsed again only when its bytes changed since the last snapshot (SHA-256 of the
+/// contents; modification times are too coarse to tell two quick writes apart), so an
+/// unchanged directory costs one small read per file per poll, and a broken file is
+/// reported once per change rather than every poll.
 #[derive(Debug, Clone)]
 pub struct FileTenantSource {
     pub dir: PathBuf,
+    seen: Arc<Mutex<HashMap<PathBuf, Parsed>>>,
+}
+
+/// A file's digest at its last parse, and what it held.
+#[derive(Debug, Clone)]
+struct Parsed {
+    digest: [u8; 32],
+    tenant: Option<Tenant>,
+}
+
+impl FileTenantSource {
+    pub fn new(dir: PathBuf) -> Self {
+        FileTenantSource {
+            dir,
+            seen: Arc::default(),
+        }
+    }
+
+    /// The tenant in `path`'s `bytes` (`None`: not ours or broken).
+    fn parse_cached(&self, path: &Path, bytes: &[u8]) -> Option<Tenant> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let mut seen = match self.seen.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(p) = seen.get(path).filter(|p| p.digest == digest) {
+            return p.tenant.clone();
+        }
+        let tenant = match std::str::from_utf8(bytes)
+            .map_err(|_| ParseError::NotASecret)
+            .and_then(parse_secret)
+        {
+            Ok(t) => t,
+            Err(reason) => {
+                tracing::warn!(file = %path.display(), %reason, "skipping tenant secret");
+                None
+            }
+        };
+        seen.insert(
+            path.to_owned(),
+            Parsed {
+                digest,
+                tenant: tenant.clone(),
+            },
+        );
+        tenant
+    }
 }
 
 impl TenantSource for FileTenantSource {
     async fn snapshot(&self) -> Result<Vec<Tenant>, SourceError> {
         let mut out = Vec::new();
+        let mut present = std::collections::HashSet::new();
         let mut entries = tokio::fs::read_dir(&self.dir)
             .await
             .map_err(|e| SourceError::Io(self.dir.clone(), e))?;
@@ -134,91 +234,28 @@ impl TenantSource for FileTenantSource {
             if !wanted {
                 continue;
             }
-            let text = match tokio::fs::read_to_string(&path).await {
-                Ok(t) => t,
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot read tenant secret");
                     continue;
                 }
             };
-            match parse_secret(&text) {
-                Ok(Some(t)) => out.push(t),
-                Ok(None) => {}
-                Err(reason) => {
-                    tracing::warn!(file = %path.display(), reason, "skipping tenant secret")
-                }
-            }
+            out.extend(self.parse_cached(&path, &bytes));
+            present.insert(path);
+        }
+        match self.seen.lock() {
+            Ok(mut seen) => seen.retain(|p, _| present.contains(p)),
+            Err(poisoned) => poisoned.into_inner().retain(|p, _| present.contains(p)),
         }
         Ok(out)
     }
 }
 
-#[derive(Deserialize)]
-struct SecretManifest {
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Metadata,
-    #[serde(default)]
-    data: HashMap<String, String>,
-    #[serde(default, rename = "stringData")]
-    string_data: HashMap<String, String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Metadata {
-    #[serde(default)]
-    labels: HashMap<String, String>,
-}
-
-/// Parses one Secret manifest. `Ok(None)`: a Secret that is not ours (not managed by the
-/// operator). `Err` carries a reason that never includes a value from the Secret.
-pub fn parse_secret(text: &str) -> Result<Option<Tenant>, &'static str> {
-    let m: SecretManifest = serde_yaml_ng::from_str(text).map_err(|_| "not a valid manifest")?;
-    if m.kind.as_deref() != Some("Secret") {
-        return Err("kind is not Secret");
-    }
-    if m.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE) {
-        return Ok(None);
-    }
-    let get = |key: &str| -> Result<String, &'static str> {
-        if let Some(v) = m.string_data.get(key) {
-            return Ok(v.clone());
-        }
-        let raw = m.data.get(key).ok_or("a required key is missing")?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(raw.trim())
-            .map_err(|_| "a data value is not base64")?;
-        String::from_utf8(bytes).map_err(|_| "a data value is not UTF-8")
-    };
-    tenant_from_parts(|k| m.metadata.labels.get(k).map(String::as_str), get).map(Some)
-}
-
-/// Builds a tenant from a managed Secret's labels and values, whatever shape the Secret
-/// came in (a manifest file, or an object from the Kubernetes API). The caller has already
-/// checked the managed-by label. `Err` never includes a value from the Secret.
-pub fn tenant_from_parts<'a>(
-    label: impl Fn(&str) -> Option<&'a str>,
-    get: impl Fn(&str) -> Result<String, &'static str>,
-) -> Result<Tenant, &'static str> {
-    let id = if label(TENANT_LABEL) == Some(SELF_SERVICE_VALUE) {
-        TenantId::SelfService
-    } else {
-        let raw = label(SCHOOL_ID_LABEL).ok_or("no school-id label")?;
-        TenantId::School(Uuid::parse_str(raw).map_err(|_| "school-id label is not a UUID")?)
-    };
-    let port = get("port")?
-        .trim()
-        .parse::<u16>()
-        .map_err(|_| "port is not a number")?;
-    Ok(Tenant {
-        id,
-        code: label(SCHOOL_CODE_LABEL).map(str::to_owned),
-        host: get("host")?,
-        port,
-        dbname: get("dbname")?,
-        username: get("username")?,
-        password: Secret::new(get("password")?),
-    })
+/// Parses one Secret manifest (YAML or JSON) through the contract. `Ok(None)`: a Secret
+/// that is not ours (not managed by the operator). `Err` never includes a value from it.
+pub fn parse_secret(text: &str) -> Result<Option<Tenant>, ParseError> {
+    tenant_from_secret(&contract::secret_from_yaml(text)?)
 }
 
 /// What changed between two snapshots, for the pool manager.
@@ -306,14 +343,30 @@ impl TenantDirectory {
         changes
     }
 
-    /// Loads once, then keeps polling `source` every `every` until `shutdown` fires;
-    /// `on_change` hears about removed and rotated tenants. A failed poll keeps the last
-    /// known set (a transient read error must not drop every tenant).
+    /// Replaces the tenant set and, when anything changed, logs the counts and tells
+    /// `on_change` (the pool manager retires removed and rotated tenants' connections).
+    pub fn publish<F: FnMut(&Changes)>(&self, tenants: Vec<Tenant>, on_change: &mut F) {
+        let changes = self.replace(tenants);
+        if changes != Changes::default() {
+            tracing::info!(
+                added = changes.added.len(),
+                removed = changes.removed.len(),
+                changed = changes.changed.len(),
+                "tenant directory changed"
+            );
+            on_change(&changes);
+        }
+    }
+
+    /// Reads `source` once and replaces the tenant set with what it lists.
     pub async fn refresh_once<S: TenantSource>(&self, source: &S) -> Result<Changes, SourceError> {
         let tenants = source.snapshot().await?;
         Ok(self.replace(tenants))
     }
 
+    /// Keeps polling `source` every `every` until `shutdown` fires; `on_change` hears
+    /// about added, removed and rotated tenants. A failed poll keeps the last known set (a
+    /// transient read error must not drop every tenant).
     pub fn spawn_poller<S, F>(
         &self,
         source: S,
@@ -332,18 +385,8 @@ impl TenantDirectory {
                     _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => return,
                 }
-                match dir.refresh_once(&source).await {
-                    Ok(changes) => {
-                        if changes != Changes::default() {
-                            tracing::info!(
-                                added = changes.added.len(),
-                                removed = changes.removed.len(),
-                                changed = changes.changed.len(),
-                                "tenant directory changed"
-                            );
-                            on_change(&changes);
-                        }
-                    }
+                match source.snapshot().await {
+                    Ok(tenants) => dir.publish(tenants, &mut on_change),
                     Err(e) => tracing::warn!(error = %e, "tenant directory poll failed"),
                 }
             }
@@ -351,48 +394,15 @@ impl TenantDirectory {
     }
 }
 
-/// Writes a Secret manifest in the operator's shape (tests and local setups use it).
-pub fn secret_manifest(tenant: &Tenant) -> String {
-    let mut labels = format!("    {MANAGED_BY_LABEL}: {MANAGED_BY_VALUE}\n");
-    match tenant.id {
-        TenantId::School(id) => labels.push_str(&format!("    {SCHOOL_ID_LABEL}: \"{id}\"\n")),
-        TenantId::SelfService => {
-            labels.push_str(&format!("    {TENANT_LABEL}: {SELF_SERVICE_VALUE}\n"))
-        }
-    }
-    if let Some(code) = &tenant.code {
-        labels.push_str(&format!("    {SCHOOL_CODE_LABEL}: {}\n", yaml_str(code)));
-    }
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let uri = format!(
-        "postgresql://{}:{}@{}:{}/{}",
-        tenant.username,
-        tenant.password.expose(),
-        tenant.host,
-        tenant.port,
-        tenant.dbname
-    );
-    let data = vec![
-        ("username", tenant.username.clone()),
-        ("user", tenant.username.clone()),
-        ("password", tenant.password.expose().to_owned()),
-        ("host", tenant.host.clone()),
-        ("port", tenant.port.to_string()),
-        ("dbname", tenant.dbname.clone()),
-        ("uri", uri),
-    ];
-    let mut body = String::new();
-    for (k, v) in data {
-        body.push_str(&format!("  {k}: {}\n", b64(&v)));
-    }
-    format!(
-        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/basic-auth\nmetadata:\n  name: tenant-{}\n  labels:\n{labels}data:\n{body}",
-        tenant.id
-    )
-}
-
-fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// A Secret manifest in the operator's shape for `tenant`, written by serde (tests and
+/// local setups use it).
+pub fn secret_manifest(tenant: &Tenant) -> Result<String, serde_yaml_ng::Error> {
+    let mut secret =
+        tenant
+            .to_connection_secret()
+            .to_secret(&format!("tenant-{}", tenant.id), "", None);
+    secret.metadata.namespace = None;
+    contract::secret_to_yaml(&secret)
 }
 
 /// Where a file source keeps a tenant's manifest (one file per tenant).
@@ -420,12 +430,15 @@ mod tests {
     fn manifest_round_trips_and_marks_self_service() {
         let school = tenant(TenantId::School(Uuid::new_v4()), "pw1");
         assert_eq!(
-            parse_secret(&secret_manifest(&school)).unwrap(),
+            parse_secret(&secret_manifest(&school).unwrap()).unwrap(),
             Some(school.clone())
         );
         let ss = tenant(TenantId::SelfService, "pw2");
         assert_eq!(
-            parse_secret(&secret_manifest(&ss)).unwrap().unwrap().id,
+            parse_secret(&secret_manifest(&ss).unwrap())
+                .unwrap()
+                .unwrap()
+                .id,
             TenantId::SelfService
         );
     }
@@ -435,10 +448,28 @@ mod tests {
         let foreign = "kind: Secret\nmetadata:\n  labels:\n    app: other\ndata: {}\n";
         assert_eq!(parse_secret(foreign).unwrap(), None);
         let broken = "kind: Secret\nmetadata:\n  labels:\n    app.kubernetes.io/managed-by: edumind-operator\n    edumind.ai/school-id: not-a-uuid\n";
-        assert_eq!(
-            parse_secret(broken).unwrap_err(),
-            "school-id label is not a UUID"
-        );
+        assert_eq!(parse_secret(broken).unwrap_err(), ParseError::BadSchoolId);
+    }
+
+    #[tokio::test]
+    async fn file_source_reparses_only_changed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tenant(TenantId::School(Uuid::new_v4()), "pw1");
+        let path = manifest_path(dir.path(), &a.id);
+        std::fs::write(&path, secret_manifest(&a).unwrap()).unwrap();
+        let source = FileTenantSource::new(dir.path().to_owned());
+        assert_eq!(source.snapshot().await.unwrap(), vec![a.clone()]);
+        // Unchanged bytes: the remembered parse is used (planted here to tell it apart).
+        let planted = tenant(a.id, "remembered");
+        source.seen.lock().unwrap().get_mut(&path).unwrap().tenant = Some(planted.clone());
+        assert_eq!(source.snapshot().await.unwrap(), vec![planted]);
+        // Changed bytes (same length, written at once): parsed again.
+        let rotated = tenant(a.id, "pw2");
+        std::fs::write(&path, secret_manifest(&rotated).unwrap()).unwrap();
+        assert_eq!(source.snapshot().await.unwrap(), vec![rotated]);
+        std::fs::remove_file(&path).unwrap();
+        assert!(source.snapshot().await.unwrap().is_empty());
+        assert!(source.seen.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -63,17 +63,17 @@ Roles with that list and fails on anything missing or extra.
   verbs: [get, create, update]
 {{- end -}}
 
-{{/* The data plane's in-cluster tenant source (list-polling; edumind_dataplane::kube_source). */}}
+{{/* The data plane's in-cluster tenant source (list, then watch; edumind_dataplane::kube_source). */}}
 {{- define "edumind.dataplane.rules.watched" -}}
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [list]
+  verbs: [list, watch]
 {{- end -}}
 
 {{- define "edumind.dataplane.rules.selfService" -}}
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [list]
+  verbs: [list, watch]
 {{- end -}}
 
 {{/*

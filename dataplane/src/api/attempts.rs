@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// Assessment attempts: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([
+        attempt_start(s),
+        attempt_answer(s),
+        attempt_submit(s),
+        attempt_get(s),
+    ])
+}
+
 pub(super) const ME_SQL: &str =
     scoped!("SELECT to_jsonb(s) AS doc FROM students s WHERE s.user_id = $1::uuid");
 
@@ -54,13 +64,13 @@ pub(super) struct StartBody {
 
 /// `POST /v1/tenants/{tenant}/attempts` `{"assessment_id", "class_id"?}`: a student starts
 /// an attempt (status 1 = in progress).
-pub fn attempt_start(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn attempt_start(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "attempts")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<StartBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, body: Result<StartBody, Problem>, s: Ctx| async move {
+        .then(|t: String, who: Who, body: Result<StartBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
@@ -120,13 +130,13 @@ pub fn is_correct(answer: &str, correct: &str) -> bool {
 /// `POST /v1/tenants/{tenant}/attempts/{id}/responses` `{"question_id", "answer",
 /// "time_spent_seconds"}`: records (or replaces) the answer to one question of an attempt
 /// in progress.
-pub fn attempt_answer(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn attempt_answer(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "attempts" / String / "responses")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<AnswerBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, body: Result<AnswerBody, Problem>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, body: Result<AnswerBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
@@ -215,36 +225,35 @@ pub fn xp_for(correct: i64, passed: bool) -> i64 {
 /// student's XP, level and daily streak in one transaction. Holds
 /// `lock:assessment:{id}` meanwhile; the conditional `UPDATE ... WHERE status <> 2` makes
 /// PostgreSQL itself allow one submission only, with or without Redis.
-pub fn attempt_submit(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn attempt_submit(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "attempts" / String / "submit")
         .and(warp::post())
         .and(principal(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, s: Ctx| async move {
-            reply(
-                async {
-                    let sc = scope(&s, who, &t)?;
-                    if !sc.access.is_student() {
-                        return Err(Problem::forbidden());
-                    }
-                    let attempt = path_uuid(&id)?;
-                    let lock_key = sc.key(&format!("lock:assessment:{attempt}"));
-                    let token = match s.cache.lock_acquire(&lock_key, cache::LOCK_TTL).await {
-                        Ok(Some(token)) => Some(token),
-                        Ok(None) => {
-                            return Err(Problem::conflict("this attempt is being submitted"));
+        .then(
+            |t: String, id: String, who: Who, s: SharedState| async move {
+                reply(
+                    async {
+                        let sc = scope_where(&s, who, &t, Access::is_student)?;
+                        let attempt = path_uuid(&id)?;
+                        let lock_key = sc.key(&format!("lock:assessment:{attempt}"));
+                        let token = match s.cache.lock_acquire(&lock_key, cache::LOCK_TTL).await {
+                            Ok(Some(token)) => Some(token),
+                            Ok(None) => {
+                                return Err(Problem::conflict("this attempt is being submitted"));
+                            }
+                            Err(_) => None, // Redis down: the database guard below still holds
+                        };
+                        let result = submit(&s, &sc, attempt).await;
+                        if let Some(token) = token {
+                            let _ = s.cache.lock_release(&lock_key, &token).await;
                         }
-                        Err(_) => None, // Redis down: the database guard below still holds
-                    };
-                    let result = submit(&s, &sc, attempt).await;
-                    if let Some(token) = token {
-                        let _ = s.cache.lock_release(&lock_key, &token).await;
+                        result
                     }
-                    result
-                }
-                .await,
-            )
-        })
+                    .await,
+                )
+            },
+        )
         .boxed();
     instrument(s, openapi::ATTEMPT_SUBMIT, f)
 }
@@ -252,7 +261,11 @@ pub fn attempt_submit(s: &Ctx) -> BoxedFilter<(Response,)> {
 /// status, max score, passing %, question ids, answered, correct, score, seconds.
 type SubmitRow = (i32, i32, i32, String, i64, i64, i64, i64);
 
-pub(super) async fn submit(s: &Ctx, sc: &Scope, attempt: Uuid) -> Result<Response, Problem> {
+pub(super) async fn submit(
+    s: &SharedState,
+    sc: &Scope,
+    attempt: Uuid,
+) -> Result<Response, Problem> {
     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
     let (mut tx, student) = begin_as_student(&mut conn, sc).await?;
     let row: Option<SubmitRow> = sqlx::query_as(
@@ -330,19 +343,16 @@ pub(super) async fn submit(s: &Ctx, sc: &Scope, attempt: Uuid) -> Result<Respons
 
 /// `GET /v1/tenants/{tenant}/attempts/{id}`: an attempt with its responses. Students see
 /// their own; teachers, school admins and admins any in the tenant.
-pub fn attempt_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn attempt_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "attempts" / String)
         .and(warp::get())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !(sc.access.reads_all() || sc.access.is_student()) {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
                     let id = path_uuid(&id)?;
                     let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
                     let doc = fetch_doc(

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Classes and their rosters: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([roster_get(s), roster_put(s), class_put(s)])
+}
+
 pub(super) const ROSTER_SQL: &str = scoped!(
     "SELECT jsonb_build_object('class_id', c.id, 'code', c.code, 'name', c.name, \
      'students', coalesce((SELECT jsonb_agg(jsonb_build_object('id', s.id, 'user_id', s.user_id, \
@@ -12,20 +17,17 @@ pub(super) const ROSTER_SQL: &str = scoped!(
 
 /// `GET /v1/tenants/{tenant}/classes/{id}/roster`: the class's students; cached 10
 /// minutes under `class:{id}:roster`. Teachers, school admins, admins.
-pub fn roster_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "classes" / String / "roster")
         .and(warp::get())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
         .then(
-            |t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            |t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
                 reply(
                     async {
-                        let sc = scope(&s, who, &t)?;
-                        if !sc.access.reads_all() {
-                            return Err(Problem::forbidden());
-                        }
+                        let sc = scope_where(&s, who, &t, Access::reads_all)?;
                         let id = path_uuid(&id)?;
                         let doc = cached_doc(
                             &s,
@@ -56,40 +58,48 @@ pub(super) struct RosterBody {
 
 /// `PUT /v1/tenants/{tenant}/classes/{id}/roster` `{"student_ids": [...]}`: replaces the
 /// roster (every id must be a student of this tenant) and invalidates the cached roster.
-pub fn roster_put(s: &Ctx) -> BoxedFilter<(Response,)> {
-    let f = warp::path!("v1" / "tenants" / String / "classes" / String / "roster")
-        .and(warp::put())
-        .and(principal(s))
-        .and(json_body::<RosterBody>(s))
-        .and(with(s))
-        .then(
-            |t: String, id: String, who: Who, body: Result<RosterBody, Problem>, s: Ctx| async move {
-                reply(
-                    async {
-                        let sc = scope(&s, who, &t)?;
-                        let body = body?;
-                        if !sc.access.reads_all() {
-                            return Err(Problem::forbidden());
-                        }
-                        let id = path_uuid(&id)?;
-                        let mut ids = body.student_ids;
-                        ids.sort();
-                        ids.dedup();
-                        if ids.len() > 1000 {
-                            return Err(Problem::bad_request(
-                                "a roster holds at most 1000 students",
-                            ));
-                        }
-                        let list = serde_json::to_string(&ids).map_err(|_| Problem::internal())?;
-                        let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                        let mut tx = begin_scoped(&mut conn, &sc).await?;
-                        let known: i64 =
-                            sqlx::query_scalar("SELECT count(*) FROM students WHERE id = ANY($1)")
-                                .bind(&ids)
-                                .fetch_one(&mut *tx)
-                                .await
-                                .map_err(db_problem)?;
-                        let updated = sqlx::query(
+pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
+    let f =
+        warp::path!("v1" / "tenants" / String / "classes" / String / "roster")
+            .and(warp::put())
+            .and(principal(s))
+            .and(json_body::<RosterBody>(s))
+            .and(with(s))
+            .then(
+                |t: String,
+                 id: String,
+                 who: Who,
+                 body: Result<RosterBody, Problem>,
+                 s: SharedState| async move {
+                    reply(
+                        async {
+                            let sc = scope(&s, who, &t)?;
+                            let body = body?;
+                            if !sc.access.reads_all() {
+                                return Err(Problem::forbidden());
+                            }
+                            let id = path_uuid(&id)?;
+                            let mut ids = body.student_ids;
+                            ids.sort();
+                            ids.dedup();
+                            if ids.len() > 1000 {
+                                return Err(Problem::bad_request(
+                                    "a roster holds at most 1000 students",
+                                ));
+                            }
+                            let list =
+                                serde_json::to_string(&ids).map_err(|_| Problem::internal())?;
+                            let mut conn =
+                                s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                            let mut tx = begin_scoped(&mut conn, &sc).await?;
+                            let known: i64 = sqlx::query_scalar(
+                                "SELECT count(*) FROM students WHERE id = ANY($1)",
+                            )
+                            .bind(&ids)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(db_problem)?;
+                            let updated = sqlx::query(
                             "UPDATE classes SET student_ids = $2, updated_at = now() WHERE id = $1",
                         )
                         .bind(id)
@@ -98,28 +108,28 @@ pub fn roster_put(s: &Ctx) -> BoxedFilter<(Response,)> {
                         .await
                         .map_err(db_problem)?
                         .rows_affected();
-                        if updated == 0 {
-                            return Err(Problem::not_found());
+                            if updated == 0 {
+                                return Err(Problem::not_found());
+                            }
+                            if known != ids.len() as i64 {
+                                return Err(Problem::bad_request(
+                                    "every student id must be a student of this tenant",
+                                ));
+                            }
+                            tx.commit().await.map_err(db_problem)?;
+                            s.cache
+                                .invalidate(&[sc.key(&format!("class:{id}:roster"))])
+                                .await;
+                            Ok(json_reply(
+                                StatusCode::OK,
+                                &json!({"class_id": id, "student_ids": ids}),
+                            ))
                         }
-                        if known != ids.len() as i64 {
-                            return Err(Problem::bad_request(
-                                "every student id must be a student of this tenant",
-                            ));
-                        }
-                        tx.commit().await.map_err(db_problem)?;
-                        s.cache
-                            .invalidate(&[sc.key(&format!("class:{id}:roster"))])
-                            .await;
-                        Ok(json_reply(
-                            StatusCode::OK,
-                            &json!({"class_id": id, "student_ids": ids}),
-                        ))
-                    }
-                    .await,
-                )
-            },
-        )
-        .boxed();
+                        .await,
+                    )
+                },
+            )
+            .boxed();
     instrument(s, openapi::ROSTER_PUT, f)
 }
 
@@ -140,19 +150,16 @@ pub(super) struct ClassBody {
 /// `PUT /v1/tenants/{tenant}/classes/{id}`: creates or replaces a class of this school
 /// (students stay as they are: the roster has its own endpoint); invalidates
 /// `class:{id}:roster`. School admins and platform admins.
-pub fn class_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn class_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "classes" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<ClassBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, b: Result<ClassBody, Problem>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, b: Result<ClassBody, Problem>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !sc.access.manages_school() {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, Access::manages_school)?;
                     let school = sc.school_id().ok_or_else(Problem::not_found)?;
                     let b = b?;
                     let id = path_uuid(&id)?;

@@ -2,15 +2,26 @@
 
 use super::*;
 
+/// Courses, questions and assessments: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([
+        course_questions(s),
+        assessment_get(s),
+        course_put(s),
+        question_put(s),
+        assessment_put(s),
+    ])
+}
+
 /// `GET /v1/tenants/{tenant}/courses/{id}/questions`: the course's active questions;
 /// cached one hour under `course:{id}:questions`. Students do not get answers.
-pub fn course_questions(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn course_questions(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "courses" / String / "questions")
         .and(warp::get())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
@@ -51,14 +62,14 @@ pub fn course_questions(s: &Ctx) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/assessments/{id}`: assessment metadata; cached 15 minutes
 /// under `assessment:{id}:meta`. Students see active assessments only.
-pub fn assessment_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn assessment_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "assessments" / String)
         .and(warp::get())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
         .then(
-            |t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            |t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
                 reply(
                     async {
                         let sc = scope(&s, who, &t)?;
@@ -109,12 +120,8 @@ pub(super) fn json_text<T: serde::Serialize>(v: &T) -> Result<String, Problem> {
     serde_json::to_string(v).map_err(|_| Problem::internal())
 }
 
-pub(super) fn content_scope(s: &Ctx, who: Who, t: &str) -> Result<Scope, Problem> {
-    let sc = scope(s, who, t)?;
-    if !sc.access.writes_content() {
-        return Err(Problem::forbidden());
-    }
-    Ok(sc)
+pub(super) fn content_scope(s: &SharedState, who: Who, t: &str) -> Result<Scope, Problem> {
+    scope_where(s, who, t, Access::writes_content)
 }
 
 #[derive(Deserialize)]
@@ -141,13 +148,13 @@ pub(super) struct CourseBody {
 
 /// `PUT /v1/tenants/{tenant}/courses/{id}`: creates or replaces a course (global content,
 /// same id in every tenant); invalidates `course:{id}:questions`. Content writers.
-pub fn course_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn course_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "courses" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<CourseBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, b: Result<CourseBody, Problem>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, b: Result<CourseBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = content_scope(&s, who, &t)?;
@@ -159,37 +166,37 @@ pub fn course_put(s: &Ctx) -> BoxedFilter<(Response,)> {
                     check_grade(b.grade_level)?;
                     check_opt("board_name", &b.board_name, 100)?;
                     check_opt("module_name", &b.module_name, 200)?;
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO courses (id, name, code, subject, grade_level, description, learning_objectives, \
-                         topics, is_active, course_admin_id, board_name, module_name, metadata) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, code = EXCLUDED.code, \
-                         subject = EXCLUDED.subject, grade_level = EXCLUDED.grade_level, \
-                         description = EXCLUDED.description, learning_objectives = EXCLUDED.learning_objectives, \
-                         topics = EXCLUDED.topics, is_active = EXCLUDED.is_active, \
-                         course_admin_id = EXCLUDED.course_admin_id, board_name = EXCLUDED.board_name, \
-                         module_name = EXCLUDED.module_name, metadata = EXCLUDED.metadata, updated_at = now() \
-                         RETURNING to_jsonb(courses.*)",
-                    )
-                    .bind(id)
-                    .bind(&b.name)
-                    .bind(&b.code)
-                    .bind(b.subject)
-                    .bind(b.grade_level)
-                    .bind(&b.description)
-                    .bind(json_text(&b.learning_objectives)?)
-                    .bind(json_text(&b.topics)?)
-                    .bind(b.is_active)
-                    .bind(b.course_admin_id)
-                    .bind(&b.board_name)
-                    .bind(&b.module_name)
-                    .bind(Value::Object(b.metadata))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO courses (id, name, code, subject, grade_level, description, learning_objectives, \
+                             topics, is_active, course_admin_id, board_name, module_name, metadata) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, code = EXCLUDED.code, \
+                             subject = EXCLUDED.subject, grade_level = EXCLUDED.grade_level, \
+                             description = EXCLUDED.description, learning_objectives = EXCLUDED.learning_objectives, \
+                             topics = EXCLUDED.topics, is_active = EXCLUDED.is_active, \
+                             course_admin_id = EXCLUDED.course_admin_id, board_name = EXCLUDED.board_name, \
+                             module_name = EXCLUDED.module_name, metadata = EXCLUDED.metadata, updated_at = now() \
+                             RETURNING to_jsonb(courses.*)",
+                        )
+                        .bind(id)
+                        .bind(&b.name)
+                        .bind(&b.code)
+                        .bind(b.subject)
+                        .bind(b.grade_level)
+                        .bind(&b.description)
+                        .bind(json_text(&b.learning_objectives)?)
+                        .bind(json_text(&b.topics)?)
+                        .bind(b.is_active)
+                        .bind(b.course_admin_id)
+                        .bind(&b.board_name)
+                        .bind(&b.module_name)
+                        .bind(Value::Object(b.metadata))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     // A missing course is cached as "not found" too.
                     s.cache
                         .invalidate(&[sc.key(&format!("course:{id}:questions"))])
@@ -241,13 +248,13 @@ pub(super) fn one() -> i32 {
 
 /// `PUT /v1/tenants/{tenant}/questions/{id}`: creates or replaces a question; invalidates
 /// the question list of its course (and of its previous course when it moved).
-pub fn question_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn question_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "questions" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<QuestionBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, b: Result<QuestionBody, Problem>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, b: Result<QuestionBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = content_scope(&s, who, &t)?;
@@ -370,13 +377,13 @@ pub(super) fn seventy() -> i32 {
 /// `PUT /v1/tenants/{tenant}/assessments/{id}`: creates or replaces an assessment
 /// (`school_id` null for global content, else this tenant's school); invalidates
 /// `assessment:{id}:meta`. Content writers.
-pub fn assessment_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn assessment_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "assessments" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<AssessmentBody>(s))
         .and(with(s))
-        .then(|t: String, id: String, who: Who, b: Result<AssessmentBody, Problem>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, b: Result<AssessmentBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = content_scope(&s, who, &t)?;
@@ -397,41 +404,41 @@ pub fn assessment_put(s: &Ctx) -> BoxedFilter<(Response,)> {
                     if !(0..=100).contains(&b.passing_score_percentage) {
                         return Err(Problem::bad_request("passing_score_percentage must be 0..=100"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO assessments (id, course_id, school_id, title, description, assessment_type, \
-                         subject, grade_level, topics, question_ids, total_points, time_limit_minutes, \
-                         passing_score_percentage, is_active) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-                         ON CONFLICT (id) DO UPDATE SET course_id = EXCLUDED.course_id, school_id = EXCLUDED.school_id, \
-                         title = EXCLUDED.title, description = EXCLUDED.description, \
-                         assessment_type = EXCLUDED.assessment_type, subject = EXCLUDED.subject, \
-                         grade_level = EXCLUDED.grade_level, topics = EXCLUDED.topics, \
-                         question_ids = EXCLUDED.question_ids, total_points = EXCLUDED.total_points, \
-                         time_limit_minutes = EXCLUDED.time_limit_minutes, \
-                         passing_score_percentage = EXCLUDED.passing_score_percentage, \
-                         is_active = EXCLUDED.is_active, updated_at = now() \
-                         RETURNING to_jsonb(assessments.*)",
-                    )
-                    .bind(id)
-                    .bind(b.course_id)
-                    .bind(b.school_id)
-                    .bind(&b.title)
-                    .bind(&b.description)
-                    .bind(b.assessment_type)
-                    .bind(b.subject)
-                    .bind(b.grade_level)
-                    .bind(json_text(&b.topics)?)
-                    .bind(json_text(&b.question_ids)?)
-                    .bind(b.total_points)
-                    .bind(b.time_limit_minutes)
-                    .bind(b.passing_score_percentage)
-                    .bind(b.is_active)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO assessments (id, course_id, school_id, title, description, assessment_type, \
+                             subject, grade_level, topics, question_ids, total_points, time_limit_minutes, \
+                             passing_score_percentage, is_active) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                             ON CONFLICT (id) DO UPDATE SET course_id = EXCLUDED.course_id, school_id = EXCLUDED.school_id, \
+                             title = EXCLUDED.title, description = EXCLUDED.description, \
+                             assessment_type = EXCLUDED.assessment_type, subject = EXCLUDED.subject, \
+                             grade_level = EXCLUDED.grade_level, topics = EXCLUDED.topics, \
+                             question_ids = EXCLUDED.question_ids, total_points = EXCLUDED.total_points, \
+                             time_limit_minutes = EXCLUDED.time_limit_minutes, \
+                             passing_score_percentage = EXCLUDED.passing_score_percentage, \
+                             is_active = EXCLUDED.is_active, updated_at = now() \
+                             RETURNING to_jsonb(assessments.*)",
+                        )
+                        .bind(id)
+                        .bind(b.course_id)
+                        .bind(b.school_id)
+                        .bind(&b.title)
+                        .bind(&b.description)
+                        .bind(b.assessment_type)
+                        .bind(b.subject)
+                        .bind(b.grade_level)
+                        .bind(json_text(&b.topics)?)
+                        .bind(json_text(&b.question_ids)?)
+                        .bind(b.total_points)
+                        .bind(b.time_limit_minutes)
+                        .bind(b.passing_score_percentage)
+                        .bind(b.is_active)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     s.cache
                         .invalidate(&[sc.key(&format!("assessment:{id}:meta"))])
                         .await;

@@ -20,7 +20,7 @@ use super::{
 use crate::access::path_uuid;
 use crate::openapi::{self, RouteDoc};
 use crate::problem::Problem;
-use crate::startup::Ctx;
+use crate::state::SharedState;
 
 /// One deletable resource.
 struct Deletable {
@@ -78,34 +78,40 @@ const ASSESSMENT: Deletable = Deletable {
 };
 
 /// The four delete routes.
-pub fn routes(s: &Ctx) -> BoxedFilter<(Response,)> {
-    route(s, &CLASS)
-        .or(route(s, &COURSE))
-        .unify()
-        .or(route(s, &QUESTION))
-        .unify()
-        .or(route(s, &ASSESSMENT))
-        .unify()
-        .boxed()
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    super::any_of([
+        route(s, &CLASS),
+        route(s, &COURSE),
+        route(s, &QUESTION),
+        route(s, &ASSESSMENT),
+    ])
 }
 
 fn referenced() -> Problem {
     Problem::conflict("the record is still referenced by other records")
 }
 
-fn route(s: &Ctx, d: &'static Deletable) -> BoxedFilter<(Response,)> {
+fn route(s: &SharedState, d: &'static Deletable) -> BoxedFilter<(Response,)> {
     let f = keyed_path(d.segment)
         .and(warp::delete())
         .and(principal(s))
         .and(with(s))
-        .then(move |t: String, id: String, who: Who, s: Ctx| async move {
-            reply(delete(&s, d, &t, &id, who).await)
-        })
+        .then(
+            move |t: String, id: String, who: Who, s: SharedState| async move {
+                reply(delete(&s, d, &t, &id, who).await)
+            },
+        )
         .boxed();
     instrument(s, d.doc, f)
 }
 
-async fn delete(s: &Ctx, d: &Deletable, t: &str, id: &str, who: Who) -> Result<Response, Problem> {
+async fn delete(
+    s: &SharedState,
+    d: &Deletable,
+    t: &str,
+    id: &str,
+    who: Who,
+) -> Result<Response, Problem> {
     let sc = scope(s, who, t)?;
     let allowed = if d.school_owned {
         sc.access.manages_school()

@@ -2,8 +2,13 @@
 
 use super::*;
 
+/// Health, readiness, metrics and the OpenAPI document: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([healthz(s), readyz(s), metrics(s), openapi_json(s)])
+}
+
 /// `GET /healthz`: the process is alive (no dependencies checked).
-pub fn healthz(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn healthz(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
@@ -14,7 +19,7 @@ pub fn healthz(s: &Ctx) -> BoxedFilter<(Response,)> {
 /// `GET /readyz`: PostgreSQL (one tenant per server) and Redis, reported separately. Ready
 /// (200) when PostgreSQL answers; Redis down is reported but does not make the service
 /// unready, because reads fall back to PostgreSQL.
-pub fn readyz(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn readyz(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("readyz")
         .and(warp::get())
         .and(with(s))
@@ -23,7 +28,7 @@ pub fn readyz(s: &Ctx) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::READYZ, f)
 }
 
-pub(super) async fn readyz_handler(s: Ctx) -> Response {
+pub(super) async fn readyz_handler(s: SharedState) -> Response {
     let redis_up = s.cache.ping().await;
     let mut servers = std::collections::BTreeMap::new();
     for t in s.directory.all() {
@@ -55,8 +60,8 @@ pub(super) async fn readyz_handler(s: Ctx) -> Response {
     )
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
+/// `GET /metrics`: OpenMetrics text (Prometheus reads it).
+pub fn metrics(s: &SharedState) -> BoxedFilter<(Response,)> {
     let st = s.clone();
     let f = warp::path!("metrics")
         .and(warp::get())
@@ -65,7 +70,7 @@ pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
             let mut r = Response::new(body.into());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
             );
             r
         })
@@ -74,7 +79,7 @@ pub fn metrics(s: &Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// `GET /openapi.json`: the OpenAPI 3 document, built from the route table.
-pub fn openapi_json(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn openapi_json(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("openapi.json")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &openapi::document()))

@@ -1,24 +1,29 @@
 //! Routes and handlers. One documented filter function per route; handlers turn every
 //! business error into a [`Problem`] reply themselves, so rejections only ever mean "this
 //! route does not match" (or the body could not be read).
+//!
+//! Each submodule is one resource and exposes its route group (`routes`), a boxed filter;
+//! [`routes`] joins the groups. Shared filters, the request [`Scope`] and the reply
+//! helpers live here.
 
 mod attempts;
 mod classes;
 mod content;
 mod deletes;
 mod health;
+mod keyed;
 mod orchestration;
 mod session;
 mod students;
 mod users;
-pub use attempts::*;
-pub use classes::*;
-pub use content::*;
-pub use health::*;
-pub use orchestration::*;
-pub use session::*;
-pub use students::*;
-pub use users::*;
+
+// Helpers one resource module defines and others share (reached through `use super::*`).
+use attempts::begin_scoped;
+use content::{check_grade, json_text};
+use keyed::{PathKey, agent_keyed_list, keyed_get};
+use orchestration::{check_len, check_opt};
+use students::cached_doc;
+use users::yes;
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -39,7 +44,7 @@ use crate::openapi::{self, RouteDoc};
 use crate::pool::PoolError;
 use crate::problem::Problem;
 use crate::scoped;
-use crate::startup::Ctx;
+use crate::state::SharedState;
 use crate::tenants::{Tenant, TenantId};
 
 type Who = Result<Principal, AuthError>;
@@ -48,13 +53,15 @@ type Who = Result<Principal, AuthError>;
 // shared filters and reply helpers
 // ------------------------------------------------------------------------------------
 
-fn with(s: &Ctx) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone + use<> {
+fn with(
+    s: &SharedState,
+) -> impl Filter<Extract = (SharedState,), Error = Infallible> + Clone + use<> {
     let s = s.clone();
     warp::any().map(move || s.clone())
 }
 
 /// The caller, or why not; never a rejection (401 is a reply).
-fn principal(s: &Ctx) -> impl Filter<Extract = (Who,), Error = Infallible> + Clone + use<> {
+fn principal(s: &SharedState) -> impl Filter<Extract = (Who,), Error = Infallible> + Clone + use<> {
     let s = s.clone();
     warp::header::optional::<String>("authorization")
         .or(warp::any().map(|| None))
@@ -71,7 +78,7 @@ fn if_none_match() -> impl Filter<Extract = (Option<String>,), Error = Infallibl
 /// The JSON body, size-limited; a body that does not parse is handed to the handler as a
 /// 400 problem, so authentication still answers first (401 before 400).
 fn json_body<T: serde::de::DeserializeOwned + Send>(
-    s: &Ctx,
+    s: &SharedState,
 ) -> impl Filter<Extract = (Result<T, Problem>,), Error = warp::Rejection> + Clone + use<T> {
     warp::body::content_length_limit(s.settings.max_body_bytes)
         .and(warp::body::bytes())
@@ -95,7 +102,11 @@ pub(super) fn keyed_path(
 
 /// Counts and times every reply of one route. The only way to mount a route: it takes
 /// the route's entry of the OpenAPI table, so every route is documented.
-fn instrument(s: &Ctx, doc: RouteDoc, f: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
+fn instrument(
+    s: &SharedState,
+    doc: RouteDoc,
+    f: BoxedFilter<(Response,)>,
+) -> BoxedFilter<(Response,)> {
     let m = s.metrics.clone();
     warp::any()
         .map(Instant::now)
@@ -177,10 +188,26 @@ struct Scope {
     access: Access,
 }
 
-fn scope(s: &Ctx, who: Who, tenant: &str) -> Result<Scope, Problem> {
+fn scope(s: &SharedState, who: Who, tenant: &str) -> Result<Scope, Problem> {
     let p = who.map_err(|_| Problem::unauthorized())?;
     let (tenant, access) = resolve(&s.directory, &p, tenant)?;
     Ok(Scope { p, tenant, access })
+}
+
+/// [`scope`], then the role check: `403` unless `allowed(access)`. The first lines of
+/// most handlers.
+fn scope_where(
+    s: &SharedState,
+    who: Who,
+    tenant: &str,
+    allowed: impl FnOnce(Access) -> bool,
+) -> Result<Scope, Problem> {
+    let sc = scope(s, who, tenant)?;
+    if allowed(sc.access) {
+        Ok(sc)
+    } else {
+        Err(Problem::forbidden())
+    }
 }
 
 impl Scope {
@@ -198,9 +225,23 @@ impl Scope {
     }
 }
 
+/// Takes a connection to the caller's tenant, runs `work` in a transaction scoped to the
+/// caller (see `begin_scoped`) and commits; an error from `work` rolls back.
+async fn in_scoped_tx<T>(
+    s: &SharedState,
+    sc: &Scope,
+    work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, Problem>,
+) -> Result<T, Problem> {
+    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+    let mut tx = begin_scoped(&mut conn, sc).await?;
+    let out = work(&mut tx).await?;
+    tx.commit().await.map_err(db_problem)?;
+    Ok(out)
+}
+
 /// Runs one scoped statement returning at most one `doc`.
 async fn fetch_doc(
-    s: &Ctx,
+    s: &SharedState,
     sc: &Scope,
     sql: &'static str,
     binds: &[Value],
@@ -225,89 +266,41 @@ async fn fetch_doc(
 // routes
 // ------------------------------------------------------------------------------------
 
-/// Every route, with rejections turned into problem replies.
-pub fn routes(s: Ctx) -> BoxedFilter<(Response,)> {
+/// The first of `filters` that matches. Every filter is boxed, so the combined type stays
+/// flat however many routes a group has.
+fn any_of<const N: usize>(filters: [BoxedFilter<(Response,)>; N]) -> BoxedFilter<(Response,)> {
+    let mut it = filters.into_iter();
+    let first = it
+        .next()
+        .unwrap_or_else(|| warp::any().and_then(reject).boxed());
+    it.fold(first, |acc, f| acc.or(f).unify().boxed())
+}
+
+async fn reject() -> Result<Response, warp::Rejection> {
+    Err(warp::reject::not_found())
+}
+
+/// Every route group, with rejections turned into problem replies.
+pub fn routes(s: SharedState) -> BoxedFilter<(Response,)> {
     let unmatched = s.metrics.clone();
-    healthz(&s)
-        .or(readyz(&s))
-        .unify()
-        .or(metrics(&s))
-        .unify()
-        .or(openapi_json(&s))
-        .unify()
-        .or(school_get(&s))
-        .unify()
-        .or(users_list(&s))
-        .unify()
-        .or(users_create(&s))
-        .unify()
-        .or(students_list(&s))
-        .unify()
-        .or(students_create(&s))
-        .unify()
-        // Boxing part-way keeps the combined filter type within the compiler's depth limit.
-        .boxed()
-        .or(student_progress(&s))
-        .unify()
-        .or(roster_get(&s))
-        .unify()
-        .or(roster_put(&s))
-        .unify()
-        .or(course_questions(&s))
-        .unify()
-        .or(assessment_get(&s))
-        .unify()
-        .or(attempt_start(&s))
-        .unify()
-        .or(attempt_answer(&s))
-        .unify()
-        .or(attempt_submit(&s))
-        .unify()
-        .or(attempt_get(&s))
-        .unify()
-        .or(session_routes(&s))
-        .unify()
-        .or(workflows_list(&s))
-        .unify()
-        .or(workflows_create(&s))
-        .unify()
-        .or(breakers_list(&s))
-        .unify()
-        .or(breakers_get(&s))
-        .unify()
-        .or(breakers_put(&s))
-        .unify()
-        .or(decisions_list(&s))
-        .unify()
-        .or(decisions_create(&s))
-        .unify()
-        .or(decisions_get(&s))
-        .unify()
-        .or(stats_list(&s))
-        .unify()
-        .or(stats_get(&s))
-        .unify()
-        .or(stats_put(&s))
-        .unify()
-        .or(course_put(&s))
-        .unify()
-        .or(question_put(&s))
-        .unify()
-        .or(assessment_put(&s))
-        .unify()
-        .or(class_put(&s))
-        .unify()
-        .or(deletes::routes(&s))
-        .unify()
-        .recover(crate::problem::recover)
-        .unify()
-        .map(move |res: Response| {
-            if res.status() == StatusCode::NOT_FOUND
-                || res.status() == StatusCode::METHOD_NOT_ALLOWED
-            {
-                unmatched.observe("unmatched", res.status().as_u16(), Instant::now());
-            }
-            res
-        })
-        .boxed()
+    any_of([
+        health::routes(&s),
+        students::routes(&s),
+        users::routes(&s),
+        classes::routes(&s),
+        content::routes(&s),
+        attempts::routes(&s),
+        session::routes(&s),
+        orchestration::routes(&s),
+        deletes::routes(&s),
+    ])
+    .recover(crate::problem::recover)
+    .unify()
+    .map(move |res: Response| {
+        if res.status() == StatusCode::NOT_FOUND || res.status() == StatusCode::METHOD_NOT_ALLOWED {
+            unmatched.observe("unmatched", res.status().as_u16(), Instant::now());
+        }
+        res
+    })
+    .boxed()
 }

@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// Orchestration state: workflows, circuit breakers, decisions, agent stats: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([
+        workflows_list(s),
+        workflows_create(s),
+        breakers_list(s),
+        breakers_get(s),
+        breakers_put(s),
+        decisions_list(s),
+        decisions_create(s),
+        decisions_get(s),
+        stats_list(s),
+        stats_get(s),
+        stats_put(s),
+    ])
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct WorkflowQuery {
@@ -14,19 +31,16 @@ pub(super) const WORKFLOW_STATUSES: [&str; 4] = ["Pending", "Running", "Complete
 
 /// `GET /v1/tenants/{tenant}/workflow-executions?after=&limit=&status=`: orchestration
 /// runs, keyset-paginated by `execution_id`. Platform admins only.
-pub fn workflows_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn workflows_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "workflow-executions")
         .and(warp::get())
         .and(warp::query::<WorkflowQuery>())
         .and(principal(s))
         .and(with(s))
-        .then(|t: String, q: WorkflowQuery, who: Who, s: Ctx| async move {
+        .then(|t: String, q: WorkflowQuery, who: Who, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if sc.access != Access::Admin {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, |a| a == Access::Admin)?;
                     let limit = q.limit.unwrap_or(50);
                     if !(1..=200).contains(&limit) {
                         return Err(Problem::bad_request("limit must be between 1 and 200"));
@@ -81,13 +95,13 @@ pub(super) fn check_len(field: &str, v: &str, max: usize) -> Result<(), Problem>
 
 /// `POST /v1/tenants/{tenant}/workflow-executions`: records an orchestration run
 /// (`tenant_id` is the path's tenant). Platform admins only.
-pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn workflows_create(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "workflow-executions")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<WorkflowBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, b: Result<WorkflowBody, Problem>, s: Ctx| async move {
+        .then(|t: String, who: Who, b: Result<WorkflowBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
@@ -104,24 +118,24 @@ pub fn workflows_create(s: &Ctx) -> BoxedFilter<(Response,)> {
                     if !WORKFLOW_STATUSES.contains(&b.status.as_str()) {
                         return Err(Problem::bad_request("status must be Pending, Running, Completed or Failed"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO workflow_executions (execution_id, tenant_id, workflow_name, status, \
-                         workflow_definition_json, initiated_by, tags) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                         RETURNING to_jsonb(workflow_executions.*)",
-                    )
-                    .bind(&b.execution_id)
-                    .bind(sc.tenant.id.to_string())
-                    .bind(&b.workflow_name)
-                    .bind(&b.status)
-                    .bind(&b.workflow_definition_json)
-                    .bind(&b.initiated_by)
-                    .bind(&b.tags)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO workflow_executions (execution_id, tenant_id, workflow_name, status, \
+                             workflow_definition_json, initiated_by, tags) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                             RETURNING to_jsonb(workflow_executions.*)",
+                        )
+                        .bind(&b.execution_id)
+                        .bind(sc.tenant.id.to_string())
+                        .bind(&b.workflow_name)
+                        .bind(&b.status)
+                        .bind(&b.workflow_definition_json)
+                        .bind(&b.initiated_by)
+                        .bind(&b.tags)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::CREATED, &doc))
                 }
                 .await,
@@ -170,26 +184,15 @@ pub(super) fn page(doc: Option<Value>, limit: i64, key: &str) -> Value {
     json!({"items": items, "next_after": next})
 }
 
-pub(super) fn admin_scope(s: &Ctx, who: Who, t: &str) -> Result<Scope, Problem> {
-    let sc = scope(s, who, t)?;
-    if sc.access != Access::Admin {
-        return Err(Problem::forbidden());
-    }
-    Ok(sc)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct KeyQuery {
-    after: Option<String>,
-    limit: Option<i64>,
+pub(super) fn admin_scope(s: &SharedState, who: Who, t: &str) -> Result<Scope, Problem> {
+    scope_where(s, who, t, |a| a == Access::Admin)
 }
 
 pub(super) const BREAKER_STATES: [&str; 3] = ["Closed", "Open", "HalfOpen"];
 
 /// `GET /v1/tenants/{tenant}/circuit-breakers?after=&limit=`: circuit breaker states,
 /// keyset-paginated by `agent_key`. Platform admins only.
-pub fn breakers_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn breakers_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     agent_keyed_list(
         s,
         openapi::BREAKERS_LIST,
@@ -203,7 +206,7 @@ pub fn breakers_list(s: &Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// `GET /v1/tenants/{tenant}/circuit-breakers/{agent_key}`. Platform admins only.
-pub fn breakers_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn breakers_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     keyed_get(
         s,
         openapi::BREAKERS_GET,
@@ -227,13 +230,13 @@ pub(super) struct BreakerBody {
 
 /// `PUT /v1/tenants/{tenant}/circuit-breakers/{agent_key}`: creates or replaces the state
 /// (`tenant_id` is the path's tenant). Platform admins only.
-pub fn breakers_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn breakers_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "circuit-breakers" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<BreakerBody>(s))
         .and(with(s))
-        .then(|t: String, k: String, who: Who, b: Result<BreakerBody, Problem>, s: Ctx| async move {
+        .then(|t: String, k: String, who: Who, b: Result<BreakerBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
@@ -252,25 +255,25 @@ pub fn breakers_put(s: &Ctx) -> BoxedFilter<(Response,)> {
                     {
                         return Err(Problem::bad_request("last_failure_at must be an RFC 3339 timestamp"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO circuit_breaker_states (agent_key, tenant_id, state, failure_count, \
-                         last_failure_at, last_updated) VALUES ($1, $2, $3, $4, $5::timestamptz, now()) \
-                         ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
-                         state = EXCLUDED.state, failure_count = EXCLUDED.failure_count, \
-                         last_failure_at = EXCLUDED.last_failure_at, last_updated = now() \
-                         RETURNING to_jsonb(circuit_breaker_states.*)",
-                    )
-                    .bind(&k)
-                    .bind(sc.tenant.id.to_string())
-                    .bind(&b.state)
-                    .bind(b.failure_count)
-                    .bind(&b.last_failure_at)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO circuit_breaker_states (agent_key, tenant_id, state, failure_count, \
+                             last_failure_at, last_updated) VALUES ($1, $2, $3, $4, $5::timestamptz, now()) \
+                             ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
+                             state = EXCLUDED.state, failure_count = EXCLUDED.failure_count, \
+                             last_failure_at = EXCLUDED.last_failure_at, last_updated = now() \
+                             RETURNING to_jsonb(circuit_breaker_states.*)",
+                        )
+                        .bind(&k)
+                        .bind(sc.tenant.id.to_string())
+                        .bind(&b.state)
+                        .bind(b.failure_count)
+                        .bind(&b.last_failure_at)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,
@@ -291,14 +294,14 @@ pub(super) struct DecisionsQuery {
 
 /// `GET /v1/tenants/{tenant}/routing-decisions?after=&limit=&tenant_id=&task_id=`:
 /// routing decisions, keyset-paginated by id. Platform admins only.
-pub fn decisions_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn decisions_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "routing-decisions")
         .and(warp::get())
         .and(warp::query::<DecisionsQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: DecisionsQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, q: DecisionsQuery, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
@@ -332,7 +335,7 @@ pub fn decisions_list(s: &Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// `GET /v1/tenants/{tenant}/routing-decisions/{id}`. Platform admins only.
-pub fn decisions_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn decisions_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     keyed_get(
         s,
         openapi::DECISIONS_GET,
@@ -357,13 +360,13 @@ pub(super) struct DecisionBody {
 
 /// `POST /v1/tenants/{tenant}/routing-decisions`: records a routing decision (new id,
 /// `tenant_id` is the path's tenant). Platform admins only.
-pub fn decisions_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn decisions_create(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "routing-decisions")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<DecisionBody>(s))
         .and(with(s))
-        .then(|t: String, who: Who, b: Result<DecisionBody, Problem>, s: Ctx| async move {
+        .then(|t: String, who: Who, b: Result<DecisionBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
@@ -378,27 +381,27 @@ pub fn decisions_create(s: &Ctx) -> BoxedFilter<(Response,)> {
                     if !b.routing_score.is_finite() {
                         return Err(Problem::bad_request("routing_score must be a finite number"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO routing_decisions (id, tenant_id, task_id, task_type, required_capability, \
-                         selected_agent, reason, routing_score, workflow_execution_id, workflow_step_id) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING to_jsonb(routing_decisions.*)",
-                    )
-                    .bind(Uuid::new_v4())
-                    .bind(sc.tenant.id.to_string())
-                    .bind(&b.task_id)
-                    .bind(&b.task_type)
-                    .bind(&b.required_capability)
-                    .bind(&b.selected_agent)
-                    .bind(&b.reason)
-                    .bind(b.routing_score)
-                    .bind(&b.workflow_execution_id)
-                    .bind(&b.workflow_step_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO routing_decisions (id, tenant_id, task_id, task_type, required_capability, \
+                             selected_agent, reason, routing_score, workflow_execution_id, workflow_step_id) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING to_jsonb(routing_decisions.*)",
+                        )
+                        .bind(Uuid::new_v4())
+                        .bind(sc.tenant.id.to_string())
+                        .bind(&b.task_id)
+                        .bind(&b.task_type)
+                        .bind(&b.required_capability)
+                        .bind(&b.selected_agent)
+                        .bind(&b.reason)
+                        .bind(b.routing_score)
+                        .bind(&b.workflow_execution_id)
+                        .bind(&b.workflow_step_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::CREATED, &doc))
                 }
                 .await,
@@ -410,7 +413,7 @@ pub fn decisions_create(s: &Ctx) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/routing-statistics?after=&limit=`: per-agent statistics,
 /// keyset-paginated by `agent_key`. Platform admins only.
-pub fn stats_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn stats_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     agent_keyed_list(
         s,
         openapi::STATS_LIST,
@@ -424,7 +427,7 @@ pub fn stats_list(s: &Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// `GET /v1/tenants/{tenant}/routing-statistics/{agent_key}`. Platform admins only.
-pub fn stats_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn stats_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     keyed_get(
         s,
         openapi::STATS_GET,
@@ -447,13 +450,13 @@ pub(super) struct StatsBody {
 
 /// `PUT /v1/tenants/{tenant}/routing-statistics/{agent_key}`: creates or replaces an
 /// agent's statistics (`tenant_id` is the path's tenant). Platform admins only.
-pub fn stats_put(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn stats_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "routing-statistics" / String)
         .and(warp::put())
         .and(principal(s))
         .and(json_body::<StatsBody>(s))
         .and(with(s))
-        .then(|t: String, k: String, who: Who, b: Result<StatsBody, Problem>, s: Ctx| async move {
+        .then(|t: String, k: String, who: Who, b: Result<StatsBody, Problem>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
@@ -465,29 +468,29 @@ pub fn stats_put(s: &Ctx) -> BoxedFilter<(Response,)> {
                     if !(b.success_rate.is_finite() && (0.0..=1.0).contains(&b.success_rate)) {
                         return Err(Problem::bad_request("success_rate must be between 0 and 1"));
                     }
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO routing_statistics (agent_key, tenant_id, total_tasks, successful_tasks, \
-                         failed_tasks, average_duration_ms, success_rate, last_updated) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
-                         ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
-                         total_tasks = EXCLUDED.total_tasks, successful_tasks = EXCLUDED.successful_tasks, \
-                         failed_tasks = EXCLUDED.failed_tasks, average_duration_ms = EXCLUDED.average_duration_ms, \
-                         success_rate = EXCLUDED.success_rate, last_updated = now() \
-                         RETURNING to_jsonb(routing_statistics.*)",
-                    )
-                    .bind(&k)
-                    .bind(sc.tenant.id.to_string())
-                    .bind(b.total_tasks)
-                    .bind(b.successful_tasks)
-                    .bind(b.failed_tasks)
-                    .bind(b.average_duration_ms)
-                    .bind(b.success_rate)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO routing_statistics (agent_key, tenant_id, total_tasks, successful_tasks, \
+                             failed_tasks, average_duration_ms, success_rate, last_updated) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+                             ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
+                             total_tasks = EXCLUDED.total_tasks, successful_tasks = EXCLUDED.successful_tasks, \
+                             failed_tasks = EXCLUDED.failed_tasks, average_duration_ms = EXCLUDED.average_duration_ms, \
+                             success_rate = EXCLUDED.success_rate, last_updated = now() \
+                             RETURNING to_jsonb(routing_statistics.*)",
+                        )
+                        .bind(&k)
+                        .bind(sc.tenant.id.to_string())
+                        .bind(b.total_tasks)
+                        .bind(b.successful_tasks)
+                        .bind(b.failed_tasks)
+                        .bind(b.average_duration_ms)
+                        .bind(b.success_rate)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,
@@ -495,101 +498,4 @@ pub fn stats_put(s: &Ctx) -> BoxedFilter<(Response,)> {
         })
         .boxed();
     instrument(s, openapi::STATS_PUT, f)
-}
-
-// ------------------------------------------------------------------------------------
-// shared shapes of the keyed orchestration tables
-// ------------------------------------------------------------------------------------
-
-/// How a keyed row is named in its path.
-#[derive(Clone, Copy)]
-pub(super) enum PathKey {
-    /// An agent key (1–200 of `A-Z a-z 0-9 - _ . : @ ~`).
-    Agent,
-    /// A UUID.
-    Uuid,
-}
-
-/// `GET` one row of a keyed table (platform admins), with a strong ETag. `sql` is a
-/// [`scoped!`] statement whose `$3` is the key as text.
-pub(super) fn keyed_get(
-    s: &Ctx,
-    doc: RouteDoc,
-    segment: &'static str,
-    key: PathKey,
-    sql: &'static str,
-) -> BoxedFilter<(Response,)> {
-    let f = keyed_path(segment)
-        .and(warp::get())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(
-            move |t: String, k: String, who: Who, inm: Option<String>, s: Ctx| async move {
-                reply(
-                    async {
-                        let sc = admin_scope(&s, who, &t)?;
-                        let k = match key {
-                            PathKey::Agent => path_agent_key(&k)?,
-                            PathKey::Uuid => path_uuid(&k)?.to_string(),
-                        };
-                        let doc = fetch_doc(&s, &sc, sql, &[Value::String(k)])
-                            .await?
-                            .ok_or_else(Problem::not_found)?;
-                        Ok(etagged(doc.to_string(), inm.as_deref()))
-                    }
-                    .await,
-                )
-            },
-        )
-        .boxed();
-    instrument(s, doc, f)
-}
-
-/// `GET` a page of a table keyed by `agent_key` (`?after=&limit=`, platform admins), with
-/// a strong ETag. `sql` is a [`scoped!`] statement with `$3` after (text or NULL) and `$4`
-/// the limit.
-pub(super) fn agent_keyed_list(
-    s: &Ctx,
-    doc: RouteDoc,
-    segment: &'static str,
-    sql: &'static str,
-) -> BoxedFilter<(Response,)> {
-    let f = warp::path("v1")
-        .and(warp::path("tenants"))
-        .and(warp::path::param::<String>())
-        .and(warp::path(segment))
-        .and(warp::path::end())
-        .and(warp::get())
-        .and(warp::query::<KeyQuery>())
-        .and(principal(s))
-        .and(if_none_match())
-        .and(with(s))
-        .then(
-            move |t: String, q: KeyQuery, who: Who, inm: Option<String>, s: Ctx| async move {
-                reply(
-                    async {
-                        let sc = admin_scope(&s, who, &t)?;
-                        let limit = page_limit(q.limit)?;
-                        let doc = fetch_doc(
-                            &s,
-                            &sc,
-                            sql,
-                            &[
-                                q.after.map(Value::String).unwrap_or(Value::Null),
-                                json!(limit),
-                            ],
-                        )
-                        .await?;
-                        Ok(etagged(
-                            page(doc, limit, "agent_key").to_string(),
-                            inm.as_deref(),
-                        ))
-                    }
-                    .await,
-                )
-            },
-        )
-        .boxed();
-    instrument(s, doc, f)
 }

@@ -14,14 +14,14 @@ pub(super) fn session_key(p: &Principal) -> String {
 /// `PUT|GET|DELETE /v1/session`: the caller's session (`session:{userId}`, 30-minute
 /// sliding expiry). PUT stores a JSON object (at most 4 KiB); GET reads it and restarts
 /// the 30 minutes; DELETE ends it. Redis down → 503 (sessions live only in Redis).
-pub fn session_routes(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
     let put = warp::path!("v1" / "session")
         .and(warp::put())
         .and(principal(s))
         .and(warp::body::content_length_limit(4096))
         .and(warp::body::json::<Value>())
         .and(with(s))
-        .then(|who: Who, body: Value, s: Ctx| async move {
+        .then(|who: Who, body: Value, s: SharedState| async move {
             reply(
                 async {
                     let p = who.map_err(|_| Problem::unauthorized())?;
@@ -41,7 +41,7 @@ pub fn session_routes(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(principal(s))
         .and(with(s))
-        .then(|who: Who, s: Ctx| async move {
+        .then(|who: Who, s: SharedState| async move {
             reply(
                 async {
                     let p = who.map_err(|_| Problem::unauthorized())?;
@@ -61,7 +61,7 @@ pub fn session_routes(s: &Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(principal(s))
         .and(with(s))
-        .then(|who: Who, s: Ctx| async move {
+        .then(|who: Who, s: SharedState| async move {
             reply(
                 async {
                     let p = who.map_err(|_| Problem::unauthorized())?;

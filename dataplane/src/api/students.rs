@@ -2,21 +2,28 @@
 
 use super::*;
 
+/// The school and its students: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([
+        school_get(s),
+        students_list(s),
+        students_create(s),
+        student_progress(s),
+    ])
+}
+
 /// `GET /v1/tenants/{tenant}/school`: the school's own record (school members, admins).
-pub fn school_get(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn school_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "school")
         .and(warp::get())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
         .then(
-            |t: String, who: Who, inm: Option<String>, s: Ctx| async move {
+            |t: String, who: Who, inm: Option<String>, s: SharedState| async move {
                 reply(
                     async {
-                        let sc = scope(&s, who, &t)?;
-                        if sc.access == Access::Content {
-                            return Err(Problem::forbidden());
-                        }
+                        let sc = scope_where(&s, who, &t, |a| a != Access::Content)?;
                         let id = sc.school_id().ok_or_else(Problem::not_found)?;
                         let doc = fetch_doc(
                             &s,
@@ -49,20 +56,17 @@ pub(super) struct StudentsQuery {
 
 /// `GET /v1/tenants/{tenant}/students?after=&limit=&grade_level=&subscription_tier=`:
 /// keyset-paginated by id. Students see only themselves.
-pub fn students_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn students_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "students")
         .and(warp::get())
         .and(warp::query::<StudentsQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: StudentsQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, q: StudentsQuery, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !(sc.access.reads_all() || sc.access.is_student()) {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
                     let limit = q.limit.unwrap_or(50);
                     if !(1..=200).contains(&limit) {
                         return Err(Problem::bad_request("limit must be between 1 and 200"));
@@ -105,7 +109,7 @@ pub fn students_list(s: &Ctx) -> BoxedFilter<(Response,)> {
 
 /// Serves a cached document: a hit from Redis, else the scoped query (single flight).
 pub(super) async fn cached_doc(
-    s: &Ctx,
+    s: &SharedState,
     sc: &Scope,
     kind: &str,
     seed: &str,
@@ -127,19 +131,16 @@ pub(super) async fn cached_doc(
 
 /// `GET /v1/tenants/{tenant}/students/{id}/progress`: level, XP, streak and attempt
 /// counts; cached 5 minutes under `student:{id}:progress`. Students: their own only.
-pub fn student_progress(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn student_progress(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "students" / String / "progress")
         .and(warp::get())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, id: String, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !(sc.access.reads_all() || sc.access.is_student()) {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
                     let id = path_uuid(&id)?;
                     let doc = cached_doc(
                         &s,
@@ -217,20 +218,17 @@ impl NewStudent {
 /// (0) a student, with level 1, no XP and no classes (the roster PUT adds classes). School
 /// admins and admins; 400 when `user_id` is not a student user here, 409 when that user
 /// already is a student.
-pub fn students_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn students_create(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "students")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<NewStudent>(s))
         .and(with(s))
         .then(
-            |t: String, who: Who, body: Result<NewStudent, Problem>, s: Ctx| async move {
+            |t: String, who: Who, body: Result<NewStudent, Problem>, s: SharedState| async move {
                 reply(
                     async {
-                        let sc = scope(&s, who, &t)?;
-                        if !sc.access.manages_school() {
-                            return Err(Problem::forbidden());
-                        }
+                        let sc = scope_where(&s, who, &t, Access::manages_school)?;
                         let n = body?;
                         n.validate()?;
                         let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;

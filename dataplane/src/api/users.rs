@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Users: this module's route group.
+pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    any_of([users_list(s), users_create(s)])
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UsersQuery {
@@ -12,20 +17,17 @@ pub(super) struct UsersQuery {
 
 /// `GET /v1/tenants/{tenant}/users?after=&limit=&role=`: the tenant's users,
 /// keyset-paginated by id, filtered on the indexed `role`. Staff and admins.
-pub fn users_list(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn users_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "users")
         .and(warp::get())
         .and(warp::query::<UsersQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: UsersQuery, who: Who, inm: Option<String>, s: Ctx| async move {
+        .then(|t: String, q: UsersQuery, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !sc.access.reads_all() {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, Access::reads_all)?;
                     let limit = q.limit.unwrap_or(50);
                     if !(1..=200).contains(&limit) {
                         return Err(Problem::bad_request("limit must be between 1 and 200"));
@@ -102,38 +104,35 @@ impl NewUser {
 
 /// `POST /v1/tenants/{tenant}/users`: creates a user of this tenant (school admins and
 /// admins); 409 when the email or external id is taken.
-pub fn users_create(s: &Ctx) -> BoxedFilter<(Response,)> {
+pub fn users_create(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "users")
         .and(warp::post())
         .and(principal(s))
         .and(json_body::<NewUser>(s))
         .and(with(s))
-        .then(|t: String, who: Who, body: Result<NewUser, Problem>, s: Ctx| async move {
+        .then(|t: String, who: Who, body: Result<NewUser, Problem>, s: SharedState| async move {
             reply(
                 async {
-                    let sc = scope(&s, who, &t)?;
-                    if !sc.access.manages_school() {
-                        return Err(Problem::forbidden());
-                    }
+                    let sc = scope_where(&s, who, &t, Access::manages_school)?;
                     let u = body?;
                     u.validate(sc.access)?;
-                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
-                    let doc: Value = sqlx::query_scalar(
-                        "INSERT INTO users (id, email, full_name, role, school_id, is_active, external_id) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING to_jsonb(users.*)",
-                    )
-                    .bind(Uuid::new_v4())
-                    .bind(&u.email)
-                    .bind(&u.full_name)
-                    .bind(u.role)
-                    .bind(sc.school_id())
-                    .bind(u.is_active)
-                    .bind(&u.external_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
+                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
+                        sqlx::query_scalar(
+                            "INSERT INTO users (id, email, full_name, role, school_id, is_active, external_id) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING to_jsonb(users.*)",
+                        )
+                        .bind(Uuid::new_v4())
+                        .bind(&u.email)
+                        .bind(&u.full_name)
+                        .bind(u.role)
+                        .bind(sc.school_id())
+                        .bind(u.is_active)
+                        .bind(&u.external_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_problem)
+                    })
+                    .await?;
                     Ok(json_reply(StatusCode::CREATED, &doc))
                 }
                 .await,

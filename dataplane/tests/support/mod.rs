@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use edumind_dataplane::config::Settings;
 use edumind_dataplane::secret::Secret;
-use edumind_dataplane::startup::{Application, Ctx};
+use edumind_dataplane::startup::Application;
+use edumind_dataplane::state::SharedState;
 use edumind_dataplane::tenants::{Tenant, TenantId, manifest_path, secret_manifest};
 use edumind_tests::{PgServer, TestDatabase, random_token};
 use serde_json::{Value, json};
@@ -42,7 +43,7 @@ pub struct Fixture {
     pub b: Seeded,
     pub ss: Seeded,
     pub dir: tempfile::TempDir,
-    pub state: Ctx,
+    pub state: SharedState,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -194,7 +195,7 @@ pub fn settings(dir: PathBuf, redis_url: String) -> Settings {
 }
 
 pub fn write_tenant(dir: &std::path::Path, t: &Tenant) {
-    std::fs::write(manifest_path(dir, &t.id), secret_manifest(t)).unwrap();
+    std::fs::write(manifest_path(dir, &t.id), secret_manifest(t).unwrap()).unwrap();
 }
 
 impl Fixture {
