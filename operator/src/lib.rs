@@ -10,7 +10,9 @@
 //!   `connection_secret`) → `status` (conditions, events); `school_backups`, `deletion`,
 //!   `finalizer`, `labels`, `context` ([`school::Context`]) and `error`.
 //! * [`fleet`]: `migrate --all` over every school database of a server.
-//! * [`run`]: the controller process (leader election, metrics, health, shutdown).
+//! * [`run`]: the controller process (watches, shutdown).
+//! * [`http`]: `/metrics`, `/healthz` and `/readyz` (warp).
+//! * [`leader`]: leader election over a Lease.
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
 //!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
@@ -23,6 +25,8 @@ pub mod backupjobs;
 pub mod config;
 pub mod credentials;
 pub mod fleet;
+pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod ops;
