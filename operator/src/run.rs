@@ -355,8 +355,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(scoped::<Job>(&client, &scope), managed())
         .graceful_shutdown_on(stopped())
         .run(
-            crate::ops::reconcile_backup,
-            crate::ops::error_policy,
+            crate::controllers::reconcile_backup,
+            crate::controllers::error_policy,
             ctx.clone(),
         )
         .for_each(log_result)
@@ -368,8 +368,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(scoped::<Job>(&client, &scope), managed())
         .graceful_shutdown_on(stopped())
         .run(
-            crate::ops::reconcile_restore,
-            crate::ops::error_policy,
+            crate::controllers::reconcile_restore,
+            crate::controllers::error_policy,
             ctx.clone(),
         )
         .for_each(log_result)

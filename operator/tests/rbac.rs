@@ -20,10 +20,11 @@ use edumind_crds::{
 use edumind_operator::backup::RunResult;
 use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::config::{TargetServer, TargetServers};
+use edumind_operator::controllers as ops;
 use edumind_operator::credentials::SecretString;
 use edumind_operator::metrics::Metrics;
 use edumind_operator::school::{self as reconcile, Context};
-use edumind_operator::{leader, ops, pg, selfservice};
+use edumind_operator::{leader, pg, selfservice};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
