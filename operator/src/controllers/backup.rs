@@ -1,6 +1,7 @@
 //! The `SchoolBackup` controller: one verified backup now, in a Job from the scheduled
 //! backups' pod template, with the outcome in its status.
 
+use edumind_crds::status::OperationPhase;
 use std::sync::Arc;
 
 use edumind_crds::{SchoolBackup, SchoolBackupStatus};
@@ -49,7 +50,7 @@ pub async fn reconcile_backup(sb: Arc<SchoolBackup>, ctx: Arc<Context>) -> Resul
     let action = match step {
         Ok(action) => action,
         Err(e) if e.is_permanent() => {
-            status.phase = Some("Failed".into());
+            status.phase = Some(OperationPhase::Failed.into());
             status.reason = Some(e.reason().into());
             status.message = Some(e.to_string());
             status.completed = Some(now());
@@ -82,7 +83,7 @@ pub(crate) async fn backup_step(
         status.started = status.started.take().or_else(|| Some(now()));
         match backupjobs::job_outcome(&job, &pods) {
             None => {
-                status.phase = Some("Running".into());
+                status.phase = Some(OperationPhase::Running.into());
                 status.reason = Some("JobRunning".into());
                 status.message = Some(format!("backup Job {job_name} is running"));
                 return Ok(Action::requeue(POLL));
@@ -91,21 +92,21 @@ pub(crate) async fn backup_step(
                 status.completed = Some(Time(o.finished));
                 match o.result {
                     Outcome::Succeeded { object, size } => {
-                        status.phase = Some("Succeeded".into());
+                        status.phase = Some(OperationPhase::Succeeded.into());
                         status.reason = Some("BackupSucceeded".into());
                         status.message = Some(format!("stored and verified {object}"));
                         status.object = Some(object);
                         status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
                     }
                     Outcome::SucceededUnknown => {
-                        status.phase = Some("Succeeded".into());
+                        status.phase = Some(OperationPhase::Succeeded.into());
                         status.reason = Some("BackupSucceeded".into());
                         status.message = Some(format!(
                             "Job {job_name} completed; its Pod (and the object name) is gone"
                         ));
                     }
                     Outcome::Failed { reason, message } => {
-                        status.phase = Some("Failed".into());
+                        status.phase = Some(OperationPhase::Failed.into());
                         status.reason = Some(reason);
                         status.message = Some(message);
                     }
@@ -121,7 +122,7 @@ pub(crate) async fn backup_step(
             storage,
         } => (school, desired, storage),
         Target::NotReady(message) => {
-            status.phase = Some("Pending".into());
+            status.phase = Some(OperationPhase::Pending.into());
             status.reason = Some("SchoolNotReady".into());
             status.message = Some(message);
             return Ok(Action::requeue(POLL));
@@ -154,7 +155,7 @@ pub(crate) async fn backup_step(
         &inputs,
     );
     create_job(ctx, namespace, &job).await?;
-    status.phase = Some("Running".into());
+    status.phase = Some(OperationPhase::Running.into());
     status.reason = Some("JobStarted".into());
     status.message = Some(format!("backup Job {job_name} started"));
     status.job = Some(job_name);

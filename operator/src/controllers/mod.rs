@@ -66,7 +66,7 @@ impl OpError {
     pub fn reason(&self) -> &'static str {
         match self {
             OpError::Permanent { reason, .. } => reason,
-            OpError::Transient(e) => e.reason(),
+            OpError::Transient(e) => e.reason().as_str(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `SchoolRestore` controller: the restore protocol described in the module above
 //! (block logins, restore in a Job, give logins back).
 
+use edumind_crds::status::OperationPhase;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +110,7 @@ pub async fn reconcile_restore(
         Err(e) if e.is_permanent() => {
             // Give back anything this restore took before ending it.
             finish_restore(&sr, &ctx, &namespace).await?;
-            status.phase = Some("Failed".into());
+            status.phase = Some(OperationPhase::Failed.into());
             status.reason = Some(e.reason().into());
             status.message = Some(e.to_string());
             status.completed = Some(now());
@@ -150,7 +151,7 @@ pub(crate) async fn restore_step(
             storage,
         } => (school, desired, storage),
         Target::NotReady(message) => {
-            status.phase = Some("Pending".into());
+            status.phase = Some(OperationPhase::Pending.into());
             status.reason = Some("SchoolNotReady".into());
             status.message = Some(message);
             return Ok(Action::requeue(POLL));
@@ -173,7 +174,7 @@ pub(crate) async fn restore_step(
             (other.0.as_ref().map(|t| t.0), &other.1) < (mine.0.as_ref().map(|t| t.0), &mine.1)
         })
     {
-        status.phase = Some("Pending".into());
+        status.phase = Some(OperationPhase::Pending.into());
         status.reason = Some("WaitingForRestore".into());
         status.message = Some(format!("waiting for SchoolRestore {} to finish", first.1));
         return Ok(Action::requeue(POLL));
@@ -195,7 +196,7 @@ pub(crate) async fn restore_step(
                 pg::terminate_role_sessions(&mut conn, &desired.role).await?;
             }
             drop(conn);
-            status.phase = Some("Restoring".into());
+            status.phase = Some(OperationPhase::Restoring.into());
             status.reason = Some("JobRunning".into());
             status.message = Some(format!(
                 "restore Job {job_name} is running; logins of the school are blocked"
@@ -206,7 +207,7 @@ pub(crate) async fn restore_step(
         status.completed = Some(now());
         match o.result {
             Outcome::Succeeded { object, size } => {
-                status.phase = Some("Succeeded".into());
+                status.phase = Some(OperationPhase::Succeeded.into());
                 status.reason = Some("Restored".into());
                 status.message = Some(format!(
                     "restored {object}; logins are back as spec.active says"
@@ -215,12 +216,12 @@ pub(crate) async fn restore_step(
                 status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
             }
             Outcome::SucceededUnknown => {
-                status.phase = Some("Succeeded".into());
+                status.phase = Some(OperationPhase::Succeeded.into());
                 status.reason = Some("Restored".into());
                 status.message = Some(format!("restore Job {job_name} completed"));
             }
             Outcome::Failed { reason, message } => {
-                status.phase = Some("Failed".into());
+                status.phase = Some(OperationPhase::Failed.into());
                 status.reason = Some(reason);
                 status.message = Some(format!(
                     "{message}; the database was left unchanged and logins are back"
@@ -233,8 +234,8 @@ pub(crate) async fn restore_step(
     // Block logins. Record the phase first, so that a crash after this point still has
     // the School reconciler keep logins off (any non-finished restore does).
     if status.phase.as_deref() != Some("BlockingLogins") {
-        status.phase = Some("BlockingLogins".into());
-        status.reason = Some("BlockingLogins".into());
+        status.phase = Some(OperationPhase::BlockingLogins.into());
+        status.reason = Some(OperationPhase::BlockingLogins.into());
         status.message = Some("ending the school's sessions and blocking its logins".into());
         status.started = Some(now());
         patch_restore_status(sr, ctx, status).await?;
@@ -321,7 +322,7 @@ pub(crate) async fn restore_step(
         &inputs,
     );
     create_job(ctx, namespace, &job).await?;
-    status.phase = Some("Restoring".into());
+    status.phase = Some(OperationPhase::Restoring.into());
     status.reason = Some("JobStarted".into());
     status.message = Some(format!(
         "restore Job {job_name} started; logins of the school are blocked"
