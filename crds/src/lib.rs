@@ -9,6 +9,7 @@
 
 pub mod connection;
 pub mod rbac;
+pub mod status;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};

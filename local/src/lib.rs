@@ -16,6 +16,7 @@
 //! kept and a second run rewrites nothing; a missing file gets a fresh password (the
 //! role follows). Every School file is parsed and validated before anything is touched.
 
+use edumind_crds::status::ConditionType;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -491,7 +492,7 @@ async fn provision_one(
     let ready = status
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
         .cloned();
     let mut outcome = SchoolOutcome {
         file: input.file.clone(),

@@ -5,13 +5,21 @@
 //! * [`credentials`]: passwords and SCRAM-SHA-256 verifiers (pure).
 //! * [`config`]: the target servers the platform team configures.
 //! * [`pg`]: idempotent steps inside PostgreSQL.
-//! * [`school`]: the School reconcile pipeline, one module per step or concern:
+//! * [`school`]: the School controller, one module per step or concern:
 //!   `desired` (validate and build, pure) → `apply` (role, database, migrations,
 //!   `connection_secret`) → `status` (conditions, events); `school_backups`, `deletion`,
 //!   `finalizer`, `labels`, `context` ([`school::Context`]) and `error`.
+//! * [`controllers`]: the SchoolBackup (`backup`) and SchoolRestore (`restore`) controllers.
+//! * [`backupjobs`]: the backup CronJob and Jobs as pure builders, and their outcomes.
+//! * [`selfservice`]: the shared self-service tenant.
 //! * [`fleet`]: `migrate --all` over every school database of a server.
-//! * [`run`]: the controller process (leader election, metrics, health, shutdown).
+//! * [`run`]: the controller process (watches, shutdown); [`leader`]: leader election
+//!   over a Lease; [`http`]: `/metrics`, `/healthz` and `/readyz` (warp); [`metrics`].
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
+//!
+//! Local mode (`edumind-local`, provisioning without Kubernetes) is a crate of its own
+//! that runs [`school::reconcile`] against an in-memory API, so this crate carries no
+//! fake API outside its tests.
 //!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
 //! [`edumind_crds::connection::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
@@ -21,12 +29,14 @@
 pub mod backup;
 pub mod backupjobs;
 pub mod config;
+pub mod controllers;
 pub mod credentials;
 pub mod fault;
 pub mod fleet;
+pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod naming;
-pub mod ops;
 pub mod pg;
 pub mod premigration;
 pub mod run;

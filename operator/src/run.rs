@@ -1,36 +1,30 @@
 //! The controller process: JSON logs, leader election on a `coordination.k8s.io` Lease
-//! (two replicas are safe: only the holder reconciles), Prometheus `/metrics`,
-//! `/healthz`, `/readyz`, a reconcile concurrency limit and graceful shutdown on
-//! SIGTERM/SIGINT (in-flight reconciles finish, the Lease is released).
+//! ([`crate::leader`]; two replicas are safe: only the holder reconciles), Prometheus
+//! `/metrics`, `/healthz`, `/readyz` ([`crate::http`]), a reconcile concurrency limit and
+//! graceful shutdown on SIGTERM/SIGINT (in-flight reconciles finish, the Lease is
+//! released).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use edumind_crds::connection;
 use edumind_crds::{School, SchoolBackup, SchoolRestore};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use tokio::sync::watch;
 
 use crate::config::TargetServers;
+use crate::leader::{LEASE_DURATION, RENEW_EVERY, release, try_acquire};
 use crate::metrics::Metrics;
 use crate::school::{self, Context};
-
-/// Name of the Lease the replicas compete for.
-pub const LEASE_NAME: &str = edumind_crds::rbac::LEADER_LEASE;
-/// How long a Lease stays valid without renewal.
-pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -173,77 +167,6 @@ async fn self_service_loop(
     }
 }
 
-/// Tries once to take or renew the Lease for `identity`. Returns whether this replica
-/// holds it afterwards. Conflicting writes (another replica won) count as "not held".
-pub async fn try_acquire(
-    api: &Api<Lease>,
-    identity: &str,
-    duration: Duration,
-) -> Result<bool, kube::Error> {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
-        holder_identity: Some(identity.to_string()),
-        lease_duration_seconds: Some(duration.as_secs() as i32),
-        acquire_time: acquired.or(Some(MicroTime(now))),
-        renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(transitions),
-        ..Default::default()
-    };
-    let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(LEASE_NAME.into()),
-                ..Default::default()
-            },
-            spec: Some(spec(0, None)),
-        };
-        return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        };
-    };
-    let current = lease.spec.clone().unwrap_or_default();
-    let holder = current.holder_identity.clone().unwrap_or_default();
-    let expired = match (current.renew_time.as_ref(), current.lease_duration_seconds) {
-        (Some(renewed), Some(secs)) => renewed.0 + Duration::from_secs(secs.max(0) as u64) < now,
-        _ => true,
-    };
-    if holder != identity && !holder.is_empty() && !expired {
-        return Ok(false);
-    }
-    let transitions = current.lease_transitions.unwrap_or(0) + i32::from(holder != identity);
-    let acquired = if holder == identity {
-        current.acquire_time.clone()
-    } else {
-        None
-    };
-    lease.spec = Some(spec(transitions, acquired));
-    // The resourceVersion in `lease` makes this a compare-and-swap.
-    match api
-        .replace(LEASE_NAME, &PostParams::default(), &lease)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Gives the Lease up (on shutdown) so a standby takes over at once.
-pub async fn release(api: &Api<Lease>, identity: &str) -> Result<(), kube::Error> {
-    if let Some(mut lease) = api.get_opt(LEASE_NAME).await?
-        && let Some(spec) = lease.spec.as_mut()
-        && spec.holder_identity.as_deref() == Some(identity)
-    {
-        spec.holder_identity = None;
-        spec.renew_time = None;
-        api.replace(LEASE_NAME, &PostParams::default(), &lease)
-            .await?;
-    }
-    Ok(())
-}
-
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -288,34 +211,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // HTTP: metrics and probes.
-    let app = {
-        let (metrics, ready) = (metrics.clone(), ready.clone());
-        axum::Router::new()
-            .route(
-                "/metrics",
-                axum::routing::get(move || async move { metrics.encode() }),
-            )
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                axum::routing::get(move || async move {
-                    if ready.load(Ordering::Relaxed) {
-                        (axum::http::StatusCode::OK, "ready")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }),
-            )
-    };
     let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
@@ -462,8 +367,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(scoped::<Job>(&client, &scope), managed())
         .graceful_shutdown_on(stopped())
         .run(
-            crate::ops::reconcile_backup,
-            crate::ops::error_policy,
+            crate::controllers::reconcile_backup,
+            crate::controllers::error_policy,
             ctx.clone(),
         )
         .for_each(log_result)
@@ -475,8 +380,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(scoped::<Job>(&client, &scope), managed())
         .graceful_shutdown_on(stopped())
         .run(
-            crate::ops::reconcile_restore,
-            crate::ops::error_policy,
+            crate::controllers::reconcile_restore,
+            crate::controllers::error_policy,
             ctx.clone(),
         )
         .for_each(log_result)

@@ -17,8 +17,8 @@ use edumind_crds::{
 use edumind_operator::backup::{self, BackupJob, BackupStore, ConnectionInfo, PgTools, RunResult};
 use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::config::{TargetServer, TargetServers};
+use edumind_operator::controllers as ops;
 use edumind_operator::metrics::Metrics;
-use edumind_operator::ops;
 use edumind_operator::school::{self as reconcile, Context};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};

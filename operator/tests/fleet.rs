@@ -100,7 +100,7 @@ async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
         .await
         .unwrap();
     let leases: Api<Lease> = Api::namespaced(client, "edumind-system");
-    let run = edumind_operator::run::try_acquire;
+    let run = edumind_operator::leader::try_acquire;
     let long = Duration::from_secs(60);
     assert!(
         run(&leases, "a", long).await.unwrap(),
@@ -111,7 +111,9 @@ async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
         "second replica waits"
     );
     assert!(run(&leases, "a", long).await.unwrap(), "holder renews");
-    edumind_operator::run::release(&leases, "a").await.unwrap();
+    edumind_operator::leader::release(&leases, "a")
+        .await
+        .unwrap();
     assert!(
         run(&leases, "b", Duration::from_secs(1)).await.unwrap(),
         "released Lease is taken over"
@@ -122,7 +124,10 @@ async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
         run(&leases, "a", long).await.unwrap(),
         "expired Lease is taken over"
     );
-    let lease = leases.get(edumind_operator::run::LEASE_NAME).await.unwrap();
+    let lease = leases
+        .get(edumind_operator::leader::LEASE_NAME)
+        .await
+        .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("a"));
 }
 

@@ -20,10 +20,11 @@ use edumind_crds::{
 use edumind_operator::backup::RunResult;
 use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::config::{TargetServer, TargetServers};
+use edumind_operator::controllers as ops;
 use edumind_operator::credentials::SecretString;
 use edumind_operator::metrics::Metrics;
 use edumind_operator::school::{self as reconcile, Context};
-use edumind_operator::{ops, pg, run, selfservice};
+use edumind_operator::{leader, pg, selfservice};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -522,16 +523,16 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
     // Leader election: create, renew, release.
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
     assert!(
-        run::try_acquire(&leases, "pod-a", run::LEASE_DURATION)
+        leader::try_acquire(&leases, "pod-a", leader::LEASE_DURATION)
             .await
             .unwrap()
     );
     assert!(
-        run::try_acquire(&leases, "pod-a", run::LEASE_DURATION)
+        leader::try_acquire(&leases, "pod-a", leader::LEASE_DURATION)
             .await
             .unwrap()
     );
-    run::release(&leases, "pod-a").await.unwrap();
+    leader::release(&leases, "pod-a").await.unwrap();
 
     let observed: BTreeSet<Call> = calls.lock().unwrap().iter().cloned().collect();
     for (ns, group, resource, verb) in &observed {

@@ -2,6 +2,7 @@
 //! behind the finalizer. The School is validated once per deletion.
 
 use edumind_crds::connection::LABEL_SCHOOL_ID;
+use edumind_crds::status::{ReadyReason, SchoolPhase};
 use edumind_crds::{ReclaimPolicy, School};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -68,11 +69,13 @@ pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Er
                 Err(e) => {
                     // Running, or failed: nothing is dropped, the finalizer stays.
                     let mut status = next_status(school, None, &Err(e));
-                    status.phase = Some("Deleting".into());
+                    status.phase = Some(SchoolPhase::Deleting.into());
                     let before = ready_condition(&school.status);
                     patch_status(school, ctx, &status).await?;
                     let after = ready_condition(&Some(status.clone()));
-                    let failed = after.as_ref().is_some_and(|a| a.1 == "FinalBackupFailed");
+                    let failed = after
+                        .as_ref()
+                        .is_some_and(|a| a.1 == ReadyReason::FinalBackupFailed.as_str());
                     if failed && before != after {
                         let note = status
                             .conditions
@@ -83,7 +86,7 @@ pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Er
                             ctx,
                             school,
                             EventType::Warning,
-                            "FinalBackupFailed",
+                            ReadyReason::FinalBackupFailed.as_str(),
                             "Delete",
                             note,
                         )

@@ -1,5 +1,6 @@
 //! Why a reconcile did not reach Ready, and the retry policy that follows from it.
 
+use edumind_crds::status::ReadyReason;
 use std::sync::Arc;
 
 use edumind_crds::School;
@@ -76,30 +77,30 @@ impl Error {
         )
     }
 
-    /// The condition reason (CamelCase) and metrics label.
-    pub fn reason(&self) -> &'static str {
+    /// The condition reason and metrics label.
+    pub fn reason(&self) -> ReadyReason {
         match self {
-            Error::InvalidSpec(_) => "InvalidSpec",
-            Error::UnknownServer(_) => "UnknownTargetServer",
-            Error::Conflict(_) => "Conflict",
-            Error::DatabaseMissing(_) => "DatabaseMissing",
-            Error::FinalBackupFailed(_) => "FinalBackupFailed",
-            Error::FinalBackupRunning(_) => "FinalBackupRunning",
-            Error::PreMigrationBackupRunning(_) => "BackupBeforeMigration",
-            Error::PreMigrationBackupFailed(_) => "BackupBeforeMigrationFailed",
-            Error::AdminCredentials(_) => "AdminCredentialsUnavailable",
-            Error::Pg(PgError::Migrate(_)) => "MigrationFailed",
-            Error::Pg(_) => "DatabaseServerError",
-            Error::Kube { .. } => "KubernetesApiError",
-            Error::DeletionBlocked { .. } => "DeletionBlocked",
-            Error::Internal { .. } => "InternalError",
+            Error::InvalidSpec(_) => ReadyReason::InvalidSpec,
+            Error::UnknownServer(_) => ReadyReason::UnknownTargetServer,
+            Error::Conflict(_) => ReadyReason::Conflict,
+            Error::DatabaseMissing(_) => ReadyReason::DatabaseMissing,
+            Error::FinalBackupFailed(_) => ReadyReason::FinalBackupFailed,
+            Error::FinalBackupRunning(_) => ReadyReason::FinalBackupRunning,
+            Error::PreMigrationBackupRunning(_) => ReadyReason::BackupBeforeMigration,
+            Error::PreMigrationBackupFailed(_) => ReadyReason::BackupBeforeMigrationFailed,
+            Error::AdminCredentials(_) => ReadyReason::AdminCredentialsUnavailable,
+            Error::Pg(PgError::Migrate(_)) => ReadyReason::MigrationFailed,
+            Error::Pg(_) => ReadyReason::DatabaseServerError,
+            Error::Kube { .. } => ReadyReason::KubernetesApiError,
+            Error::DeletionBlocked { .. } => ReadyReason::DeletionBlocked,
+            Error::Internal { .. } => ReadyReason::InternalError,
         }
     }
 }
 
 /// Retry policy: transient errors back off, permanent ones were already handled.
 pub fn error_policy(_school: Arc<School>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(reason = error.reason(), error = %error, "reconcile failed");
+    tracing::warn!(reason = error.reason().as_str(), error = %error, "reconcile failed");
     if error.is_permanent() {
         Action::requeue(PERMANENT_RECHECK)
     } else {
@@ -118,7 +119,7 @@ mod tests {
                 "database x belongs to another School".into(),
             )),
         };
-        assert_eq!(blocked.reason(), "DeletionBlocked");
+        assert_eq!(blocked.reason(), ReadyReason::DeletionBlocked);
         assert!(blocked.is_permanent());
         assert_eq!(
             blocked.to_string(),
@@ -135,7 +136,7 @@ mod tests {
             step: "add the finalizer",
             source: bad,
         };
-        assert_eq!(internal.reason(), "InternalError");
+        assert_eq!(internal.reason(), ReadyReason::InternalError);
         assert!(!internal.is_permanent());
         assert!(
             internal

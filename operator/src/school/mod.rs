@@ -10,6 +10,7 @@
 //! [`reconcile`] is what the controller calls; tests call it directly against the
 //! in-memory API fake and a real PostgreSQL.
 
+use edumind_crds::status::{ConditionType, ReadyReason, SchoolPhase};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,16 +90,20 @@ pub(crate) async fn reconcile_inner(school: &School, ctx: &Context) -> Result<Ac
     let uid = school.uid().unwrap_or_default();
     if is_paused(school) {
         let mut status = school.status.clone().unwrap_or_default();
-        if !status.conditions.iter().any(|c| c.type_ == "Paused") {
+        if !status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == ConditionType::Paused.as_str())
+        {
             status.conditions.push(condition(
-                "Paused",
+                ConditionType::Paused.as_str(),
                 true,
-                "PausedByAnnotation",
+                ReadyReason::PausedByAnnotation.as_str(),
                 format!("{ANNOTATION_PAUSED} is \"true\": the operator changes nothing"),
                 school.metadata.generation,
                 &[],
             ));
-            status.phase = Some("Paused".into());
+            status.phase = Some(SchoolPhase::Paused.into());
             patch_status(school, ctx, &status).await?;
         }
         return Ok(Action::await_change());
@@ -149,7 +154,9 @@ pub(crate) async fn reconcile_inner(school: &School, ctx: &Context) -> Result<Ac
                     .map(|s| s.time.clone())
                     .or(status.last_backup);
                 status.backup = Some(view.status);
-                status.conditions.retain(|c| c.type_ != "BackupHealthy");
+                status
+                    .conditions
+                    .retain(|c| c.type_ != ConditionType::BackupHealthy.as_str());
                 status.conditions.push(view.condition);
                 new_failures = view.new_failures;
             }
@@ -213,7 +220,7 @@ pub(crate) async fn reconcile_inner(school: &School, ctx: &Context) -> Result<Ac
                     ctx,
                     school,
                     EventType::Warning,
-                    e.reason(),
+                    e.reason().as_str(),
                     "Reconcile",
                     e.to_string(),
                 )

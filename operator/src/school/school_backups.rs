@@ -2,6 +2,7 @@
 //! whether a SchoolRestore is running.
 
 use edumind_crds::connection::LABEL_SCHOOL_ID;
+use edumind_crds::status::ConditionType;
 use edumind_crds::{BackupStatus, School, SchoolRestore};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
@@ -163,7 +164,7 @@ pub(crate) async fn ensure_backups(
         backupjobs::health(&status, storage.is_some(), suspended)
     };
     let condition = backupjobs::tri_condition(
-        "BackupHealthy",
+        ConditionType::BackupHealthy.as_str(),
         health,
         school.metadata.generation,
         &old_conditions,

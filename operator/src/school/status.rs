@@ -1,5 +1,6 @@
 //! Step 3, status: conditions, phase and events from the outcome.
 
+use edumind_crds::status::{ConditionType, ReadyReason, SchoolPhase};
 use edumind_crds::{School, SchoolStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -43,7 +44,7 @@ pub(crate) fn ready_condition(status: &Option<SchoolStatus>) -> Option<(String, 
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
@@ -76,50 +77,63 @@ pub fn next_status(
             if d.restoring {
                 (
                     true,
-                    "Restoring",
+                    ReadyReason::Restoring,
                     format!(
                         "database {} is provisioned; a SchoolRestore is running, logins are blocked until it ends",
                         d.database
                     ),
-                    "Restoring",
+                    SchoolPhase::Restoring,
                 )
             } else if d.login {
                 (
                     true,
-                    "Provisioned",
+                    ReadyReason::Provisioned,
                     format!(
                         "database {} is ready at schema version {}",
                         d.database, applied.schema_version
                     ),
-                    "Ready",
+                    SchoolPhase::Ready,
                 )
             } else {
                 (
                     true,
-                    "Inactive",
+                    ReadyReason::Inactive,
                     format!(
                         "database {} is provisioned; logins are disabled because spec.active is false",
                         d.database
                     ),
-                    "Inactive",
+                    SchoolPhase::Inactive,
                 )
             }
         }
-        (Ok(_), None) => (false, "InvalidSpec", "no desired state".into(), "Failed"),
+        (Ok(_), None) => (
+            false,
+            ReadyReason::InvalidSpec,
+            "no desired state".into(),
+            SchoolPhase::Failed,
+        ),
         (Err(e), _) => (
             false,
             e.reason(),
             e.to_string(),
             if e.is_permanent() {
-                "Failed"
+                SchoolPhase::Failed
             } else {
-                "Pending"
+                SchoolPhase::Pending
             },
         ),
     };
-    let ready_cond = condition("Ready", ready, reason, message, generation, &old.conditions);
-    s.conditions
-        .retain(|c| c.type_ != "Ready" && c.type_ != "Paused");
+    let ready_cond = condition(
+        ConditionType::Ready.as_str(),
+        ready,
+        reason.as_str(),
+        message,
+        generation,
+        &old.conditions,
+    );
+    s.conditions.retain(|c| {
+        c.type_ != ConditionType::Ready.as_str() && c.type_ != ConditionType::Paused.as_str()
+    });
     s.conditions.insert(0, ready_cond);
     s.phase = Some(phase.into());
     s

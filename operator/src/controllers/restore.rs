@@ -1,34 +1,19 @@
-//! The `SchoolBackup` (one backup now) and `SchoolRestore` (restore a stored backup)
-//! reconcilers. Both run a Job from the same pod template as the scheduled backups
-//! ([`crate::backupjobs`]) and report the outcome in their own status.
-//!
-//! Restore protocol (each step idempotent, so a crash anywhere converges):
-//! 1. `BlockingLogins`: the school role becomes `NOLOGIN` and its sessions are ended (the
-//!    School reconciler keeps it so while any SchoolRestore of the School is not
-//!    finished); a short-lived restore role (`edumind_school_restore_<uid>`, member of the
-//!    school role, `VALID UNTIL` one day) gets a fresh password, published in a temporary
-//!    Secret owned by the SchoolRestore.
-//! 2. `Restoring`: a Job runs `edumind-operator restore --role <school role>` with that
-//!    Secret; `pg_restore --single-transaction` replaces everything or changes nothing.
-//! 3. Finished (`Succeeded` or `Failed`): the restore role is dropped, the temporary
-//!    Secret deleted, the outcome recorded, and logins are given back as `spec.active`
-//!    says — also after a failure, so a school is never locked out by a restore.
+//! The `SchoolRestore` controller: the restore protocol described in the module above
+//! (block logins, restore in a Job, give logins back).
 
+use edumind_crds::status::OperationPhase;
 use std::sync::Arc;
 use std::time::Duration;
 
 use edumind_crds::connection::keys;
-use edumind_crds::{
-    School, SchoolBackup, SchoolBackupStatus, SchoolRestore, SchoolRestoreStatus, TERMINAL_PHASES,
-};
+use edumind_crds::{School, SchoolRestore, SchoolRestoreStatus};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -36,365 +21,18 @@ use crate::backupjobs::{self, Outcome, Run, RunnerInputs};
 use crate::credentials::{generate_password, scram_verifier};
 use crate::naming;
 use crate::pg::{self, PgError};
-use crate::school::{self, Context, Desired, FIELD_MANAGER};
+use crate::school::{self, Context, FIELD_MANAGER};
 
-/// How often a running backup or restore is looked at (Job watches usually come first).
-pub const POLL: Duration = Duration::from_secs(15);
+use super::{
+    OpError, POLL, Target, apply_status, create_job, is_terminal, job_and_pods, kube, now,
+    permanent, publish, target,
+};
+
 /// Finalizer of a SchoolRestore: its restore role is dropped before it goes.
 pub const RESTORE_FINALIZER: &str = "edumind.ai/restore";
+
 /// How long a restore role may log in at most.
 pub const RESTORE_ROLE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-
-/// Why a SchoolBackup/SchoolRestore reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OpError {
-    /// Problems the user must fix; they end the resource as `Failed`.
-    #[error("{message}")]
-    Permanent {
-        reason: &'static str,
-        message: String,
-    },
-    /// Retried with backoff (API or database unavailable).
-    #[error(transparent)]
-    Transient(#[from] school::Error),
-}
-
-impl OpError {
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, OpError::Permanent { .. })
-    }
-    pub fn reason(&self) -> &'static str {
-        match self {
-            OpError::Permanent { reason, .. } => reason,
-            OpError::Transient(e) => e.reason(),
-        }
-    }
-}
-
-impl From<PgError> for OpError {
-    fn from(e: PgError) -> Self {
-        OpError::Transient(school::Error::Pg(e))
-    }
-}
-
-fn kube(step: &'static str) -> impl FnOnce(kube::Error) -> OpError {
-    move |e| {
-        OpError::Transient(school::Error::Kube {
-            step,
-            source: Box::new(e),
-        })
-    }
-}
-
-fn permanent(reason: &'static str, message: String) -> OpError {
-    OpError::Permanent { reason, message }
-}
-
-fn now() -> Time {
-    Time(Timestamp::now())
-}
-
-/// Everything a backup or restore of one School needs, or why it cannot run (yet).
-enum Target {
-    Ready {
-        school: Box<School>,
-        desired: Box<Desired>,
-        storage: Box<edumind_crds::BackupStorage>,
-    },
-    /// The School exists but has no database yet.
-    NotReady(String),
-}
-
-async fn target(ctx: &Context, namespace: &str, name: &str) -> Result<Target, OpError> {
-    let schools: Api<School> = Api::namespaced(ctx.client.clone(), namespace);
-    let school = schools
-        .get_opt(name)
-        .await
-        .map_err(kube("read the School"))?
-        .ok_or_else(|| {
-            permanent(
-                "SchoolNotFound",
-                format!("School {name} not found in namespace {namespace}"),
-            )
-        })?;
-    if school.metadata.deletion_timestamp.is_some() {
-        return Err(permanent(
-            "SchoolDeleting",
-            format!("School {name} is being deleted"),
-        ));
-    }
-    let desired = school::validate(&school, &ctx.servers).map_err(|e| {
-        permanent(
-            "SchoolInvalid",
-            format!("School {name} cannot be used: {e}"),
-        )
-    })?;
-    let status = school.status.clone().unwrap_or_default();
-    if status.database.is_none() || status.secret_name.is_none() {
-        return Ok(Target::NotReady(format!(
-            "School {name} has no database yet; waiting for it to be provisioned"
-        )));
-    }
-    let storage =
-        backupjobs::resolve_storage(school.spec.backup.storage.as_ref(), &ctx.backup)
-            .ok_or_else(|| {
-                permanent(
-                    "NoBackupStorage",
-                    format!(
-                        "School {name} has no backup storage: set spec.backup.storage or configure the operator's default storage"
-                    ),
-                )
-            })?;
-    Ok(Target::Ready {
-        school: Box::new(school),
-        desired: Box::new(desired),
-        storage: Box::new(storage),
-    })
-}
-
-/// The Job `name` and its Pods, if it exists and belongs to `owner_uid`.
-async fn job_and_pods(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    owner_uid: Option<String>,
-) -> Result<Option<(Job, Vec<Pod>)>, OpError> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(job) = jobs.get_opt(name).await.map_err(kube("read the Job"))? else {
-        return Ok(None);
-    };
-    if !job
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == owner_uid.as_ref())
-    {
-        return Err(permanent(
-            "JobConflict",
-            format!("a Job {name} exists that this resource did not create; delete or rename it"),
-        ));
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let pods = pods
-        .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
-        .await
-        .map_err(kube("list the Job's Pods"))?;
-    Ok(Some((job, pods.items)))
-}
-
-async fn create_job(ctx: &Context, namespace: &str, job: &Job) -> Result<(), OpError> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    jobs.patch(
-        &job.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(job),
-    )
-    .await
-    .map_err(kube("create the Job"))?;
-    Ok(())
-}
-
-async fn publish<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    obj: &K,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish event");
-    }
-}
-
-fn is_terminal(phase: Option<&str>) -> bool {
-    phase.is_some_and(|p| TERMINAL_PHASES.contains(&p))
-}
-
-// ---- SchoolBackup ------------------------------------------------------------------
-
-/// Name of the Job of a SchoolBackup.
-pub fn backup_job_name(backup: &str) -> String {
-    backupjobs::child_name(backup, "-backup", 63)
-}
-
-/// Writes `status` of a SchoolBackup or SchoolRestore with server-side apply, only when it
-/// differs from `current`.
-async fn apply_status<K, S>(
-    obj: &K,
-    current: Option<&S>,
-    status: &S,
-    ctx: &Context,
-    step: &'static str,
-) -> Result<(), OpError>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned,
-    S: serde::Serialize + PartialEq,
-{
-    if current == Some(status) {
-        return Ok(());
-    }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube(step))?;
-    Ok(())
-}
-
-async fn patch_backup_status(
-    sb: &SchoolBackup,
-    ctx: &Context,
-    status: &SchoolBackupStatus,
-) -> Result<(), OpError> {
-    apply_status(
-        sb,
-        sb.status.as_ref(),
-        status,
-        ctx,
-        "update the SchoolBackup's status",
-    )
-    .await
-}
-
-/// Reconciles one SchoolBackup: start its Job once, then follow it to the end.
-pub async fn reconcile_backup(sb: Arc<SchoolBackup>, ctx: Arc<Context>) -> Result<Action, OpError> {
-    let old = sb.status.clone().unwrap_or_default();
-    if is_terminal(old.phase.as_deref()) {
-        return Ok(Action::await_change());
-    }
-    let namespace = sb.namespace().unwrap_or_default();
-    let mut status = old.clone();
-    let step = backup_step(&sb, &ctx, &namespace, &mut status).await;
-    let action = match step {
-        Ok(action) => action,
-        Err(e) if e.is_permanent() => {
-            status.phase = Some("Failed".into());
-            status.reason = Some(e.reason().into());
-            status.message = Some(e.to_string());
-            status.completed = Some(now());
-            Action::await_change()
-        }
-        Err(e) => return Err(e),
-    };
-    patch_backup_status(&sb, &ctx, &status).await?;
-    if status.phase != old.phase && is_terminal(status.phase.as_deref()) {
-        let (type_, reason) = if status.phase.as_deref() == Some("Succeeded") {
-            (EventType::Normal, "BackupSucceeded")
-        } else {
-            (EventType::Warning, "BackupFailed")
-        };
-        let note = status.message.clone().unwrap_or_default();
-        publish(&ctx, sb.as_ref(), type_, reason, note).await;
-    }
-    Ok(action)
-}
-
-async fn backup_step(
-    sb: &SchoolBackup,
-    ctx: &Context,
-    namespace: &str,
-    status: &mut SchoolBackupStatus,
-) -> Result<Action, OpError> {
-    let job_name = backup_job_name(&sb.name_any());
-    if let Some((job, pods)) = job_and_pods(ctx, namespace, &job_name, sb.uid()).await? {
-        status.job = Some(job_name.clone());
-        status.started = status.started.take().or_else(|| Some(now()));
-        match backupjobs::job_outcome(&job, &pods) {
-            None => {
-                status.phase = Some("Running".into());
-                status.reason = Some("JobRunning".into());
-                status.message = Some(format!("backup Job {job_name} is running"));
-                return Ok(Action::requeue(POLL));
-            }
-            Some(o) => {
-                status.completed = Some(Time(o.finished));
-                match o.result {
-                    Outcome::Succeeded { object, size } => {
-                        status.phase = Some("Succeeded".into());
-                        status.reason = Some("BackupSucceeded".into());
-                        status.message = Some(format!("stored and verified {object}"));
-                        status.object = Some(object);
-                        status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
-                    }
-                    Outcome::SucceededUnknown => {
-                        status.phase = Some("Succeeded".into());
-                        status.reason = Some("BackupSucceeded".into());
-                        status.message = Some(format!(
-                            "Job {job_name} completed; its Pod (and the object name) is gone"
-                        ));
-                    }
-                    Outcome::Failed { reason, message } => {
-                        status.phase = Some("Failed".into());
-                        status.reason = Some(reason);
-                        status.message = Some(message);
-                    }
-                }
-                return Ok(Action::await_change());
-            }
-        }
-    }
-    let (school, desired, storage) = match target(ctx, namespace, &sb.spec.school).await? {
-        Target::Ready {
-            school,
-            desired,
-            storage,
-        } => (school, desired, storage),
-        Target::NotReady(message) => {
-            status.phase = Some("Pending".into());
-            status.reason = Some("SchoolNotReady".into());
-            status.message = Some(message);
-            return Ok(Action::requeue(POLL));
-        }
-    };
-    if !school.spec.active {
-        return Err(permanent(
-            "SchoolInactive",
-            format!(
-                "School {} is inactive (spec.active is false): backups run as the school's role, which cannot log in",
-                sb.spec.school
-            ),
-        ));
-    }
-    let inputs = RunnerInputs {
-        school_name: desired.name.clone(),
-        school_id: desired.school_id.to_string(),
-        secret_name: desired.secret_name.clone(),
-        storage: *storage,
-        run: Run::Backup {
-            kind: "on-demand",
-            retention_days: school.spec.backup.retention_days,
-        },
-    };
-    let job = backupjobs::job(
-        &job_name,
-        namespace,
-        sb.controller_owner_ref(&()),
-        &ctx.backup,
-        &inputs,
-    );
-    create_job(ctx, namespace, &job).await?;
-    status.phase = Some("Running".into());
-    status.reason = Some("JobStarted".into());
-    status.message = Some(format!("backup Job {job_name} started"));
-    status.job = Some(job_name);
-    status.started = Some(now());
-    Ok(Action::requeue(POLL))
-}
-
-// ---- SchoolRestore -----------------------------------------------------------------
 
 /// Name of the Job of a SchoolRestore.
 pub fn restore_job_name(restore: &str) -> String {
@@ -424,7 +62,7 @@ pub fn restore_role_name(uid: &str) -> Result<String, OpError> {
     Ok(name)
 }
 
-async fn patch_restore_status(
+pub(crate) async fn patch_restore_status(
     sr: &SchoolRestore,
     ctx: &Context,
     status: &SchoolRestoreStatus,
@@ -472,7 +110,7 @@ pub async fn reconcile_restore(
         Err(e) if e.is_permanent() => {
             // Give back anything this restore took before ending it.
             finish_restore(&sr, &ctx, &namespace).await?;
-            status.phase = Some("Failed".into());
+            status.phase = Some(OperationPhase::Failed.into());
             status.reason = Some(e.reason().into());
             status.message = Some(e.to_string());
             status.completed = Some(now());
@@ -499,7 +137,7 @@ pub async fn reconcile_restore(
     Ok(action)
 }
 
-async fn restore_step(
+pub(crate) async fn restore_step(
     sr: &SchoolRestore,
     ctx: &Context,
     namespace: &str,
@@ -513,7 +151,7 @@ async fn restore_step(
             storage,
         } => (school, desired, storage),
         Target::NotReady(message) => {
-            status.phase = Some("Pending".into());
+            status.phase = Some(OperationPhase::Pending.into());
             status.reason = Some("SchoolNotReady".into());
             status.message = Some(message);
             return Ok(Action::requeue(POLL));
@@ -536,7 +174,7 @@ async fn restore_step(
             (other.0.as_ref().map(|t| t.0), &other.1) < (mine.0.as_ref().map(|t| t.0), &mine.1)
         })
     {
-        status.phase = Some("Pending".into());
+        status.phase = Some(OperationPhase::Pending.into());
         status.reason = Some("WaitingForRestore".into());
         status.message = Some(format!("waiting for SchoolRestore {} to finish", first.1));
         return Ok(Action::requeue(POLL));
@@ -558,7 +196,7 @@ async fn restore_step(
                 pg::terminate_role_sessions(&mut conn, &desired.role).await?;
             }
             drop(conn);
-            status.phase = Some("Restoring".into());
+            status.phase = Some(OperationPhase::Restoring.into());
             status.reason = Some("JobRunning".into());
             status.message = Some(format!(
                 "restore Job {job_name} is running; logins of the school are blocked"
@@ -569,7 +207,7 @@ async fn restore_step(
         status.completed = Some(now());
         match o.result {
             Outcome::Succeeded { object, size } => {
-                status.phase = Some("Succeeded".into());
+                status.phase = Some(OperationPhase::Succeeded.into());
                 status.reason = Some("Restored".into());
                 status.message = Some(format!(
                     "restored {object}; logins are back as spec.active says"
@@ -578,12 +216,12 @@ async fn restore_step(
                 status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
             }
             Outcome::SucceededUnknown => {
-                status.phase = Some("Succeeded".into());
+                status.phase = Some(OperationPhase::Succeeded.into());
                 status.reason = Some("Restored".into());
                 status.message = Some(format!("restore Job {job_name} completed"));
             }
             Outcome::Failed { reason, message } => {
-                status.phase = Some("Failed".into());
+                status.phase = Some(OperationPhase::Failed.into());
                 status.reason = Some(reason);
                 status.message = Some(format!(
                     "{message}; the database was left unchanged and logins are back"
@@ -596,8 +234,8 @@ async fn restore_step(
     // Block logins. Record the phase first, so that a crash after this point still has
     // the School reconciler keep logins off (any non-finished restore does).
     if status.phase.as_deref() != Some("BlockingLogins") {
-        status.phase = Some("BlockingLogins".into());
-        status.reason = Some("BlockingLogins".into());
+        status.phase = Some(OperationPhase::BlockingLogins.into());
+        status.reason = Some(OperationPhase::BlockingLogins.into());
         status.message = Some("ending the school's sessions and blocking its logins".into());
         status.started = Some(now());
         patch_restore_status(sr, ctx, status).await?;
@@ -684,7 +322,7 @@ async fn restore_step(
         &inputs,
     );
     create_job(ctx, namespace, &job).await?;
-    status.phase = Some("Restoring".into());
+    status.phase = Some(OperationPhase::Restoring.into());
     status.reason = Some("JobStarted".into());
     status.message = Some(format!(
         "restore Job {job_name} started; logins of the school are blocked"
@@ -694,7 +332,11 @@ async fn restore_step(
 }
 
 /// Adds or removes [`RESTORE_FINALIZER`] (a JSON patch guarded by a test of the index).
-async fn set_finalizer(sr: &SchoolRestore, ctx: &Context, present: bool) -> Result<(), OpError> {
+pub(crate) async fn set_finalizer(
+    sr: &SchoolRestore,
+    ctx: &Context,
+    present: bool,
+) -> Result<(), OpError> {
     let api: Api<SchoolRestore> =
         Api::namespaced(ctx.client.clone(), &sr.namespace().unwrap_or_default());
     // Re-read: an earlier step of this reconcile may have changed the object.
@@ -733,7 +375,11 @@ async fn set_finalizer(sr: &SchoolRestore, ctx: &Context, present: bool) -> Resu
 }
 
 /// Drops the restore role and deletes the temporary Secret (both idempotent).
-async fn finish_restore(sr: &SchoolRestore, ctx: &Context, namespace: &str) -> Result<(), OpError> {
+pub(crate) async fn finish_restore(
+    sr: &SchoolRestore,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(), OpError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     match secrets
         .delete(
@@ -767,7 +413,11 @@ async fn finish_restore(sr: &SchoolRestore, ctx: &Context, namespace: &str) -> R
 }
 
 /// Gives the school's logins back when no restore holds them and the School is active.
-async fn release_logins(ctx: &Context, namespace: &str, school: &str) -> Result<(), OpError> {
+pub(crate) async fn release_logins(
+    ctx: &Context,
+    namespace: &str,
+    school: &str,
+) -> Result<(), OpError> {
     let schools: Api<School> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(school) = schools
         .get_opt(school)
@@ -794,31 +444,4 @@ async fn release_logins(ctx: &Context, namespace: &str, school: &str) -> Result<
     let mut conn = ctx.admin_conn(&desired.server).await?;
     pg::reset_role_attributes(&mut conn, &desired.role, true).await?;
     Ok(())
-}
-
-/// Retry policy of both controllers.
-pub fn error_policy<K>(_obj: Arc<K>, error: &OpError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(reason = error.reason(), error = %error, "backup/restore reconcile failed");
-    if error.is_permanent() {
-        Action::requeue(school::PERMANENT_RECHECK)
-    } else {
-        Action::requeue(school::TRANSIENT_RETRY)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restore_role_names_pass_the_allowlist() {
-        let name = restore_role_name("0B8F9A5C-3c1e-4c55-9b7d-2f6f1d5c9e11").unwrap();
-        assert_eq!(
-            name,
-            "edumind_school_restore_0b8f9a5c3c1e4c559b7d2f6f1d5c9e11"
-        );
-        assert!(naming::quote_ident(&name).is_ok());
-        assert!(restore_role_name("").is_err());
-        assert!(restore_role_name("x\"; DROP ROLE postgres; --").is_err());
-    }
 }
