@@ -467,6 +467,8 @@ pub enum Outcome {
     Succeeded {
         object: String,
         size: u64,
+        /// The dump's SHA-256, from runners that report it.
+        sha256: Option<String>,
     },
     Failed {
         reason: String,
@@ -548,6 +550,7 @@ pub fn job_outcome(job: &Job, pods: &[Pod]) -> Option<JobOutcome> {
         (true, Some(r)) if r.ok => Outcome::Succeeded {
             object: r.object.unwrap_or_default(),
             size: r.size.unwrap_or(0),
+            sha256: r.sha256,
         },
         (true, _) => Outcome::SucceededUnknown,
         (false, Some(r)) => Outcome::Failed {
@@ -597,7 +600,11 @@ pub fn fold_outcomes(
     sorted.sort_by_key(|o| o.finished);
     for o in sorted {
         match &o.result {
-            Outcome::Succeeded { object, size } => {
+            Outcome::Succeeded {
+                object,
+                size,
+                sha256,
+            } => {
                 if status
                     .last_success
                     .as_ref()
@@ -607,6 +614,7 @@ pub fn fold_outcomes(
                         time: Time(o.finished),
                         object: object.clone(),
                         size: i64::try_from(*size).unwrap_or(i64::MAX),
+                        sha256: sha256.clone(),
                         job: Some(o.job.clone()),
                     });
                 }
@@ -965,7 +973,9 @@ mod tests {
 
     #[test]
     fn outcomes_come_from_termination_messages() {
-        let ok = RunResult::success("backup", "p/id/id_1.dump", 1234).to_json();
+        let ok = RunResult::success("backup", "p/id/id_1.dump", 1234)
+            .with_sha256(&"ab".repeat(32))
+            .to_json();
         let fail = RunResult::failure(
             "backup",
             &crate::backup::BackupError::Storage("bucket gone".into()),
@@ -976,7 +986,8 @@ mod tests {
             o.result,
             Outcome::Succeeded {
                 object: "p/id/id_1.dump".into(),
-                size: 1234
+                size: 1234,
+                sha256: Some("ab".repeat(32)),
             }
         );
         let o = job_outcome(
@@ -1020,6 +1031,7 @@ mod tests {
                 result: Outcome::Succeeded {
                     object: "o1".into(),
                     size: 1,
+                    sha256: None,
                 },
             },
             JobOutcome {
@@ -1045,6 +1057,7 @@ mod tests {
             result: Outcome::Succeeded {
                 object: "o3".into(),
                 size: 3,
+                sha256: None,
             },
         });
         let (s, _) = fold_outcomes(Some(&s), &later);

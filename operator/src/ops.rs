@@ -321,12 +321,17 @@ async fn backup_step(
             Some(o) => {
                 status.completed = Some(Time(o.finished));
                 match o.result {
-                    Outcome::Succeeded { object, size } => {
+                    Outcome::Succeeded {
+                        object,
+                        size,
+                        sha256,
+                    } => {
                         status.phase = Some("Succeeded".into());
                         status.reason = Some("BackupSucceeded".into());
                         status.message = Some(format!("stored and verified {object}"));
                         status.object = Some(object);
                         status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
+                        status.sha256 = sha256;
                     }
                     Outcome::SucceededUnknown => {
                         status.phase = Some("Succeeded".into());
@@ -567,7 +572,7 @@ async fn restore_step(
         finish_restore(sr, ctx, namespace).await?;
         status.completed = Some(now());
         match o.result {
-            Outcome::Succeeded { object, size } => {
+            Outcome::Succeeded { object, size, .. } => {
                 status.phase = Some("Succeeded".into());
                 status.reason = Some("Restored".into());
                 status.message = Some(format!(

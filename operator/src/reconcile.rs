@@ -1503,7 +1503,7 @@ async fn final_backup(school: &School, ctx: &Context) -> Result<String, Error> {
         None => Err(Error::FinalBackupRunning(format!(
             "reclaimPolicy snapshot: final backup Job {name} is running; the database is dropped once it succeeded"
         ))),
-        Some(Outcome::Succeeded { object, size }) => Ok(format!(
+        Some(Outcome::Succeeded { object, size, .. }) => Ok(format!(
             "final backup {object} ({size} bytes) stored and verified by Job {name}"
         )),
         Some(Outcome::SucceededUnknown) => Ok(format!(
