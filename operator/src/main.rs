@@ -94,8 +94,10 @@ enum Command {
     ///
     /// Runs `pg_dump --format=custom` with the school's own credentials, verifies the dump
     /// (`pg_restore --list` and a full read), stores it as
-    /// `<prefix>/<school-id>/<school-id>_<UTC time>.dump`, and deletes that school's dumps
-    /// older than the retention — never the newest one. Prints the stored object name.
+    /// `<prefix>/<school-id>/<school-id>_<UTC time>.dump` with its SHA-256 in
+    /// `<object>.sha256` beside it, and deletes that school's dumps (and their checksum
+    /// files) older than the retention — never the newest one. Prints the stored object
+    /// name and checksum.
     ///
     /// Works outside Kubernetes too:
     ///
