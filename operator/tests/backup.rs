@@ -193,8 +193,8 @@ async fn restore_brings_back_every_row_of_all_13_tables() {
         .await
         .unwrap();
     assert_eq!(
-        report.tables, 14,
-        "13 tables plus _sqlx_migrations carry data"
+        report.tables, 15,
+        "13 tables plus _sqlx_migrations and cache_invalidations carry data"
     );
     assert!(
         report.object.starts_with(&format!("{0}/{0}_", school.id)),
@@ -386,7 +386,7 @@ async fn truncated_or_corrupted_dumps_fail_verification() {
     fill(&mut conn, 200).await;
     let tools = PgTools::discover().unwrap();
     let (dir, good) = good_dump(&school).await;
-    assert_eq!(tools.verify(&good).await.unwrap(), 14);
+    assert_eq!(tools.verify(&good).await.unwrap(), 15);
     let bytes = std::fs::read(&good).unwrap();
 
     for cut in [

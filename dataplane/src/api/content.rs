@@ -189,11 +189,11 @@ pub fn course_put(s: &Ctx) -> BoxedFilter<(Response,)> {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
                     // A missing course is cached as "not found" too.
-                    s.cache
-                        .invalidate(&[sc.key(&format!("course:{id}:questions"))])
-                        .await;
+                    let keys = [sc.key(&format!("course:{id}:questions"))];
+                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,
@@ -324,11 +324,12 @@ pub fn question_put(s: &Ctx) -> BoxedFilter<(Response,)> {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
                     let mut keys = vec![sc.key(&format!("course:{}:questions", b.course_id))];
                     if let Some(old) = before.filter(|old| *old != b.course_id) {
                         keys.push(sc.key(&format!("course:{old}:questions")));
                     }
+                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
@@ -431,10 +432,10 @@ pub fn assessment_put(s: &Ctx) -> BoxedFilter<(Response,)> {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_problem)?;
+                    let keys = [sc.key(&format!("assessment:{id}:meta"))];
+                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
-                    s.cache
-                        .invalidate(&[sc.key(&format!("assessment:{id}:meta"))])
-                        .await;
+                    s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,
