@@ -83,6 +83,9 @@ struct Durable {
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// After a failed replay, readers go to PostgreSQL without retrying until then.
     retry_at: Mutex<HashMap<String, Instant>>,
+    /// Tenants this process invalidated keys of since the last periodic replay (their
+    /// delivered rows are removed by it even if this process never reads them).
+    written: Mutex<HashSet<String>>,
 }
 
 /// How long readers of a tenant whose replay failed skip the cache before trying again.
@@ -211,14 +214,15 @@ impl Cache {
         }
     }
 
-    /// Replays the outbox of every tenant this process has read from Redis (writers that
-    /// died between commit and delete; delivered rows). A tenant whose replay fails is
-    /// read from PostgreSQL until a reader replays it.
+    /// Replays the outbox of every tenant this process has read from Redis or written to
+    /// since the last round (writers that died between commit and delete; delivered rows).
+    /// A tenant whose replay fails is read from PostgreSQL until a reader replays it.
     pub async fn replay_known(&self) {
         let Some(outbox) = self.durable.outbox.get() else {
             return;
         };
-        let tenants: Vec<String> = lock(&self.durable.replayed).keys().cloned().collect();
+        let mut tenants: HashSet<String> = lock(&self.durable.replayed).keys().cloned().collect();
+        tenants.extend(lock(&self.durable.written).drain());
         for tenant in tenants {
             let gate = lock(&self.durable.gates)
                 .entry(tenant.clone())
@@ -369,6 +373,14 @@ impl Cache {
     /// Drops cached values after a write. Never fails: a key Redis could not delete is
     /// remembered and deleted before this process reads from Redis again.
     pub async fn invalidate(&self, keys: &[String]) {
+        if self.durable.outbox.get().is_some() {
+            let mut written = lock(&self.durable.written);
+            for tenant in keys.iter().filter_map(|k| tenant_of(k)) {
+                if !written.contains(tenant) {
+                    written.insert(tenant.to_owned());
+                }
+            }
+        }
         {
             let flights = lock(&self.flights);
             for k in keys {

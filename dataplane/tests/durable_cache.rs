@@ -418,3 +418,26 @@ async fn the_outbox_works_under_self_service_row_level_security() {
     assert_eq!(v["items"][0]["question_text"], "self-service?");
     assert_eq!(outbox_rows(&f.ss.db).await, 0);
 }
+
+/// Rows of delivered invalidations do not pile up for a tenant that is written but never
+/// read through the cache: the periodic replay of the writing process removes them.
+#[tokio::test]
+async fn delivered_rows_of_a_write_only_tenant_are_removed() {
+    let f = Fixture::start(edumind_tests::redis().await.url()).await;
+    let tb = f.b.school_id.unwrap();
+    let teacher = token(f.b.teacher_user, 1, Some(tb));
+    let roster = format!("/v1/tenants/{tb}/classes/{}/roster", f.b.class_id);
+    for _ in 0..5 {
+        let body = json!({"student_ids": [f.b.students[0].1]});
+        let (s, v, _) = f.call("PUT", &roster, Some(&teacher), Some(body)).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let deadline = Instant::now() + edumind_dataplane::outbox::REPLAY_INTERVAL * 3;
+    while outbox_rows(&f.b.db).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "delivered rows are never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
