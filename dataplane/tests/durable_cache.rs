@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use edumind_dataplane::startup::{Application, Ctx};
+use edumind_dataplane::startup::Application;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use support::*;
@@ -85,7 +85,6 @@ impl Drop for SnapshotRedis {
 /// One more data plane instance over the fixture's tenants and `redis_url`.
 struct Instance {
     base: String,
-    state: Ctx,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -96,14 +95,12 @@ impl Instance {
             .await
             .unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
-        let state = app.state();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
         Instance {
             base,
-            state,
             stop: Some(tx),
             server: Some(server),
         }
