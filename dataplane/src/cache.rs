@@ -86,7 +86,12 @@ struct Durable {
     /// Tenants this process invalidated keys of since the last periodic replay (their
     /// delivered rows are removed by it even if this process never reads them).
     written: Mutex<HashSet<String>>,
+    /// Tenant → the database generation whose values Redis is known to hold.
+    generations: Mutex<HashMap<String, i64>>,
 }
+
+/// The seed prefixes of cached data (not sessions or locks): what a restore makes stale.
+const DATA_SEEDS: [&str; 4] = ["student:*", "class:*", "course:*", "assessment:*"];
 
 /// How long readers of a tenant whose replay failed skip the cache before trying again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
@@ -189,7 +194,11 @@ impl Cache {
     async fn replay(&self, outbox: &dyn TenantOutbox, tenant: &str) -> Result<usize, String> {
         let mut total = 0;
         loop {
-            let rows = outbox.pending(tenant).await?;
+            let pending = outbox.pending(tenant).await?;
+            if let Some(generation) = pending.generation {
+                self.follow_generation(tenant, generation).await?;
+            }
+            let rows = pending.rows;
             if rows.is_empty() {
                 return Ok(total);
             }
@@ -212,6 +221,78 @@ impl Cache {
                 return Ok(total);
             }
         }
+    }
+
+    /// Makes sure Redis holds no value of `tenant` from before its database's current
+    /// generation (a restore): when the generation recorded in Redis differs (or is
+    /// missing), the tenant's cached data keys are dropped, then the new one is recorded.
+    async fn follow_generation(&self, tenant: &str, generation: i64) -> Result<(), String> {
+        if lock(&self.durable.generations).get(tenant) == Some(&generation) {
+            return Ok(());
+        }
+        let unavailable = |_| "redis unavailable".to_string();
+        let marker = format!("edumind:{tenant}:cache-generation");
+        let m = marker.clone();
+        let recorded: Option<i64> = self
+            .run(|mut c| async move { c.get::<_, Option<i64>>(m).await })
+            .await
+            .map_err(unavailable)?;
+        if recorded != Some(generation) {
+            // Loads in flight read the database before the restore: they must not store.
+            {
+                let prefix = format!("edumind:{tenant}:");
+                let flights = lock(&self.flights);
+                for (k, f) in flights.iter() {
+                    if k.starts_with(&prefix) {
+                        f.invalidated.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            let mut dropped = 0usize;
+            for seed in DATA_SEEDS {
+                let pattern = format!("edumind:{tenant}:{seed}");
+                let mut cursor = 0u64;
+                loop {
+                    let p = pattern.clone();
+                    let (next, keys): (u64, Vec<String>) = self
+                        .run(|mut c| async move {
+                            redis::cmd("SCAN")
+                                .arg(cursor)
+                                .arg("MATCH")
+                                .arg(p)
+                                .arg("COUNT")
+                                .arg(1000)
+                                .query_async(&mut c)
+                                .await
+                        })
+                        .await
+                        .map_err(unavailable)?;
+                    if !keys.is_empty() {
+                        dropped += keys.len();
+                        self.run(|mut c| async move { c.del::<_, i64>(keys).await })
+                            .await
+                            .map_err(unavailable)?;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            let m = marker.clone();
+            self.run(|mut c| async move { c.set::<_, _, ()>(m, generation).await })
+                .await
+                .map_err(unavailable)?;
+            if recorded.is_some() {
+                tracing::info!(
+                    tenant,
+                    dropped,
+                    "tenant database restored or re-created; cached values dropped"
+                );
+            }
+        }
+        lock(&self.durable.generations).insert(tenant.to_owned(), generation);
+        Ok(())
     }
 
     /// Replays the outbox of every tenant this process has read from Redis or written to

@@ -30,11 +30,24 @@ pub const BATCH: i64 = 1000;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a replay reads from a tenant database.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    /// Identifies the database's current incarnation of `cache_invalidations`: its table
+    /// OID, which a restore (`pg_restore --clean` drops and re-creates every table)
+    /// necessarily changes. When it differs from the generation recorded in Redis, every
+    /// value cached for the tenant predates the restore and is dropped. `None` for a
+    /// tenant that left the directory.
+    pub generation: Option<i64>,
+    pub rows: Vec<(i64, String)>,
+}
+
 /// Where the cache finds a tenant's unreplayed invalidations. `tenant` is the tenant id
 /// as it appears in cache keys.
 pub trait TenantOutbox: Send + Sync {
-    /// Up to [`BATCH`] unreplayed rows `(id, key)`, oldest first.
-    fn pending<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Vec<(i64, String)>, String>>;
+    /// The tenant database's cache generation (see [`Pending::generation`]) and up to
+    /// [`BATCH`] unreplayed rows `(id, key)`, oldest first.
+    fn pending<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Pending, String>>;
     /// Removes rows whose keys have been deleted from Redis.
     fn acknowledge<'a>(
         &'a self,
@@ -107,13 +120,17 @@ async fn begin_replay(
 }
 
 impl TenantOutbox for DbOutbox {
-    fn pending<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Vec<(i64, String)>, String>> {
+    fn pending<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Pending, String>> {
         Box::pin(async move {
             let Some(mut conn) = self.connect(tenant).await? else {
-                return Ok(Vec::new());
+                return Ok(Pending::default());
             };
             let read = async {
                 let mut tx = begin_replay(&mut conn).await?;
+                let generation: i64 =
+                    sqlx::query_scalar("SELECT 'cache_invalidations'::regclass::oid::bigint")
+                        .fetch_one(&mut *tx)
+                        .await?;
                 let rows = sqlx::query_as::<_, (i64, String)>(
                     "SELECT id, cache_key FROM cache_invalidations ORDER BY id LIMIT $1",
                 )
@@ -121,7 +138,10 @@ impl TenantOutbox for DbOutbox {
                 .fetch_all(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok::<_, sqlx::Error>(rows)
+                Ok::<_, sqlx::Error>(Pending {
+                    generation: Some(generation),
+                    rows,
+                })
             };
             read.await.map_err(|e| e.to_string())
         })

@@ -177,7 +177,12 @@ async fn no_stale_read_after_redis_returns_from_a_snapshot_across_restarts_and_r
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let cached: Vec<String> = r.keys(format!("edumind:{ta}:*")).await.unwrap();
+    let data_keys = |keys: Vec<String>| -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| !k.ends_with(":cache-generation"))
+            .collect()
+    };
+    let cached = data_keys(r.keys(format!("edumind:{ta}:*")).await.unwrap());
     assert_eq!(cached.len(), 4, "{cached:?}");
     let _: () = redis::cmd("SAVE").query_async(&mut r).await.unwrap();
     drop(r);
@@ -262,7 +267,7 @@ async fn no_stale_read_after_redis_returns_from_a_snapshot_across_restarts_and_r
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let restored: Vec<String> = r.keys(format!("edumind:{ta}:*")).await.unwrap();
+    let restored = data_keys(r.keys(format!("edumind:{ta}:*")).await.unwrap());
     assert_eq!(
         restored.len(),
         4,
@@ -434,6 +439,98 @@ async fn delivered_rows_of_a_write_only_tenant_are_removed() {
         assert!(
             Instant::now() < deadline,
             "delivered rows are never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 11 §3, restores: values cached before a restore are not served after it. The
+/// restore is the real thing the runner does (`pg_restore --clean --single-transaction`
+/// of a `pg_dump -Fc`), with the tenant's sessions ended as a SchoolRestore ends them.
+#[tokio::test]
+async fn values_cached_before_a_restore_are_dropped() {
+    let f = Fixture::start(edumind_tests::redis().await.url()).await;
+    let pg = edumind_tests::postgres().await;
+    let ta = f.a.school_id.unwrap();
+    let teacher = token(f.a.teacher_user, 1, Some(ta));
+    let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
+    let (_, v, _) = f.call("GET", &roster, Some(&teacher), None).await;
+    assert_eq!(v["students"].as_array().map(Vec::len), Some(2));
+
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("a.dump");
+    let tool = |name: &str| {
+        let mut cmd = std::process::Command::new(name);
+        cmd.env("PGPASSWORD", &pg.password).args([
+            "-h",
+            &pg.host,
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            &pg.superuser,
+        ]);
+        cmd
+    };
+    let out = tool("pg_dump")
+        .arg("-Fc")
+        .arg("-f")
+        .arg(&dump)
+        .arg(&f.a.db.name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // After the backup: a write, and its new value cached.
+    let body = json!({"student_ids": [f.a.students[0].1]});
+    assert_eq!(
+        f.call("PUT", &roster, Some(&teacher), Some(body)).await.0,
+        200
+    );
+    let (_, v, _) = f.call("GET", &roster, Some(&teacher), None).await;
+    assert_eq!(v["students"].as_array().map(Vec::len), Some(1));
+
+    // Restore the backup: the database has two students again, Redis the cached one.
+    let mut admin = pg.admin().await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&f.a.db.name)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    f.state.pools.forget(&f.a.tenant.id);
+    let out = tool("pg_restore")
+        .args([
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+            "--exit-on-error",
+        ])
+        .arg("-d")
+        .arg(&f.a.db.name)
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let deadline = Instant::now() + edumind_dataplane::outbox::REPLAY_INTERVAL * 3;
+    loop {
+        let (s, v, _) = f.call("GET", &roster, Some(&teacher), None).await;
+        if s == 200 && v["students"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the value cached before the restore is still served: {s} {v}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
