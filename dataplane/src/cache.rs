@@ -18,6 +18,9 @@
 //!   lists, and it does so again after every change of Redis's reachability (an outage,
 //!   or Redis coming back, perhaps from an old snapshot). Every [`crate::outbox::REPLAY_INTERVAL`]
 //!   it replays the tenants it serves, for writers that died before deleting.
+//! * **After a restore**: each replay also compares the tenant database's generation
+//!   ([`crate::outbox::Pending::generation`]) with the one recorded in Redis and drops the
+//!   tenant's cached data when they differ.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -7,7 +7,8 @@
 //! ([`crate::cache::Cache`] drives it through [`TenantOutbox`]): so a Redis outage, a crash
 //! between commit and delete, a restart or another replica can delay an invalidation but
 //! never lose it, and the cache does not serve a tenant's keys until it has replayed what
-//! that tenant's database lists.
+//! that tenant's database lists. The same replay notices a restored database (its
+//! [`Pending::generation`] changed) and drops what was cached before it.
 
 use std::future::Future;
 use std::pin::Pin;
