@@ -77,6 +77,11 @@ pub struct RedisSettings {
     pub url: Secret,
     /// Longest wait for one Redis command before the cache is treated as down.
     pub timeout_ms: u64,
+    /// Consecutive failed commands that open the circuit breaker: no command is sent
+    /// to Redis until a background probe gets an answer again.
+    pub breaker_failures: u32,
+    /// How often the background probe pings Redis while the breaker is open, in ms.
+    pub probe_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +142,8 @@ impl Default for RedisSettings {
         RedisSettings {
             url: Secret::new("redis://127.0.0.1:6379"),
             timeout_ms: 250,
+            breaker_failures: 3,
+            probe_ms: 500,
         }
     }
 }

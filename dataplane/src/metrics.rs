@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::pool::ServerUsage;
@@ -15,6 +16,7 @@ pub struct Metrics {
     cache: IntCounterVec,
     pool_open: IntGaugeVec,
     pool_budget: IntGaugeVec,
+    breaker_open: IntGauge,
 }
 
 impl Metrics {
@@ -58,6 +60,11 @@ impl Metrics {
             ),
             &["server"],
         )?;
+        let breaker_open = IntGauge::with_opts(Opts::new(
+            "edumind_cache_breaker_open",
+            "1 while the Redis circuit breaker is open (cache bypassed), else 0",
+        ))?;
+        registry.register(Box::new(breaker_open.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(cache.clone()))?;
@@ -70,6 +77,7 @@ impl Metrics {
             cache,
             pool_open,
             pool_budget,
+            breaker_open,
         })
     }
 
@@ -85,6 +93,10 @@ impl Metrics {
     /// `kind` is the cached value's kind (progress, roster, ...), `event` hit/miss/error/bypass.
     pub fn cache_event(&self, kind: &str, event: &str) {
         self.cache.with_label_values(&[kind, event]).inc();
+    }
+
+    pub fn set_breaker_open(&self, open: bool) {
+        self.breaker_open.set(i64::from(open));
     }
 
     pub fn render(&self, pools: &[ServerUsage]) -> String {

@@ -86,12 +86,7 @@ impl Application {
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
         let auth = Authenticator::from_settings(&settings.auth)?;
-        let cache = Cache::new(
-            &settings.redis.url,
-            Duration::from_millis(settings.redis.timeout_ms),
-            metrics.clone(),
-        )
-        .map_err(StartError::Other)?;
+        let cache = Cache::new(&settings.redis, metrics.clone()).map_err(StartError::Other)?;
         let directory = TenantDirectory::default();
         directory.refresh_once(&source).await?;
         let pools = PoolManager::new(settings.pool.clone());

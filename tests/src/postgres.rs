@@ -100,6 +100,13 @@ impl PgServer {
 
     /// Starts a new cluster under a supervisor; the caller decides its lifetime.
     pub fn start_supervised() -> Result<(Self, Supervised), HarnessError> {
+        Self::start_with(false)
+    }
+
+    /// `durable`: commits are acknowledged only once in the WAL (`synchronous_commit`),
+    /// so a crash (`pg_ctl stop -m immediate`) loses no acknowledged write; the shared
+    /// server trades that for speed.
+    fn start_with(durable: bool) -> Result<(Self, Supervised), HarnessError> {
         let started = Instant::now();
         let bindir = binaries::pg_bindir()?;
         let run_as = binaries::pg_run_as()?;
@@ -109,7 +116,7 @@ impl PgServer {
             let dir = supervisor::server_dir("edumind-pg-", run_as)?;
             initdb(&bindir, &dir, &password, run_as)?;
             let port = free_port()?;
-            let cmd = server_cmd(&bindir, port);
+            let cmd = server_cmd(&bindir, port, durable);
             let mut supervised = Supervised::spawn(&dir, &cmd, "QUIT", run_as)?;
             match wait_until_ready(&dir.join("data"), &mut supervised) {
                 Ok(()) => {
@@ -219,13 +226,14 @@ impl PgServer {
     }
 }
 
-fn server_cmd(bindir: &Path, port: u16) -> String {
+fn server_cmd(bindir: &Path, port: u16, durable: bool) -> String {
     format!(
         "'{postgres}' -D \"$DIR/data\" -p {port} -k \"$DIR\" \
-         -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+         -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit={sync} \
          -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB \
          -c max_locks_per_transaction=256 -c log_min_messages=warning",
-        postgres = bindir.join("postgres").display()
+        postgres = bindir.join("postgres").display(),
+        sync = if durable { "on" } else { "off" },
     )
 }
 
@@ -242,9 +250,10 @@ pub struct PrivatePg {
 }
 
 impl PgServer {
-    /// A new private cluster (not the process-wide one), for tests that stop it.
+    /// A new private cluster (not the process-wide one), for tests that crash it; its
+    /// commits are durable against a process crash.
     pub fn start_private() -> Result<PrivatePg, HarnessError> {
-        let (server, original) = Self::start_supervised()?;
+        let (server, original) = Self::start_with(true)?;
         Ok(PrivatePg {
             server,
             restarted: None,
@@ -295,9 +304,27 @@ impl PrivatePg {
             .parent()
             .ok_or_else(|| HarnessError("data directory has no parent".into()))?
             .to_path_buf();
-        let cmd = server_cmd(&self.bindir, self.server.port);
+        let cmd = server_cmd(&self.bindir, self.server.port, true);
         let mut supervised = Supervised::spawn_keeping_dir(&dir, &cmd, "QUIT", self.run_as)?;
-        wait_until_ready(&data, &mut supervised)?;
+        // Clients connecting during crash recovery log "FATAL: the database system is
+        // starting up": expected here, so only the pid file and the process count.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pidfile = data.join("postmaster.pid");
+        loop {
+            if let Ok(contents) = std::fs::read_to_string(&pidfile)
+                && contents.lines().nth(7).map(str::trim) == Some("ready")
+            {
+                break;
+            }
+            if !supervised.is_running() || Instant::now() > deadline {
+                let log = supervised.log();
+                supervised.stop();
+                return Err(HarnessError(format!(
+                    "PostgreSQL did not start again: {log}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.restarted = Some(supervised);
         Ok(())
     }

@@ -74,7 +74,7 @@ pid=$!
 read -r _ignored || true
 kill -{stop_signal} "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
-rm -rf "$DIR""#
+{cleanup}"#
         );
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
