@@ -96,7 +96,7 @@ async fn backends_never_exceed_the_budget_under_churn_and_rotation() {
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 round += 1;
-                let side = if round % 2 == 0 { "a" } else { "b" };
+                let side = if round.is_multiple_of(2) { "a" } else { "b" };
                 for i in (round * 10..round * 10 + 10).map(|i| i % TENANTS) {
                     write_tenant(&dir, &tenant(i + 1, ids[i], side));
                 }

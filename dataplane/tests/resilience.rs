@@ -87,7 +87,7 @@ async fn postgres_restart_under_load_answers_503_then_recovers_at_once() {
             let mut n = 0u32;
             while !stop_clients.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
-                let write = (worker + n) % 3 == 0;
+                let write = (worker + n).is_multiple_of(3);
                 let email = write.then(|| format!("w{worker}-{n}-{}@x.test", Uuid::new_v4()));
                 let started = Instant::now();
                 let req = match &email {
