@@ -96,6 +96,8 @@ struct Server {
     key: String,
     budget: usize,
     permits: Arc<Semaphore>,
+    /// Connections being closed in the background: their permits come back shortly.
+    closing: std::sync::atomic::AtomicUsize,
 }
 
 /// An open connection and the server permit it holds. Dropping it closes the
@@ -104,13 +106,15 @@ struct Server {
 struct Open {
     conn: Option<PgConnection>,
     permit: Option<OwnedSemaphorePermit>,
+    server: Arc<Server>,
 }
 
 impl Open {
-    fn new(conn: PgConnection, permit: OwnedSemaphorePermit) -> Self {
+    fn new(conn: PgConnection, permit: OwnedSemaphorePermit, server: Arc<Server>) -> Self {
         Open {
             conn: Some(conn),
             permit: Some(permit),
+            server,
         }
     }
 
@@ -134,9 +138,12 @@ impl Drop for Open {
             drop(permit); // … then frees the permit
             return;
         };
+        let server = self.server.clone();
+        server.closing.fetch_add(1, Ordering::AcqRel);
         rt.spawn(async move {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
             drop(permit);
+            server.closing.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
@@ -291,6 +298,7 @@ impl PoolManager {
                     key,
                     budget,
                     permits: Arc::new(Semaphore::new(budget)),
+                    closing: std::sync::atomic::AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -376,7 +384,7 @@ impl PoolManager {
         let started = epoch();
         let conn = self.connect(tenant, deadline).await?;
         Ok(PooledConn {
-            open: Some(Open::new(conn, permit)),
+            open: Some(Open::new(conn, permit, pool.server.clone())),
             epoch: started,
             _slot: slot,
             pool,
@@ -398,7 +406,10 @@ impl PoolManager {
         let acquire = server.permits.clone().acquire_owned();
         tokio::pin!(acquire);
         loop {
-            self.close_oldest_idle(&server.key);
+            // A close in progress returns its permit shortly: steal only when none is.
+            if server.closing.load(Ordering::Acquire) == 0 {
+                self.close_oldest_idle(&server.key);
+            }
             let tick = (Instant::now() + Duration::from_millis(10)).min(deadline);
             tokio::select! {
                 biased;
