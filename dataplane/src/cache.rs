@@ -216,7 +216,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<String, E>>,
     {
-        if !self.settle().await {
+        if self.breaker_open() || !self.settle().await {
             self.metrics.cache_event(kind, "bypass");
             return load().await;
         }
