@@ -111,7 +111,7 @@ pub const OPERATOR_RULES: &[Rule] = &[
         &["secrets"],
         &["get"],
         Scope::Release,
-        "target servers' admin Secrets (reconcile::Context::server)",
+        "target servers' admin Secrets (school::OperatorContext::server)",
     ),
     rule(
         "coordination.k8s.io",

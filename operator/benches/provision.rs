@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use edumind_crds::{School, SchoolSpec};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self as reconcile, Context};
+use edumind_operator::school::{self as reconcile, OperatorContext};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
@@ -77,7 +77,7 @@ async fn main() {
         maintenance_database: "postgres".into(),
     }])
     .unwrap();
-    let ctx = Context::new(
+    let ctx = OperatorContext::new(
         client.clone(),
         servers,
         "edumind-system".into(),

@@ -8,7 +8,7 @@
 //! * [`school`]: the School controller, one module per step or concern:
 //!   `desired` (validate and build, pure) → `apply` (role, database, migrations,
 //!   `connection_secret`) → `status` (conditions, events); `school_backups`, `deletion`,
-//!   `finalizer`, `labels`, `context` ([`school::Context`]) and `error`.
+//!   `finalizer`, `labels`, `context` ([`school::OperatorContext`]) and `error`.
 //! * [`controllers`]: the SchoolBackup (`backup`) and SchoolRestore (`restore`) controllers.
 //! * [`backupjobs`]: the backup CronJob and Jobs as pure builders, and their outcomes.
 //! * [`selfservice`]: the shared self-service tenant.

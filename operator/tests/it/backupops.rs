@@ -19,7 +19,7 @@ use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::controllers as ops;
 use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self as reconcile, Context};
+use edumind_operator::school::{self as reconcile, OperatorContext};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -34,7 +34,7 @@ const OPERATOR_NS: &str = "edumind-system";
 
 struct Env {
     client: Client,
-    ctx: Arc<Context>,
+    ctx: Arc<OperatorContext>,
     ns: String,
     tag: String,
 }
@@ -87,7 +87,7 @@ async fn env(default_storage: Option<BackupStorage>) -> Env {
         default_storage,
         ..Default::default()
     };
-    let ctx = Context::with_backup(
+    let ctx = OperatorContext::with_backup(
         client.clone(),
         servers,
         OPERATOR_NS.into(),

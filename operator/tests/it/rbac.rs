@@ -23,7 +23,7 @@ use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::controllers as ops;
 use edumind_operator::credentials::SecretString;
 use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self as reconcile, Context};
+use edumind_operator::school::{self as reconcile, OperatorContext};
 use edumind_operator::{leader, pg, selfservice};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -279,7 +279,7 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
         maintenance_database: "postgres".into(),
     };
     // No default storage: Schools without `spec.backup.storage` get no CronJob.
-    let ctx = Context::with_backup(
+    let ctx = OperatorContext::with_backup(
         client.clone(),
         TargetServers::new(vec![server.clone()]).unwrap(),
         OPERATOR_NS.into(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use edumind_crds::{ReclaimPolicy, School, SchoolSpec};
 use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self as reconcile, Context};
+use edumind_operator::school::{self as reconcile, OperatorContext};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -23,7 +23,7 @@ const OPERATOR_NS: &str = "edumind-system";
 
 struct Env {
     client: Client,
-    ctx: Arc<Context>,
+    ctx: Arc<OperatorContext>,
     ns: String,
     tag: String,
 }
@@ -68,7 +68,7 @@ async fn env() -> Env {
         maintenance_database: "postgres".into(),
     }])
     .unwrap();
-    let ctx = Context::new(
+    let ctx = OperatorContext::new(
         client.clone(),
         servers,
         OPERATOR_NS.into(),
