@@ -1,16 +1,21 @@
 //! `migrate --all` over a fleet of school databases, and leader election on a Lease.
+//! The `migrate --all` tests run on the fleet server ([`fleet_postgres`]), one at a time:
+//! each acts on every claimed database of its server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use edumind_operator::pg::{self, Claim};
+use edumind_tests::PgServer;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use sqlx::Connection;
 
+use crate::support::{empty_api, fleet_postgres};
+
 #[tokio::test]
 async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
-    let pg = edumind_tests::postgres().await;
+    let (pg, _fleet) = fleet_postgres().await;
     let tag = edumind_tests::random_token(6);
     let mut admin = pg.admin().await;
     let mut names = Vec::new();
@@ -94,11 +99,7 @@ async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
 
 #[tokio::test]
 async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube_fake_client::ClientBuilder::new()
-        .build()
-        .await
-        .unwrap();
+    let client = empty_api().await;
     let leases: Api<Lease> = Api::namespaced(client, "edumind-system");
     let run = edumind_operator::leader::try_acquire;
     let long = Duration::from_secs(60);
@@ -132,8 +133,12 @@ async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
 }
 
 /// A claimed school database with role, migrated up to `version` (`None`: no schema).
-async fn school_at(tag: &str, i: usize, version: Option<i64>) -> (String, uuid::Uuid) {
-    let pg = edumind_tests::postgres().await;
+async fn school_at(
+    pg: &PgServer,
+    tag: &str,
+    i: usize,
+    version: Option<i64>,
+) -> (String, uuid::Uuid) {
     let mut admin = pg.admin().await;
     let id = uuid::Uuid::new_v4();
     let name = edumind_operator::naming::school_database(&format!("pre {tag} {i}"), id);
@@ -166,8 +171,7 @@ async fn school_at(tag: &str, i: usize, version: Option<i64>) -> (String, uuid::
     (name, id)
 }
 
-async fn version_of(name: &str) -> Option<i64> {
-    let pg = edumind_tests::postgres().await;
+async fn version_of(pg: &PgServer, name: &str) -> Option<i64> {
     let mut conn = sqlx::PgConnection::connect(&pg.url(name)).await.unwrap();
     edumind_schema::applied_version(&mut conn).await.unwrap()
 }
@@ -177,14 +181,14 @@ async fn version_of(name: &str) -> Option<i64> {
 /// are not; and a failing backup holds that database's migration back.
 #[tokio::test]
 async fn migrate_all_backs_up_before_a_schema_change_and_a_failed_backup_holds_it_back() {
-    let pg = edumind_tests::postgres().await;
+    let (pg, _fleet) = fleet_postgres().await;
     let tag = edumind_tests::random_token(6);
     let first = edumind_schema::MIGRATOR.iter().next().unwrap().version;
     let latest = edumind_schema::latest_version();
     assert!(first < latest, "needs two migrations");
-    let (old, old_id) = school_at(&tag, 0, Some(first)).await;
-    let (current, current_id) = school_at(&tag, 1, Some(latest)).await;
-    let (fresh, fresh_id) = school_at(&tag, 2, None).await;
+    let (old, old_id) = school_at(pg, &tag, 0, Some(first)).await;
+    let (current, current_id) = school_at(pg, &tag, 1, Some(latest)).await;
+    let (fresh, fresh_id) = school_at(pg, &tag, 2, None).await;
     let storage = tempfile::tempdir().unwrap();
 
     // Storage that cannot take this school's dump: a regular file where its directory
@@ -206,7 +210,11 @@ async fn migrate_all_backs_up_before_a_schema_change_and_a_failed_backup_holds_i
             .any(|l| l.contains(&old) && l.contains("backup before the schema change failed")),
         "{stdout}"
     );
-    assert_eq!(version_of(&old).await, Some(first), "migration held back");
+    assert_eq!(
+        version_of(pg, &old).await,
+        Some(first),
+        "migration held back"
+    );
     assert!(!stdout.contains(&pg.password));
     std::fs::remove_file(&blocked).unwrap();
 
@@ -230,7 +238,7 @@ async fn migrate_all_backs_up_before_a_schema_change_and_a_failed_backup_holds_i
         "{stdout}"
     );
     for name in [&old, &current, &fresh] {
-        assert_eq!(version_of(name).await, Some(latest), "{name}");
+        assert_eq!(version_of(pg, name).await, Some(latest), "{name}");
     }
     let store = edumind_operator::backup::BackupStore::directory(storage.path()).unwrap();
     let dumps = store.list(&old_id.to_string()).await.unwrap();
