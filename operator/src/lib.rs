@@ -21,6 +21,10 @@
 //! that runs [`school::reconcile`] against an in-memory API, so this crate carries no
 //! fake API outside its tests.
 //!
+//! Integration tests: one binary, `tests/it/main.rs`, a module per area; their shared
+//! set-up (`tests/it/support`, `TestEnv`) builds an [`school::OperatorContext`] over the
+//! in-memory API and the harness PostgreSQL.
+//!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
 //! [`edumind_crds::connection::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
 //! names and a claim, so provisioning `edumind_selfservice` reuses them with its own
