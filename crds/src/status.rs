@@ -121,6 +121,6 @@ mod tests {
             "KubernetesApiError"
         );
         assert_eq!(SchoolPhase::ALL.len(), 7);
-        assert_eq!(ReadyReason::ALL.len(), 16);
+        assert_eq!(ReadyReason::ALL.len(), 18);
     }
 }

@@ -1,21 +1,21 @@
 //! `migrate --all` over a fleet of school databases, and leader election on a Lease.
-//! The `migrate --all` tests run on the fleet server ([`fleet_postgres`]), one at a time:
-//! each acts on every claimed database of its server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use edumind_operator::pg::{self, Claim};
-use edumind_tests::PgServer;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use sqlx::Connection;
 
-use crate::support::{empty_api, fleet_postgres};
+use crate::support::{empty_api, private_postgres};
 
 #[tokio::test]
 async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
-    let (pg, _fleet) = fleet_postgres().await;
+    // A server of its own: `migrate --all` acts on every claimed database of a server, and
+    // the shared one holds other tests' databases (which may be dropped meanwhile).
+    let (server, _supervised) = private_postgres().await;
+    let pg = &server;
     let tag = edumind_tests::random_token(6);
     let mut admin = pg.admin().await;
     let mut names = Vec::new();
@@ -134,7 +134,7 @@ async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
 
 /// A claimed school database with role, migrated up to `version` (`None`: no schema).
 async fn school_at(
-    pg: &PgServer,
+    pg: &edumind_tests::PgServer,
     tag: &str,
     i: usize,
     version: Option<i64>,
@@ -171,7 +171,7 @@ async fn school_at(
     (name, id)
 }
 
-async fn version_of(pg: &PgServer, name: &str) -> Option<i64> {
+async fn version_of(pg: &edumind_tests::PgServer, name: &str) -> Option<i64> {
     let mut conn = sqlx::PgConnection::connect(&pg.url(name)).await.unwrap();
     edumind_schema::applied_version(&mut conn).await.unwrap()
 }
@@ -181,7 +181,10 @@ async fn version_of(pg: &PgServer, name: &str) -> Option<i64> {
 /// are not; and a failing backup holds that database's migration back.
 #[tokio::test]
 async fn migrate_all_backs_up_before_a_schema_change_and_a_failed_backup_holds_it_back() {
-    let (pg, _fleet) = fleet_postgres().await;
+    // A server of its own: `migrate --all` acts on every claimed database of a server, and
+    // the shared one holds other tests' databases.
+    let (server, _supervised) = private_postgres().await;
+    let pg = &server;
     let tag = edumind_tests::random_token(6);
     let first = edumind_schema::MIGRATOR.iter().next().unwrap().version;
     let latest = edumind_schema::latest_version();

@@ -1,6 +1,6 @@
 //! The shared self-service tenant against a real PostgreSQL (the harness) and an
 //! in-memory Kubernetes API. One test function: the database name is fixed; it runs on
-//! the fleet server ([`support::fleet_postgres`]), not the one the other tests share.
+//! a server of its own ([`support::private_postgres`]), not the one the tests share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use edumind_operator::credentials::SecretString;
@@ -53,7 +53,8 @@ async fn visible_students(app: &mut PgConnection, user: Option<Uuid>) -> Vec<Uui
 async fn self_service_tenant_is_provisioned_isolated_by_rls_and_idempotent() {
     // A server of its own: the database name is fixed, and `migrate --all` below acts on
     // every claimed database of the server.
-    let (pg, _fleet) = support::fleet_postgres().await;
+    let (own, _supervised) = support::private_postgres().await;
+    let pg = &own;
     let client = support::empty_api().await;
     let server = support::target_server(pg);
     let admin = pg::admin_options(

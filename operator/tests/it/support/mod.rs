@@ -11,14 +11,14 @@
 //!
 //! All tests run in one process and share the harness PostgreSQL server; names are
 //! unique per test through [`TestEnv::tag`]. Tests that run `migrate --all` (which acts
-//! on every claimed database of a server) or own the fixed self-service database use
-//! [`fleet_postgres`] instead: a second server of their own, one such test at a time.
+//! on every claimed database of a server) or own the fixed self-service database start a
+//! server of their own with [`private_postgres`].
 // Test code: a panic is the failure report. Each user (a test module, the bench) uses
 // part of this module.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use edumind_crds::{School, SchoolBackup, SchoolRestore, SchoolSpec};
 use edumind_operator::backup::ConnectionInfo;
@@ -27,6 +27,7 @@ use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::metrics::Metrics;
 use edumind_operator::school::{self, OperatorContext, TEST_OPERATOR_NAMESPACE};
 use edumind_tests::PgServer;
+use edumind_tests::supervisor::Supervised;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -35,7 +36,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::{Mutex, MutexGuard};
 
 /// Where the target server's admin Secret lives (the context's operator namespace).
 pub const OPERATOR_NS: &str = TEST_OPERATOR_NAMESPACE;
@@ -43,35 +43,15 @@ pub const OPERATOR_NS: &str = TEST_OPERATOR_NAMESPACE;
 /// The name of the target server's admin Secret.
 pub const ADMIN_SECRET: &str = "pg-admin";
 
-/// The fleet server: started on first use, stopped at exit like the shared one.
-static FLEET_PG: OnceLock<Result<PgServer, String>> = OnceLock::new();
-static FLEET: Mutex<()> = Mutex::const_new(());
-
-/// For tests that run `migrate --all` or the self-service tenant: a PostgreSQL server
-/// the other tests do not use (they create, break and drop School databases that
-/// `migrate --all` would pick up), held by one such test at a time. With
-/// `EDUMIND_TEST_POSTGRES_URL` set (an external server), that server is used instead.
-pub async fn fleet_postgres() -> (&'static PgServer, MutexGuard<'static, ()>) {
-    let guard = FLEET.lock().await;
-    if std::env::var_os("EDUMIND_TEST_POSTGRES_URL").is_some() {
-        return (postgres().await, guard);
-    }
-    let started = tokio::task::spawn_blocking(|| {
-        FLEET_PG.get_or_init(|| {
-            PgServer::start_supervised()
-                .map(|(server, supervised)| {
-                    edumind_tests::supervisor::register_at_exit(supervised);
-                    server
-                })
-                .map_err(|e| e.to_string())
-        })
-    })
-    .await
-    .unwrap();
-    match started {
-        Ok(pg) => (pg, guard),
-        Err(e) => panic!("fleet PostgreSQL unavailable: {e}"),
-    }
+/// A PostgreSQL server of the calling test's own, stopped when the returned handle is
+/// dropped. For tests that run `migrate --all` (it acts on every claimed database of a
+/// server, and the shared one holds other tests' databases, which may be dropped
+/// meanwhile) or that own the fixed self-service database (rbac provisions it too).
+pub async fn private_postgres() -> (PgServer, Supervised) {
+    tokio::task::spawn_blocking(PgServer::start_supervised)
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// The harness's PostgreSQL, with the process-wide rustls provider installed first (the
