@@ -58,9 +58,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embeds_the_two_spec_migrations_in_order() {
+    fn embeds_the_spec_migrations_and_the_outbox_in_order() {
         let versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![20251015005710, 20251015212949]);
-        assert_eq!(latest_version(), 20251015212949);
+        assert_eq!(
+            versions,
+            vec![20251015005710, 20251015212949, 20261202120000]
+        );
+        assert_eq!(latest_version(), 20261202120000);
     }
 }

@@ -1,6 +1,7 @@
 //! Row-level security for the shared self-service database.
 //!
-//! [`apply_policies`] enables and forces RLS on all thirteen tables, installs the policies
+//! [`apply_policies`] enables and forces RLS on all thirteen tables and the data plane's
+//! cache invalidation outbox, installs the policies
 //! in `rls/selfservice.sql`, and grants the application role (which must not own
 //! the tables) exactly the privileges the data plane uses. The operator calls it after
 //! migrating `edumind_selfservice`; it is idempotent.
@@ -24,11 +25,13 @@ const WRITABLE: &[&str] = &[
     "courses",
     "questions",
     "assessments",
+    "cache_invalidations",
 ];
 
 /// The tables platform admins may delete from (content; the `edumind_admin` policy is
-/// the only one that admits a DELETE).
-const DELETABLE: &[&str] = &["courses", "questions", "assessments"];
+/// the only one that admits a DELETE), and the cache outbox the data plane's replay
+/// empties (as admin).
+const DELETABLE: &[&str] = &["courses", "questions", "assessments", "cache_invalidations"];
 
 /// Quotes a PostgreSQL identifier: doubles embedded quotes and wraps it in quotes. The one
 /// place identifiers are put into SQL text in this crate.

@@ -280,6 +280,10 @@ pub struct BackupRecord {
     pub object: String,
     /// Size of the stored dump in bytes.
     pub size: i64,
+    /// SHA-256 of the stored dump (lower-case hex), as recorded in its checksum manifest
+    /// `<object>.sha256`; restores refuse a dump that no longer matches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// The Job that took it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
@@ -431,6 +435,10 @@ pub struct SchoolBackupStatus {
     /// Size of the stored dump in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,
+    /// SHA-256 of the stored dump (lower-case hex), as recorded in its checksum manifest
+    /// `<object>.sha256`; restores refuse a dump that no longer matches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Restores a stored backup over a School's database. Restores only ever happen through

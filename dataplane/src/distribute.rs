@@ -236,6 +236,7 @@ fn count(rows: &Returned) -> Counts {
 /// seeds to invalidate after commit.
 async fn apply(
     conn: &mut PgConnection,
+    tenant: &TenantId,
     bundle: &Bundle,
 ) -> Result<(Applied, Vec<String>), sqlx::Error> {
     let mut tx = conn.begin().await?;
@@ -271,7 +272,6 @@ async fn apply(
     let courses = run(COURSES_SQL, &bundle.courses).await?;
     let questions = run(QUESTIONS_SQL, &bundle.questions).await?;
     let assessments = run(ASSESSMENTS_SQL, &bundle.assessments).await?;
-    tx.commit().await?;
     let mut seeds: Vec<String> = Vec::new();
     for (id, _, _) in &courses {
         seeds.push(format!("course:{id}:questions"));
@@ -287,6 +287,10 @@ async fn apply(
     }
     seeds.sort();
     seeds.dedup();
+    // Durable with the data: the keys go into the tenant's outbox in this transaction.
+    let keys: Vec<String> = seeds.iter().map(|s| cache::key(tenant, s)).collect();
+    crate::outbox::record(&mut tx, &keys).await?;
+    tx.commit().await?;
     Ok((
         Applied {
             courses: count(&courses),
@@ -311,7 +315,7 @@ pub async fn distribute(
             let name = tenant.id.to_string();
             let result = async {
                 let mut conn = pools.acquire(&tenant).await.map_err(|e| e.to_string())?;
-                let (applied, seeds) = apply(&mut conn, bundle).await.map_err(|e| {
+                let (applied, seeds) = apply(&mut conn, &tenant.id, bundle).await.map_err(|e| {
                     // Database errors name constraints and columns, never passwords.
                     e.to_string()
                 })?;

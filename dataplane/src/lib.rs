@@ -4,7 +4,7 @@
 //! connection Secrets, parsed through `edumind_crds::connection`; the file source) ·
 //! [`kube_source`] (in a cluster: a list, then a watch) · [`pool`] (per-server connection
 //! budgets) · [`auth`] (bearer JWT) · [`access`] (tenant authorization, row-level-security
-//! scope) · [`cache`] (Redis cache, sessions, locks) · [`state`] (the request state every
+//! scope) · [`cache`] (Redis cache, sessions, locks; [`outbox`] makes its invalidations durable) · [`state`] (the request state every
 //! handler reads) · [`api`] (one route group per resource, shared handler helpers) ·
 //! [`startup`] (building and running the server) · [`metrics`] (`/metrics`) · [`openapi`]
 //! (the route table's documentation) · [`distribute`] (catalogue distribution) ·
@@ -19,6 +19,7 @@ pub mod distribute;
 pub mod kube_source;
 pub mod metrics;
 pub mod openapi;
+pub mod outbox;
 pub mod pool;
 pub mod problem;
 pub mod secret;

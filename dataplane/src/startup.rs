@@ -129,6 +129,15 @@ impl Application {
             metrics,
         });
         let mut tasks = tasks;
+        // Durable invalidation: the cache replays each tenant's outbox before reading its
+        // keys, and every few seconds for the tenants it serves.
+        state
+            .cache
+            .set_outbox(Arc::new(crate::outbox::DbOutbox::new(&state)));
+        tasks.push(crate::outbox::spawn_replayer(
+            state.clone(),
+            shutdown_tx.subscribe(),
+        ));
         if state.settings.auth.jwks_file.is_some() {
             tasks.push(crate::auth::spawn_jwks_reloader(
                 state.auth.clone(),

@@ -151,3 +151,58 @@ async fn load() {
         "LOAD cache-hit {hit:.0} req/s | cache-miss {miss:.0} req/s | write {write:.0} req/s | redis-benchmark GET: {rb} | pgbench: {pgb}"
     );
 }
+
+/// Issue 11 §3: the write path with and without the cache outbox, same run, same server,
+/// alternating rounds (roster PUT, which records one key). Prints throughput and mean
+/// latency of each; ignored by default like `load`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn write_path_outbox_cost() {
+    let redis = edumind_tests::redis().await;
+    let f = Fixture::start(redis.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    let roster = f.url(&format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id));
+    let http = f.http.clone();
+    let students: Vec<_> = f.a.students.iter().map(|s| s.1).collect();
+    let (n, c) = (1500, 16);
+    let round = || {
+        rate(n, c, |_| {
+            let (h, u, t, b) = (
+                http.clone(),
+                roster.clone(),
+                tok.clone(),
+                json!({"student_ids": students}),
+            );
+            Box::pin(async move {
+                h.put(u)
+                    .bearer_auth(t)
+                    .json(&b)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+    };
+    round().await; // warm-up
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        edumind_dataplane::outbox::set_recording(false);
+        without.push(round().await);
+        edumind_dataplane::outbox::set_recording(true);
+        with.push(round().await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (w, wo) = (median(&mut with), median(&mut without));
+    println!(
+        "OUTBOX write (roster PUT) with outbox {w:.0} req/s (mean {:.2} ms at {c} concurrent) | without {wo:.0} req/s (mean {:.2} ms) | ratio {:.3} | rounds with {with:.0?} without {without:.0?}",
+        1000.0 * c as f64 / w,
+        1000.0 * c as f64 / wo,
+        w / wo
+    );
+}

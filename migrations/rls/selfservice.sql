@@ -12,8 +12,8 @@
 -- Privileges (granted to the application role by apply_policies, kept in step with this
 -- file because its hash is the policy version the operator records): SELECT on all
 -- tables; INSERT, UPDATE on users, students, student_assessments, student_responses,
--- courses, questions, assessments; DELETE on courses, questions, assessments (no
--- policy but edumind_admin admits a DELETE). Content writes are admin-only through the
+-- courses, questions, assessments, cache_invalidations; DELETE on courses, questions,
+-- assessments, cache_invalidations (no policy but edumind_admin admits a DELETE). Content writes are admin-only through the
 -- edumind_admin policy; the trigger at the end limits everyone else's question updates
 -- to the answer counters.
 
@@ -82,6 +82,18 @@ CREATE POLICY edumind_read ON assessments FOR SELECT
 DROP POLICY IF EXISTS edumind_count ON questions;
 CREATE POLICY edumind_count ON questions FOR UPDATE
     USING (edumind_current_user_id() IS NOT NULL)
+    WITH CHECK (edumind_current_user_id() IS NOT NULL);
+
+-- The cache invalidation outbox (data plane bookkeeping, not a spec table): every write
+-- records the cache keys it makes stale, in its own transaction, so any identified caller
+-- may insert; only the data plane's replay, which sets edumind.admin, reads and deletes.
+ALTER TABLE cache_invalidations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE cache_invalidations FORCE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS edumind_admin ON cache_invalidations;
+CREATE POLICY edumind_admin ON cache_invalidations USING (edumind_is_admin())
+    WITH CHECK (edumind_is_admin());
+DROP POLICY IF EXISTS edumind_record ON cache_invalidations;
+CREATE POLICY edumind_record ON cache_invalidations FOR INSERT
     WITH CHECK (edumind_current_user_id() IS NOT NULL);
 
 -- The edumind_count policy lets any identified caller UPDATE questions (a submission

@@ -82,8 +82,10 @@ enum Command {
     ///
     /// Runs `pg_dump --format=custom` with the school's own credentials, verifies the dump
     /// (`pg_restore --list` and a full read), stores it as
-    /// `<prefix>/<school-id>/<school-id>_<UTC time>.dump`, and deletes that school's dumps
-    /// older than the retention — never the newest one. Prints the stored object name.
+    /// `<prefix>/<school-id>/<school-id>_<UTC time>.dump` with its SHA-256 in
+    /// `<object>.sha256` beside it, and deletes that school's dumps (and their checksum
+    /// files) older than the retention — never the newest one. Prints the stored object
+    /// name and checksum.
     ///
     /// Works outside Kubernetes too:
     ///
@@ -105,7 +107,9 @@ enum Command {
     },
     /// Restore a stored dump over a school database, as the school's own role.
     ///
-    /// The dump is verified first, then restored with `pg_restore --clean --if-exists` in a
+    /// The dump must match the SHA-256 recorded in its manifest (`<object>.sha256`, written
+    /// when it was stored): a dump without one, or with another checksum, is refused unless
+    /// `--allow-unverified` is given. It is then verified with `pg_restore`, and restored with `pg_restore --clean --if-exists` in a
     /// single transaction: the database ends up exactly as dumped, or unchanged. Keep
     /// applications off the database while it runs (the SchoolRestore resource does).
     Restore {
@@ -119,11 +123,23 @@ enum Command {
         /// cannot log in. Objects stay owned by the school's role.
         #[arg(long, env = "EDUMIND_RESTORE_ROLE")]
         role: Option<String>,
+        /// Restore the dump even if its checksum manifest is missing or does not match.
+        /// Only for a dump you have checked some other way: a mismatch means the stored
+        /// bytes are not the ones that were backed up.
+        #[arg(long, env = "EDUMIND_RESTORE_ALLOW_UNVERIFIED")]
+        allow_unverified: bool,
     },
-    /// List a school's stored dumps, oldest first.
+    /// List a school's stored dumps, oldest first, each read in full and checked against
+    /// its checksum manifest: `verified`, `UNVERIFIED` (no manifest) or `CORRUPT`.
+    ///
+    /// Exits non-zero if any dump is not verified (with `--allow-unverified`, only if one
+    /// is corrupt).
     ListBackups {
         #[command(flatten)]
         target: Target,
+        /// Do not fail because a dump has no checksum manifest (a mismatch still fails).
+        #[arg(long)]
+        allow_unverified: bool,
     },
 }
 
@@ -283,16 +299,16 @@ async fn main() -> anyhow::Result<()> {
             .await;
             match outcome {
                 Ok(report) => {
-                    target.report(&backup::RunResult::success(
-                        "backup",
-                        &report.object,
-                        report.size,
-                    ));
+                    target.report(
+                        &backup::RunResult::success("backup", &report.object, report.size)
+                            .with_sha256(&report.sha256),
+                    );
                     println!(
-                        "stored {} ({} bytes, {} tables) in {:.1}s",
+                        "stored {} ({} bytes, {} tables, sha256 {}) in {:.1}s",
                         report.object,
                         report.size,
                         report.tables,
+                        report.sha256,
                         report.duration.as_secs_f64()
                     );
                     for object in report.pruned {
@@ -309,17 +325,22 @@ async fn main() -> anyhow::Result<()> {
             target,
             object,
             role,
+            allow_unverified,
         } => {
             let outcome = async {
                 let (conn, store, school_id) = target.open()?;
                 let object = backup::resolve_object(&store, &school_id, &object).await?;
-                let report = backup::run_restore_as(
+                let options = backup::RestoreOptions {
+                    work_dir: target.work_dir.as_deref(),
+                    role: role.as_deref(),
+                    allow_unverified,
+                };
+                let report = backup::run_restore_with(
                     &PgTools::discover()?,
                     &conn,
                     &store,
                     &object,
-                    target.work_dir.as_deref(),
-                    role.as_deref(),
+                    options,
                 )
                 .await?;
                 Ok::<_, anyhow::Error>(report)
@@ -327,15 +348,16 @@ async fn main() -> anyhow::Result<()> {
             .await;
             match outcome {
                 Ok(report) => {
-                    target.report(&backup::RunResult::success(
-                        "restore",
-                        &report.object,
-                        report.size,
-                    ));
+                    target.report(
+                        &backup::RunResult::success("restore", &report.object, report.size)
+                            .with_sha256(&report.sha256),
+                    );
                     println!(
-                        "restored {} ({} bytes) in {:.1}s",
+                        "restored {} ({} bytes, sha256 {}{}) in {:.1}s",
                         report.object,
                         report.size,
+                        report.sha256,
+                        if report.verified { "" } else { ", UNVERIFIED" },
                         report.duration.as_secs_f64()
                     );
                 }
@@ -345,15 +367,31 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::ListBackups { target } => {
+        Command::ListBackups {
+            target,
+            allow_unverified,
+        } => {
             let (_, store, school_id) = target.open()?;
+            let mut refused = 0usize;
             for dump in store.list(&school_id).await? {
+                let check = backup::check_stored(&store, &dump.object).await?;
+                let bad = match check {
+                    backup::Checksum::Verified(_) => false,
+                    backup::Checksum::Missing { .. } => !allow_unverified,
+                    backup::Checksum::Mismatch { .. } => true,
+                };
+                refused += usize::from(bad);
                 println!(
-                    "{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     dump.taken_at.to_rfc3339(),
                     dump.size,
-                    dump.object
+                    dump.object,
+                    check.actual(),
+                    check.summary()
                 );
+            }
+            if refused > 0 {
+                anyhow::bail!("{refused} stored dump(s) failed checksum verification");
             }
         }
     }

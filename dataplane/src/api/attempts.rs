@@ -331,10 +331,10 @@ pub(super) async fn submit(
     .fetch_one(&mut *tx)
     .await
     .map_err(db_problem)?;
+    let keys = [sc.key(&format!("student:{student}:progress"))];
+    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
     tx.commit().await.map_err(db_problem)?;
-    s.cache
-        .invalidate(&[sc.key(&format!("student:{student}:progress"))])
-        .await;
+    s.cache.invalidate(&keys).await;
     Ok(json_reply(
         StatusCode::OK,
         &json!({"attempt": updated, "student": progress}),

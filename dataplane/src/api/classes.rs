@@ -116,10 +116,10 @@ pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                                     "every student id must be a student of this tenant",
                                 ));
                             }
+                            let keys = [sc.key(&format!("class:{id}:roster"))];
+                            outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                             tx.commit().await.map_err(db_problem)?;
-                            s.cache
-                                .invalidate(&[sc.key(&format!("class:{id}:roster"))])
-                                .await;
+                            s.cache.invalidate(&keys).await;
                             Ok(json_reply(
                                 StatusCode::OK,
                                 &json!({"class_id": id, "student_ids": ids}),
@@ -195,10 +195,10 @@ pub fn class_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .await
                     .map_err(db_problem)?
                     .ok_or_else(Problem::not_found)?;
+                    let keys = [sc.key(&format!("class:{id}:roster"))];
+                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
-                    s.cache
-                        .invalidate(&[sc.key(&format!("class:{id}:roster"))])
-                        .await;
+                    s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,

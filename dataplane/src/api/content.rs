@@ -166,41 +166,41 @@ pub fn course_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     check_grade(b.grade_level)?;
                     check_opt("board_name", &b.board_name, 100)?;
                     check_opt("module_name", &b.module_name, 200)?;
-                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
-                        sqlx::query_scalar(
-                            "INSERT INTO courses (id, name, code, subject, grade_level, description, learning_objectives, \
-                             topics, is_active, course_admin_id, board_name, module_name, metadata) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, code = EXCLUDED.code, \
-                             subject = EXCLUDED.subject, grade_level = EXCLUDED.grade_level, \
-                             description = EXCLUDED.description, learning_objectives = EXCLUDED.learning_objectives, \
-                             topics = EXCLUDED.topics, is_active = EXCLUDED.is_active, \
-                             course_admin_id = EXCLUDED.course_admin_id, board_name = EXCLUDED.board_name, \
-                             module_name = EXCLUDED.module_name, metadata = EXCLUDED.metadata, updated_at = now() \
-                             RETURNING to_jsonb(courses.*)",
-                        )
-                        .bind(id)
-                        .bind(&b.name)
-                        .bind(&b.code)
-                        .bind(b.subject)
-                        .bind(b.grade_level)
-                        .bind(&b.description)
-                        .bind(json_text(&b.learning_objectives)?)
-                        .bind(json_text(&b.topics)?)
-                        .bind(b.is_active)
-                        .bind(b.course_admin_id)
-                        .bind(&b.board_name)
-                        .bind(&b.module_name)
-                        .bind(Value::Object(b.metadata))
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(db_problem)
-                    })
-                    .await?;
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO courses (id, name, code, subject, grade_level, description, learning_objectives, \
+                         topics, is_active, course_admin_id, board_name, module_name, metadata) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, code = EXCLUDED.code, \
+                         subject = EXCLUDED.subject, grade_level = EXCLUDED.grade_level, \
+                         description = EXCLUDED.description, learning_objectives = EXCLUDED.learning_objectives, \
+                         topics = EXCLUDED.topics, is_active = EXCLUDED.is_active, \
+                         course_admin_id = EXCLUDED.course_admin_id, board_name = EXCLUDED.board_name, \
+                         module_name = EXCLUDED.module_name, metadata = EXCLUDED.metadata, updated_at = now() \
+                         RETURNING to_jsonb(courses.*)",
+                    )
+                    .bind(id)
+                    .bind(&b.name)
+                    .bind(&b.code)
+                    .bind(b.subject)
+                    .bind(b.grade_level)
+                    .bind(&b.description)
+                    .bind(json_text(&b.learning_objectives)?)
+                    .bind(json_text(&b.topics)?)
+                    .bind(b.is_active)
+                    .bind(b.course_admin_id)
+                    .bind(&b.board_name)
+                    .bind(&b.module_name)
+                    .bind(Value::Object(b.metadata))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
                     // A missing course is cached as "not found" too.
-                    s.cache
-                        .invalidate(&[sc.key(&format!("course:{id}:questions"))])
-                        .await;
+                    let keys = [sc.key(&format!("course:{id}:questions"))];
+                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,
@@ -331,11 +331,12 @@ pub fn question_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_problem)?;
-                    tx.commit().await.map_err(db_problem)?;
                     let mut keys = vec![sc.key(&format!("course:{}:questions", b.course_id))];
                     if let Some(old) = before.filter(|old| *old != b.course_id) {
                         keys.push(sc.key(&format!("course:{old}:questions")));
                     }
+                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
@@ -404,44 +405,44 @@ pub fn assessment_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     if !(0..=100).contains(&b.passing_score_percentage) {
                         return Err(Problem::bad_request("passing_score_percentage must be 0..=100"));
                     }
-                    let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
-                        sqlx::query_scalar(
-                            "INSERT INTO assessments (id, course_id, school_id, title, description, assessment_type, \
-                             subject, grade_level, topics, question_ids, total_points, time_limit_minutes, \
-                             passing_score_percentage, is_active) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-                             ON CONFLICT (id) DO UPDATE SET course_id = EXCLUDED.course_id, school_id = EXCLUDED.school_id, \
-                             title = EXCLUDED.title, description = EXCLUDED.description, \
-                             assessment_type = EXCLUDED.assessment_type, subject = EXCLUDED.subject, \
-                             grade_level = EXCLUDED.grade_level, topics = EXCLUDED.topics, \
-                             question_ids = EXCLUDED.question_ids, total_points = EXCLUDED.total_points, \
-                             time_limit_minutes = EXCLUDED.time_limit_minutes, \
-                             passing_score_percentage = EXCLUDED.passing_score_percentage, \
-                             is_active = EXCLUDED.is_active, updated_at = now() \
-                             RETURNING to_jsonb(assessments.*)",
-                        )
-                        .bind(id)
-                        .bind(b.course_id)
-                        .bind(b.school_id)
-                        .bind(&b.title)
-                        .bind(&b.description)
-                        .bind(b.assessment_type)
-                        .bind(b.subject)
-                        .bind(b.grade_level)
-                        .bind(json_text(&b.topics)?)
-                        .bind(json_text(&b.question_ids)?)
-                        .bind(b.total_points)
-                        .bind(b.time_limit_minutes)
-                        .bind(b.passing_score_percentage)
-                        .bind(b.is_active)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(db_problem)
-                    })
-                    .await?;
-                    s.cache
-                        .invalidate(&[sc.key(&format!("assessment:{id}:meta"))])
-                        .await;
+                    let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
+                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let doc: Value = sqlx::query_scalar(
+                        "INSERT INTO assessments (id, course_id, school_id, title, description, assessment_type, \
+                         subject, grade_level, topics, question_ids, total_points, time_limit_minutes, \
+                         passing_score_percentage, is_active) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                         ON CONFLICT (id) DO UPDATE SET course_id = EXCLUDED.course_id, school_id = EXCLUDED.school_id, \
+                         title = EXCLUDED.title, description = EXCLUDED.description, \
+                         assessment_type = EXCLUDED.assessment_type, subject = EXCLUDED.subject, \
+                         grade_level = EXCLUDED.grade_level, topics = EXCLUDED.topics, \
+                         question_ids = EXCLUDED.question_ids, total_points = EXCLUDED.total_points, \
+                         time_limit_minutes = EXCLUDED.time_limit_minutes, \
+                         passing_score_percentage = EXCLUDED.passing_score_percentage, \
+                         is_active = EXCLUDED.is_active, updated_at = now() \
+                         RETURNING to_jsonb(assessments.*)",
+                    )
+                    .bind(id)
+                    .bind(b.course_id)
+                    .bind(b.school_id)
+                    .bind(&b.title)
+                    .bind(&b.description)
+                    .bind(b.assessment_type)
+                    .bind(b.subject)
+                    .bind(b.grade_level)
+                    .bind(json_text(&b.topics)?)
+                    .bind(json_text(&b.question_ids)?)
+                    .bind(b.total_points)
+                    .bind(b.time_limit_minutes)
+                    .bind(b.passing_score_percentage)
+                    .bind(b.is_active)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_problem)?;
+                    let keys = [sc.key(&format!("assessment:{id}:meta"))];
+                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
+                    tx.commit().await.map_err(db_problem)?;
+                    s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))
                 }
                 .await,

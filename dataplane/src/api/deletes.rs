@@ -19,6 +19,7 @@ use super::{
 };
 use crate::access::path_uuid;
 use crate::openapi::{self, RouteDoc};
+use crate::outbox;
 use crate::problem::Problem;
 use crate::state::SharedState;
 
@@ -147,8 +148,9 @@ async fn delete(
         _ => db_problem(e),
     })?;
     let (id, related) = row.ok_or_else(Problem::not_found)?;
-    tx.commit().await.map_err(db_problem)?;
     let keys: Vec<String> = (d.seeds)(id, related).iter().map(|k| sc.key(k)).collect();
+    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
+    tx.commit().await.map_err(db_problem)?;
     s.cache.invalidate(&keys).await;
     let mut res = Response::new(Vec::new().into());
     *res.status_mut() = StatusCode::NO_CONTENT;

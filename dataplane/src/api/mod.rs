@@ -41,6 +41,7 @@ use crate::access::{Access, path_uuid, resolve, scope_params};
 use crate::auth::{AuthError, Principal};
 use crate::cache;
 use crate::openapi::{self, RouteDoc};
+use crate::outbox;
 use crate::pool::PoolError;
 use crate::problem::Problem;
 use crate::scoped;

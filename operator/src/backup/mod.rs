@@ -5,8 +5,12 @@
 //! the server) and which platform teams can run by hand outside Kubernetes.
 //!
 //! A backup is counted as a success only once the dump has been verified end to end and
-//! stored under its final name; retention then prunes old dumps of that school, never
-//! the newest one.
+//! stored under its final name with its SHA-256 manifest next to it; retention then prunes
+//! old dumps of that school (with their manifests), never the newest one.
+//!
+//! A restore first checks the downloaded dump against its manifest and refuses a dump
+//! whose checksum differs or is missing, unless told to restore unverified dumps
+//! ([`RestoreOptions::allow_unverified`]); only then does `pg_restore` read it.
 
 pub mod connection;
 pub mod pgtools;
@@ -37,6 +41,8 @@ pub enum BackupError {
     NotFound(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("dump not verifiable: {0}")]
+    Unverified(String),
 }
 
 impl BackupError {
@@ -50,6 +56,7 @@ impl BackupError {
             BackupError::Storage(_) => "StorageFailed",
             BackupError::NotFound(_) => "BackupNotFound",
             BackupError::Invalid(_) => "InvalidRequest",
+            BackupError::Unverified(_) => "ChecksumMissing",
         }
     }
 }
@@ -63,6 +70,8 @@ pub struct BackupReport {
     pub school_id: String,
     pub object: String,
     pub size: u64,
+    /// SHA-256 of the stored dump, as written to its manifest.
+    pub sha256: String,
     pub taken_at: DateTime<Utc>,
     pub tables: usize,
     pub duration: Duration,
@@ -75,7 +84,96 @@ pub struct BackupReport {
 pub struct RestoreReport {
     pub object: String,
     pub size: u64,
+    /// SHA-256 of the dump that was restored.
+    pub sha256: String,
+    /// Whether that matched its manifest (`false` only with `allow_unverified`).
+    pub verified: bool,
     pub duration: Duration,
+}
+
+/// Settings of one restore beyond what and where.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions<'a> {
+    /// Local scratch space for the downloaded dump.
+    pub work_dir: Option<&'a Path>,
+    /// `pg_restore --role=<role>` (see [`PgTools::restore_as`]).
+    pub role: Option<&'a str>,
+    /// Restore even when the dump's checksum manifest is missing or does not match
+    /// (`--allow-unverified`). `pg_restore`'s own verification still runs.
+    pub allow_unverified: bool,
+}
+
+/// How a stored dump compares with its checksum manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checksum {
+    /// The manifest records exactly this checksum.
+    Verified(String),
+    /// There is no manifest.
+    Missing { actual: String },
+    /// The manifest records another checksum, or is unreadable as one.
+    Mismatch { actual: String, why: String },
+}
+
+impl Checksum {
+    /// The checksum of the bytes themselves.
+    pub fn actual(&self) -> &str {
+        match self {
+            Checksum::Verified(a) | Checksum::Missing { actual: a } => a,
+            Checksum::Mismatch { actual, .. } => actual,
+        }
+    }
+
+    /// `ok`, or what is wrong, for listings.
+    pub fn summary(&self) -> String {
+        match self {
+            Checksum::Verified(_) => "verified".into(),
+            Checksum::Missing { .. } => "UNVERIFIED (no checksum manifest)".into(),
+            Checksum::Mismatch { why, .. } => format!("CORRUPT ({why})"),
+        }
+    }
+
+    /// `Ok` for a verified dump; otherwise the error that refuses it.
+    pub fn require(&self, object: &str) -> Result<(), BackupError> {
+        let force = "pass --allow-unverified to restore it anyway";
+        match self {
+            Checksum::Verified(_) => Ok(()),
+            Checksum::Missing { actual } => Err(BackupError::Unverified(format!(
+                "{object} has no checksum manifest ({}), so it cannot be shown to be the \
+                 dump that was stored (its sha256 is {actual}); refusing it — {force}",
+                storage::checksum_object(object)
+            ))),
+            Checksum::Mismatch { why, .. } => Err(BackupError::Corrupt(format!(
+                "{object} does not match its checksum manifest: {why}; the dump was altered \
+                 or damaged after it was stored; refusing it — {force}"
+            ))),
+        }
+    }
+}
+
+/// Compares the checksum of `object`'s bytes (`actual`) with its manifest.
+pub async fn check_checksum(
+    store: &BackupStore,
+    object: &str,
+    actual: &str,
+) -> Result<Checksum, BackupError> {
+    let actual = actual.to_string();
+    Ok(match store.read_checksum(object).await {
+        Ok(Some(expected)) if expected == actual => Checksum::Verified(actual),
+        Ok(Some(expected)) => Checksum::Mismatch {
+            why: format!("its sha256 is {actual}, the manifest records {expected}"),
+            actual,
+        },
+        Ok(None) => Checksum::Missing { actual },
+        Err(BackupError::Corrupt(why)) => Checksum::Mismatch { actual, why },
+        Err(other) => return Err(other),
+    })
+}
+
+/// Reads the stored `object` end to end and checks it against its manifest (what
+/// `list-backups` shows).
+pub async fn check_stored(store: &BackupStore, object: &str) -> Result<Checksum, BackupError> {
+    let read = store.hash(object).await?;
+    check_checksum(store, object, &read.sha256).await
 }
 
 /// Settings of one backup run.
@@ -135,15 +233,20 @@ pub async fn run_backup(
     tools.dump(conn, &local).await?;
     let tables = tools.verify(&local).await?;
     let object = store.object_name(&job.school_id, now);
-    let size = store.upload(&local, &object).await?;
+    let stored = store.upload(&local, &object).await?;
     drop(scratch);
-    tracing::info!(school_id = %job.school_id, %object, size, tables, "backup stored");
+    // After the dump: a manifest exists only for a complete dump. A crash in between
+    // leaves a dump without one, which restores refuse like any unverifiable dump.
+    store.write_checksum(&object, &stored.sha256).await?;
+    let size = stored.size;
+    tracing::info!(school_id = %job.school_id, %object, size, sha256 = %stored.sha256, tables, "backup stored");
 
     let pruned = prune(store, &job.school_id, job.retention_days, now).await?;
     Ok(BackupReport {
         school_id: job.school_id.clone(),
         object,
         size,
+        sha256: stored.sha256,
         taken_at: now,
         tables,
         duration: started.elapsed(),
@@ -151,7 +254,8 @@ pub async fn run_backup(
     })
 }
 
-/// Deletes the school's dumps that retention no longer keeps (never the newest).
+/// Deletes the school's dumps that retention no longer keeps (never the newest), each
+/// with its checksum manifest, and manifests left behind by an interrupted prune.
 pub async fn prune(
     store: &BackupStore,
     school_id: &str,
@@ -161,9 +265,15 @@ pub async fn prune(
     let dumps = store.list(school_id).await?;
     let mut pruned = Vec::new();
     for dump in storage::expired(&dumps, retention_days, now) {
-        store.delete(&dump.object).await?;
+        store.delete_dump(&dump.object).await?;
         tracing::info!(school_id, object = %dump.object, "pruned by retention");
         pruned.push(dump.object);
+    }
+    let cutoff = now - chrono::Duration::days(i64::from(retention_days));
+    for orphan in store.orphan_checksums(school_id).await? {
+        if orphan.taken_at < cutoff {
+            store.delete(&orphan.object).await?;
+        }
     }
     Ok(pruned)
 }
@@ -189,16 +299,45 @@ pub async fn run_restore_as(
     work_dir: Option<&Path>,
     role: Option<&str>,
 ) -> Result<RestoreReport, BackupError> {
+    let options = RestoreOptions {
+        work_dir,
+        role,
+        allow_unverified: false,
+    };
+    run_restore_with(tools, conn, store, object, options).await
+}
+
+/// Fetches `object`, checks it against its checksum manifest, verifies it with
+/// `pg_restore`, and restores it in a single transaction. Nothing touches the database
+/// before both checks pass.
+pub async fn run_restore_with(
+    tools: &PgTools,
+    conn: &ConnectionInfo,
+    store: &BackupStore,
+    object: &str,
+    options: RestoreOptions<'_>,
+) -> Result<RestoreReport, BackupError> {
     let started = Instant::now();
-    let scratch = scratch_dir(work_dir)?;
+    let scratch = scratch_dir(options.work_dir)?;
     let local = scratch.path().join("dump");
-    let size = store.download(object, &local).await?;
+    let fetched = store.download_checked(object, &local).await?;
+    let checksum = check_checksum(store, object, &fetched.sha256).await?;
+    let verified = matches!(checksum, Checksum::Verified(_));
+    if let Err(refused) = checksum.require(object) {
+        if !options.allow_unverified {
+            return Err(refused);
+        }
+        tracing::warn!(%object, error = %refused, "restoring an unverified dump (--allow-unverified)");
+    }
     tools.verify(&local).await?;
-    tools.restore_as(conn, &local, role).await?;
-    tracing::info!(%object, size, "restore finished");
+    tools.restore_as(conn, &local, options.role).await?;
+    let size = fetched.size;
+    tracing::info!(%object, size, sha256 = %fetched.sha256, verified, "restore finished");
     Ok(RestoreReport {
         object: object.to_string(),
         size,
+        sha256: fetched.sha256,
+        verified,
         duration: started.elapsed(),
     })
 }
@@ -236,6 +375,9 @@ pub struct RunResult {
     pub object: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// SHA-256 of the dump stored (backup) or restored (restore), lower-case hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,9 +394,16 @@ impl RunResult {
             ok: true,
             object: Some(object.into()),
             size: Some(size),
+            sha256: None,
             reason: None,
             message: None,
         }
+    }
+
+    /// The same result carrying the dump's checksum.
+    pub fn with_sha256(mut self, sha256: &str) -> Self {
+        self.sha256 = Some(sha256.into());
+        self
     }
 
     pub fn failure(operation: &str, error: &BackupError) -> Self {
@@ -263,6 +412,7 @@ impl RunResult {
             ok: false,
             object: None,
             size: None,
+            sha256: None,
             reason: Some(error.reason().into()),
             message: Some(error.to_string()),
         }
@@ -297,7 +447,7 @@ mod tests {
 
     #[test]
     fn results_round_trip_and_fit_a_termination_message() {
-        let ok = RunResult::success("backup", "a/b.dump", 42);
+        let ok = RunResult::success("backup", "a/b.dump", 42).with_sha256(&"ab".repeat(32));
         let back: RunResult = serde_json::from_str(&ok.to_json()).unwrap();
         assert_eq!(back, ok);
         let long = BackupError::Failed("é".repeat(5000));

@@ -5,7 +5,14 @@
 //! `backups/0b8f…/0b8f…_20261125T020000.000Z.dump`. Within a school's folder the names
 //! sort by time, and a dump copied elsewhere still says whose it is. Only verified dumps
 //! are ever written under such a name (uploads are atomic), so every object that parses
-//! as a dump name is a good backup.
+//! as a dump name was a good backup when it was stored.
+//!
+//! Next to each dump, written after it, is its checksum manifest `<dump>.sha256` in the
+//! format of `sha256sum` (`<64 hex digits>  <dump file name>`), so `sha256sum -c` checks a
+//! downloaded pair by hand. A later change to the stored dump (a flipped byte, an edited
+//! schema statement in the uncompressed table of contents) no longer matches it; see
+//! [`super::check_checksum`]. The manifest is not a signature: whoever can rewrite both
+//! files can forge it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,12 +23,65 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::BackupError;
 
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
 const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// What a checksum manifest's name adds to its dump's name.
+pub const CHECKSUM_SUFFIX: &str = ".sha256";
+
+/// The checksum manifest that belongs to the dump `object`.
+pub fn checksum_object(object: &str) -> String {
+    format!("{object}{CHECKSUM_SUFFIX}")
+}
+
+/// Lower-case hex of a finished SHA-256.
+fn hex(hasher: Sha256) -> String {
+    use std::fmt::Write;
+    hasher
+        .finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// Bytes that went through [`BackupStore::upload`] or [`BackupStore::download_checked`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transferred {
+    pub size: u64,
+    /// SHA-256 of exactly the bytes transferred, lower-case hex.
+    pub sha256: String,
+}
+
+/// The text of a checksum manifest for `object` (the `sha256sum` line format).
+pub fn manifest_text(object: &str, sha256: &str) -> String {
+    let file = object.rsplit('/').next().unwrap_or(object);
+    format!("{sha256}  {file}\n")
+}
+
+/// The checksum a manifest records for `object`; an error when the text is not a manifest
+/// of that object.
+pub fn parse_manifest(object: &str, text: &str) -> Result<String, String> {
+    let file = object.rsplit('/').next().unwrap_or(object);
+    let line = text.lines().next().unwrap_or("");
+    let (sum, name) = line
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| "it is not a `<sha256>  <file>` line".to_string())?;
+    let name = name.trim_start().trim_start_matches('*');
+    if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("it holds no SHA-256".into());
+    }
+    if name != file {
+        return Err(format!("it names {name:?}, not {file:?}"));
+    }
+    Ok(sum.to_ascii_lowercase())
+}
 
 /// S3-compatible bucket settings. Credentials come from the environment
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), which the CronJob fills from a Secret.
@@ -157,9 +217,10 @@ impl BackupStore {
         )
     }
 
-    /// Uploads a verified local dump under its final name. The object appears only once
-    /// complete (multipart upload, or write-then-rename on a directory).
-    pub async fn upload(&self, local: &Path, object: &str) -> Result<u64, BackupError> {
+    /// Uploads a verified local dump under its final name, hashing the bytes sent. The
+    /// object appears only once complete (multipart upload, or write-then-rename on a
+    /// directory).
+    pub async fn upload(&self, local: &Path, object: &str) -> Result<Transferred, BackupError> {
         let location = ObjectPath::parse(object)
             .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
         let io =
@@ -173,6 +234,7 @@ impl BackupStore {
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         let mut buf = vec![0u8; 1024 * 1024];
         let mut total = 0u64;
+        let mut hasher = Sha256::new();
         loop {
             let n = file.read(&mut buf).await.map_err(io)?;
             if n == 0 {
@@ -183,17 +245,71 @@ impl BackupStore {
                 .await
                 .map_err(|e| BackupError::Storage(format!("{self:?}: upload failed: {e}")))?;
             writer.write(&buf[..n]);
+            hasher.update(&buf[..n]);
             total += n as u64;
         }
         writer
             .finish()
             .await
             .map_err(|e| BackupError::Storage(format!("{self:?}: upload failed: {e}")))?;
-        Ok(total)
+        Ok(Transferred {
+            size: total,
+            sha256: hex(hasher),
+        })
+    }
+
+    /// Writes the checksum manifest of `object` (after the dump itself is stored).
+    pub async fn write_checksum(&self, object: &str, sha256: &str) -> Result<(), BackupError> {
+        self.put_bytes(
+            &checksum_object(object),
+            manifest_text(object, sha256).into_bytes(),
+        )
+        .await
+    }
+
+    /// The checksum recorded for `object`: `None` when it has no manifest; an error when
+    /// the manifest cannot be read or is not one.
+    pub async fn read_checksum(&self, object: &str) -> Result<Option<String>, BackupError> {
+        let manifest = checksum_object(object);
+        let location = ObjectPath::parse(&manifest)
+            .map_err(|e| BackupError::Storage(format!("bad object name {manifest}: {e}")))?;
+        let bytes = match self.store.get(&location).await {
+            Ok(result) => result.bytes().await.map_err(|e| {
+                BackupError::Storage(format!("{self:?}: cannot read {manifest}: {e}"))
+            })?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => {
+                return Err(BackupError::Storage(format!(
+                    "{self:?}: cannot read {manifest}: {e}"
+                )));
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        parse_manifest(object, &text)
+            .map(Some)
+            .map_err(|why| BackupError::Corrupt(format!("checksum manifest {manifest}: {why}")))
+    }
+
+    /// SHA-256 and size of the stored `object`, streamed (nothing is written locally).
+    pub async fn hash(&self, object: &str) -> Result<Transferred, BackupError> {
+        self.fetch(object, None).await
+    }
+
+    /// Downloads `object` into the local file `dest`, hashing the bytes received.
+    pub async fn download_checked(
+        &self,
+        object: &str,
+        dest: &Path,
+    ) -> Result<Transferred, BackupError> {
+        self.fetch(object, Some(dest)).await
     }
 
     /// Downloads `object` into the local file `dest`.
     pub async fn download(&self, object: &str, dest: &Path) -> Result<u64, BackupError> {
+        Ok(self.fetch(object, Some(dest)).await?.size)
+    }
+
+    async fn fetch(&self, object: &str, dest: Option<&Path>) -> Result<Transferred, BackupError> {
         let location = ObjectPath::parse(object)
             .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
         let result = self.store.get(&location).await.map_err(|e| match e {
@@ -202,21 +318,35 @@ impl BackupStore {
             }
             other => BackupError::Storage(format!("{self:?}: cannot read {object}: {other}")),
         })?;
-        let io =
-            |e: std::io::Error| BackupError::Storage(format!("writing {}: {e}", dest.display()));
-        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let io = |e: std::io::Error| {
+            let dest = dest.map(|d| d.display().to_string()).unwrap_or_default();
+            BackupError::Storage(format!("writing {dest}: {e}"))
+        };
+        let mut file = match dest {
+            Some(dest) => Some(tokio::fs::File::create(dest).await.map_err(io)?),
+            None => None,
+        };
         let mut stream = result.into_stream();
         let mut total = 0u64;
+        let mut hasher = Sha256::new();
         while let Some(chunk) = stream
             .try_next()
             .await
             .map_err(|e| BackupError::Storage(format!("{self:?}: reading {object}: {e}")))?
         {
-            file.write_all(&chunk).await.map_err(io)?;
+            if let Some(file) = file.as_mut() {
+                file.write_all(&chunk).await.map_err(io)?;
+            }
+            hasher.update(&chunk);
             total += chunk.len() as u64;
         }
-        file.flush().await.map_err(io)?;
-        Ok(total)
+        if let Some(file) = file.as_mut() {
+            file.flush().await.map_err(io)?;
+        }
+        Ok(Transferred {
+            size: total,
+            sha256: hex(hasher),
+        })
     }
 
     /// Every dump of `school_id`, oldest first. Objects whose names are not dump names
@@ -246,13 +376,50 @@ impl BackupStore {
         Ok(dumps)
     }
 
+    /// Deletes one object; one that is already gone counts as deleted.
     pub async fn delete(&self, object: &str) -> Result<(), BackupError> {
         let location = ObjectPath::parse(object)
             .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
-        self.store
-            .delete(&location)
+        match self.store.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(BackupError::Storage(format!(
+                "{self:?}: cannot delete {object}: {e}"
+            ))),
+        }
+    }
+
+    /// Deletes a dump and then its checksum manifest.
+    pub async fn delete_dump(&self, object: &str) -> Result<(), BackupError> {
+        self.delete(object).await?;
+        self.delete(&checksum_object(object)).await
+    }
+
+    /// Checksum manifests of `school_id` whose dump is gone (a prune interrupted between
+    /// the two deletes), with the time in their name.
+    pub async fn orphan_checksums(&self, school_id: &str) -> Result<Vec<StoredDump>, BackupError> {
+        let folder = ObjectPath::parse(self.school_folder(school_id))
+            .map_err(|e| BackupError::Storage(format!("bad school id {school_id}: {e}")))?;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&folder))
+            .try_collect()
             .await
-            .map_err(|e| BackupError::Storage(format!("{self:?}: cannot delete {object}: {e}")))
+            .map_err(|e| BackupError::Storage(format!("{self:?}: cannot list backups: {e}")))?;
+        let names: std::collections::HashSet<String> =
+            objects.iter().map(|m| m.location.to_string()).collect();
+        Ok(objects
+            .iter()
+            .filter_map(|meta| {
+                let name = meta.location.to_string();
+                let dump = name.strip_suffix(CHECKSUM_SUFFIX)?;
+                let taken_at = parse_dump_name(dump.rsplit('/').next()?, school_id)?;
+                (!names.contains(dump)).then(|| StoredDump {
+                    object: name.clone(),
+                    taken_at,
+                    size: meta.size,
+                })
+            })
+            .collect())
     }
 
     /// Writes arbitrary bytes (tests use it to plant corrupt dumps and foreign files).
@@ -319,6 +486,62 @@ mod tests {
         assert_eq!(parse_dump_name(file, id), Some(t1));
         assert_eq!(parse_dump_name("notes.txt", id), None);
         assert_eq!(parse_dump_name(&file.replace(".dump", ".tmp"), id), None);
+    }
+
+    #[test]
+    fn manifests_are_sha256sum_lines_of_their_own_dump() {
+        let sum = "0123456789abcdef".repeat(4);
+        let object = "p/id/id_20260101T000000.000Z.dump";
+        let text = manifest_text(object, &sum);
+        assert_eq!(text, format!("{sum}  id_20260101T000000.000Z.dump\n"));
+        assert_eq!(parse_manifest(object, &text), Ok(sum.clone()));
+        // `sha256sum -b` writes `*name`; upper-case hex is the same checksum.
+        let binary = format!("{}  *id_20260101T000000.000Z.dump\n", sum.to_uppercase());
+        assert_eq!(parse_manifest(object, &binary), Ok(sum.clone()));
+        assert!(
+            parse_manifest("p/id/other.dump", &text).is_err(),
+            "another dump's manifest"
+        );
+        assert!(parse_manifest(object, "").is_err());
+        assert!(parse_manifest(object, &text.replacen('0', "g", 1)).is_err());
+        assert!(parse_manifest(object, &text[1..]).is_err(), "63 digits");
+        assert_eq!(checksum_object(object), format!("{object}.sha256"));
+    }
+
+    #[tokio::test]
+    async fn uploads_and_downloads_hash_the_bytes_and_manifests_are_not_dumps() {
+        let root = tempfile::tempdir().unwrap();
+        let store = BackupStore::directory(root.path()).unwrap();
+        let id = "0b8f3a5e-0000-4000-8000-000000000002";
+        let object = store.object_name(id, Utc::now());
+        let local = root.path().join("local");
+        std::fs::write(&local, b"abc").unwrap();
+        let up = store.upload(&local, &object).await.unwrap();
+        // SHA-256("abc") from FIPS 180-2.
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!((up.size, up.sha256.as_str()), (3, abc));
+        assert_eq!(store.read_checksum(&object).await.unwrap(), None);
+        store.write_checksum(&object, &up.sha256).await.unwrap();
+        assert_eq!(
+            store.read_checksum(&object).await.unwrap().as_deref(),
+            Some(abc)
+        );
+        assert_eq!(store.hash(&object).await.unwrap(), up);
+        let back = root.path().join("back");
+        assert_eq!(store.download_checked(&object, &back).await.unwrap(), up);
+        let listed = store.list(id).await.unwrap();
+        assert_eq!(
+            listed.len(),
+            1,
+            "the manifest is not listed as a dump: {listed:?}"
+        );
+        assert!(store.orphan_checksums(id).await.unwrap().is_empty());
+        store.delete(&object).await.unwrap();
+        let orphans = store.orphan_checksums(id).await.unwrap();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].object, checksum_object(&object));
+        store.delete_dump(&object).await.unwrap();
+        assert!(store.orphan_checksums(id).await.unwrap().is_empty());
     }
 
     #[test]

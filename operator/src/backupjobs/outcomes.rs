@@ -24,6 +24,8 @@ pub enum Outcome {
     Succeeded {
         object: String,
         size: u64,
+        /// The dump's SHA-256, from runners that report it.
+        sha256: Option<String>,
     },
     Failed {
         reason: String,
@@ -108,6 +110,7 @@ pub fn job_outcome(job: &Job, pods: &[Pod]) -> Option<JobOutcome> {
         (true, Some(r)) if r.ok => Outcome::Succeeded {
             object: r.object.unwrap_or_default(),
             size: r.size.unwrap_or(0),
+            sha256: r.sha256,
         },
         (true, _) => Outcome::SucceededUnknown,
         (false, Some(r)) => Outcome::Failed {
@@ -157,7 +160,11 @@ pub fn fold_outcomes(
     sorted.sort_by_key(|o| o.finished);
     for o in sorted {
         match &o.result {
-            Outcome::Succeeded { object, size } => {
+            Outcome::Succeeded {
+                object,
+                size,
+                sha256,
+            } => {
                 if status
                     .last_success
                     .as_ref()
@@ -167,6 +174,7 @@ pub fn fold_outcomes(
                         time: Time(o.finished),
                         object: object.clone(),
                         size: i64::try_from(*size).unwrap_or(i64::MAX),
+                        sha256: sha256.clone(),
                         job: Some(o.job.clone()),
                     });
                 }

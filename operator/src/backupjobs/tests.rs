@@ -267,7 +267,9 @@ fn pod(job: &str, message: &str) -> Pod {
 
 #[test]
 fn outcomes_come_from_termination_messages() {
-    let ok = RunResult::success("backup", "p/id/id_1.dump", 1234).to_json();
+    let ok = RunResult::success("backup", "p/id/id_1.dump", 1234)
+        .with_sha256(&"ab".repeat(32))
+        .to_json();
     let fail = RunResult::failure(
         "backup",
         &crate::backup::BackupError::Storage("bucket gone".into()),
@@ -278,7 +280,8 @@ fn outcomes_come_from_termination_messages() {
         o.result,
         Outcome::Succeeded {
             object: "p/id/id_1.dump".into(),
-            size: 1234
+            size: 1234,
+            sha256: Some("ab".repeat(32)),
         }
     );
     let o = job_outcome(
@@ -322,6 +325,7 @@ fn folding_keeps_the_newest_and_reports_new_failures_once() {
             result: Outcome::Succeeded {
                 object: "o1".into(),
                 size: 1,
+                sha256: None,
             },
         },
         JobOutcome {
@@ -347,6 +351,7 @@ fn folding_keeps_the_newest_and_reports_new_failures_once() {
         result: Outcome::Succeeded {
             object: "o3".into(),
             size: 3,
+            sha256: None,
         },
     });
     let (s, _) = fold_outcomes(Some(&s), &later);

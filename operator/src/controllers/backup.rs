@@ -94,12 +94,17 @@ pub(crate) async fn backup_step(
             Some(o) => {
                 status.completed = Some(Time(o.finished));
                 match o.result {
-                    Outcome::Succeeded { object, size } => {
+                    Outcome::Succeeded {
+                        object,
+                        size,
+                        sha256,
+                    } => {
                         status.phase = Some(OperationPhase::Succeeded.into());
                         status.reason = Some("BackupSucceeded".into());
                         status.message = Some(format!("stored and verified {object}"));
                         status.object = Some(object);
                         status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
+                        status.sha256 = sha256;
                     }
                     Outcome::SucceededUnknown => {
                         status.phase = Some(OperationPhase::Succeeded.into());

@@ -206,7 +206,7 @@ pub(crate) async fn restore_step(
         finish_restore(sr, ctx, namespace).await?;
         status.completed = Some(now());
         match o.result {
-            Outcome::Succeeded { object, size } => {
+            Outcome::Succeeded { object, size, .. } => {
                 status.phase = Some(OperationPhase::Succeeded.into());
                 status.reason = Some("Restored".into());
                 status.message = Some(format!(

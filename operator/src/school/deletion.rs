@@ -245,7 +245,7 @@ pub(crate) async fn final_backup(
         None => Err(Error::FinalBackupRunning(format!(
             "reclaimPolicy snapshot: final backup Job {name} is running; the database is dropped once it succeeded"
         ))),
-        Some(Outcome::Succeeded { object, size }) => Ok(format!(
+        Some(Outcome::Succeeded { object, size, .. }) => Ok(format!(
             "final backup {object} ({size} bytes) stored and verified by Job {name}"
         )),
         Some(Outcome::SucceededUnknown) => Ok(format!(

@@ -193,8 +193,8 @@ async fn restore_brings_back_every_row_of_all_13_tables() {
         .await
         .unwrap();
     assert_eq!(
-        report.tables, 14,
-        "13 tables plus _sqlx_migrations carry data"
+        report.tables, 15,
+        "13 tables plus _sqlx_migrations and cache_invalidations carry data"
     );
     assert!(
         report.object.starts_with(&format!("{0}/{0}_", school.id)),
@@ -307,6 +307,14 @@ async fn check_retention(store: &BackupStore, prefix: &str) {
         .into_iter()
         .map(|d| d.object)
         .collect();
+    // Manifests went with their dumps; the kept dumps keep theirs.
+    for gone in [&r40.object, &r30.object, &r8.object] {
+        assert_eq!(store.read_checksum(gone).await.unwrap(), None, "{gone}");
+    }
+    assert_eq!(
+        store.read_checksum(&r0.object).await.unwrap(),
+        Some(r0.sha256.clone())
+    );
     assert_eq!(left, vec![r1.object, r0.object]);
     assert_eq!(
         store.list(&other_school).await.unwrap().len(),
@@ -378,7 +386,7 @@ async fn truncated_or_corrupted_dumps_fail_verification() {
     fill(&mut conn, 200).await;
     let tools = PgTools::discover().unwrap();
     let (dir, good) = good_dump(&school).await;
-    assert_eq!(tools.verify(&good).await.unwrap(), 14);
+    assert_eq!(tools.verify(&good).await.unwrap(), 15);
     let bytes = std::fs::read(&good).unwrap();
 
     for cut in [
@@ -432,7 +440,17 @@ async fn a_corrupt_stored_dump_is_never_restored() {
     drop(conn);
 
     let tools = PgTools::discover().unwrap();
+    // Planted without a checksum manifest: refused as unverifiable.
     let err = backup::run_restore(&tools, &school.conn, &store, &object, None)
+        .await
+        .expect_err("restoring a dump without a manifest must fail");
+    assert!(matches!(err, BackupError::Unverified(_)), "{err}");
+    // Forced past the checksum, pg_restore's own verification still refuses it.
+    let forced = backup::RestoreOptions {
+        allow_unverified: true,
+        ..Default::default()
+    };
+    let err = backup::run_restore_with(&tools, &school.conn, &store, &object, forced)
         .await
         .expect_err("restoring a truncated dump must fail");
     assert!(matches!(err, BackupError::Corrupt(_)), "{err}");
@@ -447,6 +465,205 @@ async fn a_corrupt_stored_dump_is_never_restored() {
         .await
         .expect_err("missing object");
     assert!(matches!(err, BackupError::NotFound(_)), "{err}");
+}
+
+/// Column types and lengths, constraints and indexes of the school's tables: what an
+/// edited schema statement in a dump would change.
+async fn schema(conn: &mut PgConnection) -> Vec<String> {
+    let mut out: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name || '.' || column_name || ' ' || data_type || ' ' ||
+                coalesce(character_maximum_length::text, '-') || ' ' || is_nullable
+         FROM information_schema.columns WHERE table_schema = 'public'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    out.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT conrelid::regclass::text || ' ' || pg_get_constraintdef(oid)
+             FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+             UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap(),
+    );
+    out.sort();
+    out
+}
+
+/// Every offset of `needle` in `haystack`.
+fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Issue 11 §5: a stored dump edited after it was stored is refused, wherever the edit is.
+/// The schema statements in a custom-format dump's table of contents are not compressed,
+/// and `pg_restore --list` plus a full read accept an edited one (checked below): only the
+/// checksum manifest catches it.
+#[tokio::test]
+async fn a_dump_altered_after_it_was_stored_is_refused_and_changes_nothing() {
+    let school = school().await;
+    let mut conn = school_conn(&school).await;
+    fill(&mut conn, 40).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = BackupStore::directory(dir.path()).unwrap();
+    let tools = PgTools::discover().unwrap();
+    let report = backup::run_backup(&tools, &school.conn, &store, &job(&school, 7), Utc::now())
+        .await
+        .unwrap();
+    let object = report.object.clone();
+    assert_eq!(report.sha256.len(), 64);
+    assert_eq!(
+        backup::check_stored(&store, &object).await.unwrap(),
+        backup::Checksum::Verified(report.sha256.clone())
+    );
+    let original = std::fs::read(dir.path().join(&object)).unwrap();
+    let manifest = std::fs::read_to_string(dir.path().join(format!("{object}.sha256"))).unwrap();
+    assert!(manifest.starts_with(&report.sha256), "{manifest}");
+
+    // Data changes after the backup, so a restore of anything would be visible.
+    sqlx::query("UPDATE students SET xp_points = xp_points + 7")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let rows = snapshot(&mut conn).await;
+    let types = schema(&mut conn).await;
+    drop(conn);
+
+    // The issue's edits, in the uncompressed schema text: varchar(255) -> (155), and a
+    // CHECK bound. `pg_restore` itself accepts such a dump.
+    let mut edits: Vec<Vec<u8>> = Vec::new();
+    let varchar = find_all(&original, b"character varying(255)");
+    assert!(!varchar.is_empty(), "the schema text is in the dump");
+    for at in varchar.iter().take(3) {
+        let mut edited = original.clone();
+        edited[at + "character varying(".len()] = b'1';
+        edits.push(edited);
+    }
+    let checks = find_all(&original, b"<= 5");
+    assert!(!checks.is_empty(), "the CHECK on users.role is in the dump");
+    for at in checks.iter().take(2) {
+        let mut edited = original.clone();
+        edited[at + 3] = b'9';
+        edits.push(edited);
+    }
+    let edited_path = dir.path().join("edited.dump");
+    std::fs::write(&edited_path, &edits[0]).unwrap();
+    assert!(
+        tools.verify(&edited_path).await.is_ok(),
+        "pg_restore's verification alone accepts an edited schema"
+    );
+    // Single flipped bits at offsets across the whole file: header, TOC, data, tail.
+    let n = original.len();
+    let mut offsets: Vec<usize> = (0..64).map(|i| i * (n - 1) / 63).collect();
+    offsets.extend([1, 2, 5, 11, n / 2 + 1, n - 2]);
+    offsets.extend(varchar.iter().map(|at| at + 3));
+    for at in offsets {
+        let mut flipped = original.clone();
+        flipped[at] ^= 0x01;
+        edits.push(flipped);
+    }
+
+    let count = edits.len();
+    for (i, edited) in edits.into_iter().enumerate() {
+        assert_ne!(edited, original);
+        store.put_bytes(&object, edited).await.unwrap();
+        let err = backup::run_restore(&tools, &school.conn, &store, &object, None)
+            .await
+            .expect_err("an altered dump must be refused");
+        assert!(matches!(err, BackupError::Corrupt(_)), "edit {i}: {err}");
+        assert_eq!(err.reason(), "DumpCorrupt");
+        assert!(
+            err.to_string()
+                .contains("does not match its checksum manifest"),
+            "edit {i}: {err}"
+        );
+        assert!(matches!(
+            backup::check_stored(&store, &object).await.unwrap(),
+            backup::Checksum::Mismatch { .. }
+        ));
+    }
+    let mut conn = school_conn(&school).await;
+    assert_eq!(
+        snapshot(&mut conn).await,
+        rows,
+        "no row changed ({count} edits)"
+    );
+    assert_eq!(schema(&mut conn).await, types, "no column type changed");
+    drop(conn);
+
+    // A manifest that is not one is refused the same way.
+    store.put_bytes(&object, original.clone()).await.unwrap();
+    store
+        .put_bytes(&format!("{object}.sha256"), b"garbage".to_vec())
+        .await
+        .unwrap();
+    let err = backup::run_restore(&tools, &school.conn, &store, &object, None)
+        .await
+        .expect_err("an unreadable manifest verifies nothing");
+    assert!(matches!(err, BackupError::Corrupt(_)), "{err}");
+
+    // No manifest at all: refused with its own reason, unless forced.
+    store.delete(&format!("{object}.sha256")).await.unwrap();
+    let err = backup::run_restore(&tools, &school.conn, &store, &object, None)
+        .await
+        .expect_err("a dump without a manifest must be refused");
+    assert!(matches!(err, BackupError::Unverified(_)), "{err}");
+    assert_eq!(err.reason(), "ChecksumMissing");
+    assert!(err.to_string().contains("--allow-unverified"), "{err}");
+    let mut conn = school_conn(&school).await;
+    assert_eq!(snapshot(&mut conn).await, rows);
+    drop(conn);
+    let forced = backup::RestoreOptions {
+        allow_unverified: true,
+        ..Default::default()
+    };
+    let restored = backup::run_restore_with(&tools, &school.conn, &store, &object, forced)
+        .await
+        .unwrap();
+    assert!(!restored.verified);
+    assert_eq!(restored.sha256, report.sha256);
+    let mut conn = school_conn(&school).await;
+    assert_ne!(snapshot(&mut conn).await, rows, "the forced restore ran");
+}
+
+/// Retention deletes a dump's manifest with it, and manifests an interrupted prune left.
+#[tokio::test]
+async fn retention_deletes_manifests_with_their_dumps() {
+    let school = school().await;
+    let mut conn = school_conn(&school).await;
+    fill(&mut conn, 2).await;
+    drop(conn);
+    let dir = tempfile::tempdir().unwrap();
+    let store = BackupStore::directory(dir.path()).unwrap();
+    let tools = PgTools::discover().unwrap();
+    let now = Utc::now().trunc_subsecs(3);
+    let j = job(&school, 7);
+    let old = backup::run_backup(&tools, &school.conn, &store, &j, days_ago(now, 20))
+        .await
+        .unwrap();
+    let older = backup::run_backup(&tools, &school.conn, &store, &j, days_ago(now, 30))
+        .await
+        .unwrap();
+    // An interrupted prune: the dump went, its manifest stayed.
+    std::fs::remove_file(dir.path().join(&older.object)).unwrap();
+    let new = backup::run_backup(&tools, &school.conn, &store, &j, now)
+        .await
+        .unwrap();
+    assert_eq!(new.pruned, vec![old.object.clone()]);
+    let mut files: Vec<String> = std::fs::read_dir(dir.path().join(&school.id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let name = new.object.rsplit('/').next().unwrap().to_string();
+    assert_eq!(files, vec![name.clone(), format!("{name}.sha256")]);
 }
 
 /// A directory of PostgreSQL tools whose `pg_dump` is wrapped by `script` (the real one is

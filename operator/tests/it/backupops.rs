@@ -430,7 +430,9 @@ async fn school_backup_runs_once_and_reports_and_a_missing_school_is_named() {
     env.finish_job(
         &job_name,
         true,
-        &RunResult::success("backup", &report.object, report.size).to_json(),
+        &RunResult::success("backup", &report.object, report.size)
+            .with_sha256(&report.sha256)
+            .to_json(),
     )
     .await;
     ops::reconcile_backup(Arc::new(get().await), env.ctx.clone())
@@ -440,20 +442,13 @@ async fn school_backup_runs_once_and_reports_and_a_missing_school_is_named() {
     assert_eq!(st.phase.as_deref(), Some("Succeeded"));
     assert_eq!(st.object.as_deref(), Some(report.object.as_str()));
     assert_eq!(st.size, Some(report.size as i64));
+    assert_eq!(st.sha256.as_deref(), Some(report.sha256.as_str()));
     assert!(st.started.is_some() && st.completed.is_some());
     // The School's status counts on-demand backups too.
     let school = env.reconcile("sb").await;
-    assert_eq!(
-        school
-            .status
-            .unwrap()
-            .backup
-            .unwrap()
-            .last_success
-            .unwrap()
-            .object,
-        report.object
-    );
+    let last = school.status.unwrap().backup.unwrap().last_success.unwrap();
+    assert_eq!(last.object, report.object);
+    assert_eq!(last.sha256, Some(report.sha256));
 }
 
 async fn login(uri: &str) -> Result<PgConnection, sqlx::Error> {
@@ -930,9 +925,76 @@ async fn the_runner_binary_writes_its_result_where_the_operator_reads_it() {
     let (ok, backup) = run("backup", &[]);
     assert!(ok && backup.ok, "{backup:?}");
     assert!(backup.object.as_ref().unwrap().contains(&school_id));
+    // The checksum travels in the result and is the one in the manifest beside the dump.
+    let object = backup.object.clone().unwrap();
+    let sha256 = backup
+        .sha256
+        .clone()
+        .expect("the result carries the checksum");
+    let manifest = dir.path().join("store").join(format!("{object}.sha256"));
+    assert!(
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .starts_with(&sha256)
+    );
+    let list = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
+            .arg("list-backups")
+            .args(extra)
+            .env("EDUMIND_SECRET", &mount)
+            .env("EDUMIND_SCHOOL_ID", &school_id)
+            .env("EDUMIND_BACKUP_STORAGE", dir.path().join("store"))
+            .output()
+            .unwrap()
+    };
+    let out = list(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&sha256) && text.contains("\tverified"),
+        "{text}"
+    );
     let (ok, restore) = run("restore", &[("EDUMIND_RESTORE_OBJECT", "latest")]);
     assert!(ok && restore.ok, "{restore:?}");
     assert_eq!(restore.object, backup.object, "latest is the newest backup");
+    assert_eq!(restore.sha256, backup.sha256);
+
+    // Without its manifest the dump is listed as unverified and refused, unless forced.
+    std::fs::remove_file(&manifest).unwrap();
+    let out = list(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !out.status.success() && text.contains("UNVERIFIED"),
+        "{text}"
+    );
+    assert!(list(&["--allow-unverified"]).status.success());
+    let (ok, refused) = run("restore", &[("EDUMIND_RESTORE_OBJECT", "latest")]);
+    assert!(!ok && !refused.ok, "{refused:?}");
+    assert_eq!(refused.reason.as_deref(), Some("ChecksumMissing"));
+    let (ok, forced) = run(
+        "restore",
+        &[
+            ("EDUMIND_RESTORE_OBJECT", "latest"),
+            ("EDUMIND_RESTORE_ALLOW_UNVERIFIED", "true"),
+        ],
+    );
+    assert!(ok && forced.ok, "{forced:?}");
+    // An altered dump is listed as corrupt, refused even where a missing manifest is not.
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}  {}\n",
+            "0".repeat(64),
+            object.rsplit('/').next().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = list(&["--allow-unverified"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success() && text.contains("CORRUPT"), "{text}");
+    let (ok, refused) = run("restore", &[("EDUMIND_RESTORE_OBJECT", &object)]);
+    assert!(!ok, "{refused:?}");
+    assert_eq!(refused.reason.as_deref(), Some("DumpCorrupt"));
     let (ok, missing) = run("restore", &[("EDUMIND_RESTORE_OBJECT", "no/such.dump")]);
     assert!(!ok && !missing.ok);
     assert_eq!(missing.reason.as_deref(), Some("BackupNotFound"));

@@ -128,8 +128,8 @@ async fn self_service_tenant_is_provisioned_isolated_by_rls_and_idempotent() {
     .await
     .unwrap();
     assert_eq!(
-        not_owned, 14,
-        "13 tables and the migrations table belong to the owner role"
+        not_owned, 15,
+        "13 tables, the migrations table and the cache outbox belong to the owner role"
     );
     let app_owns: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tableowner = current_user")
