@@ -161,6 +161,8 @@ exactly one server must have default: true|--set-json targetServers=[{"name":"a"
 is listed twice|--set-json targetServers=[{"name":"a","host":"h","default":true},{"name":"a","host":"h"}]
 bucket is required|--set backup.storage.type=s3
 at least 32 bytes|--set dataplane.auth.hs256.value=short
+set dataplane.shutdown instead|--set dataplane.extraConfig.shutdown_grace_secs=30
+minimum: got 0, want 1|--set dataplane.shutdown.graceSeconds=0
 EOF
 [ "$bad" -eq 0 ] || exit 1
 echo "chart checks passed in $(( $(date +%s) - started ))s"

@@ -7,6 +7,15 @@
 //!   others wait and re-read.
 //! * **Redis down**: every command has a short timeout; a failed read goes to PostgreSQL
 //!   and the caller never sees an error.
+//! * **Circuit breaker**: after `breaker_failures` consecutive failed commands the
+//!   breaker opens: no command is sent to Redis at all (reads go straight to PostgreSQL,
+//!   invalidations go to the pending set, sessions and locks fail at once into their
+//!   fallbacks) and a background probe pings Redis every `probe_ms`; its first answer
+//!   closes the breaker. So Redis down costs a few timeouts, not one per request. The
+//!   state is the `edumind_cache_breaker_open` gauge.
+//! * **Locks outlive only their holder**: an attempt lock has a short TTL ([`LOCK_TTL`])
+//!   that the holder renews while it works ([`LockToken`]); a holder that crashed stops
+//!   renewing and its lock is gone within seconds.
 //! * **No stale values after an outage**: an invalidation that fails is remembered
 //!   (pending set). While anything is pending this process does not read from Redis at all;
 //!   once Redis answers again the pending keys are deleted first, then reads resume.
@@ -24,16 +33,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::config::RedisSettings;
 use crate::metrics::Metrics;
 use crate::outbox::TenantOutbox;
-use crate::secret::Secret;
 use crate::tenants::TenantId;
 
 pub const PROGRESS_TTL: Duration = Duration::from_secs(5 * 60);
@@ -41,7 +50,8 @@ pub const ASSESSMENT_META_TTL: Duration = Duration::from_secs(15 * 60);
 pub const ROSTER_TTL: Duration = Duration::from_secs(10 * 60);
 pub const COURSE_QUESTIONS_TTL: Duration = Duration::from_secs(60 * 60);
 pub const SESSION_TTL: Duration = Duration::from_secs(30 * 60);
-pub const LOCK_TTL: Duration = Duration::from_secs(5 * 60);
+/// An attempt lock's lifetime; its live holder renews it every third of this.
+pub const LOCK_TTL: Duration = Duration::from_secs(6);
 
 /// `edumind:{tenant}:{seed}`.
 pub fn key(tenant: &TenantId, seed: &str) -> String {
@@ -63,9 +73,18 @@ struct Flight {
     invalidated: AtomicBool,
 }
 
+/// Closed: commands go to Redis. Open: none do, until the probe gets an answer.
+struct Breaker {
+    open: AtomicBool,
+    failures: AtomicU32,
+    threshold: u32,
+    probe_every: Duration,
+}
+
 pub struct Cache {
     conn: ConnectionManager,
     timeout: Duration,
+    breaker: Arc<Breaker>,
     pending: Mutex<HashSet<String>>,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     metrics: Arc<Metrics>,
@@ -110,9 +129,10 @@ fn tenant_of(key: &str) -> Option<&str> {
 
 impl Cache {
     /// Connects lazily: the service starts (and serves from PostgreSQL) while Redis is down.
-    pub fn new(url: &Secret, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client =
-            redis::Client::open(url.expose()).map_err(|_| "invalid redis url".to_owned())?;
+    pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let client = redis::Client::open(settings.url.expose())
+            .map_err(|_| "invalid redis url".to_owned())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -123,6 +143,12 @@ impl Cache {
         Ok(Cache {
             conn,
             timeout,
+            breaker: Arc::new(Breaker {
+                open: AtomicBool::new(false),
+                failures: AtomicU32::new(0),
+                threshold: settings.breaker_failures.max(1),
+                probe_every: Duration::from_millis(settings.probe_ms.max(10)),
+            }),
             pending: Mutex::new(HashSet::new()),
             flights: Mutex::new(HashMap::new()),
             metrics,
@@ -324,23 +350,74 @@ impl Cache {
         }
     }
 
+    /// One command within the timeout, through the breaker: every failure (timeout,
+    /// connection lost or refused, error reply) counts towards opening it; a success
+    /// resets the count.
     async fn run<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, CacheError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        if self.breaker.open.load(Ordering::Acquire) {
+            return Err(CacheError::Unavailable);
+        }
         match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
             Ok(Ok(v)) => {
                 self.observe(true);
+                self.breaker.failures.store(0, Ordering::Relaxed);
                 Ok(v)
             }
             _ => {
                 self.observe(false);
+                let failures = self.breaker.failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if failures >= self.breaker.threshold {
+                    self.open_breaker();
+                }
                 Err(CacheError::Unavailable)
             }
         }
     }
 
-    /// Whether Redis answers a PING now.
+    /// Opens the breaker (once) and starts the probe that closes it again.
+    fn open_breaker(&self) {
+        if self.breaker.open.swap(true, Ordering::AcqRel) {
+            return; // already open, probe running
+        }
+        tracing::warn!("Redis unreachable: circuit breaker open, serving from PostgreSQL");
+        self.metrics.set_breaker_open(true);
+        let (breaker, metrics, conn, timeout) = (
+            self.breaker.clone(),
+            self.metrics.clone(),
+            self.conn.clone(),
+            self.timeout,
+        );
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(breaker.probe_every).await;
+                let mut c = conn.clone();
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut c);
+                if let Ok(Ok(_)) = tokio::time::timeout(timeout, ping).await {
+                    break;
+                }
+                // Dropped with the service (its runtime): the probe ends with it.
+            }
+            breaker.failures.store(0, Ordering::Relaxed);
+            breaker.open.store(false, Ordering::Release);
+            metrics.set_breaker_open(false);
+            tracing::info!("Redis answers again: circuit breaker closed");
+        });
+    }
+
+    /// Whether the circuit breaker is open (Redis treated as down, nothing sent to it).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.open.load(Ordering::Acquire)
+    }
+
+    /// Whether Redis answers a PING now. While the breaker is open this is the breaker's
+    /// view (no command is sent).
     pub async fn ping(&self) -> bool {
         self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
@@ -381,7 +458,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<String, E>>,
     {
-        if !self.settle().await {
+        if self.breaker_open() || !self.settle().await {
             self.metrics.cache_event(kind, "bypass");
             return load().await;
         }
@@ -528,12 +605,14 @@ impl Cache {
 
     // ---- locks: `lock:assessment:{attemptId}` ----
 
-    /// SET NX PX; returns the owner token when acquired.
+    /// SET NX PX; returns the owner token when acquired. The token renews the lock every
+    /// third of `ttl` for as long as it lives, so only a live holder keeps it: a holder
+    /// that crashed (or whose request was dropped) lets it expire within `ttl`.
     pub async fn lock_acquire(
         &self,
         key: &str,
         ttl: Duration,
-    ) -> Result<Option<String>, CacheError> {
+    ) -> Result<Option<LockToken>, CacheError> {
         let token = uuid::Uuid::new_v4().to_string();
         let (k, t, ms) = (key.to_owned(), token.clone(), ttl.as_millis() as u64);
         let ok: Option<String> = self
@@ -548,7 +627,36 @@ impl Cache {
                     .await
             })
             .await?;
-        Ok(ok.map(|_| token))
+        if ok.is_none() {
+            return Ok(None);
+        }
+        let renewal = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let (conn, key, token, timeout) = (
+                self.conn.clone(),
+                key.to_owned(),
+                token.clone(),
+                self.timeout,
+            );
+            let breaker = self.breaker.clone();
+            rt.spawn(async move {
+                static RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if breaker.open.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let mut c = conn.clone();
+                    let script = redis::Script::new(RENEW);
+                    let mut call = script.key(&key);
+                    call.arg(&token).arg(ms);
+                    let renew = call.invoke_async::<i64>(&mut c);
+                    if let Ok(Ok(0)) = tokio::time::timeout(timeout, renew).await {
+                        return; // no longer ours
+                    }
+                }
+            })
+        });
+        Ok(Some(LockToken { token, renewal }))
     }
 
     /// Deletes the lock only if `token` still owns it (compare-and-delete in one script).
@@ -564,5 +672,27 @@ impl Cache {
         })
         .await
         .map(|n| n == 1)
+    }
+}
+
+/// The owner token of a held lock (derefs to the token string). While it lives, a
+/// background task renews the lock; dropping it stops the renewal.
+pub struct LockToken {
+    token: String,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for LockToken {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.token
+    }
+}
+
+impl Drop for LockToken {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
     }
 }

@@ -27,7 +27,11 @@ pub struct Settings {
     pub tenant_poll_ms: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: u64,
-    /// Seconds in-flight requests get to finish after a shutdown signal.
+    /// Seconds after a shutdown signal during which `/readyz` answers 503 while every
+    /// request is still served, so load balancers stop sending traffic before the listener
+    /// closes (rolling updates drop nothing).
+    pub shutdown_drain_secs: u64,
+    /// Seconds in-flight requests get to finish once the listener is closed.
     pub shutdown_grace_secs: u64,
     pub redis: RedisSettings,
     pub pool: PoolSettings,
@@ -73,6 +77,11 @@ pub struct RedisSettings {
     pub url: Secret,
     /// Longest wait for one Redis command before the cache is treated as down.
     pub timeout_ms: u64,
+    /// Consecutive failed commands that open the circuit breaker: no command is sent
+    /// to Redis until a background probe gets an answer again.
+    pub breaker_failures: u32,
+    /// How often the background probe pings Redis while the breaker is open, in ms.
+    pub probe_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +127,7 @@ impl Default for Settings {
             tenants_dir: PathBuf::from("/etc/edumind/tenants"),
             tenant_poll_ms: 2000,
             max_body_bytes: 64 * 1024,
+            shutdown_drain_secs: 5,
             shutdown_grace_secs: 20,
             redis: RedisSettings::default(),
             pool: PoolSettings::default(),
@@ -132,6 +142,8 @@ impl Default for RedisSettings {
         RedisSettings {
             url: Secret::new("redis://127.0.0.1:6379"),
             timeout_ms: 250,
+            breaker_failures: 3,
+            probe_ms: 500,
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use edumind_dataplane::config::Settings;
@@ -100,11 +99,7 @@ async fn distribute_content(
         Err(e) => return fail(e.to_string()),
     };
     let metrics = Arc::new(edumind_dataplane::metrics::Metrics::new());
-    let cache = match edumind_dataplane::cache::Cache::new(
-        &settings.redis.url,
-        Duration::from_millis(settings.redis.timeout_ms),
-        metrics,
-    ) {
+    let cache = match edumind_dataplane::cache::Cache::new(&settings.redis, metrics) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -54,6 +54,7 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     pool_open: Family<ServerLabels, Gauge>,
     pool_budget: Family<ServerLabels, Gauge>,
+    breaker_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,7 @@ impl Metrics {
         let cache = Family::<CacheLabels, Counter>::default();
         let pool_open = Family::<ServerLabels, Gauge>::default();
         let pool_budget = Family::<ServerLabels, Gauge>::default();
+        let breaker_open = Gauge::default();
         // Counters get their `_total` suffix from the library.
         registry.register(
             "edumind_http_requests",
@@ -98,6 +100,11 @@ impl Metrics {
             "Connection budget per server",
             pool_budget.clone(),
         );
+        registry.register(
+            "edumind_cache_breaker_open",
+            "1 while the Redis circuit breaker is open (cache bypassed), else 0",
+            breaker_open.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -105,6 +112,7 @@ impl Metrics {
             cache,
             pool_open,
             pool_budget,
+            breaker_open,
         }
     }
 
@@ -130,6 +138,10 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    pub fn set_breaker_open(&self, open: bool) {
+        self.breaker_open.set(i64::from(open));
     }
 
     pub fn render(&self, pools: &[ServerUsage]) -> String {

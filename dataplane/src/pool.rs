@@ -17,12 +17,26 @@
 //!   (503 with `Retry-After`), never a hang.
 //! * **Rotation**: [`PoolManager::forget`] retires a tenant's connections when its
 //!   Secret changes or disappears; connections in use are closed when returned.
+//! * **Broken connections are never reused**: a connection-level failure anywhere (see
+//!   [`is_connection_error`]; the error mapping reports it with [`note_connection_failure`])
+//!   starts a new *failure epoch*. A connection checked out across an epoch change is
+//!   pinged before it goes back to the idle list, and dropped if the ping fails; an idle
+//!   connection from an older epoch is pinged (a full round trip) before it is handed
+//!   out. Every other idle connection gets a cheap check that does not wait: a Sync is
+//!   queued and polled once, so a socket the server already closed (its error or EOF is
+//!   waiting) is detected and dropped, while a live one reads the answer with its next
+//!   statement. So after a PostgreSQL restart no request is given a socket the server
+//!   closed, and no failed connection is kept.
+//! * **Permits follow the server**: a connection is closed with a Terminate message in
+//!   the background, and its permit is released only once that close has completed (or
+//!   the socket is gone), so the budget never counts fewer connections than the server.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -32,6 +46,39 @@ use crate::tenants::{Tenant, TenantId};
 
 /// `application_name` of every connection, so operators (and tests) can count them.
 pub const APPLICATION_NAME: &str = "edumind-dataplane";
+
+/// Longest wait for a graceful close (Terminate) before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The failure epoch: bumped on every connection-level failure seen in this process.
+static FAILURE_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> u64 {
+    FAILURE_EPOCH.load(Ordering::Acquire)
+}
+
+/// Records that some tenant connection failed at the connection level (its server went
+/// away, restarted, or the network broke): every pooled connection is verified before
+/// its next use. Called by the error mapping; cheap.
+pub fn note_connection_failure() {
+    FAILURE_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Whether `e` says the connection itself failed (I/O, protocol, TLS, or a server
+/// shutting down or not accepting connections), as opposed to a statement error on a
+/// healthy connection. Such a connection must not be reused, and the request may be
+/// answered with 503: the server is down or restarting.
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
+            // cannot connect now (starting up or shutting down).
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -49,12 +96,63 @@ struct Server {
     key: String,
     budget: usize,
     permits: Arc<Semaphore>,
+    /// Connections being closed in the background: their permits come back shortly.
+    closing: std::sync::atomic::AtomicUsize,
+}
+
+/// An open connection and the server permit it holds. Dropping it closes the
+/// connection in the background (Terminate, then the socket) and releases the permit
+/// only after that, so a new connection never overlaps the old one's backend.
+struct Open {
+    conn: Option<PgConnection>,
+    permit: Option<OwnedSemaphorePermit>,
+    server: Arc<Server>,
+}
+
+impl Open {
+    fn new(conn: PgConnection, permit: OwnedSemaphorePermit, server: Arc<Server>) -> Self {
+        Open {
+            conn: Some(conn),
+            permit: Some(permit),
+            server,
+        }
+    }
+
+    /// Sends a Sync and waits for the server's answer (one round trip); flushes anything
+    /// queued (a dropped transaction's ROLLBACK) on the way.
+    async fn ping(&mut self) -> Result<(), sqlx::Error> {
+        match &mut self.conn {
+            Some(c) => c.ping().await,
+            None => Err(sqlx::Error::PoolClosed),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            drop(conn); // closes the socket first …
+            drop(permit); // … then frees the permit
+            return;
+        };
+        let server = self.server.clone();
+        server.closing.fetch_add(1, Ordering::AcqRel);
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+            drop(permit);
+            server.closing.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
 }
 
 struct Idle {
-    conn: PgConnection,
-    permit: OwnedSemaphorePermit,
+    open: Open,
     since: Instant,
+    /// The failure epoch in which this connection last worked.
+    epoch: u64,
 }
 
 struct TenantPool {
@@ -89,8 +187,9 @@ pub struct PoolManager {
 /// A checked-out connection. Derefs to [`PgConnection`]; goes back to its tenant's idle
 /// list on drop (or is closed if the tenant was retired meanwhile).
 pub struct PooledConn {
-    conn: Option<PgConnection>,
-    permit: Option<OwnedSemaphorePermit>,
+    open: Option<Open>,
+    /// The failure epoch when this connection was last known to work.
+    epoch: u64,
     _slot: OwnedSemaphorePermit,
     pool: Arc<TenantPool>,
 }
@@ -99,7 +198,7 @@ impl std::ops::Deref for PooledConn {
     type Target = PgConnection;
     fn deref(&self) -> &PgConnection {
         // Present from construction until drop.
-        match &self.conn {
+        match self.open.as_ref().and_then(|o| o.conn.as_ref()) {
             Some(c) => c,
             None => unreachable!("connection taken before drop"),
         }
@@ -108,7 +207,7 @@ impl std::ops::Deref for PooledConn {
 
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        match &mut self.conn {
+        match self.open.as_mut().and_then(|o| o.conn.as_mut()) {
             Some(c) => c,
             None => unreachable!("connection taken before drop"),
         }
@@ -119,41 +218,52 @@ impl PooledConn {
     /// Closes the connection instead of reusing it (after an error that may have left it
     /// in an unknown state).
     pub fn discard(mut self) {
-        self.conn = None;
+        self.open = None;
     }
 }
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
+        let Some(open) = self.open.take() else {
             return;
         };
         if self.pool.retired.load(Ordering::Acquire) {
-            return; // dropping closes the socket and frees the permit
+            return; // dropping `open` closes it and then frees the permit
         }
-        if !conn.should_flush() {
+        let queued = open.conn.as_ref().is_some_and(|c| c.should_flush());
+        if !queued && self.epoch == epoch() {
             lock(&self.pool.idle).push(Idle {
-                conn,
-                permit,
+                open,
                 since: Instant::now(),
+                epoch: self.epoch,
             });
             return;
         }
-        // A transaction was dropped without commit or rollback: sqlx only queued its
-        // ROLLBACK. Send it now, so an idle connection never sits inside an open
-        // transaction holding locks that other requests wait for.
+        // Either a transaction was dropped without commit or rollback (sqlx only queued
+        // its ROLLBACK: send it now, so an idle connection never sits inside an open
+        // transaction holding locks), or a connection failed somewhere while this one was
+        // in use (it may be the one). Ping it: back to the idle list only if it answers.
         let pool = self.pool.clone();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         rt.spawn(async move {
-            let mut conn = conn;
-            if conn.ping().await.is_ok() && !pool.retired.load(Ordering::Acquire) {
-                lock(&pool.idle).push(Idle {
-                    conn,
-                    permit,
-                    since: Instant::now(),
-                });
+            let mut open = open;
+            let checked = epoch();
+            match open.ping().await {
+                Ok(()) if !pool.retired.load(Ordering::Acquire) => {
+                    lock(&pool.idle).push(Idle {
+                        open,
+                        since: Instant::now(),
+                        epoch: checked,
+                    });
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if is_connection_error(&e) {
+                        note_connection_failure();
+                    }
+                }
             }
         });
     }
@@ -188,6 +298,7 @@ impl PoolManager {
                     key,
                     budget,
                     permits: Arc::new(Semaphore::new(budget)),
+                    closing: std::sync::atomic::AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -229,20 +340,52 @@ impl PoolManager {
             .await
             .map_err(|_| PoolError::Busy)?
             .map_err(|_| PoolError::Busy)?;
-        let idle = lock(&pool.idle).pop();
-        if let Some(idle) = idle {
-            return Ok(PooledConn {
-                conn: Some(idle.conn),
-                permit: Some(idle.permit),
-                _slot: slot,
-                pool,
-            });
+        loop {
+            let Some(idle) = lock(&pool.idle).pop() else {
+                break;
+            };
+            let now = epoch();
+            let mut open = idle.open;
+            let alive = if idle.epoch == now {
+                // The cheap check: queue a Sync and poll once, without waiting. A socket
+                // the server closed (restart, failover, terminated backend) has its error
+                // or EOF waiting already, so this fails at once; on a live connection the
+                // answer is read by the next statement, before its own results.
+                match open.ping().now_or_never() {
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(())) | None => Ok(()),
+                }
+            } else {
+                // A connection failed somewhere since this one last worked: a full round
+                // trip decides.
+                match tokio::time::timeout_at(deadline.into(), open.ping()).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(PoolError::Busy),
+                }
+            };
+            match alive {
+                Ok(()) => {
+                    return Ok(PooledConn {
+                        open: Some(open),
+                        epoch: now,
+                        _slot: slot,
+                        pool,
+                    });
+                }
+                Err(e) => {
+                    if is_connection_error(&e) {
+                        note_connection_failure();
+                    }
+                    // dropped; try the next idle one, or open a new one
+                }
+            }
         }
         let permit = self.server_permit(&pool.server, deadline).await?;
+        let started = epoch();
         let conn = self.connect(tenant, deadline).await?;
         Ok(PooledConn {
-            conn: Some(conn),
-            permit: Some(permit),
+            open: Some(Open::new(conn, permit, pool.server.clone())),
+            epoch: started,
             _slot: slot,
             pool,
         })
@@ -263,7 +406,10 @@ impl PoolManager {
         let acquire = server.permits.clone().acquire_owned();
         tokio::pin!(acquire);
         loop {
-            self.close_oldest_idle(&server.key);
+            // A close in progress returns its permit shortly: steal only when none is.
+            if server.closing.load(Ordering::Acquire) == 0 {
+                self.close_oldest_idle(&server.key);
+            }
             let tick = (Instant::now() + Duration::from_millis(10)).min(deadline);
             tokio::select! {
                 biased;
@@ -319,7 +465,10 @@ impl PoolManager {
         let conn = tokio::time::timeout_at(until.into(), opts.connect())
             .await
             .map_err(|_| PoolError::Busy)?
-            .map_err(PoolError::Connect)?;
+            .map_err(|e| {
+                note_connection_failure();
+                PoolError::Connect(e)
+            })?;
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }

@@ -83,6 +83,43 @@ impl Problem {
         )
     }
 
+    /// A database error as a reply: constraint violations are the caller's (400/409), a
+    /// lost or refused connection is 503 with `Retry-After` (the server is restarting or
+    /// failing over; the connection is never reused), anything else is 500.
+    pub fn database(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(d) = &e {
+            match d.code().as_deref() {
+                Some("23505") => return Problem::conflict("a record with this key already exists"),
+                Some("23503") => return Problem::bad_request("a referenced record does not exist"),
+                Some("42501") => return Problem::forbidden(),
+                Some("23514") | Some("22001") | Some("22P02") | Some("22007") | Some("22008") => {
+                    return Problem::bad_request("a value is out of range for its column");
+                }
+                _ => {}
+            }
+        }
+        if crate::pool::is_connection_error(&e) {
+            crate::pool::note_connection_failure();
+            tracing::warn!(error = %e, "tenant database connection lost");
+            return Problem::unavailable(1, "the tenant database is unavailable; retry shortly");
+        }
+        tracing::error!(error = %e, "database error");
+        Problem::internal()
+    }
+
+    /// No connection: 503 with `Retry-After` either way.
+    pub fn pool(e: crate::pool::PoolError) -> Self {
+        match e {
+            crate::pool::PoolError::Busy => {
+                Problem::unavailable(1, "the tenant database is busy; retry shortly")
+            }
+            crate::pool::PoolError::Connect(err) => {
+                tracing::warn!(error = %err, "cannot connect to tenant database");
+                Problem::unavailable(1, "the tenant database is unreachable")
+            }
+        }
+    }
+
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }

@@ -1,11 +1,14 @@
 //! Building and running the server. [`Application::build`] binds the listener (port 0 →
 //! a free port, which tests read with [`Application::port`]) and starts the background
 //! tasks; [`Application::run_until_stopped`] serves until the shutdown future resolves,
-//! then lets in-flight requests finish.
+//! drains (`/readyz` 503 while still serving), then lets in-flight requests finish.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use warp::{Filter, Reply};
 
 use crate::api;
 use crate::auth::Authenticator;
@@ -89,12 +92,7 @@ impl Application {
     {
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
-        let cache = Cache::new(
-            &settings.redis.url,
-            Duration::from_millis(settings.redis.timeout_ms),
-            metrics.clone(),
-        )
-        .map_err(StartError::Other)?;
+        let cache = Cache::new(&settings.redis, metrics.clone()).map_err(StartError::Other)?;
         let directory = TenantDirectory::default();
         directory.refresh_once(&source).await?;
         let pools = PoolManager::new(settings.pool.clone());
@@ -162,15 +160,29 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-    /// finish (up to `shutdown_grace_secs`) and stops the background tasks.
+    /// Serves until `shutdown` resolves; then drains: `/readyz` answers 503 while every
+    /// request is still served, for `shutdown_drain_secs`, so load balancers take this
+    /// instance out first; then stops accepting, lets in-flight requests finish (up to
+    /// `shutdown_grace_secs`) and stops the background tasks.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let drain = Duration::from_secs(self.state.settings.shutdown_drain_secs);
         let grace = Duration::from_secs(self.state.settings.shutdown_grace_secs);
+        let draining = Arc::new(AtomicBool::new(false));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = warp::serve(api::routes(self.state.clone()))
+        let routes = drain_gate(draining.clone())
+            .or(api::routes(self.state.clone()))
+            .unify();
+        let server = warp::serve(routes)
             .incoming(self.listener)
             .graceful(async move {
                 shutdown.await;
+                draining.store(true, Ordering::Release);
+                tracing::info!(
+                    drain_secs = drain.as_secs(),
+                    "shutdown signal: draining (readyz 503, still serving)"
+                );
+                tokio::time::sleep(drain).await;
+                tracing::info!("drain over: no new connections; finishing in-flight requests");
                 let _ = stopping_tx.send(());
             })
             .run();
@@ -186,6 +198,26 @@ impl Application {
             let _ = t.await;
         }
     }
+}
+
+/// While draining, `GET /readyz` answers 503 (`"status": "draining"`) ahead of the real
+/// check; otherwise it rejects, and the routes answer as usual.
+fn drain_gate(
+    draining: Arc<AtomicBool>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("readyz").and(warp::get()).and_then(move || {
+        let draining = draining.load(Ordering::Acquire);
+        async move {
+            if !draining {
+                return Err(warp::reject::not_found());
+            }
+            let body = warp::reply::json(&serde_json::json!({"status": "draining"}));
+            Ok(
+                warp::reply::with_status(body, warp::http::StatusCode::SERVICE_UNAVAILABLE)
+                    .into_response(),
+            )
+        }
+    })
 }
 
 /// The current tenant set from the source the settings name, read once (one-shot jobs

@@ -206,3 +206,78 @@ async fn write_path_outbox_cost() {
         w / wo
     );
 }
+
+/// Throughput and p99 of `n` requests at `conc` at once.
+async fn rate_p99(
+    n: usize,
+    conc: usize,
+    f: impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>,
+) -> (f64, std::time::Duration) {
+    let start = Instant::now();
+    let mut lat: Vec<std::time::Duration> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let req = f(i);
+            async move {
+                let t = Instant::now();
+                let s = req.await;
+                assert!(s < 300, "status {s}");
+                t.elapsed()
+            }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    let rps = n as f64 / start.elapsed().as_secs_f64();
+    lat.sort();
+    (rps, lat[(lat.len() * 99 / 100).min(lat.len() - 1)])
+}
+
+/// Issue 11 §4: with Redis stopped (breaker open), cached endpoints against an uncached
+/// database read in the same run, 50 connections. Target: ≥ 0.8× the uncached throughput,
+/// p99 < 20 ms (release build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn redis_down() {
+    let mut redis = edumind_tests::RedisServer::start().unwrap();
+    let f = Fixture::start(redis.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    let roster = f.url(&format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id));
+    let questions = f.url(&format!("/v1/tenants/{ta}/courses/{COURSE}/questions"));
+    let school = f.url(&format!("/v1/tenants/{ta}/school"));
+    let http = f.http.clone();
+    let get = |url: String| {
+        let (h, t) = (http.clone(), tok.clone());
+        move |_| -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+            let (h, u, t) = (h.clone(), url.clone(), t.clone());
+            Box::pin(async move {
+                h.get(u)
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        }
+    };
+    redis.stop();
+    while !f.state.cache.breaker_open() {
+        let _ = http.get(&roster).bearer_auth(&tok).send().await.unwrap();
+    }
+    let (n, c) = (5000, 50);
+    // Warm-up: connections open, code paths hot.
+    let _ = rate_p99(1000, c, get(school.clone())).await;
+    let (db, db_p99) = rate_p99(n, c, get(school.clone())).await;
+    let (ro, ro_p99) = rate_p99(n, c, get(roster.clone())).await;
+    let (qu, qu_p99) = rate_p99(n, c, get(questions.clone())).await;
+    let (db2, db2_p99) = rate_p99(n, c, get(school)).await;
+    let base = (db + db2) / 2.0;
+    println!(
+        "REDIS-DOWN (breaker open, {c} connections) uncached school read {db:.0} / {db2:.0} req/s \
+         (p99 {db_p99:?} / {db2_p99:?}) | roster {ro:.0} req/s = {:.2}x, p99 {ro_p99:?} | \
+         course questions {qu:.0} req/s = {:.2}x, p99 {qu_p99:?}",
+        ro / base,
+        qu / base
+    );
+}

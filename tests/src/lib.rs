@@ -7,7 +7,9 @@
 //!   normally, after a panic, or when killed (see [`supervisor`]).
 //! * [`PgServer::database`] and [`PgServer::migrated_database`] give every test its own
 //!   fresh database, so tests run in parallel without seeing each other.
-//! * [`RedisServer::start`] gives a test a private Redis it may stop and restart.
+//! * [`RedisServer::start`] gives a test a private Redis it may stop and restart;
+//!   [`PgServer::start_private`] a private PostgreSQL it may crash (`pg_ctl stop -m
+//!   immediate`) and start again on the same port.
 //!
 //! Environment variables point the harness at servers that already run instead:
 //! `EDUMIND_TEST_POSTGRES_URL` (a superuser URL, e.g. `postgres://postgres:pw@127.0.0.1:5432/postgres`)
@@ -19,7 +21,7 @@ mod postgres;
 mod redis;
 pub mod supervisor;
 
-pub use postgres::{PgServer, TestDatabase, postgres, postgres_blocking};
+pub use postgres::{PgServer, PrivatePg, TestDatabase, postgres, postgres_blocking};
 pub use redis::{RedisServer, redis, redis_blocking};
 
 /// A port that was free on 127.0.0.1 a moment ago. Callers retry when it is taken

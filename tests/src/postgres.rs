@@ -100,6 +100,13 @@ impl PgServer {
 
     /// Starts a new cluster under a supervisor; the caller decides its lifetime.
     pub fn start_supervised() -> Result<(Self, Supervised), HarnessError> {
+        Self::start_with(false)
+    }
+
+    /// `durable`: commits are acknowledged only once in the WAL (`synchronous_commit`),
+    /// so a crash (`pg_ctl stop -m immediate`) loses no acknowledged write; the shared
+    /// server trades that for speed.
+    fn start_with(durable: bool) -> Result<(Self, Supervised), HarnessError> {
         let started = Instant::now();
         let bindir = binaries::pg_bindir()?;
         let run_as = binaries::pg_run_as()?;
@@ -109,13 +116,7 @@ impl PgServer {
             let dir = supervisor::server_dir("edumind-pg-", run_as)?;
             initdb(&bindir, &dir, &password, run_as)?;
             let port = free_port()?;
-            let cmd = format!(
-                "'{postgres}' -D \"$DIR/data\" -p {port} -k \"$DIR\" \
-                 -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB \
-                 -c max_locks_per_transaction=256 -c log_min_messages=warning",
-                postgres = bindir.join("postgres").display()
-            );
+            let cmd = server_cmd(&bindir, port, durable);
             let mut supervised = Supervised::spawn(&dir, &cmd, "QUIT", run_as)?;
             match wait_until_ready(&dir.join("data"), &mut supervised) {
                 Ok(()) => {
@@ -222,6 +223,115 @@ impl PgServer {
             url: self.url(&name),
             name,
         }
+    }
+}
+
+fn server_cmd(bindir: &Path, port: u16, durable: bool) -> String {
+    format!(
+        "'{postgres}' -D \"$DIR/data\" -p {port} -k \"$DIR\" \
+         -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit={sync} \
+         -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB \
+         -c max_locks_per_transaction=256 -c log_min_messages=warning",
+        postgres = bindir.join("postgres").display(),
+        sync = if durable { "on" } else { "off" },
+    )
+}
+
+/// A PostgreSQL server of one test's own, which the test may crash and start again on
+/// the same port (a restart or failover as clients see it). Dropping it stops the server
+/// and removes its directory.
+pub struct PrivatePg {
+    pub server: PgServer,
+    // Dropped first: the server started again, in the original's directory.
+    restarted: Option<Supervised>,
+    original: Supervised,
+    bindir: PathBuf,
+    run_as: Option<(u32, u32)>,
+}
+
+impl PgServer {
+    /// A new private cluster (not the process-wide one), for tests that crash it; its
+    /// commits are durable against a process crash.
+    pub fn start_private() -> Result<PrivatePg, HarnessError> {
+        let (server, original) = Self::start_with(true)?;
+        Ok(PrivatePg {
+            server,
+            restarted: None,
+            original,
+            bindir: binaries::pg_bindir()?,
+            run_as: binaries::pg_run_as()?,
+        })
+    }
+}
+
+impl PrivatePg {
+    fn data_dir(&self) -> Result<&Path, HarnessError> {
+        self.server
+            .data_dir
+            .as_deref()
+            .ok_or_else(|| HarnessError("private server without a data directory".into()))
+    }
+
+    /// `pg_ctl stop -m immediate`: every backend is killed at once, with no checkpoint,
+    /// as in a crash; clients see their connections drop.
+    pub fn stop_immediate(&mut self) -> Result<(), HarnessError> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+        cmd.args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(self.data_dir()?);
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| HarnessError(format!("cannot run pg_ctl: {e}")))?;
+        if !out.status.success() {
+            return Err(HarnessError(format!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        // The supervisor of a previous restart has nothing left to stop.
+        self.restarted = None;
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same port (after crash recovery) and
+    /// waits until it accepts connections.
+    pub fn start_again(&mut self) -> Result<(), HarnessError> {
+        let data = self.data_dir()?.to_path_buf();
+        let dir = data
+            .parent()
+            .ok_or_else(|| HarnessError("data directory has no parent".into()))?
+            .to_path_buf();
+        let cmd = server_cmd(&self.bindir, self.server.port, true);
+        let mut supervised = Supervised::spawn_keeping_dir(&dir, &cmd, "QUIT", self.run_as)?;
+        // Clients connecting during crash recovery log "FATAL: the database system is
+        // starting up": expected here, so only the pid file and the process count.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pidfile = data.join("postmaster.pid");
+        loop {
+            if let Ok(contents) = std::fs::read_to_string(&pidfile)
+                && contents.lines().nth(7).map(str::trim) == Some("ready")
+            {
+                break;
+            }
+            if !supervised.is_running() || Instant::now() > deadline {
+                let log = supervised.log();
+                supervised.stop();
+                return Err(HarnessError(format!(
+                    "PostgreSQL did not start again: {log}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.restarted = Some(supervised);
+        Ok(())
+    }
+
+    /// Whether the original supervisor is still there.
+    pub fn is_running(&mut self) -> bool {
+        self.original.is_running()
     }
 }
 

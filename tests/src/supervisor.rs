@@ -40,6 +40,27 @@ impl Supervised {
         stop_signal: &str,
         run_as: Option<(u32, u32)>,
     ) -> Result<Self, HarnessError> {
+        Self::spawn_inner(dir, server_cmd, stop_signal, run_as, "rm -rf \"$DIR\"")
+    }
+
+    /// Like [`spawn`](Self::spawn), but leaves `dir` in place on stop: for a server
+    /// started again in a directory another supervisor owns (and removes).
+    pub fn spawn_keeping_dir(
+        dir: &Path,
+        server_cmd: &str,
+        stop_signal: &str,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<Self, HarnessError> {
+        Self::spawn_inner(dir, server_cmd, stop_signal, run_as, ":")
+    }
+
+    fn spawn_inner(
+        dir: &Path,
+        server_cmd: &str,
+        stop_signal: &str,
+        run_as: Option<(u32, u32)>,
+        cleanup: &str,
+    ) -> Result<Self, HarnessError> {
         let server_cmd = match run_as {
             Some((uid, gid)) => {
                 format!("setpriv --reuid={uid} --regid={gid} --clear-groups {server_cmd}")
@@ -53,7 +74,7 @@ pid=$!
 read -r _ignored || true
 kill -{stop_signal} "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
-rm -rf "$DIR""#
+{cleanup}"#
         );
         let mut cmd = Command::new("sh");
         cmd.arg("-c")

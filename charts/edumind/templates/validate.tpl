@@ -19,6 +19,9 @@
 {{- with .Values.dataplane.auth.hs256.value -}}
 {{- if lt (len .) 32 }}{{ fail "dataplane.auth.hs256.value must be at least 32 bytes" }}{{ end -}}
 {{- end -}}
+{{- range $k := list "shutdown_drain_secs" "shutdown_grace_secs" -}}
+{{- if hasKey $.Values.dataplane.extraConfig $k }}{{ fail (printf "dataplane.extraConfig.%s: set dataplane.shutdown instead" $k) }}{{ end -}}
+{{- end -}}
 {{- if and .Values.dataplane.autoscaling.enabled (gt (int .Values.dataplane.autoscaling.minReplicas) (int .Values.dataplane.autoscaling.maxReplicas)) -}}
 {{- fail "dataplane.autoscaling.minReplicas must not exceed maxReplicas" -}}
 {{- end -}}

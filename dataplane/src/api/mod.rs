@@ -157,29 +157,11 @@ fn json_reply(status: StatusCode, v: &Value) -> Response {
 }
 
 fn db_problem(e: sqlx::Error) -> Problem {
-    if let sqlx::Error::Database(d) = &e {
-        match d.code().as_deref() {
-            Some("23505") => return Problem::conflict("a record with this key already exists"),
-            Some("23503") => return Problem::bad_request("a referenced record does not exist"),
-            Some("42501") => return Problem::forbidden(),
-            Some("23514") | Some("22001") | Some("22P02") | Some("22007") | Some("22008") => {
-                return Problem::bad_request("a value is out of range for its column");
-            }
-            _ => {}
-        }
-    }
-    tracing::error!(error = %e, "database error");
-    Problem::internal()
+    Problem::database(e)
 }
 
 fn pool_problem(e: PoolError) -> Problem {
-    match e {
-        PoolError::Busy => Problem::unavailable(1, "the tenant database is busy; retry shortly"),
-        PoolError::Connect(err) => {
-            tracing::error!(error = %err, "cannot connect to tenant database");
-            Problem::unavailable(5, "the tenant database is unreachable")
-        }
-    }
+    Problem::pool(e)
 }
 
 /// Caller, tenant and a connection, after authentication and tenant authorization.
