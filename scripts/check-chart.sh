@@ -127,7 +127,7 @@ for path in sorted(glob.glob("examples/*.yaml")):
             print(f"  FAIL {path}: {'/'.join(map(str, error.path))}: {error.message}", file=sys.stderr)
             bad += 1
         count += 1
-print(f"  {count} manifests checked (CEL rules: operator/tests/examples.rs)")
+print(f"  {count} manifests checked (CEL rules: operator/tests/it/examples.rs)")
 sys.exit(1 if bad or count == 0 else 0)
 PY
 

@@ -2,13 +2,13 @@
 //!
 //! The Helm chart renders its Roles and ClusterRoles from exactly these entries
 //! (`scripts/check-chart.sh` compares the rendered RBAC with `edumind-operator rbac`:
-//! nothing missing, nothing extra), and `operator/tests/rbac.rs` records every API call the
+//! nothing missing, nothing extra), and `operator/tests/it/rbac.rs` records every API call the
 //! reconciler makes against the in-memory API and asserts each one is covered here. When
 //! code starts calling a new resource or verb, add it here, then to
 //! `charts/edumind/templates/*rbac.yaml`.
 //!
 //! An entry may be marked [`Rule::pending`] while no code on a branch calls it yet (work in
-//! flight, so that the chart is ready when it lands); `operator/tests/rbac.rs` then does
+//! flight, so that the chart is ready when it lands); `operator/tests/it/rbac.rs` then does
 //! not require it to be used. Whoever lands that work removes the marker. None is pending.
 
 use serde::Serialize;
@@ -111,7 +111,7 @@ pub const OPERATOR_RULES: &[Rule] = &[
         &["secrets"],
         &["get"],
         Scope::Release,
-        "target servers' admin Secrets (reconcile::Context::server)",
+        "target servers' admin Secrets (school::OperatorContext::server)",
     ),
     rule(
         "coordination.k8s.io",

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use edumind_operator::config::TargetServers;
 use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self, Context};
+use edumind_operator::school::{self, OperatorContext};
 use edumind_operator::selfservice;
 
 /// The namespace the admin Secrets (and the self-service Secret) live in.
@@ -401,7 +401,7 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
         })
         .collect();
     let client = build_client(admin, existing).await?;
-    let ctx = Context::new(
+    let ctx = OperatorContext::new(
         client.clone(),
         servers.clone(),
         OPERATOR_NAMESPACE.into(),
@@ -469,7 +469,7 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
 /// Reconciles one School and writes its Secret file when it is Ready.
 async fn provision_one(
     client: &Client,
-    ctx: &Arc<Context>,
+    ctx: &Arc<OperatorContext>,
     opts: &LocalOptions,
     input: &SchoolFile,
 ) -> anyhow::Result<SchoolOutcome> {

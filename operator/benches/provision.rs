@@ -6,18 +6,18 @@
 //! Run: `cargo bench -p edumind-operator --bench provision`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edumind_crds::{School, SchoolSpec};
-use edumind_operator::config::{TargetServer, TargetServers};
-use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self as reconcile, Context};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use edumind_operator::school as reconcile;
+use kube::api::PostParams;
 use sqlx::{AssertSqlSafe, Connection, Executor};
+
+// The integration tests' set-up: fake API, harness PostgreSQL, operator context.
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+use support::TestEnv;
 
 const N: usize = 20;
 const REPEATS: usize = 5;
@@ -37,53 +37,9 @@ fn stats(name: &str, mut samples: Vec<Duration>) {
 
 #[tokio::main]
 async fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let pg = edumind_tests::postgres().await;
-    let tag = edumind_tests::random_token(6);
-
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("pg-admin".into()),
-            namespace: Some("edumind-system".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([
-            (
-                "username".to_string(),
-                ByteString(pg.superuser.clone().into_bytes()),
-            ),
-            (
-                "password".to_string(),
-                ByteString(pg.password.clone().into_bytes()),
-            ),
-        ])),
-        ..Default::default()
-    };
-    let client = kube_fake_client::ClientBuilder::new()
-        .with_resource::<School>()
-        .with_status_subresource::<School>()
-        .with_object(secret)
-        .build()
-        .await
-        .unwrap();
-    let servers = TargetServers::new(vec![TargetServer {
-        name: "main".into(),
-        host: pg.host.clone(),
-        port: pg.port,
-        admin_secret: "pg-admin".into(),
-        default: true,
-        client_host: None,
-        client_port: None,
-        maintenance_database: "postgres".into(),
-    }])
-    .unwrap();
-    let ctx = Context::new(
-        client.clone(),
-        servers,
-        "edumind-system".into(),
-        Arc::new(Metrics::default()),
-    );
-    let api: Api<School> = Api::namespaced(client, "bench");
+    let env = TestEnv::builder().namespace("bench").build().await;
+    let (pg, tag, ctx) = (env.pg, env.tag.clone(), env.ctx.clone());
+    let api = env.schools();
 
     // Interleaved with the provisioning runs so both see the same server state.
     let mut admin = pg.admin().await;

@@ -8,7 +8,7 @@
 //! * [`school`]: the School controller, one module per step or concern:
 //!   `desired` (validate and build, pure) → `apply` (role, database, migrations,
 //!   `connection_secret`) → `status` (conditions, events); `school_backups`, `deletion`,
-//!   `finalizer`, `labels`, `context` ([`school::Context`]) and `error`.
+//!   `finalizer`, `labels`, `context` ([`school::OperatorContext`]) and `error`.
 //! * [`controllers`]: the SchoolBackup (`backup`) and SchoolRestore (`restore`) controllers.
 //! * [`backupjobs`]: the backup CronJob and Jobs as pure builders, and their outcomes.
 //! * [`selfservice`]: the shared self-service tenant.
@@ -20,6 +20,10 @@
 //! Local mode (`edumind-local`, provisioning without Kubernetes) is a crate of its own
 //! that runs [`school::reconcile`] against an in-memory API, so this crate carries no
 //! fake API outside its tests.
+//!
+//! Integration tests: one binary, `tests/it/main.rs`, a module per area; their shared
+//! set-up (`tests/it/support`, `TestEnv`) builds an [`school::OperatorContext`] over the
+//! in-memory API and the harness PostgreSQL.
 //!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
 //! [`edumind_crds::connection::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take

@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
 use crate::backupjobs::{self, Outcome, RunnerInputs};
-use crate::school::{Context, Desired, Error, FIELD_MANAGER};
+use crate::school::{Desired, Error, FIELD_MANAGER, OperatorContext};
 
 /// The `edumind.ai/backup-kind` of these Jobs.
 pub const KIND: &str = "premigration";
@@ -35,7 +35,7 @@ pub fn job_name(school: &str, to_version: i64) -> String {
 /// Whether the gate applies: a schema change from the `current` version of a database
 /// that has served (the School recorded a schema version in its status; one still being
 /// provisioned has nothing to lose), with the gate on for this School and the operator.
-pub fn wanted(school: &School, ctx: &Context, current: Option<i64>, latest: i64) -> bool {
+pub fn wanted(school: &School, ctx: &OperatorContext, current: Option<i64>, latest: i64) -> bool {
     let served = school
         .status
         .as_ref()
@@ -52,7 +52,7 @@ pub fn wanted(school: &School, ctx: &Context, current: Option<i64>, latest: i64)
 pub async fn ensure(
     school: &School,
     d: &Desired,
-    ctx: &Context,
+    ctx: &OperatorContext,
     from_version: i64,
     to_version: i64,
 ) -> Result<Option<PreMigrationBackup>, Error> {

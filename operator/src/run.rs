@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::config::TargetServers;
 use crate::leader::{LEASE_DURATION, RENEW_EVERY, release, try_acquire};
 use crate::metrics::Metrics;
-use crate::school::{self, Context};
+use crate::school::{self, OperatorContext};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -134,7 +134,7 @@ pub fn watch_scope(requested: &[String]) -> Option<Vec<String>> {
 /// Keeps the self-service tenant provisioned while this replica leads: every resync
 /// period, or sooner after a failure.
 async fn self_service_loop(
-    ctx: Arc<Context>,
+    ctx: Arc<OperatorContext>,
     server: crate::config::TargetServer,
     namespace: String,
     mut stop: watch::Receiver<bool>,
@@ -269,7 +269,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
     };
 
-    let ctx = Context::with_backup(
+    let ctx = OperatorContext::with_backup(
         client.clone(),
         servers,
         args.namespace.clone(),

@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use crate::backupjobs::{self, Outcome, Run, RunnerInputs};
-use crate::school::Context;
+use crate::school::OperatorContext;
 
 use super::{
     OpError, POLL, Target, apply_status, create_job, is_terminal, job_and_pods, now, permanent,
@@ -25,7 +25,7 @@ pub fn backup_job_name(backup: &str) -> String {
 
 pub(crate) async fn patch_backup_status(
     sb: &SchoolBackup,
-    ctx: &Context,
+    ctx: &OperatorContext,
     status: &SchoolBackupStatus,
 ) -> Result<(), OpError> {
     apply_status(
@@ -39,7 +39,10 @@ pub(crate) async fn patch_backup_status(
 }
 
 /// Reconciles one SchoolBackup: start its Job once, then follow it to the end.
-pub async fn reconcile_backup(sb: Arc<SchoolBackup>, ctx: Arc<Context>) -> Result<Action, OpError> {
+pub async fn reconcile_backup(
+    sb: Arc<SchoolBackup>,
+    ctx: Arc<OperatorContext>,
+) -> Result<Action, OpError> {
     let old = sb.status.clone().unwrap_or_default();
     if is_terminal(old.phase.as_deref()) {
         return Ok(Action::await_change());
@@ -73,7 +76,7 @@ pub async fn reconcile_backup(sb: Arc<SchoolBackup>, ctx: Arc<Context>) -> Resul
 
 pub(crate) async fn backup_step(
     sb: &SchoolBackup,
-    ctx: &Context,
+    ctx: &OperatorContext,
     namespace: &str,
     status: &mut SchoolBackupStatus,
 ) -> Result<Action, OpError> {

@@ -34,7 +34,7 @@ use serde_json::json;
 
 use crate::backupjobs::{self};
 use crate::pg::PgError;
-use crate::school::{self, Context, Desired, FIELD_MANAGER};
+use crate::school::{self, Desired, FIELD_MANAGER, OperatorContext};
 
 mod backup;
 mod restore;
@@ -105,7 +105,11 @@ pub(crate) enum Target {
     NotReady(String),
 }
 
-pub(crate) async fn target(ctx: &Context, namespace: &str, name: &str) -> Result<Target, OpError> {
+pub(crate) async fn target(
+    ctx: &OperatorContext,
+    namespace: &str,
+    name: &str,
+) -> Result<Target, OpError> {
     let schools: Api<School> = Api::namespaced(ctx.client.clone(), namespace);
     let school = schools
         .get_opt(name)
@@ -154,7 +158,7 @@ pub(crate) async fn target(ctx: &Context, namespace: &str, name: &str) -> Result
 
 /// The Job `name` and its Pods, if it exists and belongs to `owner_uid`.
 pub(crate) async fn job_and_pods(
-    ctx: &Context,
+    ctx: &OperatorContext,
     namespace: &str,
     name: &str,
     owner_uid: Option<String>,
@@ -181,7 +185,11 @@ pub(crate) async fn job_and_pods(
     Ok(Some((job, pods.items)))
 }
 
-pub(crate) async fn create_job(ctx: &Context, namespace: &str, job: &Job) -> Result<(), OpError> {
+pub(crate) async fn create_job(
+    ctx: &OperatorContext,
+    namespace: &str,
+    job: &Job,
+) -> Result<(), OpError> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     jobs.patch(
         &job.name_any(),
@@ -194,7 +202,7 @@ pub(crate) async fn create_job(ctx: &Context, namespace: &str, job: &Job) -> Res
 }
 
 pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
+    ctx: &OperatorContext,
     obj: &K,
     type_: EventType,
     reason: &str,
@@ -224,7 +232,7 @@ pub(crate) async fn apply_status<K, S>(
     obj: &K,
     current: Option<&S>,
     status: &S,
-    ctx: &Context,
+    ctx: &OperatorContext,
     step: &'static str,
 ) -> Result<(), OpError>
 where
@@ -250,7 +258,7 @@ where
 }
 
 /// Retry policy of both controllers.
-pub fn error_policy<K>(_obj: Arc<K>, error: &OpError, _ctx: Arc<Context>) -> Action {
+pub fn error_policy<K>(_obj: Arc<K>, error: &OpError, _ctx: Arc<OperatorContext>) -> Action {
     tracing::warn!(reason = error.reason(), error = %error, "backup/restore reconcile failed");
     if error.is_permanent() {
         Action::requeue(school::PERMANENT_RECHECK)

@@ -21,7 +21,7 @@ use crate::backupjobs::{self, Outcome, Run, RunnerInputs};
 use crate::credentials::{generate_password, scram_verifier};
 use crate::naming;
 use crate::pg::{self, PgError};
-use crate::school::{self, Context, FIELD_MANAGER};
+use crate::school::{self, FIELD_MANAGER, OperatorContext};
 
 use super::{
     OpError, POLL, Target, apply_status, create_job, is_terminal, job_and_pods, kube, now,
@@ -64,7 +64,7 @@ pub fn restore_role_name(uid: &str) -> Result<String, OpError> {
 
 pub(crate) async fn patch_restore_status(
     sr: &SchoolRestore,
-    ctx: &Context,
+    ctx: &OperatorContext,
     status: &SchoolRestoreStatus,
 ) -> Result<(), OpError> {
     apply_status(
@@ -80,7 +80,7 @@ pub(crate) async fn patch_restore_status(
 /// Reconciles one SchoolRestore (see the module docs for the protocol).
 pub async fn reconcile_restore(
     sr: Arc<SchoolRestore>,
-    ctx: Arc<Context>,
+    ctx: Arc<OperatorContext>,
 ) -> Result<Action, OpError> {
     let old = sr.status.clone().unwrap_or_default();
     let namespace = sr.namespace().unwrap_or_default();
@@ -139,7 +139,7 @@ pub async fn reconcile_restore(
 
 pub(crate) async fn restore_step(
     sr: &SchoolRestore,
-    ctx: &Context,
+    ctx: &OperatorContext,
     namespace: &str,
     status: &mut SchoolRestoreStatus,
 ) -> Result<Action, OpError> {
@@ -334,7 +334,7 @@ pub(crate) async fn restore_step(
 /// Adds or removes [`RESTORE_FINALIZER`] (a JSON patch guarded by a test of the index).
 pub(crate) async fn set_finalizer(
     sr: &SchoolRestore,
-    ctx: &Context,
+    ctx: &OperatorContext,
     present: bool,
 ) -> Result<(), OpError> {
     let api: Api<SchoolRestore> =
@@ -377,7 +377,7 @@ pub(crate) async fn set_finalizer(
 /// Drops the restore role and deletes the temporary Secret (both idempotent).
 pub(crate) async fn finish_restore(
     sr: &SchoolRestore,
-    ctx: &Context,
+    ctx: &OperatorContext,
     namespace: &str,
 ) -> Result<(), OpError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
@@ -414,7 +414,7 @@ pub(crate) async fn finish_restore(
 
 /// Gives the school's logins back when no restore holds them and the School is active.
 pub(crate) async fn release_logins(
-    ctx: &Context,
+    ctx: &OperatorContext,
     namespace: &str,
     school: &str,
 ) -> Result<(), OpError> {

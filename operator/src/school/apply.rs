@@ -10,7 +10,7 @@ use crate::credentials::{SecretString, generate_password, scram_verifier, verifi
 use crate::pg::{self, Claim, ClaimLock, PgError};
 
 use super::connection_secret::{desired_secret, secret_up_to_date};
-use super::context::{Context, secret_value};
+use super::context::{OperatorContext, secret_value};
 use super::desired::Desired;
 use super::error::Error;
 use super::labels::FIELD_MANAGER;
@@ -28,7 +28,11 @@ pub struct Applied {
 
 /// The apply steps, in order. Each step reads before it writes, so an unchanged School
 /// issues no DDL and no Kubernetes writes.
-pub(crate) async fn apply(school: &School, d: &Desired, ctx: &Context) -> Result<Applied, Error> {
+pub(crate) async fn apply(
+    school: &School,
+    d: &Desired,
+    ctx: &OperatorContext,
+) -> Result<Applied, Error> {
     let handle = ctx.server(&d.server).await?;
     let mut applied = Applied::default();
     let claim = d.claim();

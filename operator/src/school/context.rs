@@ -1,4 +1,4 @@
-//! [`Context`]: what every reconcile shares (API client, target servers, admin pools,
+//! [`OperatorContext`]: what every reconcile shares (API client, target servers, admin pools,
 //! metrics, event recorder, backup settings).
 
 use std::collections::HashMap;
@@ -21,8 +21,13 @@ use crate::pg::{self, PgError};
 
 use super::error::Error;
 
-/// Everything a reconcile needs, shared by all reconciles.
-pub struct Context {
+/// The operator namespace of [`OperatorContext::for_tests`] (the chart's default).
+pub const TEST_OPERATOR_NAMESPACE: &str = "edumind-system";
+
+/// Everything a reconcile needs, shared by all reconciles (of Schools, SchoolBackups and
+/// SchoolRestores): the API client, the target servers and their admin pools, metrics,
+/// the event recorder and the backup settings.
+pub struct OperatorContext {
     pub client: Client,
     pub servers: TargetServers,
     /// Where the target servers' admin Secrets live.
@@ -41,7 +46,7 @@ pub(crate) struct ServerHandle {
     pub(crate) options: PgConnectOptions,
 }
 
-impl Context {
+impl OperatorContext {
     pub fn new(
         client: Client,
         servers: TargetServers,
@@ -57,7 +62,7 @@ impl Context {
         )
     }
 
-    /// [`Context::new`] with backup settings.
+    /// [`OperatorContext::new`] with backup settings.
     pub fn with_backup(
         client: Client,
         servers: TargetServers,
@@ -78,6 +83,18 @@ impl Context {
             backup,
             pools: Mutex::default(),
         })
+    }
+
+    /// The context tests and benches reconcile with: operator namespace
+    /// [`TEST_OPERATOR_NAMESPACE`] (where the admin Secrets are looked up), fresh metrics,
+    /// default backup settings. Use [`OperatorContext::with_backup`] for other settings.
+    pub fn for_tests(client: Client, servers: TargetServers) -> Arc<Self> {
+        Self::new(
+            client,
+            servers,
+            TEST_OPERATOR_NAMESPACE.into(),
+            Arc::new(Metrics::default()),
+        )
     }
 
     /// An admin connection to `server` (maintenance database).

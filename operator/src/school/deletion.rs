@@ -14,7 +14,7 @@ use kube::runtime::events::EventType;
 use crate::backupjobs::{self, Outcome, RunnerInputs};
 use crate::pg::{self, Claim, PgError};
 
-use super::context::Context;
+use super::context::OperatorContext;
 use super::desired::{Desired, validate};
 use super::error::Error;
 use super::finalizer::remove_finalizer;
@@ -24,7 +24,7 @@ use super::status::{next_status, patch_status, publish, ready_condition};
 use super::{PERMANENT_RECHECK, TRANSIENT_RETRY};
 
 /// Runs the reclaim policy of a School being deleted, then releases the finalizer.
-pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Error> {
+pub(crate) async fn cleanup(school: &School, ctx: &OperatorContext) -> Result<Action, Error> {
     if !school.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
@@ -122,7 +122,7 @@ pub(crate) async fn cleanup(school: &School, ctx: &Context) -> Result<Action, Er
 pub(crate) async fn drop_and_report(
     school: &School,
     desired: Result<Desired, Error>,
-    ctx: &Context,
+    ctx: &OperatorContext,
     note: &str,
 ) -> Result<(), Error> {
     let dropped = match desired {
@@ -151,7 +151,7 @@ pub(crate) async fn drop_and_report(
     Ok(())
 }
 
-pub(crate) async fn drop_school(d: &Desired, ctx: &Context) -> Result<(), Error> {
+pub(crate) async fn drop_school(d: &Desired, ctx: &OperatorContext) -> Result<(), Error> {
     let handle = ctx.server(&d.server).await?;
     let mut conn = handle.pool.acquire().await.map_err(|e| PgError::Sql {
         step: "connect to the server",
@@ -181,7 +181,7 @@ pub(crate) async fn drop_school(d: &Desired, ctx: &Context) -> Result<(), Error>
 pub(crate) async fn final_backup(
     school: &School,
     d: &Desired,
-    ctx: &Context,
+    ctx: &OperatorContext,
 ) -> Result<String, Error> {
     if !d.recorded {
         return Ok("the School never had a database: nothing to back up".into());
@@ -257,7 +257,7 @@ pub(crate) async fn final_backup(
     }
 }
 
-pub(crate) async fn delete_final_job(school: &School, ctx: &Context) -> Result<(), Error> {
+pub(crate) async fn delete_final_job(school: &School, ctx: &OperatorContext) -> Result<(), Error> {
     let jobs: Api<Job> =
         Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
     match jobs

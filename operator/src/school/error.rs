@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 
 use crate::pg::PgError;
 
-use super::context::Context;
+use super::context::OperatorContext;
 use super::{PERMANENT_RECHECK, TRANSIENT_RETRY};
 
 /// Why a reconcile did not reach Ready. The `Display` text goes into status conditions
@@ -99,7 +99,7 @@ impl Error {
 }
 
 /// Retry policy: transient errors back off, permanent ones were already handled.
-pub fn error_policy(_school: Arc<School>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(_school: Arc<School>, error: &Error, _ctx: Arc<OperatorContext>) -> Action {
     tracing::warn!(reason = error.reason().as_str(), error = %error, "reconcile failed");
     if error.is_permanent() {
         Action::requeue(PERMANENT_RECHECK)

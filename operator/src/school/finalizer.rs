@@ -5,7 +5,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::context::Context;
+use super::context::OperatorContext;
 use super::error::Error;
 use super::labels::FINALIZER;
 
@@ -13,7 +13,7 @@ use super::labels::FINALIZER;
 /// Applies a JSON patch to the School's metadata (finalizers), as one API call.
 pub(crate) async fn patch_school(
     school: &School,
-    ctx: &Context,
+    ctx: &OperatorContext,
     patch: serde_json::Value,
     step: &'static str,
 ) -> Result<School, Error> {
@@ -33,7 +33,7 @@ pub(crate) async fn patch_school(
     })
 }
 
-pub(crate) async fn add_finalizer(school: &School, ctx: &Context) -> Result<School, Error> {
+pub(crate) async fn add_finalizer(school: &School, ctx: &OperatorContext) -> Result<School, Error> {
     let patch = if school.finalizers().is_empty() {
         json!([{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}])
     } else {
@@ -42,7 +42,7 @@ pub(crate) async fn add_finalizer(school: &School, ctx: &Context) -> Result<Scho
     patch_school(school, ctx, patch, "add the finalizer").await
 }
 
-pub(crate) async fn remove_finalizer(school: &School, ctx: &Context) -> Result<(), Error> {
+pub(crate) async fn remove_finalizer(school: &School, ctx: &OperatorContext) -> Result<(), Error> {
     let Some(index) = school.finalizers().iter().position(|f| f == FINALIZER) else {
         return Ok(());
     };

@@ -4,7 +4,8 @@
 //!
 //! One module per step: `desired` (validate and build) → `apply` (with
 //! `connection_secret`) → `status`; beside them `school_backups` (the CronJob and
-//! results), `deletion` (reclaim policy), `finalizer`, `labels`, `context` and
+//! results), `deletion` (reclaim policy), `finalizer`, `labels`, `context` (the shared
+//! [`OperatorContext`]) and
 //! `error`. This file holds the pipeline itself ([`reconcile`]).
 //!
 //! [`reconcile`] is what the controller calls; tests call it directly against the
@@ -34,8 +35,8 @@ mod status;
 
 pub use apply::Applied;
 pub use connection_secret::{connection_secret, endpoint};
-pub use context::Context;
 pub(crate) use context::secret_value;
+pub use context::{OperatorContext, TEST_OPERATOR_NAMESPACE};
 pub use desired::{Desired, validate};
 pub use error::{Error, error_policy};
 pub use labels::{ANNOTATION_PAUSED, ANNOTATION_ROTATE, FIELD_MANAGER, FINALIZER, label_value};
@@ -61,7 +62,7 @@ pub const TRANSIENT_RETRY: Duration = Duration::from_secs(15);
 
 /// Reconciles one School. Permanent problems end as a status condition and `Ok`;
 /// transient ones return `Err` for [`error_policy`] to retry.
-pub async fn reconcile(school: Arc<School>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(school: Arc<School>, ctx: Arc<OperatorContext>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&school, &ctx).await;
     ctx.metrics
@@ -86,7 +87,10 @@ pub async fn reconcile(school: Arc<School>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
-pub(crate) async fn reconcile_inner(school: &School, ctx: &Context) -> Result<Action, Error> {
+pub(crate) async fn reconcile_inner(
+    school: &School,
+    ctx: &OperatorContext,
+) -> Result<Action, Error> {
     let uid = school.uid().unwrap_or_default();
     if is_paused(school) {
         let mut status = school.status.clone().unwrap_or_default();

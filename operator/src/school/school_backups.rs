@@ -12,13 +12,13 @@ use kube::{Resource, ResourceExt};
 
 use crate::backupjobs::{self, RunnerInputs};
 
-use super::context::Context;
+use super::context::OperatorContext;
 use super::desired::Desired;
 use super::error::Error;
 use super::labels::FIELD_MANAGER;
 
 /// Whether a SchoolRestore of this School has not finished yet (then its logins stay off).
-pub async fn restore_in_progress(ctx: &Context, school: &School) -> Result<bool, Error> {
+pub async fn restore_in_progress(ctx: &OperatorContext, school: &School) -> Result<bool, Error> {
     let api: Api<SchoolRestore> =
         Api::namespaced(ctx.client.clone(), &school.namespace().unwrap_or_default());
     let restores = match api.list(&ListParams::default()).await {
@@ -55,7 +55,7 @@ pub(crate) fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error 
 
 /// Finished backup Jobs of a school (scheduled, on-demand, final) with their outcomes.
 pub(crate) async fn backup_outcomes(
-    ctx: &Context,
+    ctx: &OperatorContext,
     namespace: &str,
     school_id: &str,
 ) -> Result<Vec<backupjobs::JobOutcome>, Error> {
@@ -77,7 +77,7 @@ pub(crate) async fn backup_outcomes(
 pub(crate) async fn ensure_backups(
     school: &School,
     d: &Desired,
-    ctx: &Context,
+    ctx: &OperatorContext,
 ) -> Result<BackupView, Error> {
     let spec = &school.spec.backup;
     let storage = backupjobs::resolve_storage(spec.storage.as_ref(), &ctx.backup);

@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::apply::Applied;
-use super::context::Context;
+use super::context::OperatorContext;
 use super::desired::Desired;
 use super::error::Error;
 use super::labels::FIELD_MANAGER;
@@ -141,7 +141,7 @@ pub fn next_status(
 
 pub(crate) async fn patch_status(
     school: &School,
-    ctx: &Context,
+    ctx: &OperatorContext,
     status: &SchoolStatus,
 ) -> Result<(), Error> {
     if school.status.as_ref() == Some(status) {
@@ -164,7 +164,7 @@ pub(crate) async fn patch_status(
 }
 
 pub(crate) async fn publish(
-    ctx: &Context,
+    ctx: &OperatorContext,
     school: &School,
     type_: EventType,
     reason: &str,

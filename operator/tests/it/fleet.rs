@@ -8,15 +8,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use sqlx::Connection;
 
+use crate::support::{empty_api, private_postgres};
+
 #[tokio::test]
 async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
     // A server of its own: `migrate --all` acts on every claimed database of a server, and
     // the shared one holds other tests' databases (which may be dropped meanwhile).
-    let (server, _supervised) =
-        tokio::task::spawn_blocking(edumind_tests::PgServer::start_supervised)
-            .await
-            .unwrap()
-            .unwrap();
+    let (server, _supervised) = private_postgres().await;
     let pg = &server;
     let tag = edumind_tests::random_token(6);
     let mut admin = pg.admin().await;
@@ -101,11 +99,7 @@ async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
 
 #[tokio::test]
 async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube_fake_client::ClientBuilder::new()
-        .build()
-        .await
-        .unwrap();
+    let client = empty_api().await;
     let leases: Api<Lease> = Api::namespaced(client, "edumind-system");
     let run = edumind_operator::leader::try_acquire;
     let long = Duration::from_secs(60);
@@ -189,11 +183,7 @@ async fn version_of(pg: &edumind_tests::PgServer, name: &str) -> Option<i64> {
 async fn migrate_all_backs_up_before_a_schema_change_and_a_failed_backup_holds_it_back() {
     // A server of its own: `migrate --all` acts on every claimed database of a server, and
     // the shared one holds other tests' databases.
-    let (server, _supervised) =
-        tokio::task::spawn_blocking(edumind_tests::PgServer::start_supervised)
-            .await
-            .unwrap()
-            .unwrap();
+    let (server, _supervised) = private_postgres().await;
     let pg = &server;
     let tag = edumind_tests::random_token(6);
     let first = edumind_schema::MIGRATOR.iter().next().unwrap().version;

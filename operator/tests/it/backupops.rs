@@ -12,204 +12,37 @@ use std::sync::Arc;
 
 use edumind_crds::{
     BackupStorage, ReclaimPolicy, School, SchoolBackup, SchoolBackupSpec, SchoolRestore,
-    SchoolRestoreSpec, SchoolSpec,
+    SchoolRestoreSpec,
 };
-use edumind_operator::backup::{self, BackupJob, BackupStore, ConnectionInfo, PgTools, RunResult};
+use edumind_operator::backup::{self, BackupJob, BackupStore, PgTools, RunResult};
 use edumind_operator::backupjobs::{self, BackupConfig};
-use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::controllers as ops;
-use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self as reconcile, Context};
-use k8s_openapi::ByteString;
+use edumind_operator::school as reconcile;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-const OPERATOR_NS: &str = "edumind-system";
+use crate::support::TestEnv;
 
-struct Env {
-    client: Client,
-    ctx: Arc<Context>,
-    ns: String,
-    tag: String,
-}
-
-async fn env(default_storage: Option<BackupStorage>) -> Env {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let pg = edumind_tests::postgres().await;
-    let admin = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("pg-admin".into()),
-            namespace: Some(OPERATOR_NS.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([
-            (
-                "username".to_string(),
-                ByteString(pg.superuser.clone().into_bytes()),
-            ),
-            (
-                "password".to_string(),
-                ByteString(pg.password.clone().into_bytes()),
-            ),
-        ])),
-        ..Default::default()
-    };
-    let client = kube_fake_client::ClientBuilder::new()
-        .with_resource::<School>()
-        .with_status_subresource::<School>()
-        .with_resource::<SchoolBackup>()
-        .with_status_subresource::<SchoolBackup>()
-        .with_resource::<SchoolRestore>()
-        .with_status_subresource::<SchoolRestore>()
-        .with_object(admin)
-        .build()
-        .await
-        .unwrap();
-    let servers = TargetServers::new(vec![TargetServer {
-        name: "main".into(),
-        host: pg.host.clone(),
-        port: pg.port,
-        admin_secret: "pg-admin".into(),
-        default: true,
-        client_host: None,
-        client_port: None,
-        maintenance_database: "postgres".into(),
-    }])
-    .unwrap();
+/// A fresh namespace with the backup kinds registered; the operator's backup settings
+/// with a test image and `default_storage`.
+async fn env(default_storage: Option<BackupStorage>) -> TestEnv {
     let config = BackupConfig {
         image: "registry.example/edumind-operator:test".into(),
         default_storage,
         ..Default::default()
     };
-    let ctx = Context::with_backup(
-        client.clone(),
-        servers,
-        OPERATOR_NS.into(),
-        Arc::new(Metrics::default()),
-        config,
-    );
-    let tag = edumind_tests::random_token(6);
-    Env {
-        client,
-        ctx,
-        ns: format!("ns-{tag}"),
-        tag,
-    }
+    TestEnv::builder().with_backup(config).build().await
 }
 
 fn pvc() -> BackupStorage {
     BackupStorage {
         persistent_volume_claim: Some("school-backups".into()),
         ..Default::default()
-    }
-}
-
-impl Env {
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    fn spec(&self, code: &str, extra: serde_json::Value) -> SchoolSpec {
-        let mut v = json!({"code": format!("{code}-{}", self.tag), "name": format!("School {code}"),
-            "address": "1 Main St", "contactEmail": "office@school.example"});
-        v.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        serde_json::from_value(v).unwrap()
-    }
-
-    async fn create(&self, name: &str, spec: SchoolSpec) -> School {
-        let mut s = School::new(name, spec);
-        s.metadata.namespace = Some(self.ns.clone());
-        self.api::<School>()
-            .create(&PostParams::default(), &s)
-            .await
-            .unwrap()
-    }
-
-    async fn school(&self, name: &str) -> School {
-        self.api::<School>().get(name).await.unwrap()
-    }
-
-    async fn reconcile(&self, name: &str) -> School {
-        let school = self.school(name).await;
-        reconcile::reconcile(Arc::new(school), self.ctx.clone())
-            .await
-            .expect("reconcile");
-        self.school(name).await
-    }
-
-    async fn secret(&self, name: &str) -> Secret {
-        self.api::<Secret>().get(name).await.unwrap()
-    }
-
-    async fn events(&self) -> Vec<Event> {
-        self.api::<Event>()
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-    }
-
-    /// Plays the Job controller and kubelet: the Job finished, its Pod's runner container
-    /// terminated with `result` as termination message.
-    async fn finish_job(&self, job: &str, ok: bool, message: &str) {
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let condition = if ok { "Complete" } else { "Failed" };
-        self.api::<Job>()
-            .patch_status(
-                job,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "completionTime": if ok { Some(&now) } else { None },
-                    "conditions": [{"type": condition, "status": "True",
-                        "lastTransitionTime": now, "reason": if ok { "Completed" } else { "BackoffLimitExceeded" }}]
-                }})),
-            )
-            .await
-            .unwrap();
-        let school_id = self
-            .api::<Job>()
-            .get(job)
-            .await
-            .unwrap()
-            .labels()
-            .get(edumind_crds::connection::LABEL_SCHOOL_ID)
-            .cloned()
-            .unwrap_or_default();
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("{job}-pod"), "namespace": self.ns,
-                "labels": {backupjobs::LABEL_JOB_NAME: job, edumind_crds::connection::LABEL_SCHOOL_ID: school_id}},
-            "spec": {"containers": [{"name": backupjobs::CONTAINER, "image": "x"}]},
-            "status": {"containerStatuses": [{"name": backupjobs::CONTAINER, "image": "x", "imageID": "",
-                "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": if ok { 0 } else { 1 }, "message": message,
-                    "finishedAt": now}}}]}
-        }))
-        .unwrap();
-        self.api::<Pod>()
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap();
-    }
-
-    /// The connection details in a Secret, as the runner reads them from its mount.
-    async fn connection(&self, secret: &str) -> (ConnectionInfo, tempfile::TempDir) {
-        let s = self.secret(secret).await;
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("secret.yaml");
-        std::fs::write(&file, serde_yaml_ng::to_string(&s).unwrap()).unwrap();
-        (ConnectionInfo::load(&file).unwrap(), dir)
     }
 }
 
@@ -622,7 +455,7 @@ async fn login(uri: &str) -> Result<PgConnection, sqlx::Error> {
     PgConnection::connect(uri).await
 }
 
-async fn restore_phase(env: &Env, name: &str) -> edumind_crds::SchoolRestoreStatus {
+async fn restore_phase(env: &TestEnv, name: &str) -> edumind_crds::SchoolRestoreStatus {
     env.api::<SchoolRestore>()
         .get(name)
         .await
@@ -631,7 +464,7 @@ async fn restore_phase(env: &Env, name: &str) -> edumind_crds::SchoolRestoreStat
         .unwrap_or_default()
 }
 
-async fn run_restore_reconcile(env: &Env, name: &str) {
+async fn run_restore_reconcile(env: &TestEnv, name: &str) {
     let r = env.api::<SchoolRestore>().get(name).await.unwrap();
     ops::reconcile_restore(Arc::new(r), env.ctx.clone())
         .await
@@ -937,7 +770,7 @@ async fn exists_db(name: &str) -> bool {
         .unwrap()
 }
 
-async fn delete(env: &Env, name: &str) -> School {
+async fn delete(env: &TestEnv, name: &str) -> School {
     // The fake API server has no deletion in progress: mark the object as a real one would.
     let mut school = env.school(name).await;
     school.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
@@ -1193,7 +1026,7 @@ async fn schema_version_of(database: &str) -> Option<i64> {
 }
 
 /// Reconciles once, whatever the outcome (waiting for a Job is an `Err` to retry).
-async fn reconcile_once(env: &Env, name: &str) -> School {
+async fn reconcile_once(env: &TestEnv, name: &str) -> School {
     let school = env.school(name).await;
     let _ = reconcile::reconcile(Arc::new(school), env.ctx.clone()).await;
     env.school(name).await

@@ -1,9 +1,8 @@
 //! The shared self-service tenant against a real PostgreSQL (the harness) and an
-//! in-memory Kubernetes API. One test function: the database name is fixed, and the
-//! PostgreSQL server is shared by this test process.
+//! in-memory Kubernetes API. One test function: the database name is fixed; it runs on
+//! a server of its own ([`support::private_postgres`]), not the one the tests share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use edumind_operator::config::TargetServer;
 use edumind_operator::credentials::SecretString;
 use edumind_operator::pg;
 use edumind_operator::selfservice::{self, APP_ROLE, DATABASE, OWNER_ROLE, SECRET_NAME};
@@ -11,6 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
+
+use crate::support;
 
 const NS: &str = "edumind-system";
 
@@ -50,22 +51,12 @@ async fn visible_students(app: &mut PgConnection, user: Option<Uuid>) -> Vec<Uui
 
 #[tokio::test]
 async fn self_service_tenant_is_provisioned_isolated_by_rls_and_idempotent() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let pg = edumind_tests::postgres().await;
-    let client = kube_fake_client::ClientBuilder::new()
-        .build()
-        .await
-        .unwrap();
-    let server = TargetServer {
-        name: "main".into(),
-        host: pg.host.clone(),
-        port: pg.port,
-        admin_secret: "pg-admin".into(),
-        default: true,
-        client_host: None,
-        client_port: None,
-        maintenance_database: "postgres".into(),
-    };
+    // A server of its own: the database name is fixed, and `migrate --all` below acts on
+    // every claimed database of the server.
+    let (own, _supervised) = support::private_postgres().await;
+    let pg = &own;
+    let client = support::empty_api().await;
+    let server = support::target_server(pg);
     let admin = pg::admin_options(
         &pg.host,
         pg.port,

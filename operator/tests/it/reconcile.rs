@@ -6,166 +6,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edumind_crds::{ReclaimPolicy, School, SchoolSpec};
-use edumind_operator::config::{TargetServer, TargetServers};
-use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self as reconcile, Context};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
+use edumind_crds::{ReclaimPolicy, School};
+use edumind_operator::school as reconcile;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
 
-const OPERATOR_NS: &str = "edumind-system";
+use crate::support::TestEnv;
 
-struct Env {
-    client: Client,
-    ctx: Arc<Context>,
-    ns: String,
-    tag: String,
-}
-
-async fn env() -> Env {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let pg = edumind_tests::postgres().await;
-    let admin = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("pg-admin".into()),
-            namespace: Some(OPERATOR_NS.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([
-            (
-                "username".to_string(),
-                ByteString(pg.superuser.clone().into_bytes()),
-            ),
-            (
-                "password".to_string(),
-                ByteString(pg.password.clone().into_bytes()),
-            ),
-        ])),
-        ..Default::default()
-    };
-    let client = kube_fake_client::ClientBuilder::new()
-        .with_resource::<School>()
-        .with_status_subresource::<School>()
-        .with_resource::<edumind_crds::SchoolRestore>()
-        .with_object(admin)
-        .build()
-        .await
-        .unwrap();
-    let servers = TargetServers::new(vec![TargetServer {
-        name: "main".into(),
-        host: pg.host.clone(),
-        port: pg.port,
-        admin_secret: "pg-admin".into(),
-        default: true,
-        client_host: None,
-        client_port: None,
-        maintenance_database: "postgres".into(),
-    }])
-    .unwrap();
-    let ctx = Context::new(
-        client.clone(),
-        servers,
-        OPERATOR_NS.into(),
-        Arc::new(Metrics::default()),
-    );
-    let tag = edumind_tests::random_token(6);
-    Env {
-        client,
-        ctx,
-        ns: format!("ns-{tag}"),
-        tag,
-    }
-}
-
-impl Env {
-    fn schools(&self) -> Api<School> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-    fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    fn spec(&self, code: &str) -> SchoolSpec {
-        serde_json::from_value(
-            json!({"code": code, "name": format!("School {code}"), "address": "1 Main St",
-            "contactEmail": "office@school.example"}),
-        )
-        .unwrap()
-    }
-
-    /// A unique code for this test.
-    fn code(&self, base: &str) -> String {
-        format!("{base}-{}", self.tag)
-    }
-
-    async fn create(&self, name: &str, spec: SchoolSpec) -> School {
-        let mut s = School::new(name, spec);
-        s.metadata.namespace = Some(self.ns.clone());
-        self.schools()
-            .create(&PostParams::default(), &s)
-            .await
-            .unwrap()
-    }
-
-    async fn get(&self, name: &str) -> School {
-        self.schools().get(name).await.unwrap()
-    }
-
-    async fn reconcile(&self, name: &str) -> School {
-        let school = self.get(name).await;
-        reconcile::reconcile(Arc::new(school), self.ctx.clone())
-            .await
-            .expect("reconcile");
-        self.get(name).await
-    }
-
-    async fn secret(&self, name: &str) -> Option<BTreeMap<String, String>> {
-        let s = self
-            .secrets()
-            .get_opt(&edumind_operator::naming::secret_name(name))
-            .await
-            .unwrap()?;
-        Some(
-            s.data
-                .unwrap()
-                .into_iter()
-                .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
-                .collect(),
-        )
-    }
-
-    async fn events(&self) -> Vec<Event> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        api.list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-    }
-
-    async fn annotate(&self, name: &str, key: &str, value: &str) {
-        let patch = json!({"metadata": {"annotations": {key: value}}});
-        self.schools()
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap();
-    }
-
-    async fn set_spec(&self, name: &str, patch: serde_json::Value) {
-        self.schools()
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"spec": patch})),
-            )
-            .await
-            .unwrap();
-    }
+/// A fresh namespace with SchoolRestore registered (the reconciler looks for restores in
+/// progress) and no backup settings.
+async fn env() -> TestEnv {
+    TestEnv::builder().with_restores().build().await
 }
 
 fn ready(school: &School) -> (String, String, String) {
@@ -214,7 +67,7 @@ async fn count_tables(conn: &mut PgConnection) -> i64 {
 async fn new_school_becomes_ready_with_an_isolated_migrated_database() {
     let env = env().await;
     let code = env.code("Lincoln High");
-    env.create("lincoln", env.spec(&code)).await;
+    env.create("lincoln", env.spec_for(&code)).await;
     let school = env.reconcile("lincoln").await;
 
     let (status, reason, _) = ready(&school);
@@ -250,7 +103,7 @@ async fn new_school_becomes_ready_with_an_isolated_migrated_database() {
     assert_eq!(raw.labels()["edumind.ai/school-id"], id.to_string());
     assert!(raw.labels().contains_key("edumind.ai/school-code"));
     assert_eq!(raw.owner_references()[0].uid, school.uid().unwrap());
-    let secret = env.secret("lincoln").await.unwrap();
+    let secret = env.secret_data("lincoln").await.unwrap();
     for key in [
         "username", "user", "password", "host", "port", "dbname", "uri", "jdbc-uri", "pgpass",
     ] {
@@ -284,9 +137,9 @@ async fn new_school_becomes_ready_with_an_isolated_migrated_database() {
 
     // A second school: neither role can connect to the other's database.
     let other_code = env.code("Other");
-    env.create("other", env.spec(&other_code)).await;
+    env.create("other", env.spec_for(&other_code)).await;
     env.reconcile("other").await;
-    let other = env.secret("other").await.unwrap();
+    let other = env.secret_data("other").await.unwrap();
     let url = |who: &BTreeMap<String, String>, db: &str| {
         format!(
             "postgresql://{}:{}@{}:{}/{db}",
@@ -338,7 +191,8 @@ async fn catalog_fingerprint(database: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_second_reconcile_changes_nothing() {
     let env = env().await;
-    env.create("steady", env.spec(&env.code("Steady"))).await;
+    env.create("steady", env.spec_for(&env.code("Steady")))
+        .await;
     let first = env.reconcile("steady").await;
     let database = first.status.clone().unwrap().database.unwrap();
     let secret_rv = env
@@ -372,9 +226,9 @@ async fn a_second_reconcile_changes_nothing() {
 #[tokio::test]
 async fn deleted_secret_and_broken_credentials_are_repaired() {
     let env = env().await;
-    env.create("drift", env.spec(&env.code("Drift"))).await;
+    env.create("drift", env.spec_for(&env.code("Drift"))).await;
     env.reconcile("drift").await;
-    let before = env.secret("drift").await.unwrap();
+    let before = env.secret_data("drift").await.unwrap();
 
     env.secrets()
         .delete(
@@ -384,7 +238,7 @@ async fn deleted_secret_and_broken_credentials_are_repaired() {
         .await
         .unwrap();
     env.reconcile("drift").await;
-    let recreated = env.secret("drift").await.expect("Secret recreated");
+    let recreated = env.secret_data("drift").await.expect("Secret recreated");
     connect(&recreated)
         .await
         .expect("recreated credentials connect");
@@ -404,7 +258,7 @@ async fn deleted_secret_and_broken_credentials_are_repaired() {
         .unwrap();
     assert!(connect(&recreated).await.is_err());
     env.reconcile("drift").await;
-    connect(&env.secret("drift").await.unwrap())
+    connect(&env.secret_data("drift").await.unwrap())
         .await
         .expect("credentials repaired");
 
@@ -451,7 +305,7 @@ async fn deleted_secret_and_broken_credentials_are_repaired() {
 #[tokio::test]
 async fn a_vanished_database_is_reported_and_never_recreated_empty() {
     let env = env().await;
-    env.create("gone", env.spec(&env.code("Gone"))).await;
+    env.create("gone", env.spec_for(&env.code("Gone"))).await;
     let school = env.reconcile("gone").await;
     let database = school.status.unwrap().database.unwrap();
     admin()
@@ -484,15 +338,15 @@ async fn a_vanished_database_is_reported_and_never_recreated_empty() {
 #[tokio::test]
 async fn rotation_pause_and_active_toggle() {
     let env = env().await;
-    env.create("rot", env.spec(&env.code("Rot"))).await;
+    env.create("rot", env.spec_for(&env.code("Rot"))).await;
     env.reconcile("rot").await;
-    let old = env.secret("rot").await.unwrap();
+    let old = env.secret_data("rot").await.unwrap();
 
     // Rotation: new password works, old one does not, and it happens once per token.
     env.annotate("rot", reconcile::ANNOTATION_ROTATE, "2025-01-01")
         .await;
     let school = env.reconcile("rot").await;
-    let new = env.secret("rot").await.unwrap();
+    let new = env.secret_data("rot").await.unwrap();
     assert_ne!(new["password"], old["password"]);
     assert!(new["uri"].contains(&new["password"]) && new["pgpass"].contains(&new["password"]));
     connect(&new).await.expect("rotated password works");
@@ -503,7 +357,7 @@ async fn rotation_pause_and_active_toggle() {
     );
     env.reconcile("rot").await;
     assert_eq!(
-        env.secret("rot").await.unwrap()["password"],
+        env.secret_data("rot").await.unwrap()["password"],
         new["password"],
         "rotates once per token"
     );
@@ -551,7 +405,7 @@ async fn rotation_pause_and_active_toggle() {
         .unwrap();
     let school = env.reconcile("rot").await;
     assert!(
-        env.secret("rot").await.is_none(),
+        env.secret_data("rot").await.is_none(),
         "paused School is left alone"
     );
     assert!(
@@ -566,7 +420,7 @@ async fn rotation_pause_and_active_toggle() {
         .await;
     env.reconcile("rot").await;
     assert!(
-        env.secret("rot").await.is_some(),
+        env.secret_data("rot").await.is_some(),
         "unpaused School is repaired"
     );
 }
@@ -585,29 +439,31 @@ async fn odd_codes_get_safe_names_and_bad_input_becomes_a_condition() {
     .enumerate()
     {
         let name = format!("odd{i}");
-        env.create(&name, env.spec(code)).await;
+        env.create(&name, env.spec_for(code)).await;
         let school = env.reconcile(&name).await;
         assert_eq!(ready(&school).0, "True", "{code}: {:?}", ready(&school));
         let db = school.status.unwrap().database.unwrap();
         assert!(db.len() <= 63 && exists("db", &db).await, "{db}");
-        connect(&env.secret(&name).await.unwrap()).await.unwrap();
+        connect(&env.secret_data(&name).await.unwrap())
+            .await
+            .unwrap();
     }
 
-    let mut too_long = env.spec(&"x".repeat(51));
+    let mut too_long = env.spec_for(&"x".repeat(51));
     too_long.code = "y".repeat(51);
     env.create("long", too_long).await;
     let school = env.reconcile("long").await;
     let (status, reason, message) = ready(&school);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
     assert!(message.contains("51 characters"), "{message}");
-    assert!(env.secret("long").await.is_none());
+    assert!(env.secret_data("long").await.is_none());
 
-    let mut blank = env.spec("   ");
+    let mut blank = env.spec_for("   ");
     blank.code = "   ".into();
     env.create("blank", blank).await;
     assert_eq!(ready(&env.reconcile("blank").await).1, "InvalidSpec");
 
-    let mut elsewhere = env.spec(&env.code("Elsewhere"));
+    let mut elsewhere = env.spec_for(&env.code("Elsewhere"));
     elsewhere.target_server = Some("nope".into());
     env.create("elsewhere", elsewhere).await;
     let school = env.reconcile("elsewhere").await;
@@ -624,7 +480,7 @@ async fn odd_codes_get_safe_names_and_bad_input_becomes_a_condition() {
 async fn conflicting_code_or_id_leaves_the_first_school_untouched() {
     let env = env().await;
     let code = env.code("Dup");
-    let mut first = env.spec(&code);
+    let mut first = env.spec_for(&code);
     first.school_id = Some(uuid::Uuid::new_v4().to_string());
     env.create("first", first.clone()).await;
     let a = env.reconcile("first").await;
@@ -636,15 +492,15 @@ async fn conflicting_code_or_id_leaves_the_first_school_untouched() {
         .resource_version();
 
     // Same code, different id.
-    env.create("second", env.spec(&code)).await;
+    env.create("second", env.spec_for(&code)).await;
     let b = env.reconcile("second").await;
     let (status, reason, message) = ready(&b);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Conflict"));
     assert!(message.contains(&format!("{}/first", env.ns)), "{message}");
-    assert!(env.secret("second").await.is_none());
+    assert!(env.secret_data("second").await.is_none());
 
     // Same id, different code.
-    let mut third = env.spec(&env.code("Dup3"));
+    let mut third = env.spec_for(&env.code("Dup3"));
     third.school_id = first.school_id.clone();
     env.create("third", third).await;
     assert_eq!(ready(&env.reconcile("third").await).1, "Conflict");
@@ -664,18 +520,20 @@ async fn conflicting_code_or_id_leaves_the_first_school_untouched() {
             .resource_version(),
         secret_rv
     );
-    connect(&env.secret("first").await.unwrap()).await.unwrap();
+    connect(&env.secret_data("first").await.unwrap())
+        .await
+        .unwrap();
 }
 
-async fn delete(env: &Env, name: &str) -> School {
+async fn delete(env: &TestEnv, name: &str) -> School {
     // The fake API server deletes at once whatever the finalizers; mark the object the
     // way a real one does and hand it to the reconciler.
-    let mut school = env.get(name).await;
+    let mut school = env.school(name).await;
     school.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
     reconcile::reconcile(Arc::new(school), env.ctx.clone())
         .await
         .expect("reconcile");
-    env.get(name).await
+    env.school(name).await
 }
 
 #[tokio::test]
@@ -687,13 +545,15 @@ async fn reclaim_policies() {
         ("drop", ReclaimPolicy::Delete),
         ("snap", ReclaimPolicy::Snapshot),
     ] {
-        let mut spec = env.spec(&env.code(name));
+        let mut spec = env.spec_for(&env.code(name));
         spec.reclaim_policy = policy;
         env.create(name, spec).await;
         let school = env.reconcile(name).await;
         dbs.insert(name, school.status.unwrap().database.unwrap());
     }
-    let mut session = connect(&env.secret("drop").await.unwrap()).await.unwrap();
+    let mut session = connect(&env.secret_data("drop").await.unwrap())
+        .await
+        .unwrap();
 
     let keep = delete(&env, "keep").await;
     assert!(keep.finalizers().is_empty(), "finalizer released");
@@ -730,7 +590,7 @@ async fn reclaim_policies() {
         .delete("keep", &Default::default())
         .await
         .unwrap();
-    env.create("keep", env.spec(&env.code("keep-renamed")))
+    env.create("keep", env.spec_for(&env.code("keep-renamed")))
         .await;
     let renamed = env.reconcile("keep").await;
     let (_, reason, message) = ready(&renamed);
@@ -741,11 +601,11 @@ async fn reclaim_policies() {
         .delete("keep", &Default::default())
         .await
         .unwrap();
-    env.create("keep", env.spec(&env.code("keep"))).await;
+    env.create("keep", env.spec_for(&env.code("keep"))).await;
     let again = env.reconcile("keep").await;
     assert_eq!(ready(&again).0, "True");
     assert_eq!(again.status.unwrap().database.unwrap(), dbs["keep"]);
-    connect(&env.secret("keep").await.unwrap())
+    connect(&env.secret_data("keep").await.unwrap())
         .await
         .expect("adopted with repaired credentials");
 }
@@ -754,8 +614,8 @@ async fn reclaim_policies() {
 async fn racing_reconciles_create_one_database_and_one_winner() {
     let env = env().await;
     // The same new School reconciled twice at once (two replicas during a failover).
-    env.create("race", env.spec(&env.code("Race"))).await;
-    let school = Arc::new(env.get("race").await);
+    env.create("race", env.spec_for(&env.code("Race"))).await;
+    let school = Arc::new(env.school("race").await);
     let (a, b) = tokio::join!(
         reconcile::reconcile(school.clone(), env.ctx.clone()),
         reconcile::reconcile(school.clone(), env.ctx.clone())
@@ -764,7 +624,9 @@ async fn racing_reconciles_create_one_database_and_one_winner() {
     assert!(a.is_ok() || b.is_ok(), "{a:?} {b:?}");
     let school = env.reconcile("race").await;
     assert_eq!(ready(&school).0, "True");
-    let mut conn = connect(&env.secret("race").await.unwrap()).await.unwrap();
+    let mut conn = connect(&env.secret_data("race").await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(count_tables(&mut conn).await, 13);
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&mut conn)
@@ -774,19 +636,19 @@ async fn racing_reconciles_create_one_database_and_one_winner() {
 
     // Two new Schools with one code at once: exactly one wins.
     let code = env.code("Twin");
-    env.create("twin-a", env.spec(&code)).await;
-    env.create("twin-b", env.spec(&code)).await;
+    env.create("twin-a", env.spec_for(&code)).await;
+    env.create("twin-b", env.spec_for(&code)).await;
     let (x, y) = (
-        Arc::new(env.get("twin-a").await),
-        Arc::new(env.get("twin-b").await),
+        Arc::new(env.school("twin-a").await),
+        Arc::new(env.school("twin-b").await),
     );
     let _ = tokio::join!(
         reconcile::reconcile(x, env.ctx.clone()),
         reconcile::reconcile(y, env.ctx.clone())
     );
     let reasons = [
-        ready(&env.get("twin-a").await).1,
-        ready(&env.get("twin-b").await).1,
+        ready(&env.school("twin-a").await).1,
+        ready(&env.school("twin-b").await).1,
     ];
     let mut sorted = reasons.clone();
     sorted.sort();
@@ -800,12 +662,12 @@ async fn racing_reconciles_create_one_database_and_one_winner() {
 #[tokio::test]
 async fn secrets_stay_out_of_status_events_and_metrics_count_reconciles() {
     let env = env().await;
-    env.create("quiet", env.spec(&env.code("Quiet"))).await;
+    env.create("quiet", env.spec_for(&env.code("Quiet"))).await;
     env.reconcile("quiet").await;
     env.annotate("quiet", reconcile::ANNOTATION_ROTATE, "now")
         .await;
     let school = env.reconcile("quiet").await;
-    let password = env.secret("quiet").await.unwrap()["password"].clone();
+    let password = env.secret_data("quiet").await.unwrap()["password"].clone();
     let status = serde_json::to_string(&school.status).unwrap();
     let events = serde_json::to_string(&env.events().await).unwrap();
     assert!(!status.contains(&password) && !events.contains(&password));
@@ -830,7 +692,7 @@ async fn secrets_stay_out_of_status_events_and_metrics_count_reconciles() {
 async fn the_published_secret_drives_the_backup_runner() {
     use edumind_operator::backup::{self, BackupJob, BackupStore, ConnectionInfo, PgTools};
     let env = env().await;
-    env.create("bk", env.spec(&env.code("Backup"))).await;
+    env.create("bk", env.spec_for(&env.code("Backup"))).await;
     let school = env.reconcile("bk").await;
     let secret = env
         .secrets()
@@ -873,11 +735,13 @@ async fn the_published_secret_drives_the_backup_runner() {
 async fn the_school_record_follows_the_spec() {
     let env = env().await;
     let code = env.code("Rec");
-    env.create("record", env.spec(&code)).await;
+    env.create("record", env.spec_for(&code)).await;
     let school = env.reconcile("record").await;
     let status = school.status.clone().unwrap();
     let id: uuid::Uuid = status.school_id.clone().unwrap().parse().unwrap();
-    let mut conn = connect(&env.secret("record").await.unwrap()).await.unwrap();
+    let mut conn = connect(&env.secret_data("record").await.unwrap())
+        .await
+        .unwrap();
     type Row = (
         String,
         String,
@@ -979,9 +843,9 @@ async fn a_fault_after_any_provisioning_step_converges() {
     steps.push("write the connection Secret".into());
     for (i, step) in steps.iter().enumerate() {
         let name = format!("crash-{i}");
-        env.create(&name, env.spec(&env.code(&format!("C{i}"))))
+        env.create(&name, env.spec_for(&env.code(&format!("C{i}"))))
             .await;
-        let school = env.get(&name).await;
+        let school = env.school(&name).await;
         let err = edumind_operator::fault::with_fault(
             step,
             reconcile::reconcile(Arc::new(school), env.ctx.clone()),
@@ -1000,7 +864,9 @@ async fn a_fault_after_any_provisioning_step_converges() {
         let (dbs, roles) = objects_of(status.school_id.as_deref().unwrap()).await;
         assert_eq!(dbs, vec![database.clone()], "after `{step}`");
         assert_eq!(roles, vec![status.role.clone().unwrap()], "after `{step}`");
-        let mut app = connect(&env.secret(&name).await.unwrap()).await.unwrap();
+        let mut app = connect(&env.secret_data(&name).await.unwrap())
+            .await
+            .unwrap();
         assert!(count_tables(&mut app).await >= 13, "after `{step}`");
         // And a further reconcile changes nothing.
         let again = env.reconcile(&name).await;
@@ -1018,7 +884,7 @@ async fn a_fault_after_any_provisioning_step_converges() {
 async fn an_unlabelled_foreign_database_is_still_refused() {
     let env = env().await;
     let code = env.code("Foreign");
-    let mut spec = env.spec(&code);
+    let mut spec = env.spec_for(&code);
     let id = uuid::Uuid::new_v4();
     spec.school_id = Some(id.to_string());
     let database = edumind_operator::naming::school_database(&code, id);
@@ -1033,5 +899,5 @@ async fn an_unlabelled_foreign_database_is_still_refused() {
     let school = env.reconcile("foreign").await;
     let (status, reason, _) = ready(&school);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Conflict"));
-    assert!(env.secret("foreign").await.is_none());
+    assert!(env.secret_data("foreign").await.is_none());
 }

@@ -9,7 +9,7 @@
 //! runner's termination message; only the operator's own calls are recorded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use edumind_crds::rbac::{OPERATOR_RULES, Rule, Scope};
@@ -19,22 +19,20 @@ use edumind_crds::{
 };
 use edumind_operator::backup::RunResult;
 use edumind_operator::backupjobs::{self, BackupConfig};
-use edumind_operator::config::{TargetServer, TargetServers};
 use edumind_operator::controllers as ops;
 use edumind_operator::credentials::SecretString;
-use edumind_operator::metrics::Metrics;
-use edumind_operator::school::{self as reconcile, Context};
+use edumind_operator::school as reconcile;
 use edumind_operator::{leader, pg, selfservice};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-const OPERATOR_NS: &str = "edumind-system";
+use crate::support::{OPERATOR_NS, TestEnv};
+
 const SCHOOL_NS: &str = "schools";
 
 /// One API request: (namespace or "" for cluster-wide, group, resource[/subresource], verb).
@@ -103,45 +101,6 @@ fn covered(call: &Call) -> Option<&'static Rule> {
         .iter()
         .filter(|r| r.pending.is_none())
         .find(|r| scope_of(ns).contains(&r.scope) && r.allows(group, resource, verb))
-}
-
-/// Plays the Job controller and kubelet (through the unrecorded fake): the Job finished
-/// successfully and its Pod's runner container terminated with `message`.
-async fn finish_job(fake: &Client, job: &str, message: &str) {
-    let jobs: Api<Job> = Api::namespaced(fake.clone(), SCHOOL_NS);
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    jobs.patch_status(
-        job,
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"status": {"completionTime": now, "conditions": [{"type": "Complete",
-            "status": "True", "lastTransitionTime": now, "reason": "Completed"}]}}),
-        ),
-    )
-    .await
-    .unwrap();
-    let school_id = jobs
-        .get(job)
-        .await
-        .unwrap()
-        .labels()
-        .get(edumind_crds::connection::LABEL_SCHOOL_ID)
-        .cloned()
-        .unwrap_or_default();
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{job}-pod"), "namespace": SCHOOL_NS,
-            "labels": {backupjobs::LABEL_JOB_NAME: job, edumind_crds::connection::LABEL_SCHOOL_ID: school_id}},
-        "spec": {"containers": [{"name": backupjobs::CONTAINER, "image": "x"}]},
-        "status": {"containerStatuses": [{"name": backupjobs::CONTAINER, "image": "x", "imageID": "",
-            "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": now}}}]}
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(fake.clone(), SCHOOL_NS)
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
 }
 
 /// Listed permissions the in-memory API cannot show being used, and why.
@@ -235,60 +194,26 @@ const NOT_OBSERVABLE: &[(&str, &str, &str, &str)] = &[
 
 #[tokio::test]
 async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let pg = edumind_tests::postgres().await;
-    let admin_secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("pg-admin".into()),
-            namespace: Some(OPERATOR_NS.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([
-            (
-                "username".to_string(),
-                ByteString(pg.superuser.clone().into_bytes()),
-            ),
-            (
-                "password".to_string(),
-                ByteString(pg.password.clone().into_bytes()),
-            ),
-        ])),
-        ..Default::default()
-    };
-    let fake = kube_fake_client::ClientBuilder::new()
-        .with_resource::<School>()
-        .with_status_subresource::<School>()
-        .with_resource::<SchoolBackup>()
-        .with_status_subresource::<SchoolBackup>()
-        .with_resource::<SchoolRestore>()
-        .with_status_subresource::<SchoolRestore>()
-        .with_object(admin_secret)
-        .build()
-        .await
-        .unwrap();
+    // The reconciler's client records; the test's own (`fake`) does not. No default
+    // storage: Schools without `spec.backup.storage` get no CronJob.
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let client = recording(fake.clone(), calls.clone());
-    let server = TargetServer {
-        name: "main".into(),
-        host: pg.host.clone(),
-        port: pg.port,
-        admin_secret: "pg-admin".into(),
-        default: true,
-        client_host: None,
-        client_port: None,
-        maintenance_database: "postgres".into(),
-    };
-    // No default storage: Schools without `spec.backup.storage` get no CronJob.
-    let ctx = Context::with_backup(
-        client.clone(),
-        TargetServers::new(vec![server.clone()]).unwrap(),
-        OPERATOR_NS.into(),
-        Arc::new(Metrics::default()),
-        BackupConfig {
+    let recorded = calls.clone();
+    let env = TestEnv::builder()
+        .namespace(SCHOOL_NS)
+        .with_backup(BackupConfig {
             image: "registry.example/edumind-operator:test".into(),
             ..Default::default()
-        },
+        })
+        .wrap_client(move |fake| recording(fake, recorded))
+        .build()
+        .await;
+    let (pg, fake, client, ctx) = (
+        env.pg,
+        env.client.clone(),
+        env.ctx.client.clone(),
+        env.ctx.clone(),
     );
+    let server = env.server.clone();
     // Users' actions go through the fake directly and are not recorded.
     let schools: Api<School> = Api::namespaced(fake.clone(), SCHOOL_NS);
     let secrets: Api<Secret> = Api::namespaced(fake.clone(), SCHOOL_NS);
@@ -299,7 +224,7 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
             reconcile::reconcile(Arc::new(school), ctx).await.unwrap();
         }
     };
-    let tag = edumind_tests::random_token(6);
+    let tag = env.tag.clone();
     let spec = |code: &str, policy: ReclaimPolicy| -> SchoolSpec {
         let mut s: SchoolSpec = serde_json::from_value(json!({"code": format!("{code}-{tag}"),
             "name": "School", "address": "1 Main St", "contactEmail": "office@school.example"}))
@@ -384,9 +309,9 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
     jobs.create(&PostParams::default(), &scheduled)
         .await
         .unwrap();
-    finish_job(
-        &fake,
+    env.finish_job(
         "bk-backup-1",
+        true,
         &RunResult::success("backup", "k/scheduled.dump", 10).to_json(),
     )
     .await;
@@ -416,9 +341,9 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
         }
     };
     let job_name = reconcile_backup().await.job.unwrap();
-    finish_job(
-        &fake,
+    env.finish_job(
         &job_name,
+        true,
         &RunResult::success("backup", "k/on-demand.dump", 10).to_json(),
     )
     .await;
@@ -446,9 +371,9 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
     let running = reconcile_restore().await;
     let st = running.status.clone().unwrap();
     assert_eq!(st.phase.as_deref(), Some("Restoring"), "{st:?}");
-    finish_job(
-        &fake,
+    env.finish_job(
         &st.job.unwrap(),
+        true,
         &RunResult::success("restore", "k/on-demand.dump", 10).to_json(),
     )
     .await;
@@ -490,9 +415,9 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
     };
     delete_snap().await;
     let final_job = backupjobs::final_job_name("snap");
-    finish_job(
-        &fake,
+    env.finish_job(
         &final_job,
+        true,
         &RunResult::success("backup", "s/final.dump", 10).to_json(),
     )
     .await;
