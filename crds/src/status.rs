@@ -1,5 +1,6 @@
-//! The words status speaks: condition types, the School's Ready reasons and the phases of
-//! School, SchoolBackup and SchoolRestore, each written once. Status fields stay strings
+//! The words status speaks: condition types, the School's Ready and BackupHealthy
+//! reasons, the reasons and phases of SchoolBackup and SchoolRestore, and the phases of
+//! School, each written once. Status fields stay strings
 //! on the wire (the CRD schema does not change); [`as_str`](ConditionType::as_str) and
 //! `Display` give exactly these strings.
 
@@ -84,6 +85,36 @@ wire_words! {
 }
 
 wire_words! {
+    /// Reasons of a School's `BackupHealthy` condition.
+    BackupHealthReason {
+        NoBackupStorage => "NoBackupStorage",
+        BackupFailed => "BackupFailed",
+        Suspended => "Suspended",
+        BackupSucceeded => "BackupSucceeded",
+        NoBackupYet => "NoBackupYet",
+        CronJobConflict => "CronJobConflict",
+    }
+}
+
+wire_words! {
+    /// `status.reason` of a SchoolBackup or SchoolRestore (its failures carry the
+    /// runner's or the reconcile's own reason), the reasons of the events about them, and
+    /// the reason of a backup Job that failed without saying why.
+    OperationReason {
+        JobStarted => "JobStarted",
+        JobRunning => "JobRunning",
+        JobFailed => "JobFailed",
+        SchoolNotReady => "SchoolNotReady",
+        WaitingForRestore => "WaitingForRestore",
+        BackupSucceeded => "BackupSucceeded",
+        BackupFailed => "BackupFailed",
+        Restored => "Restored",
+        RestoreSucceeded => "RestoreSucceeded",
+        RestoreFailed => "RestoreFailed",
+    }
+}
+
+wire_words! {
     /// `status.phase` of a SchoolBackup or SchoolRestore.
     OperationPhase {
         Pending => "Pending",
@@ -116,6 +147,8 @@ mod tests {
         check(SchoolPhase::ALL, SchoolPhase::as_str);
         check(ReadyReason::ALL, ReadyReason::as_str);
         check(OperationPhase::ALL, OperationPhase::as_str);
+        check(BackupHealthReason::ALL, BackupHealthReason::as_str);
+        check(OperationReason::ALL, OperationReason::as_str);
         assert_eq!(
             String::from(ReadyReason::KubernetesApiError),
             "KubernetesApiError"

@@ -1,6 +1,7 @@
 //! Reading outcomes back from finished Jobs and their Pods' termination messages, and
 //! folding them into backup status and the `BackupHealthy` condition (pure).
 
+use edumind_crds::status::{BackupHealthReason, OperationReason};
 use edumind_crds::{BackupFailure, BackupRecord, BackupStatus};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -114,7 +115,9 @@ pub fn job_outcome(job: &Job, pods: &[Pod]) -> Option<JobOutcome> {
         },
         (true, _) => Outcome::SucceededUnknown,
         (false, Some(r)) => Outcome::Failed {
-            reason: r.reason.unwrap_or_else(|| "JobFailed".into()),
+            reason: r
+                .reason
+                .unwrap_or_else(|| OperationReason::JobFailed.into()),
             message: r.message.unwrap_or_else(|| "the runner failed".into()),
         },
         (false, None) => {
@@ -136,7 +139,7 @@ pub fn job_outcome(job: &Job, pods: &[Pod]) -> Option<JobOutcome> {
                         .to_string()
                 });
             Outcome::Failed {
-                reason: "JobFailed".into(),
+                reason: OperationReason::JobFailed.into(),
                 message: detail,
             }
         }
@@ -207,11 +210,11 @@ pub fn health(
     status: &BackupStatus,
     storage: bool,
     suspended: bool,
-) -> (&'static str, String, String) {
+) -> (&'static str, BackupHealthReason, String) {
     if !storage {
         return (
             "False",
-            "NoBackupStorage".into(),
+            BackupHealthReason::NoBackupStorage,
             "no backup storage: set spec.backup.storage or configure the operator's default storage".into(),
         );
     }
@@ -223,24 +226,24 @@ pub fn health(
     if failure_newer && let Some(f) = &status.last_failure {
         return (
             "False",
-            "BackupFailed".into(),
+            BackupHealthReason::BackupFailed,
             format!("the last backup failed ({}): {}", f.reason, f.message),
         );
     }
     match (&status.last_success, suspended) {
         (_, true) => (
             "True",
-            "Suspended".into(),
+            BackupHealthReason::Suspended,
             "scheduled backups are suspended".into(),
         ),
         (Some(s), _) => (
             "True",
-            "BackupSucceeded".into(),
+            BackupHealthReason::BackupSucceeded,
             format!("last backup {} ({} bytes)", s.object, s.size),
         ),
         (None, _) => (
             "Unknown",
-            "NoBackupYet".into(),
+            BackupHealthReason::NoBackupYet,
             "no backup has finished yet".into(),
         ),
     }
@@ -249,7 +252,7 @@ pub fn health(
 /// A condition with a tri-state status, keeping the transition time while it holds.
 pub fn tri_condition(
     type_: &str,
-    (status, reason, message): (&str, String, String),
+    (status, reason, message): (&str, BackupHealthReason, String),
     generation: Option<i64>,
     old: &[Condition],
 ) -> Condition {
@@ -261,7 +264,7 @@ pub fn tri_condition(
     Condition {
         type_: type_.into(),
         status: status.into(),
-        reason,
+        reason: reason.into(),
         message,
         observed_generation: generation,
         last_transition_time,

@@ -340,7 +340,7 @@ fn folding_keeps_the_newest_and_reports_new_failures_once() {
     let (s, new) = fold_outcomes(None, &outcomes);
     assert_eq!(s.last_success.as_ref().unwrap().object, "o1");
     assert_eq!(new.len(), 1);
-    assert_eq!(health(&s, true, false).1, "BackupFailed");
+    assert_eq!(health(&s, true, false).1.as_str(), "BackupFailed");
     let (again, new) = fold_outcomes(Some(&s), &outcomes);
     assert!(new.is_empty(), "the same failure is not reported twice");
     assert_eq!(again, s);
@@ -357,6 +357,6 @@ fn folding_keeps_the_newest_and_reports_new_failures_once() {
     let (s, _) = fold_outcomes(Some(&s), &later);
     assert_eq!(s.last_success.as_ref().unwrap().object, "o3");
     assert_eq!(health(&s, true, false).0, "True");
-    assert_eq!(health(&s, false, false).1, "NoBackupStorage");
+    assert_eq!(health(&s, false, false).1.as_str(), "NoBackupStorage");
     assert_eq!(health(&BackupStatus::default(), true, false).0, "Unknown");
 }

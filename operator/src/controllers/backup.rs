@@ -1,7 +1,7 @@
 //! The `SchoolBackup` controller: one verified backup now, in a Job from the scheduled
 //! backups' pod template, with the outcome in its status.
 
-use edumind_crds::status::OperationPhase;
+use edumind_crds::status::{OperationPhase, OperationReason};
 use std::sync::Arc;
 
 use edumind_crds::{SchoolBackup, SchoolBackupStatus};
@@ -63,10 +63,11 @@ pub async fn reconcile_backup(
     };
     patch_backup_status(&sb, &ctx, &status).await?;
     if status.phase != old.phase && is_terminal(status.phase.as_deref()) {
-        let (type_, reason) = if status.phase.as_deref() == Some("Succeeded") {
-            (EventType::Normal, "BackupSucceeded")
+        let (type_, reason) = if status.phase.as_deref() == Some(OperationPhase::Succeeded.as_str())
+        {
+            (EventType::Normal, OperationReason::BackupSucceeded.as_str())
         } else {
-            (EventType::Warning, "BackupFailed")
+            (EventType::Warning, OperationReason::BackupFailed.as_str())
         };
         let note = status.message.clone().unwrap_or_default();
         publish(&ctx, sb.as_ref(), type_, reason, note).await;
@@ -87,7 +88,7 @@ pub(crate) async fn backup_step(
         match backupjobs::job_outcome(&job, &pods) {
             None => {
                 status.phase = Some(OperationPhase::Running.into());
-                status.reason = Some("JobRunning".into());
+                status.reason = Some(OperationReason::JobRunning.into());
                 status.message = Some(format!("backup Job {job_name} is running"));
                 return Ok(Action::requeue(POLL));
             }
@@ -100,7 +101,7 @@ pub(crate) async fn backup_step(
                         sha256,
                     } => {
                         status.phase = Some(OperationPhase::Succeeded.into());
-                        status.reason = Some("BackupSucceeded".into());
+                        status.reason = Some(OperationReason::BackupSucceeded.into());
                         status.message = Some(format!("stored and verified {object}"));
                         status.object = Some(object);
                         status.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
@@ -108,7 +109,7 @@ pub(crate) async fn backup_step(
                     }
                     Outcome::SucceededUnknown => {
                         status.phase = Some(OperationPhase::Succeeded.into());
-                        status.reason = Some("BackupSucceeded".into());
+                        status.reason = Some(OperationReason::BackupSucceeded.into());
                         status.message = Some(format!(
                             "Job {job_name} completed; its Pod (and the object name) is gone"
                         ));
@@ -131,7 +132,7 @@ pub(crate) async fn backup_step(
         } => (school, desired, storage),
         Target::NotReady(message) => {
             status.phase = Some(OperationPhase::Pending.into());
-            status.reason = Some("SchoolNotReady".into());
+            status.reason = Some(OperationReason::SchoolNotReady.into());
             status.message = Some(message);
             return Ok(Action::requeue(POLL));
         }
@@ -164,7 +165,7 @@ pub(crate) async fn backup_step(
     );
     create_job(ctx, namespace, &job).await?;
     status.phase = Some(OperationPhase::Running.into());
-    status.reason = Some("JobStarted".into());
+    status.reason = Some(OperationReason::JobStarted.into());
     status.message = Some(format!("backup Job {job_name} started"));
     status.job = Some(job_name);
     status.started = Some(now());

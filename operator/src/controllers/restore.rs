@@ -1,7 +1,7 @@
 //! The `SchoolRestore` controller: the restore protocol described in the module above
 //! (block logins, restore in a Job, give logins back).
 
-use edumind_crds::status::OperationPhase;
+use edumind_crds::status::{OperationPhase, OperationReason};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,10 +126,14 @@ pub async fn reconcile_restore(
         set_finalizer(&sr, &ctx, false).await?;
     }
     if status.phase != old.phase && is_terminal(status.phase.as_deref()) {
-        let (type_, reason) = if status.phase.as_deref() == Some("Succeeded") {
-            (EventType::Normal, "RestoreSucceeded")
+        let (type_, reason) = if status.phase.as_deref() == Some(OperationPhase::Succeeded.as_str())
+        {
+            (
+                EventType::Normal,
+                OperationReason::RestoreSucceeded.as_str(),
+            )
         } else {
-            (EventType::Warning, "RestoreFailed")
+            (EventType::Warning, OperationReason::RestoreFailed.as_str())
         };
         let note = status.message.clone().unwrap_or_default();
         publish(&ctx, sr.as_ref(), type_, reason, note).await;
@@ -152,7 +156,7 @@ pub(crate) async fn restore_step(
         } => (school, desired, storage),
         Target::NotReady(message) => {
             status.phase = Some(OperationPhase::Pending.into());
-            status.reason = Some("SchoolNotReady".into());
+            status.reason = Some(OperationReason::SchoolNotReady.into());
             status.message = Some(message);
             return Ok(Action::requeue(POLL));
         }
@@ -175,7 +179,7 @@ pub(crate) async fn restore_step(
         })
     {
         status.phase = Some(OperationPhase::Pending.into());
-        status.reason = Some("WaitingForRestore".into());
+        status.reason = Some(OperationReason::WaitingForRestore.into());
         status.message = Some(format!("waiting for SchoolRestore {} to finish", first.1));
         return Ok(Action::requeue(POLL));
     }
@@ -197,7 +201,7 @@ pub(crate) async fn restore_step(
             }
             drop(conn);
             status.phase = Some(OperationPhase::Restoring.into());
-            status.reason = Some("JobRunning".into());
+            status.reason = Some(OperationReason::JobRunning.into());
             status.message = Some(format!(
                 "restore Job {job_name} is running; logins of the school are blocked"
             ));
@@ -208,7 +212,7 @@ pub(crate) async fn restore_step(
         match o.result {
             Outcome::Succeeded { object, size, .. } => {
                 status.phase = Some(OperationPhase::Succeeded.into());
-                status.reason = Some("Restored".into());
+                status.reason = Some(OperationReason::Restored.into());
                 status.message = Some(format!(
                     "restored {object}; logins are back as spec.active says"
                 ));
@@ -217,7 +221,7 @@ pub(crate) async fn restore_step(
             }
             Outcome::SucceededUnknown => {
                 status.phase = Some(OperationPhase::Succeeded.into());
-                status.reason = Some("Restored".into());
+                status.reason = Some(OperationReason::Restored.into());
                 status.message = Some(format!("restore Job {job_name} completed"));
             }
             Outcome::Failed { reason, message } => {
@@ -233,7 +237,7 @@ pub(crate) async fn restore_step(
 
     // Block logins. Record the phase first, so that a crash after this point still has
     // the School reconciler keep logins off (any non-finished restore does).
-    if status.phase.as_deref() != Some("BlockingLogins") {
+    if status.phase.as_deref() != Some(OperationPhase::BlockingLogins.as_str()) {
         status.phase = Some(OperationPhase::BlockingLogins.into());
         status.reason = Some(OperationPhase::BlockingLogins.into());
         status.message = Some("ending the school's sessions and blocking its logins".into());
@@ -323,7 +327,7 @@ pub(crate) async fn restore_step(
     );
     create_job(ctx, namespace, &job).await?;
     status.phase = Some(OperationPhase::Restoring.into());
-    status.reason = Some("JobStarted".into());
+    status.reason = Some(OperationReason::JobStarted.into());
     status.message = Some(format!(
         "restore Job {job_name} started; logins of the school are blocked"
     ));

@@ -11,7 +11,7 @@
 //! [`reconcile`] is what the controller calls; tests call it directly against the
 //! in-memory API fake and a real PostgreSQL.
 
-use edumind_crds::status::{ConditionType, ReadyReason, SchoolPhase};
+use edumind_crds::status::{BackupHealthReason, ConditionType, ReadyReason, SchoolPhase};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -175,7 +175,7 @@ pub(crate) async fn reconcile_inner(
             ctx,
             school,
             EventType::Warning,
-            "BackupFailed",
+            BackupHealthReason::BackupFailed.as_str(),
             "Backup",
             format!(
                 "backup Job {} failed ({}): {}",

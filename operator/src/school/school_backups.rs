@@ -2,7 +2,7 @@
 //! whether a SchoolRestore is running.
 
 use edumind_crds::connection::LABEL_SCHOOL_ID;
-use edumind_crds::status::ConditionType;
+use edumind_crds::status::{BackupHealthReason, ConditionType};
 use edumind_crds::{BackupStatus, School, SchoolRestore};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
@@ -157,7 +157,7 @@ pub(crate) async fn ensure_backups(
     let health = if foreign {
         (
             "False",
-            "CronJobConflict".to_string(),
+            BackupHealthReason::CronJobConflict,
             format!("CronJob {name} exists and is not this School's; rename or delete it"),
         )
     } else {
