@@ -14,13 +14,9 @@
 //! new School) has nothing to lose and is never backed up first.
 
 use edumind_crds::{PreMigrationBackup, School};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
 
-use crate::backupjobs::{self, Outcome, RunnerInputs};
-use crate::school::{Desired, Error, FIELD_MANAGER, OperatorContext};
+use crate::backupjobs;
+use crate::school::{Desired, Error, OneOff, OperatorContext, one_off_backup};
 
 /// The `edumind.ai/backup-kind` of these Jobs.
 pub const KIND: &str = "premigration";
@@ -67,72 +63,24 @@ pub async fn ensure(
             "schema version {to_version} waits for a backup, which runs as the school's role; that role cannot log in while spec.active is false (or a restore runs). Set active: true, or spec.backup.beforeMigration: false to migrate without a backup"
         )));
     }
-    let kube = |step: &'static str| {
-        move |e: kube::Error| Error::Kube {
-            step,
-            source: Box::new(e),
-        }
-    };
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &d.namespace);
-    let Some(job) = jobs
-        .get_opt(&name)
-        .await
-        .map_err(kube("read the pre-migration backup Job"))?
-    else {
-        let inputs = RunnerInputs {
-            school_name: d.name.clone(),
-            school_id: d.school_id.to_string(),
-            secret_name: d.secret_name.clone(),
-            storage,
-            run: backupjobs::Run::Backup {
-                kind: KIND,
-                retention_days: school.spec.backup.retention_days,
-            },
-        };
-        let job = backupjobs::job(
-            &name,
-            &d.namespace,
-            school.controller_owner_ref(&()),
-            &ctx.backup,
-            &inputs,
-        );
-        jobs.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&job),
-        )
-        .await
-        .map_err(kube("create the pre-migration backup Job"))?;
-        return Err(Error::PreMigrationBackupRunning(format!(
-            "backup Job {name} started: schema version {from_version} is backed up before the migration to {to_version}"
-        )));
-    };
-    let labels = job.labels();
-    let ours = labels.get(backupjobs::LABEL_KIND).map(String::as_str) == Some(KIND)
-        && labels.get(edumind_crds::connection::LABEL_SCHOOL_ID) == Some(&d.school_id.to_string());
-    if !ours {
-        return Err(Error::PreMigrationBackupFailed(format!(
-            "a Job {name} exists that is not this School's pre-migration backup; delete or rename it (the migration to {to_version} waits)"
-        )));
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &d.namespace);
-    let pods = pods
-        .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
-        .await
-        .map_err(kube("list the pre-migration backup Pods"))?;
     let record = |object: Option<String>| PreMigrationBackup {
         from_version,
         to_version,
         job: name.clone(),
         object,
     };
-    match backupjobs::job_outcome(&job, &pods.items).map(|o| o.result) {
-        None => Err(Error::PreMigrationBackupRunning(format!(
+    match one_off_backup(school, d, ctx, &name, KIND, storage, true).await? {
+        OneOff::Started => Err(Error::PreMigrationBackupRunning(format!(
+            "backup Job {name} started: schema version {from_version} is backed up before the migration to {to_version}"
+        ))),
+        OneOff::Running => Err(Error::PreMigrationBackupRunning(format!(
             "backup Job {name} is running: the migration from schema version {from_version} to {to_version} starts once it succeeded"
         ))),
-        Some(Outcome::Succeeded { object, .. }) => Ok(Some(record(Some(object)))),
-        Some(Outcome::SucceededUnknown) => Ok(Some(record(None))),
-        Some(Outcome::Failed { reason, message }) => Err(Error::PreMigrationBackupFailed(format!(
+        OneOff::Foreign => Err(Error::PreMigrationBackupFailed(format!(
+            "a Job {name} exists that is not this School's pre-migration backup; delete or rename it (the migration to {to_version} waits)"
+        ))),
+        OneOff::Succeeded { object, .. } => Ok(Some(record(object))),
+        OneOff::Failed { reason, message } => Err(Error::PreMigrationBackupFailed(format!(
             "backup Job {name} failed ({reason}): {message}; the migration from schema version {from_version} to {to_version} waits. Fix the cause and delete the Job to retry, or set spec.backup.beforeMigration: false"
         ))),
     }

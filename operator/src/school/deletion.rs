@@ -1,25 +1,24 @@
 //! Deletion: the reclaim policy (`retain`, `delete`, `snapshot` with a final backup)
 //! behind the finalizer. The School is validated once per deletion.
 
-use edumind_crds::connection::LABEL_SCHOOL_ID;
 use edumind_crds::status::{ReadyReason, SchoolPhase};
 use edumind_crds::{ReclaimPolicy, School};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use crate::backupjobs::{self, Outcome, RunnerInputs};
+use crate::backupjobs;
 use crate::pg::{self, Claim, PgError};
 
 use super::context::OperatorContext;
 use super::desired::{Desired, validate};
 use super::error::Error;
 use super::finalizer::remove_finalizer;
-use super::labels::{FIELD_MANAGER, FINALIZER};
+use super::labels::FINALIZER;
 use super::school_backups::kube_err;
+use super::school_backups::{OneOff, one_off_backup};
 use super::status::{next_status, patch_status, publish, ready_condition};
 use super::{PERMANENT_RECHECK, TRANSIENT_RETRY};
 
@@ -197,61 +196,30 @@ pub(crate) async fn final_backup(
             "the final backup runs as the school's role, which cannot log in while spec.active is false; set active: true or change reclaimPolicy; nothing was dropped".into(),
         ));
     }
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &d.namespace);
     let name = backupjobs::final_job_name(&d.name);
-    let Some(job) = jobs
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("read the final backup Job"))?
-    else {
-        let inputs = RunnerInputs {
-            school_name: d.name.clone(),
-            school_id: d.school_id.to_string(),
-            secret_name: d.secret_name.clone(),
-            storage,
-            run: backupjobs::Run::Backup {
-                kind: "final",
-                retention_days: school.spec.backup.retention_days,
-            },
-        };
-        // No owner reference: the School is being deleted, and a foreground deletion
-        // would remove the Job before it ran. The operator deletes it after the drop.
-        let job = backupjobs::job(&name, &d.namespace, None, &ctx.backup, &inputs);
-        jobs.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&job),
-        )
-        .await
-        .map_err(kube_err("create the final backup Job"))?;
-        return Err(Error::FinalBackupRunning(format!(
+    // No owner reference: the School is being deleted, and a foreground deletion would
+    // remove the Job before it ran. The operator deletes it after the drop.
+    match one_off_backup(school, d, ctx, &name, "final", storage, false).await? {
+        OneOff::Started => Err(Error::FinalBackupRunning(format!(
             "reclaimPolicy snapshot: final backup Job {name} started; the database is dropped once it succeeded"
-        )));
-    };
-    let labels = job.labels();
-    if labels.get(backupjobs::LABEL_KIND).map(String::as_str) != Some("final")
-        || labels.get(LABEL_SCHOOL_ID) != Some(&d.school_id.to_string())
-    {
-        return Err(Error::FinalBackupFailed(format!(
-            "a Job {name} exists that is not this School's final backup; delete or rename it; nothing was dropped"
-        )));
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &d.namespace);
-    let pods = pods
-        .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
-        .await
-        .map_err(kube_err("list the final backup Pods"))?;
-    match backupjobs::job_outcome(&job, &pods.items).map(|o| o.result) {
-        None => Err(Error::FinalBackupRunning(format!(
+        ))),
+        OneOff::Running => Err(Error::FinalBackupRunning(format!(
             "reclaimPolicy snapshot: final backup Job {name} is running; the database is dropped once it succeeded"
         ))),
-        Some(Outcome::Succeeded { object, size, .. }) => Ok(format!(
-            "final backup {object} ({size} bytes) stored and verified by Job {name}"
+        OneOff::Foreign => Err(Error::FinalBackupFailed(format!(
+            "a Job {name} exists that is not this School's final backup; delete or rename it; nothing was dropped"
+        ))),
+        OneOff::Succeeded {
+            object: Some(object),
+            size,
+        } => Ok(format!(
+            "final backup {object} ({} bytes) stored and verified by Job {name}",
+            size.unwrap_or(0)
         )),
-        Some(Outcome::SucceededUnknown) => Ok(format!(
+        OneOff::Succeeded { object: None, .. } => Ok(format!(
             "final backup Job {name} completed (stored and verified)"
         )),
-        Some(Outcome::Failed { reason, message }) => Err(Error::FinalBackupFailed(format!(
+        OneOff::Failed { reason, message } => Err(Error::FinalBackupFailed(format!(
             "final backup Job {name} failed ({reason}): {message}; nothing was dropped. Fix the cause and delete the Job to retry, or change reclaimPolicy"
         ))),
     }

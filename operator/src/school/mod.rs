@@ -41,6 +41,7 @@ pub use desired::{Desired, validate};
 pub use error::{Error, error_policy};
 pub use labels::{ANNOTATION_PAUSED, ANNOTATION_ROTATE, FIELD_MANAGER, FINALIZER, label_value};
 pub use school_backups::{BackupView, restore_in_progress};
+pub(crate) use school_backups::{OneOff, one_off_backup};
 pub use status::next_status;
 
 use labels::is_paused;

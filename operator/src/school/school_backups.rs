@@ -175,3 +175,97 @@ pub(crate) async fn ensure_backups(
         new_failures,
     })
 }
+
+/// A one-off backup Job of a School (the final backup of a snapshot deletion, the backup
+/// before a schema change): what [`one_off_backup`] found.
+pub(crate) enum OneOff {
+    /// The Job did not exist: it was created now.
+    Started,
+    /// The Job runs.
+    Running,
+    /// A verified dump was stored (`object` and `size` absent when the result could no
+    /// longer be read from the finished Pod).
+    Succeeded {
+        object: Option<String>,
+        size: Option<u64>,
+    },
+    Failed {
+        reason: String,
+        message: String,
+    },
+    /// A Job of that name exists that is not this School's backup of this kind: never
+    /// read as ours.
+    Foreign,
+}
+
+/// Runs the School's one-off backup Job `name` of `kind` (created on the first call,
+/// read back on later ones) into `storage`. `owned`: whether the School owns the Job (a
+/// School being deleted must not, or a foreground deletion removes the Job before it ran).
+pub(crate) async fn one_off_backup(
+    school: &School,
+    d: &Desired,
+    ctx: &OperatorContext,
+    name: &str,
+    kind: &'static str,
+    storage: edumind_crds::BackupStorage,
+    owned: bool,
+) -> Result<OneOff, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let Some(job) = jobs
+        .get_opt(name)
+        .await
+        .map_err(kube_err("read a one-off backup Job"))?
+    else {
+        let inputs = RunnerInputs {
+            school_name: d.name.clone(),
+            school_id: d.school_id.to_string(),
+            secret_name: d.secret_name.clone(),
+            storage,
+            run: backupjobs::Run::Backup {
+                kind,
+                retention_days: school.spec.backup.retention_days,
+            },
+        };
+        let owner = if owned {
+            school.controller_owner_ref(&())
+        } else {
+            None
+        };
+        let job = backupjobs::job(name, &d.namespace, owner, &ctx.backup, &inputs);
+        jobs.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&job),
+        )
+        .await
+        .map_err(kube_err("create a one-off backup Job"))?;
+        return Ok(OneOff::Started);
+    };
+    let labels = job.labels();
+    if labels.get(backupjobs::LABEL_KIND).map(String::as_str) != Some(kind)
+        || labels.get(LABEL_SCHOOL_ID) != Some(&d.school_id.to_string())
+    {
+        return Ok(OneOff::Foreign);
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &d.namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("{}={name}", backupjobs::LABEL_JOB_NAME)))
+        .await
+        .map_err(kube_err("list a one-off backup Job's Pods"))?;
+    Ok(
+        match backupjobs::job_outcome(&job, &pods.items).map(|o| o.result) {
+            None => OneOff::Running,
+            Some(backupjobs::Outcome::Succeeded { object, size, .. }) => OneOff::Succeeded {
+                object: Some(object),
+                size: Some(size),
+            },
+            Some(backupjobs::Outcome::SucceededUnknown) => OneOff::Succeeded {
+                object: None,
+                size: None,
+            },
+            Some(backupjobs::Outcome::Failed { reason, message }) => {
+                OneOff::Failed { reason, message }
+            }
+        },
+    )
+}
