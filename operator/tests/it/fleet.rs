@@ -17,29 +17,10 @@ async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
     let (server, _supervised) = private_postgres().await;
     let pg = &server;
     let tag = edumind_tests::random_token(6);
-    let mut admin = pg.admin().await;
     let mut names = Vec::new();
     for i in 0..20 {
         // Claimed, unmigrated databases, as an older operator without these migrations left them.
-        let id = uuid::Uuid::new_v4();
-        let name = edumind_operator::naming::school_database(&format!("fleet {tag} {i}"), id);
-        let claim = Claim {
-            kind: "school".into(),
-            school_id: id.to_string(),
-            code: format!("fleet-{tag}-{i}"),
-            owner: format!("fleet-{tag}/s{i}"),
-        };
-        let verifier = edumind_operator::credentials::scram_verifier(
-            &edumind_operator::credentials::generate_password(),
-        )
-        .unwrap();
-        pg::create_role(&mut admin, &name, &verifier, &claim, true)
-            .await
-            .unwrap();
-        pg::create_database(&mut admin, &name, &name, &claim)
-            .await
-            .unwrap();
-        names.push(name);
+        names.push(school_at(pg, &tag, i, None).await.0);
     }
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
         .args(["migrate", "--all", "--concurrency", "4"])
