@@ -364,10 +364,12 @@ async fn objects_named(fragment: &str) -> (Vec<String>, Vec<String>) {
 
 /// The provisioning process SIGKILLed at random moments, again and again, then run to the
 /// end: every School is Ready with exactly one database and one role, no Conflict, and a
-/// further run changes nothing.
+/// further run changes nothing. Each round adds two new Schools, so every run has real
+/// work to be killed in; the kill delays are drawn below a measured provisioning time.
 #[tokio::test]
 async fn killed_at_random_moments_provisioning_converges() {
     use rand::Rng;
+    const ROUNDS: usize = 8;
     let pg = edumind_tests::postgres().await;
     let tag = edumind_tests::random_token(5).to_lowercase();
     let dir = tempfile::tempdir().unwrap();
@@ -380,35 +382,60 @@ async fn killed_at_random_moments_provisioning_converges() {
         ),
     )
     .unwrap();
+    let write_pair = |dir: &Path, round: &str| {
+        for i in 0..2 {
+            std::fs::write(
+                dir.join(format!("s{round}{i}.yaml")),
+                school(
+                    &format!("kill{round}x{i}"),
+                    &format!("K{tag}{round}x{i}"),
+                    "k@kill.example",
+                ),
+            )
+            .unwrap();
+        }
+    };
+    let args_for = |schools: &Path, out: &Path| -> Vec<String> {
+        [
+            "--config",
+            config.to_str().unwrap(),
+            "--schools",
+            schools.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+
+    // How long provisioning two new Schools takes on this machine, now.
+    let calibration = dir.path().join("calibration");
+    std::fs::create_dir(&calibration).unwrap();
+    write_pair(&calibration, "c");
+    let cal_args = args_for(&calibration, &dir.path().join("cal-out"));
+    let cal_args: Vec<&str> = cal_args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let cal = operator(&cal_args, Some(&pg.admin_url()));
+    assert!(cal.status.success(), "{}", text(&cal));
+    let full = started.elapsed();
+
     let schools = dir.path().join("schools");
     std::fs::create_dir(&schools).unwrap();
-    for i in 0..4 {
-        std::fs::write(
-            schools.join(format!("s{i}.yaml")),
-            school(&format!("kill{i}"), &format!("K{tag}{i}"), "k@kill.example"),
-        )
-        .unwrap();
-    }
     let out = dir.path().join("out");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--schools",
-        schools.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let args = args_for(&schools, &out);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut rng = rand::rng();
     let mut killed = 0;
-    for _ in 0..12 {
+    for round in 0..ROUNDS {
+        write_pair(&schools, &round.to_string());
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-local"))
-            .args(args)
+            .args(&args)
             .env("EDUMIND_ADMIN_URL", pg.admin_url())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let delay = std::time::Duration::from_millis(rng.random_range(20..1500));
+        let delay = full.mul_f64(rng.random_range(0.05..0.95));
         tokio::select! {
             _ = child.wait() => {}
             _ = tokio::time::sleep(delay) => {
@@ -418,17 +445,26 @@ async fn killed_at_random_moments_provisioning_converges() {
             }
         }
     }
-    assert!(killed > 0, "no run was killed: the delays are too long");
+    assert!(
+        killed >= ROUNDS / 2,
+        "only {killed} of {ROUNDS} runs were killed (provisioning took {full:?})"
+    );
     let done = operator(&args, Some(&pg.admin_url()));
     let shown = text(&done);
     assert!(done.status.success(), "{shown}");
-    assert_eq!(shown.matches(": Ready (Provisioned)").count(), 4, "{shown}");
+    assert_eq!(
+        shown.matches(": Ready (Provisioned)").count(),
+        2 * ROUNDS,
+        "{shown}"
+    );
     assert!(!shown.contains("Conflict"), "{shown}");
-    for i in 0..4 {
-        let slug = format!("k{tag}{i}");
-        let (dbs, roles) = objects_named(&format!("edumind_school_{slug}_")).await;
-        assert_eq!(dbs.len(), 1, "{slug}: {dbs:?}");
-        assert_eq!(roles, dbs, "{slug}: one role, named like its database");
+    for round in 0..ROUNDS {
+        for i in 0..2 {
+            let slug = format!("k{tag}{round}x{i}");
+            let (dbs, roles) = objects_named(&format!("edumind_school_{slug}_")).await;
+            assert_eq!(dbs.len(), 1, "{slug}: {dbs:?}");
+            assert_eq!(roles, dbs, "{slug}: one role, named like its database");
+        }
     }
     let again = operator(&args, Some(&pg.admin_url()));
     let shown = text(&again);
