@@ -19,7 +19,7 @@ use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::controllers as ops;
 use edumind_operator::school as reconcile;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -809,14 +809,7 @@ async fn snapshot_deletion_drops_only_after_a_successful_final_backup() {
     let refused = delete(&env, "snap").await;
     assert_eq!(condition(&refused, "Ready").1, "FinalBackupFailed");
     assert!(exists_db(&db).await, "no drop on a foreign Job's success");
-    env.api::<Job>()
-        .delete(&job_name, &Default::default())
-        .await
-        .unwrap();
-    env.api::<Pod>()
-        .delete(&format!("{job_name}-pod"), &Default::default())
-        .await
-        .unwrap();
+    env.remove_job(&job_name).await;
 
     let first = delete(&env, "snap").await;
     assert!(
@@ -861,14 +854,7 @@ async fn snapshot_deletion_drops_only_after_a_successful_final_backup() {
     assert!(exists_db(&db).await, "still no drop on the next reconcile");
 
     // Deleting the failed Job retries; this time the backup succeeds and the drop follows.
-    env.api::<Job>()
-        .delete(&job_name, &Default::default())
-        .await
-        .unwrap();
-    env.api::<Pod>()
-        .delete(&format!("{job_name}-pod"), &Default::default())
-        .await
-        .unwrap();
+    env.remove_job(&job_name).await;
     let retry = delete(&env, "snap").await;
     assert_eq!(condition(&retry, "Ready").1, "FinalBackupRunning");
     env.finish_job(
@@ -1125,14 +1111,7 @@ async fn a_schema_change_waits_for_a_verified_backup_and_a_failed_backup_holds_i
     assert_eq!(schema_version_of(&db).await, Some(first), "held back");
 
     // Deleting the failed Job retries; a success lets the migration run.
-    env.api::<Job>()
-        .delete(&job, &Default::default())
-        .await
-        .unwrap();
-    env.api::<Pod>()
-        .delete(&format!("{job}-pod"), &Default::default())
-        .await
-        .unwrap();
+    env.remove_job(&job).await;
     let school = reconcile_once(&env, "upgr").await;
     assert_eq!(condition(&school, "Ready").1, "BackupBeforeMigration");
     env.finish_job(

@@ -10,6 +10,16 @@ use sqlx::Connection;
 
 use crate::support::{empty_api, private_postgres};
 
+/// `edumind-operator ARGS` (a `migrate --all` run) with the server's admin URL in the environment.
+async fn migrate_all(pg: &edumind_tests::PgServer, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
+        .args(args)
+        .env("EDUMIND_ADMIN_URL", pg.admin_url())
+        .output()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
     // A server of its own: `migrate --all` acts on every claimed database of a server, and
@@ -22,12 +32,7 @@ async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
         // Claimed, unmigrated databases, as an older operator without these migrations left them.
         names.push(school_at(pg, &tag, i, None).await.0);
     }
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
-        .args(["migrate", "--all", "--concurrency", "4"])
-        .env("EDUMIND_ADMIN_URL", pg.admin_url())
-        .output()
-        .await
-        .unwrap();
+    let out = migrate_all(pg, &["migrate", "--all", "--concurrency", "4"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -61,12 +66,7 @@ async fn migrate_all_brings_twenty_school_databases_to_the_latest_schema() {
     );
 
     // A second run changes nothing.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
-        .args(["migrate", "--all"])
-        .env("EDUMIND_ADMIN_URL", pg.admin_url())
-        .output()
-        .await
-        .unwrap();
+    let out = migrate_all(pg, &["migrate", "--all"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     for name in &names {
         assert!(
@@ -179,13 +179,16 @@ async fn migrate_all_backs_up_before_a_schema_change_and_a_failed_backup_holds_i
     // of dumps should be.
     let blocked = storage.path().join(old_id.to_string());
     std::fs::write(&blocked, b"x").unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
-        .args(["migrate", "--all", "--backup-storage"])
-        .arg(storage.path())
-        .env("EDUMIND_ADMIN_URL", pg.admin_url())
-        .output()
-        .await
-        .unwrap();
+    let out = migrate_all(
+        pg,
+        &[
+            "migrate",
+            "--all",
+            "--backup-storage",
+            &storage.path().to_string_lossy(),
+        ],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(
@@ -202,13 +205,16 @@ async fn migrate_all_backs_up_before_a_schema_change_and_a_failed_backup_holds_i
     assert!(!stdout.contains(&pg.password));
     std::fs::remove_file(&blocked).unwrap();
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
-        .args(["migrate", "--all", "--backup-storage"])
-        .arg(storage.path())
-        .env("EDUMIND_ADMIN_URL", pg.admin_url())
-        .output()
-        .await
-        .unwrap();
+    let out = migrate_all(
+        pg,
+        &[
+            "migrate",
+            "--all",
+            "--backup-storage",
+            &storage.path().to_string_lossy(),
+        ],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

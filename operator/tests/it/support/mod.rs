@@ -319,6 +319,19 @@ impl TestEnv {
             .unwrap();
     }
 
+    /// Deletes a Job and the Pod [`TestEnv::finish_job`] created for it, as a person
+    /// retrying a failed backup would.
+    pub async fn remove_job(&self, job: &str) {
+        self.api::<Job>()
+            .delete(job, &Default::default())
+            .await
+            .unwrap();
+        self.api::<Pod>()
+            .delete(&format!("{job}-pod"), &Default::default())
+            .await
+            .unwrap();
+    }
+
     /// Plays the Job controller and kubelet: the Job finished, its Pod's runner container
     /// terminated with `result` as termination message.
     pub async fn finish_job(&self, job: &str, ok: bool, message: &str) {
