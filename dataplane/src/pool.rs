@@ -28,12 +28,23 @@
 //!   statement. So after a PostgreSQL restart no request is given a socket the server
 //!   closed, and no failed connection is kept.
 //! * **Permits follow the server**: a connection is closed with a Terminate message in
-//!   the background, and its permit is released only once that close has completed (or
-//!   the socket is gone), so the budget never counts fewer connections than the server.
+//!   the background, and its permit is released only once its backend has left the
+//!   server. sqlx's `close()` sends Terminate and shuts the socket down without reading
+//!   the server's EOF, and exposes neither the socket nor the backend's pid, so each
+//!   connection learns its pid when it opens (`pg_backend_pid()`, part of the connect)
+//!   and a closed connection's permit waits in its server's *exiting* list. One watcher
+//!   task per server checks the whole list in one query (`pg_stat_activity`) on an idle
+//!   connection of that server (borrowed for the query, within the budget) every
+//!   [`EXIT_POLL`] until every pid is gone. Bounded: a close that failed (the socket was
+//!   already broken) frees its permit at once; with no connection to check on for
+//!   [`EXIT_UNCHECKED`] the permit is freed unproven; a pid still listed after
+//!   [`EXIT_MAX`] (a server in trouble) frees its permit too, so a dead or stuck server
+//!   cannot hold the budget forever. So the budget never counts fewer connections than
+//!   the server does.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -49,6 +60,21 @@ pub const APPLICATION_NAME: &str = "edumind-dataplane";
 
 /// Longest wait for a graceful close (Terminate) before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a server's watcher checks whether closed connections' backends have exited.
+pub const EXIT_POLL: Duration = Duration::from_millis(2);
+
+/// With no connection to the server to check on, a closed connection's permit is freed
+/// after this long unproven (a backend exits within a millisecond or two of Terminate
+/// unless the server is starved of CPU).
+pub const EXIT_UNCHECKED: Duration = Duration::from_millis(100);
+
+/// A backend still listed this long after its Terminate frees its permit anyway: the
+/// server is stuck or the pid was reused, and the budget must not stay spent forever.
+pub const EXIT_MAX: Duration = Duration::from_secs(5);
+
+/// One statement checks every exiting pid of a server.
+const EXIT_CHECK_SQL: &str = "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)";
 
 /// The failure epoch: bumped on every connection-level failure seen in this process.
 static FAILURE_EPOCH: AtomicU64 = AtomicU64::new(0);
@@ -96,25 +122,157 @@ struct Server {
     key: String,
     budget: usize,
     permits: Arc<Semaphore>,
-    /// Connections being closed in the background: their permits come back shortly.
+    /// Connections being closed in the background, or whose backends have not been seen
+    /// to exit yet: their permits come back shortly.
     closing: std::sync::atomic::AtomicUsize,
+    /// Closed connections whose backends may still be running, with their permits.
+    exiting: Mutex<Vec<Exiting>>,
+    /// Whether a watcher task is checking `exiting`.
+    watching: AtomicBool,
+    /// The manager, for the watcher to borrow an idle connection of this server.
+    manager: Weak<Inner>,
+}
+
+/// A closed connection's permit, held until its backend is seen to have exited.
+struct Exiting {
+    pid: i32,
+    permit: OwnedSemaphorePermit,
+    since: Instant,
+}
+
+impl Server {
+    /// Frees a permit of a closed connection.
+    fn release(&self, permit: OwnedSemaphorePermit) {
+        drop(permit);
+        self.closing.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Queues a closed connection's permit until its backend `pid` has exited, and makes
+    /// sure a watcher is checking.
+    fn exiting(self: &Arc<Self>, pid: i32, permit: OwnedSemaphorePermit) {
+        lock(&self.exiting).push(Exiting {
+            pid,
+            permit,
+            since: Instant::now(),
+        });
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            let server = self.clone();
+            tokio::spawn(async move { server.watch().await });
+        }
+    }
+
+    /// Checks the exiting backends every [`EXIT_POLL`] until none is left.
+    async fn watch(self: Arc<Self>) {
+        let mut unchecked_since: Option<Instant> = None;
+        loop {
+            let pids: Vec<i32> = lock(&self.exiting).iter().map(|e| e.pid).collect();
+            if pids.is_empty() {
+                self.watching.store(false, Ordering::Release);
+                // A close queued after the snapshot but before the flag was cleared
+                // saw `watching` still set: take over again if so.
+                if lock(&self.exiting).is_empty() || self.watching.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                continue;
+            }
+            let alive = self.check(&pids).await;
+            let now = Instant::now();
+            // The start of the current run of checks that could not be made.
+            if alive.is_some() {
+                unchecked_since = None;
+            } else {
+                unchecked_since.get_or_insert(now);
+            }
+            let freed: Vec<Exiting> = {
+                let mut exiting = lock(&self.exiting);
+                let (gone, kept) = std::mem::take(&mut *exiting).into_iter().partition(
+                    |e: &Exiting| match &alive {
+                        // Checked: gone unless still listed (and not stuck too long).
+                        Some(alive) => {
+                            (pids.contains(&e.pid) && !alive.contains(&e.pid))
+                                || now.duration_since(e.since) >= EXIT_MAX
+                        }
+                        // Nothing to check on: free it unproven after a short while.
+                        None => {
+                            let since = unchecked_since.map_or(e.since, |u| u.max(e.since));
+                            now.duration_since(since) >= EXIT_UNCHECKED
+                                || now.duration_since(e.since) >= EXIT_MAX
+                        }
+                    },
+                );
+                *exiting = kept;
+                gone
+            };
+            for e in freed {
+                self.release(e.permit);
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+
+    /// The `pids` still listed by the server, checked on an idle connection of this
+    /// server borrowed for one statement; `None` when there is none to borrow or the
+    /// check failed.
+    async fn check(&self, pids: &[i32]) -> Option<Vec<i32>> {
+        let inner = self.manager.upgrade()?;
+        let (pool, slot, idle) = inner.borrow_idle(&self.key)?;
+        let mut open = idle.open;
+        let checked = epoch();
+        let conn = open.conn.as_mut()?;
+        let res = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            sqlx::query_scalar::<_, i32>(EXIT_CHECK_SQL)
+                .bind(pids)
+                .fetch_all(conn),
+        )
+        .await;
+        match res {
+            Ok(Ok(alive)) => {
+                if !pool.retired.load(Ordering::Acquire) {
+                    lock(&pool.idle).push(Idle {
+                        open,
+                        since: idle.since,
+                        epoch: checked,
+                    });
+                }
+                drop(slot);
+                Some(alive)
+            }
+            Ok(Err(e)) => {
+                if is_connection_error(&e) {
+                    note_connection_failure();
+                }
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 /// An open connection and the server permit it holds. Dropping it closes the
 /// connection in the background (Terminate, then the socket) and releases the permit
-/// only after that, so a new connection never overlaps the old one's backend.
+/// only once its backend has exited (see the module docs), so a new connection never
+/// overlaps the old one's backend.
 struct Open {
     conn: Option<PgConnection>,
     permit: Option<OwnedSemaphorePermit>,
     server: Arc<Server>,
+    /// The server's process id of this connection's backend.
+    pid: i32,
 }
 
 impl Open {
-    fn new(conn: PgConnection, permit: OwnedSemaphorePermit, server: Arc<Server>) -> Self {
+    fn new(
+        conn: PgConnection,
+        pid: i32,
+        permit: OwnedSemaphorePermit,
+        server: Arc<Server>,
+    ) -> Self {
         Open {
             conn: Some(conn),
             permit: Some(permit),
             server,
+            pid,
         }
     }
 
@@ -139,11 +297,19 @@ impl Drop for Open {
             return;
         };
         let server = self.server.clone();
+        let pid = self.pid;
         server.closing.fetch_add(1, Ordering::AcqRel);
         rt.spawn(async move {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
-            drop(permit);
-            server.closing.fetch_sub(1, Ordering::AcqRel);
+            match tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await {
+                // Terminate sent: the backend exits shortly; wait until it has.
+                Ok(Ok(())) => server.exiting(pid, permit),
+                // The socket was already broken (the server closed it, or is gone): there
+                // is no backend of ours left to wait for on a live server.
+                Ok(Err(_)) => server.release(permit),
+                // Not even the Terminate went out in 2 s: the server or the network is
+                // stuck; the socket is dropped, and the backend bounded like any other.
+                Err(_) => server.exiting(pid, permit),
+            }
         });
     }
 }
@@ -176,6 +342,34 @@ struct Inner {
     servers: Mutex<HashMap<String, Arc<Server>>>,
     tenants: Mutex<HashMap<TenantId, Arc<TenantPool>>>,
     opened: AtomicU64,
+}
+
+impl Inner {
+    /// Takes the most recently used idle connection of `server_key` (with a slot of its
+    /// tenant, so fairness holds while it is borrowed), for the exit watcher's check.
+    fn borrow_idle(
+        &self,
+        server_key: &str,
+    ) -> Option<(Arc<TenantPool>, OwnedSemaphorePermit, Idle)> {
+        let tenants: Vec<Arc<TenantPool>> = lock(&self.tenants)
+            .values()
+            .filter(|p| p.server.key == server_key && !p.retired.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        let mut best: Option<(Instant, Arc<TenantPool>)> = None;
+        for p in tenants {
+            let since = lock(&p.idle).last().map(|i| i.since);
+            if let Some(since) = since
+                && best.as_ref().is_none_or(|(b, _)| since > *b)
+            {
+                best = Some((since, p));
+            }
+        }
+        let (_, pool) = best?;
+        let slot = pool.slots.clone().try_acquire_owned().ok()?;
+        let idle = lock(&pool.idle).pop()?;
+        Some((pool, slot, idle))
+    }
 }
 
 /// Hands out tenant connections within the per-server budgets. Cheap to clone.
@@ -299,6 +493,9 @@ impl PoolManager {
                     budget,
                     permits: Arc::new(Semaphore::new(budget)),
                     closing: std::sync::atomic::AtomicUsize::new(0),
+                    exiting: Mutex::new(Vec::new()),
+                    watching: AtomicBool::new(false),
+                    manager: Arc::downgrade(&self.inner),
                 })
             })
             .clone()
@@ -382,9 +579,9 @@ impl PoolManager {
         }
         let permit = self.server_permit(&pool.server, deadline).await?;
         let started = epoch();
-        let conn = self.connect(tenant, deadline).await?;
+        let (conn, pid) = self.connect(tenant, deadline).await?;
         Ok(PooledConn {
-            open: Some(Open::new(conn, permit, pool.server.clone())),
+            open: Some(Open::new(conn, pid, permit, pool.server.clone())),
             epoch: started,
             _slot: slot,
             pool,
@@ -451,7 +648,13 @@ impl PoolManager {
         }
     }
 
-    async fn connect(&self, tenant: &Tenant, deadline: Instant) -> Result<PgConnection, PoolError> {
+    /// Opens a connection and learns its backend's pid (so that its permit can follow the
+    /// backend's exit when it is closed).
+    async fn connect(
+        &self,
+        tenant: &Tenant,
+        deadline: Instant,
+    ) -> Result<(PgConnection, i32), PoolError> {
         let opts = PgConnectOptions::new()
             .host(&tenant.host)
             .port(tenant.port)
@@ -462,7 +665,14 @@ impl PoolManager {
             .disable_statement_logging();
         let limit = Duration::from_millis(self.inner.settings.connect_timeout_ms);
         let until = (Instant::now() + limit).min(deadline);
-        let conn = tokio::time::timeout_at(until.into(), opts.connect())
+        let open = async {
+            let mut conn = opts.connect().await?;
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await?;
+            Ok::<_, sqlx::Error>((conn, pid))
+        };
+        let conn = tokio::time::timeout_at(until.into(), open)
             .await
             .map_err(|_| PoolError::Busy)?
             .map_err(|e| {
