@@ -33,7 +33,7 @@ pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                             &s,
                             &sc,
                             "roster",
-                            &format!("class:{id}:roster"),
+                            || format!("class:{id}:roster"),
                             cache::ROSTER_TTL,
                             ROSTER_SQL,
                             vec![json!(id.to_string())],

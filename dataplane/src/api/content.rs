@@ -30,7 +30,7 @@ pub fn course_questions(s: &SharedState) -> BoxedFilter<(Response,)> {
                         &s,
                         &sc,
                         "questions",
-                        &format!("course:{id}:questions"),
+                        || format!("course:{id}:questions"),
                         cache::COURSE_QUESTIONS_TTL,
                         scoped!(
                             "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM courses WHERE id = $3::uuid) THEN NULL \
@@ -78,7 +78,7 @@ pub fn assessment_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                             &s,
                             &sc,
                             "assessment",
-                            &format!("assessment:{id}:meta"),
+                            || format!("assessment:{id}:meta"),
                             cache::ASSESSMENT_META_TTL,
                             scoped!(
                                 "SELECT to_jsonb(a) AS doc FROM assessments a WHERE a.id = $3::uuid"

@@ -108,25 +108,33 @@ pub fn students_list(s: &SharedState) -> BoxedFilter<(Response,)> {
 }
 
 /// Serves a cached document: a hit from Redis, else the scoped query (single flight).
+/// `seed` builds the key's seed only when Redis is read.
 pub(super) async fn cached_doc(
     s: &SharedState,
     sc: &Scope,
     kind: &str,
-    seed: &str,
+    seed: impl FnOnce() -> String,
     ttl: std::time::Duration,
     sql: &'static str,
     binds: Vec<Value>,
 ) -> Result<Option<Value>, Problem> {
-    let key = sc.key(seed);
-    let text = s
-        .cache
-        .get_or_load(kind, &key, ttl, || async {
-            let doc = fetch_doc(s, sc, sql, &binds).await?;
-            Ok::<String, Problem>(doc.map(|d| d.to_string()).unwrap_or_else(|| "null".into()))
-        })
-        .await?;
-    let v: Value = serde_json::from_str(&text).map_err(|_| Problem::internal())?;
-    Ok((!v.is_null()).then_some(v))
+    s.cache
+        .get_or_load(
+            kind,
+            || sc.key(&seed()),
+            ttl,
+            || fetch_doc(s, sc, sql, &binds),
+            |doc: &Option<Value>| {
+                doc.as_ref()
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "null".into())
+            },
+            |text| {
+                let v: Value = serde_json::from_str(&text).map_err(|_| Problem::internal())?;
+                Ok((!v.is_null()).then_some(v))
+            },
+        )
+        .await
 }
 
 /// `GET /v1/tenants/{tenant}/students/{id}/progress`: level, XP, streak and attempt
@@ -146,7 +154,7 @@ pub fn student_progress(s: &SharedState) -> BoxedFilter<(Response,)> {
                         &s,
                         &sc,
                         "progress",
-                        &format!("student:{id}:progress"),
+                        || format!("student:{id}:progress"),
                         cache::PROGRESS_TTL,
                         scoped!(
                             "SELECT jsonb_build_object('student_id', s.id, 'user_id', s.user_id, \

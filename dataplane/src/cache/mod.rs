@@ -55,6 +55,16 @@ pub const SESSION_TTL: Duration = Duration::from_secs(30 * 60);
 /// An attempt lock's lifetime; its live holder renews it every third of this.
 pub const LOCK_TTL: Duration = Duration::from_secs(6);
 
+static READS: AtomicBool = AtomicBool::new(true);
+
+/// Switches cache reads off (`false`: [`Cache::get_or_load`] only loads, as if no cache
+/// were configured) or back on. Only for measuring cached endpoints against the same
+/// endpoints without a cache in one run (`tests/load.rs`).
+#[doc(hidden)]
+pub fn set_reads(on: bool) {
+    READS.store(on, Ordering::SeqCst);
+}
+
 /// `edumind:{tenant}:{seed}`.
 pub fn key(tenant: &TenantId, seed: &str) -> String {
     format!("edumind:{tenant}:{seed}")
@@ -218,22 +228,35 @@ impl Cache {
         pending.is_empty()
     }
 
-    /// The cached value of `key`, or `load()`'s, stored for `ttl`. `kind` labels metrics.
-    pub async fn get_or_load<E, F, Fut>(
+    /// The cached value of the key `key()` builds, or `load()`'s, stored for `ttl`.
+    /// `kind` labels metrics. Values are stored as `encode` writes them and read back
+    /// with `decode`.
+    ///
+    /// With the breaker open (or cache reads switched off) this is `load()` and nothing
+    /// else: no key is built, nothing is encoded or decoded, so Redis down costs what no
+    /// cache costs.
+    pub async fn get_or_load<T, E, K, F, Fut>(
         &self,
         kind: &str,
-        key: &str,
+        key: K,
         ttl: Duration,
         load: F,
-    ) -> Result<String, E>
+        encode: impl FnOnce(&T) -> String,
+        decode: impl Fn(String) -> Result<T, E>,
+    ) -> Result<T, E>
     where
+        K: FnOnce() -> String,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<String, E>>,
+        Fut: Future<Output = Result<T, E>>,
     {
+        if !READS.load(Ordering::Relaxed) {
+            return load().await;
+        }
         if self.breaker_open() || !self.settle().await {
             self.metrics.cache_event(kind, "bypass");
             return load().await;
         }
+        let key = &key();
         let Some(epoch) = self.readable(key).await else {
             self.metrics.cache_event(kind, "bypass");
             return load().await;
@@ -247,7 +270,7 @@ impl Cache {
             }
             Ok(Some(v)) => {
                 self.metrics.cache_event(kind, "hit");
-                return Ok(v);
+                return decode(v);
             }
             Ok(None) => {}
             Err(_) => {
@@ -273,7 +296,7 @@ impl Cache {
             && self.epoch() == epoch
         {
             self.metrics.cache_event(kind, "hit");
-            return Ok(v);
+            return decode(v);
         }
         self.metrics.cache_event(kind, "miss");
         flight.invalidated.store(false, Ordering::SeqCst);
@@ -283,7 +306,7 @@ impl Cache {
             && lock(&self.pending).is_empty()
             && self.epoch() == epoch
         {
-            let (k, v, ms) = (key.to_owned(), v.clone(), ttl.as_millis() as u64);
+            let (k, v, ms) = (key.to_owned(), encode(v), ttl.as_millis() as u64);
             let _ = self
                 .run(|mut c| async move { c.pset_ex::<_, _, ()>(k, v, ms).await })
                 .await;
