@@ -79,6 +79,40 @@ pub async fn record(tx: &mut PgConnection, keys: &[String]) -> Result<(), sqlx::
         .map(|_| ())
 }
 
+/// Scopes a transaction like [`crate::scoped`] (`$1` user id, `$2` admin) and records the
+/// keys `$3` in one statement: the lateral reference to `ctx` makes PostgreSQL set both
+/// settings before the rows are inserted, so the self-service policies see them.
+const SCOPED_RECORD_SQL: &str = "INSERT INTO cache_invalidations (cache_key) \
+     SELECT k.key FROM (SELECT set_config('edumind.user_id', $1, true) AS uid, \
+     set_config('edumind.admin', $2, true) AS adm) ctx \
+     CROSS JOIN LATERAL (SELECT u.key FROM unnest($3::text[]) AS u(key) \
+     WHERE ctx.uid IS NOT NULL AND ctx.adm IS NOT NULL OFFSET 0) k";
+
+/// Whether [`begin_recording`] records (it does unless switched off for a measurement).
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
+/// Opens a transaction whose first statement both scopes it (`uid`, `adm`: see
+/// [`crate::access::scope_params`]) and records `keys`, for a write whose keys are known
+/// before it starts: its outbox row costs no round trip of its own. The record commits
+/// or rolls back with the write like [`record`]'s. `keys` must not be empty.
+pub async fn begin_recording<'c>(
+    conn: &'c mut PgConnection,
+    uid: String,
+    adm: &'static str,
+    keys: &[String],
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query(SCOPED_RECORD_SQL)
+        .bind(uid)
+        .bind(adm)
+        .bind(keys)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// The tenant databases, through the data plane's pools.
 pub struct DbOutbox {
     state: Weak<AppState>,
@@ -108,7 +142,20 @@ impl DbOutbox {
     }
 }
 
-/// Opens a transaction that may read and delete outbox rows (the self-service database's
+/// The generation and up to `$1` rows, oldest first, in one statement (one round trip; most
+/// replays find nothing). The admin setting lasts for this statement's own transaction;
+/// the lateral reference to `ctx` makes PostgreSQL set it before the scan that the
+/// self-service policies filter.
+const PENDING_SQL: &str = "SELECT ctx.generation, \
+     coalesce(array_agg(r.id ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL), '{}'::bigint[]), \
+     coalesce(array_agg(r.cache_key ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL), '{}'::text[]) \
+     FROM (SELECT set_config('edumind.admin', 'on', true) AS adm, \
+     'cache_invalidations'::regclass::oid::bigint AS generation) ctx \
+     LEFT JOIN LATERAL (SELECT c.id, c.cache_key FROM cache_invalidations c \
+     WHERE ctx.adm IS NOT NULL ORDER BY c.id LIMIT $1) r ON true \
+     GROUP BY ctx.generation";
+
+/// Opens a transaction that may delete outbox rows (the self-service database's
 /// policies admit that for the admin setting only; school databases ignore it).
 async fn begin_replay(
     conn: &mut PgConnection,
@@ -127,21 +174,14 @@ impl TenantOutbox for DbOutbox {
                 return Ok(Pending::default());
             };
             let read = async {
-                let mut tx = begin_replay(&mut conn).await?;
-                let generation: i64 =
-                    sqlx::query_scalar("SELECT 'cache_invalidations'::regclass::oid::bigint")
-                        .fetch_one(&mut *tx)
+                let (generation, ids, keys): (i64, Vec<i64>, Vec<String>) =
+                    sqlx::query_as(PENDING_SQL)
+                        .bind(BATCH)
+                        .fetch_one(&mut *conn)
                         .await?;
-                let rows = sqlx::query_as::<_, (i64, String)>(
-                    "SELECT id, cache_key FROM cache_invalidations ORDER BY id LIMIT $1",
-                )
-                .bind(BATCH)
-                .fetch_all(&mut *tx)
-                .await?;
-                tx.commit().await?;
                 Ok::<_, sqlx::Error>(Pending {
                     generation: Some(generation),
-                    rows,
+                    rows: ids.into_iter().zip(keys).collect(),
                 })
             };
             read.await.map_err(|e| e.to_string())

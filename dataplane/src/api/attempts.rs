@@ -32,6 +32,23 @@ pub(super) async fn begin_scoped<'c>(
     Ok(tx)
 }
 
+/// [`begin_scoped`] for a write whose invalidated `keys` are known before it starts: the
+/// same first statement also records them in the cache outbox (no round trip of its own;
+/// `outbox::record` is then not called).
+pub(super) async fn begin_recording<'c>(
+    conn: &'c mut sqlx::PgConnection,
+    sc: &Scope,
+    keys: &[String],
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, Problem> {
+    if keys.is_empty() || !outbox::recording() {
+        return begin_scoped(conn, sc).await;
+    }
+    let (uid, adm) = sc.params();
+    outbox::begin_recording(conn, uid, adm, keys)
+        .await
+        .map_err(db_problem)
+}
+
 /// Opens a transaction whose first statement tells PostgreSQL who is asking (row-level
 /// security in the self-service database) and returns the caller's student row.
 pub(super) async fn begin_as_student<'c>(

@@ -89,9 +89,10 @@ pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                             }
                             let list =
                                 serde_json::to_string(&ids).map_err(|_| Problem::internal())?;
+                            let keys = [sc.key(&format!("class:{id}:roster"))];
                             let mut conn =
                                 s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                            let mut tx = begin_scoped(&mut conn, &sc).await?;
+                            let mut tx = begin_recording(&mut conn, &sc, &keys).await?;
                             let known: i64 = sqlx::query_scalar(
                                 "SELECT count(*) FROM students WHERE id = ANY($1)",
                             )
@@ -116,8 +117,6 @@ pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                                     "every student id must be a student of this tenant",
                                 ));
                             }
-                            let keys = [sc.key(&format!("class:{id}:roster"))];
-                            outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                             tx.commit().await.map_err(db_problem)?;
                             s.cache.invalidate(&keys).await;
                             Ok(json_reply(
@@ -170,8 +169,9 @@ pub fn class_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     if b.teacher_ids.len() > 100 {
                         return Err(Problem::bad_request("a class has at most 100 teachers"));
                     }
+                    let keys = [sc.key(&format!("class:{id}:roster"))];
                     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let mut tx = begin_recording(&mut conn, &sc, &keys).await?;
                     let doc: Value = sqlx::query_scalar(
                         "INSERT INTO classes (id, school_id, name, code, grade_level, subject, teacher_ids, \
                          academic_year, is_active) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -195,8 +195,6 @@ pub fn class_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .await
                     .map_err(db_problem)?
                     .ok_or_else(Problem::not_found)?;
-                    let keys = [sc.key(&format!("class:{id}:roster"))];
-                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))

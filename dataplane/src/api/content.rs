@@ -166,8 +166,10 @@ pub fn course_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     check_grade(b.grade_level)?;
                     check_opt("board_name", &b.board_name, 100)?;
                     check_opt("module_name", &b.module_name, 200)?;
+                    // A missing course is cached as "not found" too.
+                    let keys = [sc.key(&format!("course:{id}:questions"))];
                     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let mut tx = begin_recording(&mut conn, &sc, &keys).await?;
                     let doc: Value = sqlx::query_scalar(
                         "INSERT INTO courses (id, name, code, subject, grade_level, description, learning_objectives, \
                          topics, is_active, course_admin_id, board_name, module_name, metadata) \
@@ -196,9 +198,6 @@ pub fn course_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_problem)?;
-                    // A missing course is cached as "not found" too.
-                    let keys = [sc.key(&format!("course:{id}:questions"))];
-                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))
@@ -405,8 +404,9 @@ pub fn assessment_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     if !(0..=100).contains(&b.passing_score_percentage) {
                         return Err(Problem::bad_request("passing_score_percentage must be 0..=100"));
                     }
+                    let keys = [sc.key(&format!("assessment:{id}:meta"))];
                     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-                    let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    let mut tx = begin_recording(&mut conn, &sc, &keys).await?;
                     let doc: Value = sqlx::query_scalar(
                         "INSERT INTO assessments (id, course_id, school_id, title, description, assessment_type, \
                          subject, grade_level, topics, question_ids, total_points, time_limit_minutes, \
@@ -439,8 +439,6 @@ pub fn assessment_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_problem)?;
-                    let keys = [sc.key(&format!("assessment:{id}:meta"))];
-                    outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
                     Ok(json_reply(StatusCode::OK, &doc))

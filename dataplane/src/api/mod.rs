@@ -18,7 +18,7 @@ mod students;
 mod users;
 
 // Helpers one resource module defines and others share (reached through `use super::*`).
-use attempts::begin_scoped;
+use attempts::{begin_recording, begin_scoped};
 use content::{check_grade, json_text};
 use keyed::{PathKey, agent_keyed_list, keyed_get};
 use orchestration::{check_len, check_opt};
