@@ -35,9 +35,10 @@
 //!   and a closed connection's permit waits in its server's *exiting* list. One watcher
 //!   task per server checks the whole list in one query (`pg_stat_activity`) on an idle
 //!   connection of that server (borrowed for the query, within the budget) every
-//!   [`EXIT_POLL`] until every pid is gone. Bounded: a close that failed (the socket was
-//!   already broken) frees its permit at once; with no connection to check on for
-//!   [`EXIT_UNCHECKED`] the permit is freed unproven; a pid still listed after
+//!   [`EXIT_POLL`] until every pid is gone (while every open connection is checked out,
+//!   it waits for one to come back). Bounded: a close that failed (the socket was
+//!   already broken) frees its permit at once; with no connection of ours open on the
+//!   server for [`EXIT_UNCHECKED`] the permit is freed unproven; a pid still listed after
 //!   [`EXIT_MAX`] (a server in trouble) frees its permit too, so a dead or stuck server
 //!   cannot hold the budget forever. So the budget never counts fewer connections than
 //!   the server does.
@@ -64,10 +65,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a server's watcher checks whether closed connections' backends have exited.
 pub const EXIT_POLL: Duration = Duration::from_millis(2);
 
-/// With no connection to the server to check on, a closed connection's permit is freed
-/// after this long unproven (a backend exits within a millisecond or two of Terminate
-/// unless the server is starved of CPU).
-pub const EXIT_UNCHECKED: Duration = Duration::from_millis(100);
+/// With no connection to the server to check on (the server's last connection was the one
+/// closed), a closed connection's permit is freed after this long unproven: a backend
+/// exits within a millisecond or two of Terminate unless the server is starved of CPU,
+/// and a longer wait would be paid by every request that needs the permit (with a
+/// budget of 1, every switch between tenants).
+pub const EXIT_UNCHECKED: Duration = Duration::from_millis(25);
 
 /// A backend still listed this long after its Terminate frees its permit anyway: the
 /// server is stuck or the pid was reused, and the budget must not stay spent forever.
@@ -177,8 +180,12 @@ impl Server {
             }
             let alive = self.check(&pids).await;
             let now = Instant::now();
-            // The start of the current run of checks that could not be made.
-            if alive.is_some() {
+            // The start of the current run of checks that could not be made with no
+            // connection of ours open on the server. While some are open (checked out
+            // now), one comes back to the idle list within a request's time: wait for it.
+            let open = self.budget.saturating_sub(self.permits.available_permits());
+            let none_open = open <= self.closing.load(Ordering::Acquire);
+            if alive.is_some() || !none_open {
                 unchecked_since = None;
             } else {
                 unchecked_since.get_or_insert(now);
@@ -194,9 +201,9 @@ impl Server {
                         }
                         // Nothing to check on: free it unproven after a short while.
                         None => {
-                            let since = unchecked_since.map_or(e.since, |u| u.max(e.since));
-                            now.duration_since(since) >= EXIT_UNCHECKED
-                                || now.duration_since(e.since) >= EXIT_MAX
+                            unchecked_since.is_some_and(|u| {
+                                now.duration_since(u.max(e.since)) >= EXIT_UNCHECKED
+                            }) || now.duration_since(e.since) >= EXIT_MAX
                         }
                     },
                 );
