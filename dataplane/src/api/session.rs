@@ -18,25 +18,31 @@ pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
     let put = warp::path!("v1" / "session")
         .and(warp::put())
         .and(principal(s))
-        .and(warp::body::content_length_limit(4096))
-        .and(warp::body::json::<Value>())
+        .and(
+            warp::body::content_length_limit(4096)
+                .and(warp::body::bytes())
+                .map(|b: bytes::Bytes| crate::validate::json_body::<Value>(&b)),
+        )
         .and(with(s))
-        .then(|who: Who, body: Value, s: SharedState| async move {
-            reply(
-                async {
-                    let p = who.map_err(|_| Problem::unauthorized())?;
-                    if !body.is_object() {
-                        return Err(Problem::bad_request("a session is a JSON object"));
+        .then(
+            |who: Who, body: Result<Value, Problem>, s: SharedState| async move {
+                reply(
+                    async {
+                        let p = who.map_err(|_| Problem::unauthorized())?;
+                        let body = body?;
+                        if !body.is_object() {
+                            return Err(Problem::bad_request("a session is a JSON object"));
+                        }
+                        s.cache
+                            .session_put(&session_key(&p), &body.to_string())
+                            .await
+                            .map_err(|_| Problem::unavailable(2, "session store unavailable"))?;
+                        Ok(json_reply(StatusCode::OK, &body))
                     }
-                    s.cache
-                        .session_put(&session_key(&p), &body.to_string())
-                        .await
-                        .map_err(|_| Problem::unavailable(2, "session store unavailable"))?;
-                    Ok(json_reply(StatusCode::OK, &body))
-                }
-                .await,
-            )
-        });
+                    .await,
+                )
+            },
+        );
     let get = warp::path!("v1" / "session")
         .and(warp::get())
         .and(principal(s))
