@@ -17,6 +17,8 @@ mod session;
 mod students;
 mod users;
 
+pub use health::admin_routes;
+
 // Helpers one resource module defines and others share (reached through `use super::*`).
 use attempts::begin_scoped;
 use content::{check_grade, json_text};

@@ -8,10 +8,12 @@ pub(super) fn session_key(p: &Principal) -> String {
         None if p.role == crate::auth::UserRole::Student => "selfservice".into(),
         None => "platform".into(),
     };
-    format!("edumind:{tenant}:session:{}", p.user_id)
+    // The role is part of the key: a Student and a Teacher token with the same `sub`
+    // are two sessions.
+    format!("edumind:{tenant}:session:{}:{}", p.role.name(), p.user_id)
 }
 
-/// `PUT|GET|DELETE /v1/session`: the caller's session (`session:{userId}`, 30-minute
+/// `PUT|GET|DELETE /v1/session`: the caller's session (`session:{role}:{userId}`, 30-minute
 /// sliding expiry). PUT stores a JSON object (at most 4 KiB); GET reads it and restarts
 /// the 30 minutes; DELETE ends it. Redis down → 503 (sessions live only in Redis).
 pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
