@@ -1239,3 +1239,72 @@ async fn attempt_references_and_reanswering() {
         .await;
     assert_eq!(s, 400, "unknown question id: {v}");
 }
+
+/// Issue 12 §4: a school token counts only while its `sub` is an active user of that
+/// school with the token's role; the answer is cached and a change to the user (here by
+/// hand, in SQL) reaches the cache through the outbox.
+#[tokio::test]
+async fn school_tokens_need_an_active_user_of_that_school() {
+    use redis::AsyncCommands;
+    let f = fixture().await;
+    let sa = f.a.school_id.unwrap();
+    let school = format!("/v1/tenants/{sa}/school");
+    let courses = format!("/v1/tenants/{sa}/courses/{COURSE}/questions");
+    let teacher = token(f.a.teacher_user, 1, Some(sa));
+    assert_eq!(f.call("GET", &school, Some(&teacher), None).await.0, 200);
+    for (what, tok) in [
+        ("an unknown sub", token(Uuid::new_v4(), 1, Some(sa))),
+        (
+            "another school's teacher",
+            token(f.b.teacher_user, 1, Some(sa)),
+        ),
+        (
+            "a teacher claiming SchoolAdmin",
+            token(f.a.teacher_user, 2, Some(sa)),
+        ),
+        (
+            "a student claiming Teacher",
+            token(f.a.students[0].0, 1, Some(sa)),
+        ),
+    ] {
+        for path in [school.as_str(), courses.as_str(), "/v1/session"] {
+            let (s, v, _) = f.call("GET", path, Some(&tok), None).await;
+            assert_eq!(s, 401, "{what} on {path}: {v}");
+        }
+    }
+    // The answer is cached in Redis under the tenant's keys.
+    let mut r = redis::Client::open(edumind_tests::redis().await.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("edumind:{sa}:user:{}:member", f.a.teacher_user);
+    let cached: Option<String> = r.get(&key).await.unwrap();
+    assert!(
+        cached.is_some_and(|c| c.contains("\"active\":true")),
+        "{key} not cached"
+    );
+    // Deactivated by hand: refused within a few replay intervals, on every replica (the
+    // trigger's outbox row is what deletes the cached answer), and back when reactivated.
+    let mut db = f.a.db.connect().await;
+    for (active, expected) in [(false, 401), (true, 200)] {
+        sqlx::query("UPDATE users SET is_active = $2 WHERE id = $1")
+            .bind(f.a.teacher_user)
+            .bind(active)
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            let s = f.call("GET", &school, Some(&teacher), None).await.0;
+            if s == expected {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "is_active = {active}: still {s} after 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
