@@ -552,7 +552,7 @@ async fn applying_the_migrations_again_is_a_no_op() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
 }
 
 #[tokio::test]
