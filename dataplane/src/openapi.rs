@@ -30,8 +30,7 @@ macro_rules! routes {
 
 routes! {
     HEALTHZ = ("healthz", "get", "/healthz", false, "Liveness: the process answers");
-    READYZ = ("readyz", "get", "/readyz", false, "Readiness: PostgreSQL (per server) and Redis, reported separately");
-    METRICS = ("metrics", "get", "/metrics", false, "Prometheus metrics");
+    READYZ = ("readyz", "get", "/readyz", false, "Readiness: ready or not, nothing more (the details are on the admin listener)");
     OPENAPI = ("openapi", "get", "/openapi.json", false, "This document");
     SCHOOL_GET = ("school.get", "get", "/v1/tenants/{tenant}/school", true, "The school's own record");
     USERS_LIST = ("users.list", "get", "/v1/tenants/{tenant}/users", true, "Users, keyset-paginated by id, filtered by role (staff and admins)");
@@ -70,6 +69,31 @@ routes! {
     ASSESSMENT_DELETE = ("assessments.delete", "delete", "/v1/tenants/{tenant}/assessments/{id}", true, "Delete an assessment (content writers); 204, or 409 while attempts reference it");
     STATS_PUT = ("stats.put", "put", "/v1/tenants/{tenant}/routing-statistics/{agent_key}", true, "Create or replace an agent's routing statistics (platform admins)");
 }
+
+/// The admin listener's operations (`admin_listen`): not part of the public document.
+pub const ADMIN_METRICS: RouteDoc = RouteDoc {
+    id: "admin.metrics",
+    method: "get",
+    path: "/metrics",
+    auth: false,
+    summary: "Prometheus metrics",
+};
+/// Detailed readiness on the admin listener.
+pub const ADMIN_READYZ: RouteDoc = RouteDoc {
+    id: "admin.readyz",
+    method: "get",
+    path: "/readyz",
+    auth: false,
+    summary: "Readiness: PostgreSQL (per server) and Redis, reported separately",
+};
+/// Liveness on the admin listener.
+pub const ADMIN_HEALTHZ: RouteDoc = RouteDoc {
+    id: "admin.healthz",
+    method: "get",
+    path: "/healthz",
+    auth: false,
+    summary: "Liveness: the process answers",
+};
 
 fn params(path: &str) -> Vec<Value> {
     path.split('/')

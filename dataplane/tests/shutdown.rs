@@ -35,7 +35,7 @@ async fn sigterm_drains_then_finishes_in_flight_requests() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ntenants_dir = {tenants:?}\nshutdown_drain_secs = {}\n\
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\ntenants_dir = {tenants:?}\nshutdown_drain_secs = {}\n\
              shutdown_grace_secs = 20\n[redis]\nurl = {:?}\n[auth]\nissuer = {ISSUER:?}\n\
              audience = {AUDIENCE:?}\nhs256_secret = {HS_SECRET:?}\n",
             DRAIN.as_secs(),
@@ -71,6 +71,16 @@ async fn sigterm_drains_then_finishes_in_flight_requests() {
     let ta = a.school_id.unwrap();
     let admin = token(a.admin_user, 2, Some(ta));
     let read_url = format!("{base}/v1/tenants/{ta}/school");
+
+    // One read first, so the caller's school membership is cached: the lock below is on
+    // `users`, which the membership check reads on a miss.
+    let warm = fresh
+        .get(&read_url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status().as_u16(), 200);
 
     // A request kept in flight across the whole drain: its INSERT waits on a table lock
     // held here until the listener has closed.

@@ -632,7 +632,7 @@ async fn racing_reconciles_create_one_database_and_one_winner() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(applied, 3, "each migration applied once");
+    assert_eq!(applied, 4, "each migration applied once");
 
     // Two new Schools with one code at once: exactly one wins.
     let code = env.code("Twin");
