@@ -8,7 +8,8 @@
 //! handler reads) · [`api`] (one route group per resource, shared handler helpers) ·
 //! [`startup`] (building and running the server) · [`metrics`] (`/metrics`) · [`openapi`]
 //! (the route table's documentation) · [`distribute`] (catalogue distribution) ·
-//! [`problem`] (RFC 9457 errors) · [`secret`] (redacting secret strings).
+//! [`problem`] (RFC 9457 errors) · [`secret`] (redacting secret strings) · [`wire`] (the
+//! request and reply types: the wire format).
 
 pub mod access;
 pub mod api;
@@ -26,3 +27,4 @@ pub mod secret;
 pub mod startup;
 pub mod state;
 pub mod tenants;
+pub mod wire;

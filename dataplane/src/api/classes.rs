@@ -40,7 +40,7 @@ pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                         )
                         .await?
                         .ok_or_else(Problem::not_found)?;
-                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                        etagged_json(&typed::<wire::Roster>(doc)?, inm.as_deref())
                     }
                     .await,
                 )
@@ -50,9 +50,9 @@ pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::ROSTER_GET, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RosterBody {
+pub(crate) struct RosterBody {
     student_ids: Vec<Uuid>,
 }
 
@@ -122,7 +122,10 @@ pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                             s.cache.invalidate(&keys).await;
                             Ok(json_reply(
                                 StatusCode::OK,
-                                &json!({"class_id": id, "student_ids": ids}),
+                                &wire::RosterUpdate {
+                                    class_id: id,
+                                    student_ids: ids,
+                                },
                             ))
                         }
                         .await,
@@ -133,9 +136,9 @@ pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::ROSTER_PUT, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ClassBody {
+pub(crate) struct ClassBody {
     name: String,
     code: String,
     grade_level: i32,
@@ -199,7 +202,7 @@ pub fn class_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
-                    Ok(json_reply(StatusCode::OK, &doc))
+                    Ok(json_reply(StatusCode::OK, &typed::<wire::Class>(doc)?))
                 }
                 .await,
             )
