@@ -50,6 +50,38 @@ pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::ROSTER_GET, f)
 }
 
+/// Removes `class` from the `class_ids` of every student not in `ids`. With `ids` empty,
+/// the class leaves every student (the class is being deleted).
+pub(super) const LEAVE_CLASS_SQL: &str = "UPDATE students SET class_ids = (SELECT coalesce(jsonb_agg(c ORDER BY c), '[]'::jsonb) \
+     FROM jsonb_array_elements_text(class_ids::jsonb) c WHERE c <> $1::text)::text, updated_at = now() \
+     WHERE class_ids::jsonb ? $1::text AND NOT (id = ANY($2))";
+
+/// Keeps `students.class_ids` true to the rosters, in the roster change's transaction:
+/// `class` leaves the students no longer on it and joins the students now on it.
+pub(super) async fn sync_class_ids(
+    tx: &mut sqlx::PgConnection,
+    class: Uuid,
+    ids: &[Uuid],
+) -> Result<(), Problem> {
+    sqlx::query(LEAVE_CLASS_SQL)
+        .bind(class.to_string())
+        .bind(ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_problem)?;
+    sqlx::query(
+        "UPDATE students SET class_ids = (SELECT jsonb_agg(x.c ORDER BY x.c) FROM \
+         (SELECT jsonb_array_elements_text(class_ids::jsonb) AS c UNION SELECT $1::text) x)::text, \
+         updated_at = now() WHERE id = ANY($2) AND NOT class_ids::jsonb ? $1::text",
+    )
+    .bind(class.to_string())
+    .bind(ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_problem)?;
+    Ok(())
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RosterBody {
@@ -116,6 +148,7 @@ pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                                     "every student id must be a student of this tenant",
                                 ));
                             }
+                            sync_class_ids(&mut tx, id, &ids).await?;
                             let keys = [sc.key(&format!("class:{id}:roster"))];
                             outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                             tx.commit().await.map_err(db_problem)?;
