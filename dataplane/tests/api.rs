@@ -365,7 +365,10 @@ async fn submit_scores_and_updates_progress_once() {
         .await;
     // No correctness while the attempt is in progress.
     assert_eq!(s, 200, "{r}");
-    assert!(r.get("is_correct").is_none() && r.get("points_earned").is_none(), "{r}");
+    assert!(
+        r.get("is_correct").is_none() && r.get("points_earned").is_none(),
+        "{r}"
+    );
     let (s, r, _) = f
         .call(
             "POST",
@@ -375,14 +378,20 @@ async fn submit_scores_and_updates_progress_once() {
         )
         .await;
     assert_eq!(s, 200, "{r}");
-    assert!(r.get("is_correct").is_none() && r.get("points_earned").is_none(), "{r}");
+    assert!(
+        r.get("is_correct").is_none() && r.get("points_earned").is_none(),
+        "{r}"
+    );
     // Nor in GET, for the student; staff see it.
     let get_url = format!("/v1/tenants/{ta}/attempts/{id}");
     let (s, v, _) = f.call("GET", &get_url, Some(&tok), None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["responses"].as_array().unwrap().len(), 2, "{v}");
     for r in v["responses"].as_array().unwrap() {
-        assert!(r.get("is_correct").is_none() && r.get("points_earned").is_none(), "{v}");
+        assert!(
+            r.get("is_correct").is_none() && r.get("points_earned").is_none(),
+            "{v}"
+        );
     }
     let teacher = token(f.a.teacher_user, 1, f.a.school_id);
     let (_, v, _) = f.call("GET", &get_url, Some(&teacher), None).await;
