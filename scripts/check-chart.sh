@@ -163,6 +163,8 @@ bucket is required|--set backup.storage.type=s3
 at least 32 bytes|--set dataplane.auth.hs256.value=short
 set dataplane.shutdown instead|--set dataplane.extraConfig.shutdown_grace_secs=30
 minimum: got 0, want 1|--set dataplane.shutdown.graceSeconds=0
+adminPort must differ from dataplane.port|--set dataplane.adminPort=8080
+set dataplane.port / dataplane.adminPort instead|--set dataplane.extraConfig.admin_listen=0.0.0.0:1
 EOF
 [ "$bad" -eq 0 ] || exit 1
 echo "chart checks passed in $(( $(date +%s) - started ))s"

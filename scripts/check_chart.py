@@ -175,6 +175,49 @@ def check_pods(objects, problems):
                 fail(problems, f"{where}: no image")
 
 
+def check_dataplane_ports(objects, values, problems):
+    """Metrics and detailed readiness live on the admin port (issue 12 §5): the
+    application Service exposes only the public port, the ServiceMonitor scrapes the admin
+    port, and the NetworkPolicy admits only metricsFrom to it."""
+    dp = values["dataplane"]
+    if not dp["enabled"]:
+        return
+    admin, public = dp["adminPort"], dp["port"]
+    component = lambda o: (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+    mine = [o for o in objects if component(o) == "dataplane"]
+    services = [o for o in mine if o["kind"] == "Service"]
+    app = [o for o in services if not o["metadata"]["name"].endswith("-metrics")]
+    metrics = [o for o in services if o["metadata"]["name"].endswith("-metrics")]
+    if len(app) != 1 or [p["name"] for p in app[0]["spec"]["ports"]] != ["http"]:
+        fail(problems, "data plane: the application Service must expose only the http port")
+    if len(metrics) != 1 or [p["targetPort"] for p in metrics[0]["spec"]["ports"]] != ["admin"]:
+        fail(problems, "data plane: the -metrics Service must expose only the admin port")
+    for o in mine:
+        if o["kind"] == "Deployment":
+            ports = {p["name"]: p["containerPort"] for c in o["spec"]["template"]["spec"]["containers"]
+                     for p in c.get("ports", [])}
+            if ports != {"http": public, "admin": admin}:
+                fail(problems, f"{name_of(o)}: container ports {ports}, expected http={public} admin={admin}")
+        if o["kind"] == "ConfigMap":
+            for key, text in (o.get("data") or {}).items():
+                if key.endswith(".toml"):
+                    conf = tomllib.loads(text)
+                    if conf.get("admin_listen") != f"0.0.0.0:{admin}":
+                        fail(problems, f"{name_of(o)}: admin_listen is not 0.0.0.0:{admin}")
+        if o["kind"] == "ServiceMonitor":
+            if [e.get("port") for e in o["spec"]["endpoints"]] != ["admin"]:
+                fail(problems, f"{name_of(o)}: must scrape the admin port only")
+        if o["kind"] == "NetworkPolicy":
+            rules = o["spec"].get("ingress", [])
+            admin_rules = [r for r in rules if any(p.get("port") == admin for p in r.get("ports", []))]
+            if len(admin_rules) != 1 or any(p.get("port") == public for p in admin_rules[0]["ports"]):
+                fail(problems, f"{name_of(o)}: the admin port needs an ingress rule of its own")
+            elif admin_rules[0].get("from") != (values["networkPolicy"].get("metricsFrom") or None):
+                fail(problems, f"{name_of(o)}: the admin port must admit networkPolicy.metricsFrom only")
+    if values.get("serviceMonitor", {}).get("enabled") and not any(o["kind"] == "ServiceMonitor" for o in mine):
+        fail(problems, "data plane: serviceMonitor.enabled but no ServiceMonitor for it")
+
+
 def dataplane_settings_keys(path="dataplane/src/config.rs"):
     """The data plane's TOML keys, read from its serde structs (deny_unknown_fields: an
     unknown key stops it at start-up). Returns {section or "": {key: nested struct or None}}."""
@@ -235,6 +278,7 @@ def main():
     skipped = check_schemas(objects, versions, problems)
     check_rbac(objects, values, rbac, release_ns, problems)
     check_pods(objects, problems)
+    check_dataplane_ports(objects, values, problems)
     extract_configs(objects, os.path.dirname(os.path.abspath(rendered)), problems)
     for p in problems:
         print(f"  FAIL {p}", file=sys.stderr)

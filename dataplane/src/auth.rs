@@ -7,7 +7,8 @@
 //! `nbf` is checked when present; `leeway_secs` of clock skew is allowed.
 //!
 //! Claims: `sub` = user id (UUID), `role` = the spec's `UserRole` (number 0–5 or its
-//! name), `school_id` = UUID, absent for self-service users.
+//! name spelled exactly as documented: `SchoolAdmin`, never `schooladmin`), `school_id` =
+//! UUID, absent for self-service users.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,10 +47,22 @@ impl UserRole {
         UserRole::ALL.into_iter().find(|r| *r as i32 == n)
     }
 
+    /// The documented spelling only (`SystemAdmin`, not `systemadmin`): a token whose
+    /// role is spelled otherwise was not minted by an issuer we document, so it is refused.
     pub fn from_name(s: &str) -> Option<UserRole> {
-        UserRole::ALL
-            .into_iter()
-            .find(|r| format!("{r:?}").eq_ignore_ascii_case(s))
+        UserRole::ALL.into_iter().find(|r| r.name() == s)
+    }
+
+    /// The documented name.
+    pub fn name(self) -> &'static str {
+        match self {
+            UserRole::Student => "Student",
+            UserRole::Teacher => "Teacher",
+            UserRole::SchoolAdmin => "SchoolAdmin",
+            UserRole::CourseAdmin => "CourseAdmin",
+            UserRole::BusinessAdmin => "BusinessAdmin",
+            UserRole::SystemAdmin => "SystemAdmin",
+        }
     }
 
     /// System and business admins reach every tenant (spec 3.2: "bypass all filters").

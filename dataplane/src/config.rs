@@ -18,6 +18,10 @@ pub const ENV_PREFIX: &str = "EDUMIND_DP__";
 pub struct Settings {
     /// Address to listen on; port 0 picks a free port (tests).
     pub listen: SocketAddr,
+    /// The admin listener: `/metrics` and the detailed `/readyz` (per PostgreSQL server,
+    /// Redis). Not for applications: the chart's Service does not expose it. The CLI's
+    /// `--admin-addr` overrides it.
+    pub admin_listen: SocketAddr,
     /// Where tenants come from: `directory` (Secret-shaped files in `tenants_dir`) or
     /// `kubernetes` (the labelled Secrets in `[kubernetes] namespaces`, in-cluster).
     pub tenant_source: TenantSourceKind,
@@ -123,6 +127,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             tenant_source: TenantSourceKind::Directory,
             tenants_dir: PathBuf::from("/etc/edumind/tenants"),
             tenant_poll_ms: 2000,

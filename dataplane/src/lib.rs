@@ -8,8 +8,9 @@
 //! handler reads) · [`api`] (one route group per resource, shared handler helpers) ·
 //! [`startup`] (building and running the server) · [`metrics`] (`/metrics`) · [`openapi`]
 //! (the route table's documentation) · [`distribute`] (catalogue distribution) ·
-//! [`problem`] (RFC 9457 errors) · [`secret`] (redacting secret strings) · [`wire`] (the
-//! request and reply types: the wire format).
+//! [`problem`] (RFC 9457 errors) · [`validate`] (input checks every route shares: NUL
+//! bytes, query strings after authentication, timestamps) · [`secret`] (redacting secret
+//! strings) · [`wire`] (the reply types: the wire format).
 
 pub mod access;
 pub mod api;
@@ -27,4 +28,5 @@ pub mod secret;
 pub mod startup;
 pub mod state;
 pub mod tenants;
+pub mod validate;
 pub mod wire;

@@ -15,6 +15,10 @@ struct Args {
     /// TOML configuration file; `EDUMIND_DP__*` environment variables override it.
     #[arg(long, env = "EDUMIND_DP_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// The admin listener's address (`/metrics`, detailed `/readyz`); overrides
+    /// `admin_listen`.
+    #[arg(long, global = true)]
+    admin_addr: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -63,7 +67,12 @@ async fn main() -> std::process::ExitCode {
         .with_writer(writer)
         .init();
     let settings = match Settings::load(args.config.as_deref(), std::env::vars()) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            if let Some(addr) = args.admin_addr {
+                s.admin_listen = addr;
+            }
+            s
+        }
         Err(e) => {
             tracing::error!(error = %e, "invalid configuration");
             return std::process::ExitCode::from(2);
@@ -86,7 +95,11 @@ async fn serve(settings: Settings) -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    tracing::info!(port = app.port(), "listening");
+    tracing::info!(
+        port = app.port(),
+        admin_port = app.admin_port(),
+        "listening"
+    );
     app.run_until_stopped(edumind_dataplane::startup::shutdown_signal())
         .await;
     std::process::ExitCode::SUCCESS

@@ -89,6 +89,8 @@ pub struct RouteDoc {
     pub etag: bool,
     /// Every error status the operation can answer with (problem+json).
     pub errors: &'static [u16],
+    /// Also answers `503` with the success body (readiness: "not ready").
+    pub unready: bool,
 }
 
 const fn op(
@@ -110,6 +112,7 @@ const fn op(
         reply_type: "application/json",
         etag: false,
         errors: &[],
+        unready: false,
     }
 }
 
@@ -148,6 +151,10 @@ impl RouteDoc {
         self.errors = e;
         self
     }
+    const fn unready(mut self) -> Self {
+        self.unready = true;
+        self
+    }
 }
 
 /// A read of a tenant's data: a malformed header is 400, an unknown tenant or id 404.
@@ -170,10 +177,8 @@ macro_rules! routes {
 routes! {
     HEALTHZ = op("healthz", "get", "/healthz", "Liveness: the process answers")
         .public().reply(200, schema::<Health>);
-    READYZ = op("readyz", "get", "/readyz", "Readiness: PostgreSQL (per server) and Redis, reported separately; 503 when PostgreSQL is down")
-        .public().reply(200, any_object).errors(&[503]);
-    METRICS = op("metrics", "get", "/metrics", "Prometheus metrics")
-        .public().reply(200, text).media("text/plain");
+    READYZ = op("readyz", "get", "/readyz", "Readiness: ready (200) or not (503, same body), nothing more (the details are on the admin listener)")
+        .public().reply(200, schema::<Health>).unready();
     OPENAPI = op("openapi", "get", "/openapi.json", "This document")
         .public().reply(200, any_object);
     SCHOOL_GET = op("school.get", "get", "/v1/tenants/{tenant}/school", "The school's own record (school members, admins)")
@@ -250,6 +255,31 @@ routes! {
         .body(schema::<StatsBody>).reply(200, schema::<RoutingStatistics>).errors(WRITE);
 }
 
+/// The admin listener's operations (`admin_listen`): not part of the public document.
+pub const ADMIN_METRICS: RouteDoc = op("admin.metrics", "get", "/metrics", "Prometheus metrics")
+    .public()
+    .reply(200, text)
+    .media("text/plain");
+/// Detailed readiness on the admin listener.
+pub const ADMIN_READYZ: RouteDoc = op(
+    "admin.readyz",
+    "get",
+    "/readyz",
+    "Readiness: PostgreSQL (per server) and Redis, reported separately",
+)
+.public()
+.reply(200, any_object)
+.unready();
+/// Liveness on the admin listener.
+pub const ADMIN_HEALTHZ: RouteDoc = op(
+    "admin.healthz",
+    "get",
+    "/healthz",
+    "Liveness: the process answers",
+)
+.public()
+.reply(200, schema::<Health>);
+
 /// The pattern of an agent key in a path.
 pub const AGENT_KEY_PATTERN: &str = "^[A-Za-z0-9._:@~-]{1,200}$";
 
@@ -322,6 +352,11 @@ fn operation(r: &RouteDoc, schemas: &mut Schemas) -> Value {
             json!({"description": "Not modified (If-None-Match matched)",
                    "headers": {"ETag": etag_header()}}),
         );
+    }
+    if r.unready {
+        let mut not_ready = ok.clone();
+        not_ready["description"] = json!("Not ready");
+        responses.insert("503".into(), not_ready);
     }
     responses.insert(r.ok.to_string(), ok);
     for code in r

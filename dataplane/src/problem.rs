@@ -84,17 +84,35 @@ impl Problem {
         )
     }
 
-    /// A database error as a reply: constraint violations are the caller's (400/409), a
-    /// lost or refused connection is 503 with `Retry-After` (the server is restarting or
-    /// failing over; the connection is never reused), anything else is 500.
+    /// A database error as a reply. The caller's input errors are 4xx: SQLSTATE class 22
+    /// (data exception: a value out of range, an untranslatable character, a bad
+    /// datetime) and class 23 (integrity: 409 for a duplicate key or an exclusion
+    /// conflict, 400 otherwise), and 54 (a value too large for an index) are 400;
+    /// 42501 (row-level security refused the row) is 403; a serialization failure or
+    /// deadlock is 503 with `Retry-After`. A lost or refused connection is 503 with
+    /// `Retry-After` (the server is restarting or failing over; the connection is never
+    /// reused). Anything else is a fault on our side: 500, logged.
     pub fn database(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(d) = &e {
-            match d.code().as_deref() {
-                Some("23505") => return Problem::conflict("a record with this key already exists"),
-                Some("23503") => return Problem::bad_request("a referenced record does not exist"),
-                Some("42501") => return Problem::forbidden(),
-                Some("23514") | Some("22001") | Some("22P02") | Some("22007") | Some("22008") => {
+        if let sqlx::Error::Database(d) = &e
+            && let Some(code) = d.code()
+        {
+            match code.as_ref() {
+                "23505" | "23P01" => {
+                    return Problem::conflict("a record with this key already exists");
+                }
+                "23503" => return Problem::bad_request("a referenced record does not exist"),
+                "42501" => return Problem::forbidden(),
+                "40001" | "40P01" => {
+                    return Problem::unavailable(1, "a concurrent change got in the way; retry");
+                }
+                c if c.starts_with("23") => {
+                    return Problem::bad_request("a value breaks a rule of its column");
+                }
+                c if c.starts_with("22") => {
                     return Problem::bad_request("a value is out of range for its column");
+                }
+                c if c.starts_with("54") => {
+                    return Problem::bad_request("a value is too large to store");
                 }
                 _ => {}
             }

@@ -1,5 +1,6 @@
-//! Building and running the server. [`Application::build`] binds the listener (port 0 →
-//! a free port, which tests read with [`Application::port`]) and starts the background
+//! Building and running the server. [`Application::build`] binds the public listener and
+//! the admin listener (port 0 → a free port, which tests read with [`Application::port`]
+//! and [`Application::admin_port`]) and starts the background
 //! tasks; [`Application::run_until_stopped`] serves until the shutdown future resolves,
 //! drains (`/readyz` 503 while still serving), then lets in-flight requests finish.
 
@@ -36,6 +37,8 @@ pub enum StartError {
 pub struct Application {
     port: u16,
     listener: tokio::net::TcpListener,
+    admin_port: u16,
+    admin_listener: tokio::net::TcpListener,
     state: SharedState,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -103,6 +106,13 @@ impl Application {
             .local_addr()
             .map_err(|e| StartError::Bind(settings.listen, e))?
             .port();
+        let admin_listener = tokio::net::TcpListener::bind(settings.admin_listen)
+            .await
+            .map_err(|e| StartError::Bind(settings.admin_listen, e))?;
+        let admin_port = admin_listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(settings.admin_listen, e))?
+            .port();
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let forget = pools.clone();
         let tasks = vec![
@@ -146,6 +156,8 @@ impl Application {
         Ok(Application {
             port,
             listener,
+            admin_port,
+            admin_listener,
             state,
             shutdown_tx,
             tasks,
@@ -154,6 +166,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The admin listener's port (`/metrics`, detailed `/readyz`).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
     }
 
     pub fn state(&self) -> SharedState {
@@ -172,6 +189,19 @@ impl Application {
         let routes = drain_gate(draining.clone())
             .or(api::routes(self.state.clone()))
             .unify();
+        // The admin listener lives as long as the public one, and drains with it.
+        let admin_routes = drain_gate(draining.clone())
+            .or(api::admin_routes(&self.state))
+            .unify();
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(
+            warp::serve(admin_routes)
+                .incoming(self.admin_listener)
+                .graceful(async move {
+                    let _ = admin_stop_rx.await;
+                })
+                .run(),
+        );
         let server = warp::serve(routes)
             .incoming(self.listener)
             .graceful(async move {
@@ -193,6 +223,8 @@ impl Application {
                 tracing::warn!("grace period over; dropping remaining connections");
             }
         }
+        let _ = admin_stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
         let _ = self.shutdown_tx.send(true);
         for t in self.tasks {
             let _ = t.await;

@@ -336,6 +336,65 @@ async fn token_checks() {
     }
     let tampered = format!("{}x", ok);
     assert_eq!(f.call("GET", &path, Some(&tampered), None).await.0, 401);
+    // Role names: the documented spelling only.
+    let named = |role: &str, user: Uuid, school: Option<Uuid>| {
+        token_with(
+            json!({"sub": user.to_string(), "role": role,
+                   "school_id": school.map(|s| s.to_string())}),
+            3600,
+        )
+    };
+    let admin_user = f.a.admin_user;
+    assert_eq!(
+        f.call(
+            "GET",
+            &path,
+            Some(&named("SchoolAdmin", admin_user, Some(ta))),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        f.call(
+            "GET",
+            &path,
+            Some(&named("SystemAdmin", Uuid::new_v4(), None)),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    for spelling in [
+        "systemadmin",
+        "SYSTEMADMIN",
+        "systemAdmin",
+        " SystemAdmin",
+        "System Admin",
+    ] {
+        let (status, v, _) = f
+            .call(
+                "GET",
+                &path,
+                Some(&named(spelling, Uuid::new_v4(), None)),
+                None,
+            )
+            .await;
+        assert_eq!(status, 401, "role {spelling:?}: {v}");
+    }
+    for spelling in ["schooladmin", "SCHOOLADMIN", "school_admin"] {
+        let (status, v, _) = f
+            .call(
+                "GET",
+                &path,
+                Some(&named(spelling, admin_user, Some(ta))),
+                None,
+            )
+            .await;
+        assert_eq!(status, 401, "role {spelling:?}: {v}");
+    }
 }
 
 #[tokio::test]
@@ -544,18 +603,38 @@ async fn problem_json_for_bad_requests_and_etags() {
 async fn health_ready_and_metrics() {
     let f = fixture().await;
     assert_eq!(f.call("GET", "/healthz", None, None).await.0, 200);
+    // Public: ready or not, nothing more; no metrics.
     let (s, v, _) = f.call("GET", "/readyz", None, None).await;
-    assert_eq!(s, 200, "{v}");
+    assert_eq!((s, &v), (200, &json!({"status": "ready"})));
+    let (s, v, _) = f.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, 404, "metrics on the public listener: {v}");
+    // Admin listener: the details and the metrics.
+    let admin = |path: &str| {
+        let url = format!("{}{path}", f.admin_base);
+        let http = f.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, text) = admin("/readyz").await;
+    assert_eq!(s, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["postgres"]["status"], "up");
     assert_eq!(v["redis"]["status"], "up");
     assert_eq!(v["tenants"], 3);
-    let (_, text, _) = f.call("GET", "/metrics", None, None).await;
-    let text = text.as_str().unwrap().to_owned();
+    assert_eq!(admin("/healthz").await.0, 200);
+    let (s, text) = admin("/metrics").await;
+    assert_eq!(s, 200);
     assert!(
         text.contains("edumind_http_requests_total{route=\"readyz\",status=\"200\"} 1"),
         "{text}"
     );
     assert!(text.contains("edumind_pool_open_connections"), "{text}");
+    // Nothing public names a server.
+    let pg = edumind_tests::postgres().await;
+    let (_, v, _) = f.call("GET", "/readyz", None, None).await;
+    assert!(!v.to_string().contains(&pg.port.to_string()), "{v}");
 }
 
 #[tokio::test]

@@ -233,7 +233,7 @@ async fn sessions_slide_and_end() {
     let f = Fixture::start(edumind_tests::redis().await.url()).await;
     let user = f.a.teacher_user;
     let tok = token(user, 1, f.a.school_id);
-    let key = format!("edumind:{}:session:{user}", f.a.school_id.unwrap());
+    let key = format!("edumind:{}:session:Teacher:{user}", f.a.school_id.unwrap());
     let mut r = redis_conn(&edumind_tests::redis().await.url()).await;
     assert_eq!(f.call("GET", "/v1/session", Some(&tok), None).await.0, 404);
     assert_eq!(
@@ -250,6 +250,29 @@ async fn sessions_slide_and_end() {
     let _: () = r.pexpire(&key, 60_000).await.unwrap();
     let (s, v, _) = f.call("GET", "/v1/session", Some(&tok), None).await;
     assert_eq!((s, v), (200, json!({"theme": "dark"})));
+    // Tokens with the same `sub` and another role are other sessions: a self-service
+    // Student's, and (platform roles share a tenant) a CourseAdmin's and a SystemAdmin's.
+    let platform = uuid::Uuid::new_v4();
+    let course_admin = token(platform, 3, None);
+    let system_admin = token(platform, 5, None);
+    assert_eq!(
+        f.call(
+            "PUT",
+            "/v1/session",
+            Some(&system_admin),
+            Some(json!({"a": 1}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        f.call("GET", "/v1/session", Some(&course_admin), None)
+            .await
+            .0,
+        404,
+        "a CourseAdmin token read the SystemAdmin session of the same sub"
+    );
     let ttl: i64 = r.ttl(&key).await.unwrap();
     assert!(
         ttl > 1790,

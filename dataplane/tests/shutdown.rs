@@ -35,7 +35,7 @@ async fn sigterm_drains_then_finishes_in_flight_requests() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ntenants_dir = {tenants:?}\nshutdown_drain_secs = {}\n\
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\ntenants_dir = {tenants:?}\nshutdown_drain_secs = {}\n\
              shutdown_grace_secs = 20\n[redis]\nurl = {:?}\n[auth]\nissuer = {ISSUER:?}\n\
              audience = {AUDIENCE:?}\nhs256_secret = {HS_SECRET:?}\n",
             DRAIN.as_secs(),

@@ -171,6 +171,8 @@ async fn start_dataplane(
     use edumind_dataplane::secret::Secret;
     let mut settings = Settings {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        // Metrics and detailed readiness: any free port (the demo does not read them).
+        admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         tenants_dir: tenants_dir.to_path_buf(),
         tenant_poll_ms: 1000,
         shutdown_grace_secs: 2,

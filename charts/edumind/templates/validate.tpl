@@ -22,6 +22,12 @@
 {{- range $k := list "shutdown_drain_secs" "shutdown_grace_secs" -}}
 {{- if hasKey $.Values.dataplane.extraConfig $k }}{{ fail (printf "dataplane.extraConfig.%s: set dataplane.shutdown instead" $k) }}{{ end -}}
 {{- end -}}
+{{- if eq (int .Values.dataplane.port) (int .Values.dataplane.adminPort) -}}
+{{- fail "dataplane.adminPort must differ from dataplane.port" -}}
+{{- end -}}
+{{- range $k := list "listen" "admin_listen" -}}
+{{- if hasKey $.Values.dataplane.extraConfig $k }}{{ fail (printf "dataplane.extraConfig.%s: set dataplane.port / dataplane.adminPort instead" $k) }}{{ end -}}
+{{- end -}}
 {{- if and .Values.dataplane.autoscaling.enabled (gt (int .Values.dataplane.autoscaling.minReplicas) (int .Values.dataplane.autoscaling.maxReplicas)) -}}
 {{- fail "dataplane.autoscaling.minReplicas must not exceed maxReplicas" -}}
 {{- end -}}

@@ -30,14 +30,15 @@ pub(crate) struct QuestionsQuery {
 pub fn course_questions(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "courses" / String / "questions")
         .and(warp::get())
-        .and(warp::query::<QuestionsQuery>())
+        .and(query::<QuestionsQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, id: String, q: QuestionsQuery, who: Who, inm: Option<String>, s: SharedState| async move {
+        .then(|t: String, id: String, q: Result<QuestionsQuery, Problem>, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
+                    let q = q?;
                     let id = path_uuid(&id)?;
                     let limit = page_limit(q.limit)?;
                     let doc = cached_doc(

@@ -2,9 +2,31 @@
 
 use super::*;
 
-/// Health, readiness, metrics and the OpenAPI document: this module's route group.
+/// Health, readiness and the OpenAPI document: this module's public route group.
 pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
-    any_of([healthz(s), readyz(s), metrics(s), openapi_json(s)])
+    any_of([healthz(s), readyz(s), openapi_json(s)])
+}
+
+/// The admin listener's routes: metrics, detailed readiness, liveness. Never mounted on
+/// the public listener (they name PostgreSQL servers and carry operational detail).
+pub fn admin_routes(s: &SharedState) -> BoxedFilter<(Response,)> {
+    let ready = warp::path!("readyz")
+        .and(warp::get())
+        .and(with(s))
+        .then(readyz_handler)
+        .boxed();
+    let live = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
+        .boxed();
+    any_of([
+        metrics(s),
+        instrument(s, openapi::ADMIN_READYZ, ready),
+        instrument(s, openapi::ADMIN_HEALTHZ, live),
+    ])
+    .recover(crate::problem::recover)
+    .unify()
+    .boxed()
 }
 
 /// `GET /healthz`: the process is alive (no dependencies checked).
@@ -16,18 +38,30 @@ pub fn healthz(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::HEALTHZ, f)
 }
 
-/// `GET /readyz`: PostgreSQL (one tenant per server) and Redis, reported separately. Ready
-/// (200) when PostgreSQL answers; Redis down is reported but does not make the service
-/// unready, because reads fall back to PostgreSQL.
+/// Public `GET /readyz`: `{"status": "ready"}` (200) or `{"status": "unready"}` (503),
+/// the same decision as the admin listener's detailed reply, without its details (no
+/// server names, counts or dependency states).
 pub fn readyz(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("readyz")
         .and(warp::get())
         .and(with(s))
-        .then(readyz_handler)
+        .then(|s: SharedState| async move {
+            let detailed = readyz_handler(s).await;
+            let status = detailed.status();
+            let word = if status == StatusCode::OK {
+                "ready"
+            } else {
+                "unready"
+            };
+            json_reply(status, &json!({ "status": word }))
+        })
         .boxed();
     instrument(s, openapi::READYZ, f)
 }
 
+/// Admin `GET /readyz`: PostgreSQL (one tenant per server) and Redis, reported
+/// separately. Ready (200) when PostgreSQL answers; Redis down is reported but does not
+/// make the service unready, because reads fall back to PostgreSQL.
 pub(super) async fn readyz_handler(s: SharedState) -> Response {
     let redis_up = s.cache.ping().await;
     let mut servers = std::collections::BTreeMap::new();
@@ -60,7 +94,7 @@ pub(super) async fn readyz_handler(s: SharedState) -> Response {
     )
 }
 
-/// `GET /metrics`: OpenMetrics text (Prometheus reads it).
+/// `GET /metrics` (admin listener): OpenMetrics text (Prometheus reads it).
 pub fn metrics(s: &SharedState) -> BoxedFilter<(Response,)> {
     let st = s.clone();
     let f = warp::path!("metrics")
@@ -75,7 +109,7 @@ pub fn metrics(s: &SharedState) -> BoxedFilter<(Response,)> {
             r
         })
         .boxed();
-    instrument(s, openapi::METRICS, f)
+    instrument(s, openapi::ADMIN_METRICS, f)
 }
 
 /// `GET /openapi.json`: the OpenAPI 3 document, built from the route table.

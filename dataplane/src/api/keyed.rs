@@ -79,15 +79,20 @@ where
         .and(warp::path(segment))
         .and(warp::path::end())
         .and(warp::get())
-        .and(warp::query::<KeyQuery>())
+        .and(query::<KeyQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
         .then(
-            move |t: String, q: KeyQuery, who: Who, inm: Option<String>, s: SharedState| async move {
+            move |t: String,
+                  q: Result<KeyQuery, Problem>,
+                  who: Who,
+                  inm: Option<String>,
+                  s: SharedState| async move {
                 reply(
                     async {
                         let sc = admin_scope(&s, who, &t)?;
+                        let q = q?;
                         let limit = page_limit(q.limit)?;
                         let doc = fetch_doc(
                             &s,

@@ -17,6 +17,8 @@ mod session;
 pub(crate) mod students;
 pub(crate) mod users;
 
+pub use health::admin_routes;
+
 // Helpers one resource module defines and others share (reached through `use super::*`).
 use attempts::begin_scoped;
 use content::{check_grade, json_text};
@@ -84,10 +86,17 @@ fn json_body<T: serde::de::DeserializeOwned + Send>(
 ) -> impl Filter<Extract = (Result<T, Problem>,), Error = warp::Rejection> + Clone + use<T> {
     warp::body::content_length_limit(s.settings.max_body_bytes)
         .and(warp::body::bytes())
-        .map(|b: bytes::Bytes| {
-            serde_json::from_slice::<T>(&b)
-                .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
-        })
+        .map(|b: bytes::Bytes| crate::validate::json_body::<T>(&b))
+}
+
+/// The query string as `T`, handed to the handler as a `Result` so authentication
+/// answers first (401 before 400); NUL bytes are refused naming the parameter.
+fn query<T: serde::de::DeserializeOwned + Send>()
+-> impl Filter<Extract = (Result<T, Problem>,), Error = Infallible> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .map(|raw: String| crate::validate::query::<T>(&raw))
 }
 
 /// `/v1/tenants/{tenant}/{segment}/{key}`: the path of one row of a keyed resource.
@@ -256,7 +265,9 @@ async fn fetch_doc(
 ) -> Result<Option<Value>, Problem> {
     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
     let (uid, adm) = sc.params();
-    let mut q = sqlx::query_scalar::<_, Value>(sql).bind(uid).bind(adm);
+    let mut q = sqlx::query_scalar::<_, Option<Value>>(sql)
+        .bind(uid)
+        .bind(adm);
     // Every value goes over as text (NULL as a text NULL) and the SQL casts it: one
     // statement text must always see the same parameter types, or the cached prepared
     // statement rejects the next call's binary encoding.
@@ -267,7 +278,9 @@ async fn fetch_doc(
             other => q.bind(Some(other.to_string())),
         };
     }
-    q.fetch_optional(&mut *conn).await.map_err(db_problem)
+    // A row whose `doc` is NULL ("no such parent") is "nothing", like no row.
+    let q = q.fetch_optional(&mut *conn).await.map_err(db_problem)?;
+    Ok(q.flatten())
 }
 
 // ------------------------------------------------------------------------------------

@@ -38,14 +38,15 @@ pub(super) const WORKFLOW_STATUSES: [&str; 4] = ["Pending", "Running", "Complete
 pub fn workflows_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "workflow-executions")
         .and(warp::get())
-        .and(warp::query::<WorkflowQuery>())
+        .and(query::<WorkflowQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: WorkflowQuery, who: Who, inm: Option<String>, s: SharedState| async move {
+        .then(|t: String, q: Result<WorkflowQuery, Problem>, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope_where(&s, who, &t, |a| a == Access::Admin)?;
+                    let q = q?;
                     let limit = page_limit(q.limit)?;
                     if q.status.as_deref().is_some_and(|st| !WORKFLOW_STATUSES.contains(&st)) {
                         return Err(Problem::bad_request("status must be Pending, Running, Completed or Failed"));
@@ -240,17 +241,12 @@ pub fn breakers_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     if b.failure_count < 0 {
                         return Err(Problem::bad_request("failure_count must be >= 0"));
                     }
-                    if b
-                        .last_failure_at
-                        .as_deref()
-                        .is_some_and(|ts| chrono::DateTime::parse_from_rfc3339(ts).is_err())
-                    {
-                        return Err(Problem::bad_request("last_failure_at must be an RFC 3339 timestamp"));
-                    }
+                    let last_failure_at =
+                        crate::validate::utc_timestamp("last_failure_at", b.last_failure_at.as_deref())?;
                     let doc: Value = in_scoped_tx(&s, &sc, async |tx| {
                         sqlx::query_scalar(
                             "INSERT INTO circuit_breaker_states (agent_key, tenant_id, state, failure_count, \
-                             last_failure_at, last_updated) VALUES ($1, $2, $3, $4, $5::timestamptz, now()) \
+                             last_failure_at, last_updated) VALUES ($1, $2, $3, $4, $5, now()) \
                              ON CONFLICT (agent_key) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
                              state = EXCLUDED.state, failure_count = EXCLUDED.failure_count, \
                              last_failure_at = EXCLUDED.last_failure_at, last_updated = now() \
@@ -260,7 +256,7 @@ pub fn breakers_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                         .bind(sc.tenant.id.to_string())
                         .bind(&b.state)
                         .bind(b.failure_count)
-                        .bind(&b.last_failure_at)
+                        .bind(last_failure_at)
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(db_problem)
@@ -293,14 +289,15 @@ pub(crate) struct DecisionsQuery {
 pub fn decisions_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "routing-decisions")
         .and(warp::get())
-        .and(warp::query::<DecisionsQuery>())
+        .and(query::<DecisionsQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: DecisionsQuery, who: Who, inm: Option<String>, s: SharedState| async move {
+        .then(|t: String, q: Result<DecisionsQuery, Problem>, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = admin_scope(&s, who, &t)?;
+                    let q = q?;
                     let limit = page_limit(q.limit)?;
                     check_opt("tenant_id", &q.tenant_id, 100)?;
                     check_opt("task_id", &q.task_id, 100)?;

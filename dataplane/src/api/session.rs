@@ -8,35 +8,43 @@ pub(super) fn session_key(p: &Principal) -> String {
         None if p.role == crate::auth::UserRole::Student => "selfservice".into(),
         None => "platform".into(),
     };
-    format!("edumind:{tenant}:session:{}", p.user_id)
+    // The role is part of the key: a Student and a Teacher token with the same `sub`
+    // are two sessions.
+    format!("edumind:{tenant}:session:{}:{}", p.role.name(), p.user_id)
 }
 
-/// `PUT|GET|DELETE /v1/session`: the caller's session (`session:{userId}`, 30-minute
+/// `PUT|GET|DELETE /v1/session`: the caller's session (`session:{role}:{userId}`, 30-minute
 /// sliding expiry). PUT stores a JSON object (at most 4 KiB); GET reads it and restarts
 /// the 30 minutes; DELETE ends it. Redis down → 503 (sessions live only in Redis).
 pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
     let put = warp::path!("v1" / "session")
         .and(warp::put())
         .and(principal(s))
-        .and(warp::body::content_length_limit(4096))
-        .and(warp::body::json::<Value>())
+        .and(
+            warp::body::content_length_limit(4096)
+                .and(warp::body::bytes())
+                .map(|b: bytes::Bytes| crate::validate::json_body::<Value>(&b)),
+        )
         .and(with(s))
-        .then(|who: Who, body: Value, s: SharedState| async move {
-            reply(
-                async {
-                    let p = who.map_err(|_| Problem::unauthorized())?;
-                    if !body.is_object() {
-                        return Err(Problem::bad_request("a session is a JSON object"));
+        .then(
+            |who: Who, body: Result<Value, Problem>, s: SharedState| async move {
+                reply(
+                    async {
+                        let p = who.map_err(|_| Problem::unauthorized())?;
+                        let body = body?;
+                        if !body.is_object() {
+                            return Err(Problem::bad_request("a session is a JSON object"));
+                        }
+                        s.cache
+                            .session_put(&session_key(&p), &body.to_string())
+                            .await
+                            .map_err(|_| Problem::unavailable(2, "session store unavailable"))?;
+                        Ok(json_reply(StatusCode::OK, &body))
                     }
-                    s.cache
-                        .session_put(&session_key(&p), &body.to_string())
-                        .await
-                        .map_err(|_| Problem::unavailable(2, "session store unavailable"))?;
-                    Ok(json_reply(StatusCode::OK, &body))
-                }
-                .await,
-            )
-        });
+                    .await,
+                )
+            },
+        );
     let get = warp::path!("v1" / "session")
         .and(warp::get())
         .and(principal(s))

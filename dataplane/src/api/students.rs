@@ -63,14 +63,15 @@ pub(crate) struct StudentsQuery {
 pub fn students_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "students")
         .and(warp::get())
-        .and(warp::query::<StudentsQuery>())
+        .and(query::<StudentsQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: StudentsQuery, who: Who, inm: Option<String>, s: SharedState| async move {
+        .then(|t: String, q: Result<StudentsQuery, Problem>, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
+                    let q = q?;
                     let limit = q.limit.unwrap_or(50);
                     if !(1..=200).contains(&limit) {
                         return Err(Problem::bad_request("limit must be between 1 and 200"));

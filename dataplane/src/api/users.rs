@@ -24,14 +24,15 @@ pub(crate) struct UsersQuery {
 pub fn users_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "users")
         .and(warp::get())
-        .and(warp::query::<UsersQuery>())
+        .and(query::<UsersQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: UsersQuery, who: Who, inm: Option<String>, s: SharedState| async move {
+        .then(|t: String, q: Result<UsersQuery, Problem>, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope_where(&s, who, &t, Access::reads_all)?;
+                    let q = q?;
                     let limit = q.limit.unwrap_or(50);
                     if !(1..=200).contains(&limit) {
                         return Err(Problem::bad_request("limit must be between 1 and 200"));

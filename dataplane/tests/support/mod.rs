@@ -38,6 +38,8 @@ pub struct Seeded {
 
 pub struct Fixture {
     pub base: String,
+    /// The admin listener (`/metrics`, detailed `/readyz`).
+    pub admin_base: String,
     pub http: reqwest::Client,
     pub a: Seeded,
     pub b: Seeded,
@@ -186,6 +188,7 @@ pub fn settings(dir: PathBuf, redis_url: String) -> Settings {
     )
     .unwrap();
     s.listen = "127.0.0.1:0".parse().unwrap();
+    s.admin_listen = "127.0.0.1:0".parse().unwrap();
     s.tenants_dir = dir;
     s.tenant_poll_ms = 100;
     s.redis.url = Secret::new(redis_url);
@@ -216,6 +219,7 @@ impl Fixture {
         tweak(&mut s);
         let app = Application::build(s).await.unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
+        let admin_base = format!("http://127.0.0.1:{}", app.admin_port());
         let state = app.state();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
@@ -223,6 +227,7 @@ impl Fixture {
         }));
         Fixture {
             base,
+            admin_base,
             http: reqwest::Client::new(),
             a,
             b,
