@@ -16,7 +16,7 @@ use uuid::Uuid;
 /// The schemathesis release this test is written for (scripts/install-deps.sh pins it).
 const SCHEMATHESIS: &str = "4.32.5";
 const CONTRACT_EXAMPLES: u32 = 8;
-const CONTRACT_SECONDS: u32 = 60;
+const CONTRACT_SECONDS: u32 = 45;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_failures() {
