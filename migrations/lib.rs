@@ -62,8 +62,13 @@ mod tests {
         let versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
         assert_eq!(
             versions,
-            vec![20251015005710, 20251015212949, 20261202120000]
+            vec![
+                20251015005710,
+                20251015212949,
+                20261202120000,
+                20261202130000
+            ]
         );
-        assert_eq!(latest_version(), 20261202120000);
+        assert_eq!(latest_version(), 20261202130000);
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::auth::{Principal, UserRole};
+use crate::auth::{AuthError, Principal, UserRole};
 use crate::problem::Problem;
 use crate::tenants::{Tenant, TenantDirectory, TenantId};
 
@@ -109,6 +109,82 @@ macro_rules! scoped {
             ") i WHERE ctx.uid IS NOT NULL AND ctx.adm IS NOT NULL OFFSET 0) q"
         )
     };
+}
+
+// ---- identity beyond the token (issue 12 §4) ----
+
+/// How long a school membership answer stays cached. Changes to the user reach the
+/// cache sooner: the `users` trigger records the key in the outbox (migration
+/// `20261202130000`), and every replica replays it within `outbox::REPLAY_INTERVAL`.
+pub const MEMBER_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+static MEMBER_CHECK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the membership check off (`false`) or back on. Only for measuring its cost
+/// against the same path without it in one run (`tests/load.rs`); off, deactivated users
+/// and foreign `sub`s keep their access.
+#[doc(hidden)]
+pub fn set_member_check(on: bool) {
+    MEMBER_CHECK.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The cache key of `user`'s membership of `school`; the `users` trigger writes the same
+/// text into the outbox.
+pub fn member_key(school: Uuid, user: Uuid) -> String {
+    crate::cache::key(&TenantId::School(school), &format!("user:{user}:member"))
+}
+
+/// Whether a token is backed by a user of its school: for a Student, Teacher or
+/// SchoolAdmin token with a `school_id`, `sub` must be a user row of that school's
+/// database with `is_active` and the token's role. Platform roles (their `school_id` is
+/// ignored anyway) and self-service students (row-level security ties them to their own
+/// rows) are not looked up. The answer is cached in Redis ([`member_key`],
+/// [`MEMBER_TTL`]), through the same cache-aside path as every read: Redis down → asked
+/// from PostgreSQL. A school the directory does not hold, an unknown `sub`, a
+/// deactivated user or another role → [`AuthError::NotMember`]; no database →
+/// [`AuthError::Unavailable`].
+pub async fn verify_member(s: &crate::state::AppState, p: &Principal) -> Result<(), AuthError> {
+    let Some(school) = p.school_id else {
+        return Ok(());
+    };
+    if !matches!(
+        p.role,
+        UserRole::Student | UserRole::Teacher | UserRole::SchoolAdmin
+    ) || !MEMBER_CHECK.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(());
+    }
+    let tenant = s
+        .directory
+        .get(&TenantId::School(school))
+        .ok_or(AuthError::NotMember)?;
+    let key = member_key(school, p.user_id);
+    let text = s
+        .cache
+        .get_or_load("member", &key, MEMBER_TTL, || async {
+            let mut conn = s.pools.acquire(&tenant).await.map_err(Problem::pool)?;
+            let row: Option<serde_json::Value> = sqlx::query_scalar(
+                "SELECT jsonb_build_object('role', role, 'active', is_active) FROM users \
+                 WHERE id = $1 AND school_id = $2",
+            )
+            .bind(p.user_id)
+            .bind(school)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Problem::database)?;
+            Ok::<String, Problem>(row.map_or_else(|| "null".to_owned(), |r| r.to_string()))
+        })
+        .await
+        .map_err(|_| AuthError::Unavailable)?;
+    let member: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| AuthError::Unavailable)?;
+    let active = member.get("active") == Some(&serde_json::Value::Bool(true));
+    let same_role = member.get("role").and_then(serde_json::Value::as_i64) == Some(p.role as i64);
+    if active && same_role {
+        Ok(())
+    } else {
+        Err(AuthError::NotMember)
+    }
 }
 
 /// Parses a UUID path segment; malformed ids are "not found".

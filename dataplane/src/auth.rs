@@ -85,6 +85,26 @@ pub enum AuthError {
     Missing,
     #[error("invalid token")]
     Invalid,
+    /// A school token whose `sub` is not an active user of that school with that role.
+    #[error("not an active user of the token's school")]
+    NotMember,
+    /// The membership could not be checked (the school's database is unreachable).
+    #[error("membership check unavailable")]
+    Unavailable,
+}
+
+impl From<AuthError> for crate::problem::Problem {
+    /// 401 for every refusal, whatever its reason (the reply does not say which);
+    /// 503 with `Retry-After` when the membership could not be checked.
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unavailable => crate::problem::Problem::unavailable(
+                1,
+                "the account could not be checked; retry shortly",
+            ),
+            _ => crate::problem::Problem::unauthorized(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -103,6 +103,84 @@ pub fn utc_timestamp(
     .transpose()
 }
 
+// ---- references in write bodies (issue 12 §3) ----
+//
+// Ids a body names that no foreign key guards are checked against this tenant's database
+// in the write's own transaction: an id of another school, or of nothing, is 400 naming
+// the field (never 404: the path's resource exists; the body is wrong).
+
+/// `class_id` of a new attempt: a class of this tenant whose roster holds the student.
+pub async fn attempt_class(
+    tx: &mut sqlx::PgConnection,
+    class_id: Option<uuid::Uuid>,
+    student: uuid::Uuid,
+) -> Result<(), Problem> {
+    let Some(class_id) = class_id else {
+        return Ok(());
+    };
+    let on_roster: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM classes c WHERE c.id = $1 AND c.is_active \
+         AND c.student_ids::jsonb ? $2::text)",
+    )
+    .bind(class_id)
+    .bind(student.to_string())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(Problem::database)?;
+    if on_roster {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(
+            "class_id must name an active class of this school whose roster holds you",
+        ))
+    }
+}
+
+/// `teacher_ids` of a class: staff (Teacher or SchoolAdmin users) of this tenant.
+pub async fn staff_ids(tx: &mut sqlx::PgConnection, ids: &[uuid::Uuid]) -> Result<(), Problem> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let known: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT id) FROM users WHERE id = ANY($1) AND role IN (1, 2)",
+    )
+    .bind(ids)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(Problem::database)?;
+    if known == distinct(ids) {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(
+            "teacher_ids must name Teacher or SchoolAdmin users of this school",
+        ))
+    }
+}
+
+/// `question_ids` of an assessment: questions of this tenant.
+pub async fn question_ids(tx: &mut sqlx::PgConnection, ids: &[uuid::Uuid]) -> Result<(), Problem> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let known: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT id) FROM questions WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Problem::database)?;
+    if known == distinct(ids) {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(
+            "question_ids must name questions that exist",
+        ))
+    }
+}
+
+fn distinct(ids: &[uuid::Uuid]) -> i64 {
+    ids.iter().collect::<std::collections::HashSet<_>>().len() as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1321,3 +1321,186 @@ async fn array_columns_are_arrays_and_class_ids_follow_rosters() {
     assert_eq!(s, 200, "{v}");
     assert!(v.get("next_after").is_some(), "{v}");
 }
+
+/// Issue 12 §3: references in write bodies are this school's, and re-answering a
+/// question replaces the answer (the last one counts at submit).
+#[tokio::test]
+async fn attempt_references_and_reanswering() {
+    let f = fixture().await;
+    let sa = f.a.school_id.unwrap();
+    let (stu_user, stu_id) = f.a.students[0];
+    let tok = token(stu_user, 0, Some(sa));
+    let start = format!("/v1/tenants/{sa}/attempts");
+    // Another school's class, a class that does not exist, a class of this school whose
+    // roster does not hold the student: 400 naming class_id.
+    let empty_class = Uuid::new_v4();
+    sqlx::query("INSERT INTO classes (id, school_id, name, code, grade_level, subject, student_ids, academic_year) VALUES ($1, $2, 'E', 'E', 8, 1, '[]', '2025-2026')")
+        .bind(empty_class).bind(sa).execute(&mut f.a.db.connect().await).await.unwrap();
+    for (what, class) in [
+        ("another school's", f.b.class_id),
+        ("unknown", Uuid::new_v4()),
+        ("not on its roster", empty_class),
+    ] {
+        let (s, v, _) = f
+            .call(
+                "POST",
+                &start,
+                Some(&tok),
+                Some(json!({"assessment_id": ASSESSMENT, "class_id": class})),
+            )
+            .await;
+        assert_eq!(s, 400, "{what} class: {v}");
+        assert!(v["detail"].as_str().unwrap().contains("class_id"), "{v}");
+    }
+    let (s, v, _) = f
+        .call(
+            "POST",
+            &start,
+            Some(&tok),
+            Some(json!({"assessment_id": ASSESSMENT, "class_id": f.a.class_id})),
+        )
+        .await;
+    assert_eq!(s, 201, "own class: {v}");
+    let attempt = v["id"].as_str().unwrap().to_owned();
+    let answer = format!("/v1/tenants/{sa}/attempts/{attempt}/responses");
+    // Q1 right, then wrong; Q2 wrong, then right: the last answer of each counts.
+    for (q, a) in [(Q1, "\"B\""), (Q1, "\"A\""), (Q2, "41"), (Q2, "42")] {
+        let (s, v, _) = f
+            .call(
+                "POST",
+                &answer,
+                Some(&tok),
+                Some(json!({"question_id": q, "answer": a})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v, _) = f
+        .call(
+            "POST",
+            &format!("/v1/tenants/{sa}/attempts/{attempt}/submit"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["attempt"]["score"], 10, "{v}");
+    assert_eq!(v["attempt"]["correct_answers"], 1, "{v}");
+    assert_eq!(v["attempt"]["incorrect_answers"], 1, "{v}");
+    assert_eq!(v["attempt"]["skipped_questions"], 1, "{v}");
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT question_id, student_answer FROM student_responses r JOIN student_assessments a \
+         ON a.id = r.student_assessment_id WHERE a.student_id = $1 ORDER BY question_id",
+    )
+    .bind(stu_id)
+    .fetch_all(&mut f.a.db.connect().await)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(Q1, "\"A\"".to_owned()), (Q2, "42".to_owned())]);
+    // A class's teachers are staff of this school; an assessment's questions exist.
+    let admin = token(f.a.admin_user, 2, Some(sa));
+    let class = format!("/v1/tenants/{sa}/classes/{}", Uuid::new_v4());
+    for (what, ids) in [
+        ("a student", vec![stu_user]),
+        ("another school's teacher", vec![f.b.teacher_user]),
+        ("nobody", vec![Uuid::new_v4()]),
+    ] {
+        let (s, v, _) = f
+            .call(
+                "PUT",
+                &class,
+                Some(&admin),
+                Some(json!({"name": "N", "code": "N-1", "grade_level": 8,
+                "subject": 1, "academic_year": "2026", "teacher_ids": ids})),
+            )
+            .await;
+        assert_eq!(s, 400, "teacher_ids with {what}: {v}");
+    }
+    let (s, v, _) = f
+        .call("PUT", &class, Some(&admin), Some(json!({"name": "N", "code": "N-1", "grade_level": 8,
+            "subject": 1, "academic_year": "2026", "teacher_ids": [f.a.teacher_user, f.a.teacher_user]})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let content = token(Uuid::new_v4(), 3, None);
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{sa}/assessments/{}", Uuid::new_v4()),
+            Some(&content),
+            Some(
+                json!({"course_id": COURSE, "title": "T", "assessment_type": 0, "subject": 1,
+                        "grade_level": 8, "question_ids": [Q1, Uuid::new_v4()]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 400, "unknown question id: {v}");
+}
+
+/// Issue 12 §4: a school token counts only while its `sub` is an active user of that
+/// school with the token's role; the answer is cached and a change to the user (here by
+/// hand, in SQL) reaches the cache through the outbox.
+#[tokio::test]
+async fn school_tokens_need_an_active_user_of_that_school() {
+    use redis::AsyncCommands;
+    let f = fixture().await;
+    let sa = f.a.school_id.unwrap();
+    let school = format!("/v1/tenants/{sa}/school");
+    let courses = format!("/v1/tenants/{sa}/courses/{COURSE}/questions");
+    let teacher = token(f.a.teacher_user, 1, Some(sa));
+    assert_eq!(f.call("GET", &school, Some(&teacher), None).await.0, 200);
+    for (what, tok) in [
+        ("an unknown sub", token(Uuid::new_v4(), 1, Some(sa))),
+        (
+            "another school's teacher",
+            token(f.b.teacher_user, 1, Some(sa)),
+        ),
+        (
+            "a teacher claiming SchoolAdmin",
+            token(f.a.teacher_user, 2, Some(sa)),
+        ),
+        (
+            "a student claiming Teacher",
+            token(f.a.students[0].0, 1, Some(sa)),
+        ),
+    ] {
+        for path in [school.as_str(), courses.as_str(), "/v1/session"] {
+            let (s, v, _) = f.call("GET", path, Some(&tok), None).await;
+            assert_eq!(s, 401, "{what} on {path}: {v}");
+        }
+    }
+    // The answer is cached in Redis under the tenant's keys.
+    let mut r = redis::Client::open(edumind_tests::redis().await.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("edumind:{sa}:user:{}:member", f.a.teacher_user);
+    let cached: Option<String> = r.get(&key).await.unwrap();
+    assert!(
+        cached.is_some_and(|c| c.contains("\"active\":true")),
+        "{key} not cached"
+    );
+    // Deactivated by hand: refused within a few replay intervals, on every replica (the
+    // trigger's outbox row is what deletes the cached answer), and back when reactivated.
+    let mut db = f.a.db.connect().await;
+    for (active, expected) in [(false, 401), (true, 200)] {
+        sqlx::query("UPDATE users SET is_active = $2 WHERE id = $1")
+            .bind(f.a.teacher_user)
+            .bind(active)
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            let s = f.call("GET", &school, Some(&teacher), None).await.0;
+            if s == expected {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "is_active = {active}: still {s} after 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}

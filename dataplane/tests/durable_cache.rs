@@ -179,7 +179,7 @@ async fn no_stale_read_after_redis_returns_from_a_snapshot_across_restarts_and_r
         .unwrap();
     let data_keys = |keys: Vec<String>| -> Vec<String> {
         keys.into_iter()
-            .filter(|k| !k.ends_with(":cache-generation"))
+            .filter(|k| !k.ends_with(":cache-generation") && !k.ends_with(":member"))
             .collect()
     };
     let cached = data_keys(r.keys(format!("edumind:{ta}:*")).await.unwrap());

@@ -281,3 +281,55 @@ async fn redis_down() {
         qu / base
     );
 }
+
+/// The school membership check's cost on the cache-hit path (issue 12 §4): a cached
+/// roster read by a teacher, with the check (its answer cached in Redis: one more GET)
+/// and without it, alternating rounds in one run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn membership_check_cost() {
+    let redis = edumind_tests::redis().await;
+    let f = Fixture::start(redis.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    let roster = f.url(&format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id));
+    let http = f.http.clone();
+    let (n, c) = (3000, 16);
+    let round = || {
+        rate_p99(n, c, |_| {
+            let (h, u, t) = (http.clone(), roster.clone(), tok.clone());
+            Box::pin(async move {
+                h.get(u)
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+    };
+    round().await; // warm-up: roster and membership cached
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        edumind_dataplane::access::set_member_check(false);
+        without.push(round().await);
+        edumind_dataplane::access::set_member_check(true);
+        with.push(round().await);
+    }
+    let median = |v: &mut Vec<(f64, std::time::Duration)>| {
+        v.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        v[v.len() / 2]
+    };
+    let (w, wo) = (median(&mut with), median(&mut without));
+    println!(
+        "MEMBER cached roster GET with the membership check {:.0} req/s (p99 {:.2} ms) | without {:.0} req/s (p99 {:.2} ms) | ratio {:.3} | rounds with {:.0?} without {:.0?}",
+        w.0,
+        w.1.as_secs_f64() * 1000.0,
+        wo.0,
+        wo.1.as_secs_f64() * 1000.0,
+        w.0 / wo.0,
+        with.iter().map(|r| r.0).collect::<Vec<_>>(),
+        without.iter().map(|r| r.0).collect::<Vec<_>>(),
+    );
+}

@@ -72,6 +72,16 @@ async fn sigterm_drains_then_finishes_in_flight_requests() {
     let admin = token(a.admin_user, 2, Some(ta));
     let read_url = format!("{base}/v1/tenants/{ta}/school");
 
+    // One read first, so the caller's school membership is cached: the lock below is on
+    // `users`, which the membership check reads on a miss.
+    let warm = fresh
+        .get(&read_url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status().as_u16(), 200);
+
     // A request kept in flight across the whole drain: its INSERT waits on a table lock
     // held here until the listener has closed.
     let mut locker = a.db.connect().await;

@@ -580,7 +580,8 @@ async fn concurrent_migrators_apply_each_migration_once() {
         vec![
             (20251015005710, true),
             (20251015212949, true),
-            (20261202120000, true)
+            (20261202120000, true),
+            (20261202130000, true)
         ]
     );
     assert_eq!(live_tables(&mut conn).await, table_names());

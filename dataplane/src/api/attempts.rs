@@ -80,6 +80,7 @@ pub fn attempt_start(s: &SharedState) -> BoxedFilter<(Response,)> {
                     }
                     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
                     let (mut tx, student) = begin_as_student(&mut conn, &sc).await?;
+                    crate::validate::attempt_class(&mut tx, body.class_id, student).await?;
                     let id = Uuid::new_v4();
                     let doc: Option<Value> = sqlx::query_scalar(
                         "INSERT INTO student_assessments (id, student_id, assessment_id, school_id, class_id, \

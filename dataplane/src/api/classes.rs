@@ -208,6 +208,7 @@ pub fn class_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     }
                     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
                     let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    crate::validate::staff_ids(&mut tx, &b.teacher_ids).await?;
                     let doc: Value = sqlx::query_scalar(
                         "INSERT INTO classes (id, school_id, name, code, grade_level, subject, teacher_ids, \
                          academic_year, is_active) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \

@@ -424,6 +424,7 @@ pub fn assessment_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     }
                     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
                     let mut tx = begin_scoped(&mut conn, &sc).await?;
+                    crate::validate::question_ids(&mut tx, &b.question_ids).await?;
                     let doc: Value = sqlx::query_scalar(
                         "INSERT INTO assessments (id, course_id, school_id, title, description, assessment_type, \
                          subject, grade_level, topics, question_ids, total_points, time_limit_minutes, \

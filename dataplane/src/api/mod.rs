@@ -64,13 +64,19 @@ fn with(
     warp::any().map(move || s.clone())
 }
 
-/// The caller, or why not; never a rejection (401 is a reply).
+/// The caller, or why not; never a rejection (401 is a reply). A valid token of a school
+/// member must also name an active user of that school with its role
+/// ([`crate::access::verify_member`], cached).
 fn principal(s: &SharedState) -> impl Filter<Extract = (Who,), Error = Infallible> + Clone + use<> {
-    let s = s.clone();
     warp::header::optional::<String>("authorization")
         .or(warp::any().map(|| None))
         .unify()
-        .map(move |h: Option<String>| s.auth.authenticate(h.as_deref()))
+        .and(with(s))
+        .then(|h: Option<String>, s: SharedState| async move {
+            let p = s.auth.authenticate(h.as_deref())?;
+            crate::access::verify_member(&s, &p).await?;
+            Ok(p)
+        })
 }
 
 fn if_none_match() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
@@ -206,7 +212,7 @@ struct Scope {
 }
 
 fn scope(s: &SharedState, who: Who, tenant: &str) -> Result<Scope, Problem> {
-    let p = who.map_err(|_| Problem::unauthorized())?;
+    let p = who.map_err(Problem::from)?;
     let (tenant, access) = resolve(&s.directory, &p, tenant)?;
     Ok(Scope { p, tenant, access })
 }

@@ -30,7 +30,7 @@ pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
             |who: Who, body: Result<Value, Problem>, s: SharedState| async move {
                 reply(
                     async {
-                        let p = who.map_err(|_| Problem::unauthorized())?;
+                        let p = who.map_err(Problem::from)?;
                         let body = body?;
                         if !body.is_object() {
                             return Err(Problem::bad_request("a session is a JSON object"));
@@ -52,7 +52,7 @@ pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|who: Who, s: SharedState| async move {
             reply(
                 async {
-                    let p = who.map_err(|_| Problem::unauthorized())?;
+                    let p = who.map_err(Problem::from)?;
                     let v = s
                         .cache
                         .session_touch(&session_key(&p))
@@ -72,7 +72,7 @@ pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
         .then(|who: Who, s: SharedState| async move {
             reply(
                 async {
-                    let p = who.map_err(|_| Problem::unauthorized())?;
+                    let p = who.map_err(Problem::from)?;
                     s.cache
                         .session_delete(&session_key(&p))
                         .await

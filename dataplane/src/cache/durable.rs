@@ -44,7 +44,7 @@ impl Durable {
 }
 
 /// The seed prefixes of cached data (not sessions or locks): what a restore makes stale.
-const DATA_SEEDS: [&str; 4] = ["student:*", "class:*", "course:*", "assessment:*"];
+const DATA_SEEDS: [&str; 5] = ["student:*", "class:*", "course:*", "assessment:*", "user:*"];
 
 /// How long readers of a tenant whose replay failed skip the cache before trying again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
