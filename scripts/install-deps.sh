@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need and a fresh Debian 12 machine lacks:
 # redis-server (not installed there), if missing the PostgreSQL server binaries, and
-# moto's local S3-compatible server (PyPI) for the backup-storage tests, and curl (the
-# demo's commands and their test).
+# moto's local S3-compatible server (PyPI) for the backup-storage tests, schemathesis
+# (PyPI, pinned) for the API contract test, openapi-python-client (PyPI, pinned) for the
+# generated-client test, and curl (the demo's commands and their test).
 # Idempotent: does nothing when both are present. Needs root (or sudo) only to install.
 # `--servers`: only the server binaries (what the demo needs), not moto.
 set -euo pipefail
@@ -26,6 +27,20 @@ read -r -a missing <<<"${missing[*]:-}"
 if ! $servers_only && ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
     echo "installing: moto[server] (pip)" >&2
     python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+fi
+# The API contract test (dataplane/tests/contract.rs) runs schemathesis against the
+# served /openapi.json; the version is pinned there too.
+SCHEMATHESIS_VERSION=4.32.5
+if ! $servers_only && [ "$(schemathesis --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1)" != "$SCHEMATHESIS_VERSION" ]; then
+    echo "installing: schemathesis $SCHEMATHESIS_VERSION (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+# The demo's test generates a Python client from the served /openapi.json with it (it runs
+# offline and reads OpenAPI 3.1); the version is pinned in demo/tests/generated_client.py too.
+CLIENT_GENERATOR_VERSION=0.29.1
+if ! $servers_only && [ "$(python3 -c 'import importlib.metadata as m; print(m.version("openapi-python-client"))' 2>/dev/null)" != "$CLIENT_GENERATOR_VERSION" ]; then
+    echo "installing: openapi-python-client $CLIENT_GENERATOR_VERSION (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "openapi-python-client==$CLIENT_GENERATOR_VERSION"
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then

@@ -10,7 +10,7 @@
 //! (the route table's documentation) · [`distribute`] (catalogue distribution) ·
 //! [`problem`] (RFC 9457 errors) · [`validate`] (input checks every route shares: NUL
 //! bytes, query strings after authentication, timestamps) · [`secret`] (redacting secret
-//! strings).
+//! strings) · [`wire`] (the reply types: the wire format).
 
 pub mod access;
 pub mod api;
@@ -29,3 +29,4 @@ pub mod startup;
 pub mod state;
 pub mod tenants;
 pub mod validate;
+pub mod wire;

@@ -1,5 +1,5 @@
 //! `edumind-dataplane`: reads its configuration, serves until SIGINT/SIGTERM; or runs a
-//! one-shot job (`distribute-content`).
+//! one-shot job (`distribute-content`); `openapi` prints the API document.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
     },
+    /// Print the OpenAPI document (what `GET /openapi.json` serves) and exit.
+    Openapi,
 }
 
 #[tokio::main]
@@ -46,6 +48,10 @@ async fn main() -> std::process::ExitCode {
     // The Kubernetes client's TLS: choose the one crypto provider explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    if let Some(Command::Openapi) = args.command {
+        println!("{:#}", edumind_dataplane::openapi::document());
+        return std::process::ExitCode::SUCCESS;
+    }
     // The service logs to stdout; a job keeps stdout for its report.
     let writer = match args.command {
         Some(Command::DistributeContent { .. }) => {
@@ -77,6 +83,7 @@ async fn main() -> std::process::ExitCode {
         Command::DistributeContent { from, concurrency } => {
             distribute_content(settings, &from, concurrency).await
         }
+        Command::Openapi => std::process::ExitCode::SUCCESS,
     }
 }
 

@@ -6,7 +6,8 @@ use warp::reply::Response;
 
 /// An `application/problem+json` reply. `detail` is written for the caller and never holds
 /// secrets, SQL or internal error text.
-#[derive(Debug, Clone, Serialize)]
+/// `type` is a URI naming the kind of problem, `detail` says what to fix.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,

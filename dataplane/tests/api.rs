@@ -422,7 +422,12 @@ async fn submit_scores_and_updates_progress_once() {
             Some(answer(Q1, "b")),
         )
         .await;
-    assert_eq!((s, r["is_correct"].clone()), (200, json!(true)), "{r}");
+    // No correctness while the attempt is in progress.
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        r.get("is_correct").is_none() && r.get("points_earned").is_none(),
+        "{r}"
+    );
     let (s, r, _) = f
         .call(
             "POST",
@@ -431,7 +436,25 @@ async fn submit_scores_and_updates_progress_once() {
             Some(answer(Q2, "41")),
         )
         .await;
-    assert_eq!((s, r["is_correct"].clone()), (200, json!(false)), "{r}");
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        r.get("is_correct").is_none() && r.get("points_earned").is_none(),
+        "{r}"
+    );
+    // Nor in GET, for the student; staff see it.
+    let get_url = format!("/v1/tenants/{ta}/attempts/{id}");
+    let (s, v, _) = f.call("GET", &get_url, Some(&tok), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["responses"].as_array().unwrap().len(), 2, "{v}");
+    for r in v["responses"].as_array().unwrap() {
+        assert!(
+            r.get("is_correct").is_none() && r.get("points_earned").is_none(),
+            "{v}"
+        );
+    }
+    let teacher = token(f.a.teacher_user, 1, f.a.school_id);
+    let (_, v, _) = f.call("GET", &get_url, Some(&teacher), None).await;
+    assert_eq!(v["responses"][0]["is_correct"], json!(true), "{v}");
     // Q3 skipped. 10 of 30 points < 60% → failed.
     let too_long = "x".repeat(4001);
     let (s, _, _) = f
@@ -479,6 +502,16 @@ async fn submit_scores_and_updates_progress_once() {
         .await
         .unwrap();
     assert_eq!(xp, 10, "XP must be awarded exactly once");
+    // Submitted: the student sees which answers were right.
+    let (_, v, _) = f.call("GET", &get_url, Some(&tok), None).await;
+    let correct: Vec<Value> = v["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["is_correct"].clone())
+        .collect();
+    assert_eq!(correct, vec![json!(true), json!(false)], "{v}");
+    assert_eq!(v["responses"][0]["points_earned"], 10, "{v}");
     // Answers are closed after submission.
     let (s, _, _) = f
         .call(
@@ -1124,6 +1157,169 @@ async fn students_are_created_for_student_users_only() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// JSON-array columns are arrays on the wire (and only arrays are accepted), and a
+/// student's `class_ids` follows the rosters.
+#[tokio::test]
+async fn array_columns_are_arrays_and_class_ids_follow_rosters() {
+    let f = fixture().await;
+    let ta = f.a.school_id.unwrap().to_string();
+    let admin = token(Uuid::new_v4(), 5, None);
+    let school_admin = token(f.a.admin_user, 2, f.a.school_id);
+
+    let (s, c, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/courses/{NEW_COURSE}"),
+            Some(&admin),
+            Some(course_body("ARR-1")),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(c["topics"], json!(["angles"]), "{c}");
+    assert_eq!(c["learning_objectives"], json!([]), "{c}");
+    let mut bad = course_body("ARR-2");
+    bad["topics"] = json!("[\"angles\"]");
+    let (s, p, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/courses/{}", Uuid::new_v4()),
+            Some(&admin),
+            Some(bad),
+        )
+        .await;
+    assert_eq!(s, 400, "{p}");
+
+    let mut q = question_body(NEW_COURSE);
+    q["answer_options"] = json!(["3", "4"]);
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/questions/{NEW_QUESTION}"),
+            Some(&admin),
+            Some(q.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["answer_options"], json!(["3", "4"]), "{v}");
+    q["answer_options"] = json!("3|4");
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/questions/{NEW_QUESTION}"),
+            Some(&admin),
+            Some(q),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let mut a = assessment_body(NEW_COURSE);
+    a["question_ids"] = json!([NEW_QUESTION]);
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/assessments/{NEW_ASSESSMENT}"),
+            Some(&admin),
+            Some(a),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/assessments/{NEW_ASSESSMENT}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["question_ids"], json!([NEW_QUESTION]), "{v}");
+    assert_eq!(v["topics"], json!([]), "{v}");
+
+    let mut class = class_body("ARR-9B");
+    class["teacher_ids"] = json!([f.a.teacher_user]);
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/classes/{NEW_CLASS}"),
+            Some(&school_admin),
+            Some(class),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["teacher_ids"], json!([f.a.teacher_user]), "{v}");
+    assert_eq!(v["student_ids"], json!([]), "{v}");
+
+    // The student on two rosters, then off one, then the other class deleted.
+    let stu = f.a.students[0].1;
+    let class_ids = async || {
+        let (s, v, _) = f
+            .call(
+                "GET",
+                &format!("/v1/tenants/{ta}/students?limit=200"),
+                Some(&school_admin),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let me = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == json!(stu))
+            .cloned()
+            .unwrap();
+        let mut ids: Vec<String> = me["class_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let roster = async |class: Uuid, ids: Value| {
+        f.call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/classes/{class}/roster"),
+            Some(&school_admin),
+            Some(json!({ "student_ids": ids })),
+        )
+        .await
+    };
+    for class in [f.a.class_id, NEW_CLASS] {
+        let (s, v, _) = roster(class, json!([stu])).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut both = vec![f.a.class_id.to_string(), NEW_CLASS.to_string()];
+    both.sort();
+    assert_eq!(class_ids().await, both);
+    // The roster again (no duplicate), then without the student.
+    assert_eq!(roster(NEW_CLASS, json!([stu])).await.0, 200);
+    assert_eq!(class_ids().await, both);
+    assert_eq!(roster(f.a.class_id, json!([])).await.0, 200);
+    assert_eq!(class_ids().await, vec![NEW_CLASS.to_string()]);
+    let (s, _, _) = f
+        .call(
+            "DELETE",
+            &format!("/v1/tenants/{ta}/classes/{NEW_CLASS}"),
+            Some(&school_admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert!(class_ids().await.is_empty());
+
+    // Every list pages the same way, workflow executions included.
+    let (s, v, _) = f
+        .call(
+            "GET",
+            &format!("/v1/tenants/{ta}/workflow-executions?limit=1"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("next_after").is_some(), "{v}");
 }
 
 /// Issue 12 §3: references in write bodies are this school's, and re-answering a

@@ -54,7 +54,7 @@ fn sample(id: &str, c: &Ctx) -> Option<Value> {
         "questions.put" => json!({"course_id": COURSE, "question_text": "q", "question_type": 0,
                                   "subject": 1, "grade_level": 8, "difficulty_level": 1,
                                   "topics": ["t"], "learning_objectives": ["o"],
-                                  "answer_options": "[\"A\"]", "correct_answer": "\"A\"",
+                                  "answer_options": ["A"], "correct_answer": "\"A\"",
                                   "explanation": "e", "points": 1, "content_hash": "h",
                                   "board_name": "b", "module_name": "m", "metadata": {"k": "v"},
                                   "irt_difficulty": 0.5}),

@@ -244,6 +244,8 @@ async fn put_content(api: &Api, tenant: &str, token: &str) -> anyhow::Result<()>
         let mut ids = Vec::new();
         for (i, (text, options, correct)) in c.questions.iter().enumerate() {
             let id = question_id(c, i);
+            // The column holds the JSON text; the API takes and gives a JSON array.
+            let options: serde_json::Value = serde_json::from_str(options)?;
             api.put(
                 &format!("/v1/tenants/{tenant}/questions/{id}"),
                 token,

@@ -209,6 +209,8 @@ fn demo_prints_commands_that_answer_as_promised_and_ctrl_c_leaves_nothing() {
     assert_eq!(items.len(), 1, "{body}");
     assert_eq!(items[0]["user_id"], ss_claims["sub"]);
     assert!(items[0]["school_id"].is_null());
+    // JSON-array columns are arrays on the wire.
+    assert_eq!(items[0]["class_ids"], serde_json::json!([]), "{body}");
     assert!(ss_claims.get("school_id").is_none());
 
     // Another school's tenant: 404, like a tenant that does not exist.
@@ -217,6 +219,49 @@ fn demo_prints_commands_that_answer_as_promised_and_ctrl_c_leaves_nothing() {
     let (status, body) = run_curl(line);
     assert_eq!(status, 404, "{body}");
     assert_ne!(path_part(line, "/v1/tenants/"), school);
+
+    // A client generated from the served /openapi.json (openapi-python-client) calls the
+    // demo with typed functions and models: tests/generated_client.py.
+    let url = commands[0]
+        .1
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_matches('\'');
+    let args = serde_json::json!({
+        "base": &url[..url.find("/v1/").unwrap()],
+        "school": school,
+        "class": path_part(&commands[1].1, "/classes/"),
+        "student": path_part(&commands[2].1, "/students/"),
+        "tokens": {"school_admin": token(&commands[0].1), "teacher": token(&commands[1].1),
+                   "student": token(&commands[2].1), "selfservice": token(&commands[3].1)},
+    });
+    let mut py = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/generated_client.py"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        py.stdin
+            .take()
+            .unwrap()
+            .write_all(args.to_string().as_bytes())
+            .unwrap();
+    }
+    let out = py.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "generated client: {text}");
+    println!("{text}");
 
     // Ctrl-C: every process and directory goes away.
     let work_dir = PathBuf::from(

@@ -72,9 +72,9 @@ pub(super) async fn begin_as_student<'c>(
     Ok((tx, id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct StartBody {
+pub(crate) struct StartBody {
     assessment_id: Uuid,
     class_id: Option<Uuid>,
 }
@@ -113,9 +113,9 @@ pub fn attempt_start(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(db_problem)?;
-                    let doc = doc.ok_or_else(Problem::not_found)?;
+                    let attempt: wire::Attempt = typed(doc.ok_or_else(Problem::not_found)?)?;
                     tx.commit().await.map_err(db_problem)?;
-                    Ok(json_reply(StatusCode::CREATED, &doc))
+                    Ok(json_reply(StatusCode::CREATED, &attempt))
                 }
                 .await,
             )
@@ -124,9 +124,9 @@ pub fn attempt_start(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::ATTEMPT_START, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct AnswerBody {
+pub(crate) struct AnswerBody {
     question_id: Uuid,
     answer: String,
     #[serde(default)]
@@ -224,8 +224,13 @@ pub fn attempt_answer(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_problem)?;
+                    // Only a student answers, and only while the attempt is in progress:
+                    // correctness waits for the submission.
+                    let mut receipt: wire::AnswerReceipt = typed(doc)?;
+                    receipt.is_correct = None;
+                    receipt.points_earned = None;
                     tx.commit().await.map_err(db_problem)?;
-                    Ok(json_reply(StatusCode::OK, &doc))
+                    Ok(json_reply(StatusCode::OK, &receipt))
                 }
                 .await,
             )
@@ -337,6 +342,7 @@ pub(super) async fn submit(
     let Some(updated) = updated else {
         return Err(Problem::conflict("the attempt was already submitted"));
     };
+    let attempt: wire::Attempt = typed(updated)?;
     let progress: Value = sqlx::query_scalar(
         "UPDATE students SET xp_points = xp_points + $2, level = 1 + (xp_points + $2) / 100, \
          daily_streak = CASE WHEN last_activity_date = current_date THEN greatest(daily_streak, 1) \
@@ -353,9 +359,10 @@ pub(super) async fn submit(
     outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
     tx.commit().await.map_err(db_problem)?;
     s.cache.invalidate(&keys).await;
+    let student: wire::StudentTotals = typed(progress)?;
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"attempt": updated, "student": progress}),
+        &wire::Submission { attempt, student },
     ))
 }
 
@@ -388,7 +395,16 @@ pub fn attempt_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                     )
                     .await?
                     .ok_or_else(Problem::not_found)?;
-                    Ok(etagged(doc.to_string(), inm.as_deref()))
+                    let mut detail: wire::AttemptDetail = typed(doc)?;
+                    // A student learns which answers were right only once submitted.
+                    if sc.access.is_student() && detail.attempt.status != wire::SUBMITTED {
+                        detail.responses = detail
+                            .responses
+                            .into_iter()
+                            .map(wire::AttemptResponse::hide_correctness)
+                            .collect();
+                    }
+                    etagged_json(&detail, inm.as_deref())
                 }
                 .await,
             )

@@ -40,7 +40,7 @@ pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                         )
                         .await?
                         .ok_or_else(Problem::not_found)?;
-                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                        etagged_json(&typed::<wire::Roster>(doc)?, inm.as_deref())
                     }
                     .await,
                 )
@@ -50,9 +50,41 @@ pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::ROSTER_GET, f)
 }
 
-#[derive(Deserialize)]
+/// Removes `class` from the `class_ids` of every student not in `ids`. With `ids` empty,
+/// the class leaves every student (the class is being deleted).
+pub(super) const LEAVE_CLASS_SQL: &str = "UPDATE students SET class_ids = (SELECT coalesce(jsonb_agg(c ORDER BY c), '[]'::jsonb) \
+     FROM jsonb_array_elements_text(class_ids::jsonb) c WHERE c <> $1::text)::text, updated_at = now() \
+     WHERE class_ids::jsonb ? $1::text AND NOT (id = ANY($2))";
+
+/// Keeps `students.class_ids` true to the rosters, in the roster change's transaction:
+/// `class` leaves the students no longer on it and joins the students now on it.
+pub(super) async fn sync_class_ids(
+    tx: &mut sqlx::PgConnection,
+    class: Uuid,
+    ids: &[Uuid],
+) -> Result<(), Problem> {
+    sqlx::query(LEAVE_CLASS_SQL)
+        .bind(class.to_string())
+        .bind(ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_problem)?;
+    sqlx::query(
+        "UPDATE students SET class_ids = (SELECT jsonb_agg(x.c ORDER BY x.c) FROM \
+         (SELECT jsonb_array_elements_text(class_ids::jsonb) AS c UNION SELECT $1::text) x)::text, \
+         updated_at = now() WHERE id = ANY($2) AND NOT class_ids::jsonb ? $1::text",
+    )
+    .bind(class.to_string())
+    .bind(ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_problem)?;
+    Ok(())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RosterBody {
+pub(crate) struct RosterBody {
     student_ids: Vec<Uuid>,
 }
 
@@ -117,11 +149,15 @@ pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                                     "every student id must be a student of this tenant",
                                 ));
                             }
+                            sync_class_ids(&mut tx, id, &ids).await?;
                             tx.commit().await.map_err(db_problem)?;
                             s.cache.invalidate(&keys).await;
                             Ok(json_reply(
                                 StatusCode::OK,
-                                &json!({"class_id": id, "student_ids": ids}),
+                                &wire::RosterUpdate {
+                                    class_id: id,
+                                    student_ids: ids,
+                                },
                             ))
                         }
                         .await,
@@ -132,9 +168,9 @@ pub fn roster_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::ROSTER_PUT, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ClassBody {
+pub(crate) struct ClassBody {
     name: String,
     code: String,
     grade_level: i32,
@@ -198,7 +234,7 @@ pub fn class_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .ok_or_else(Problem::not_found)?;
                     tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
-                    Ok(json_reply(StatusCode::OK, &doc))
+                    Ok(json_reply(StatusCode::OK, &typed::<wire::Class>(doc)?))
                 }
                 .await,
             )

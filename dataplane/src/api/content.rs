@@ -13,20 +13,35 @@ pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
     ])
 }
 
-/// `GET /v1/tenants/{tenant}/courses/{id}/questions`: the course's active questions;
-/// cached one hour under `course:{id}:questions`. Students do not get answers.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QuestionsQuery {
+    /// The previous page's `next_after`.
+    after: Option<Uuid>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+}
+
+/// `GET /v1/tenants/{tenant}/courses/{id}/questions?after=&limit=`: the course's active
+/// questions, a page at a time by id; the whole list is cached one hour under
+/// `course:{id}:questions` and pages are cut from it. Students do not get answers.
 pub fn course_questions(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("v1" / "tenants" / String / "courses" / String / "questions")
         .and(warp::get())
+        .and(query::<QuestionsQuery>())
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
+        .then(|t: String, id: String, q: Result<QuestionsQuery, Problem>, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope(&s, who, &t)?;
+                    let q = q?;
                     let id = path_uuid(&id)?;
-                    let mut doc = cached_doc(
+                    let limit = page_limit(q.limit)?;
+                    let doc = cached_doc(
                         &s,
                         &sc,
                         "questions",
@@ -41,17 +56,16 @@ pub fn course_questions(s: &SharedState) -> BoxedFilter<(Response,)> {
                     )
                     .await?
                     .ok_or_else(Problem::not_found)?;
-                    if sc.access.is_student()
-                        && let Some(items) = doc.as_array_mut()
-                    {
-                        for q in items {
-                            if let Some(o) = q.as_object_mut() {
-                                o.remove("correct_answer");
-                                o.remove("explanation");
-                            }
-                        }
-                    }
-                    Ok(etagged(json!({"course_id": id, "items": doc}).to_string(), inm.as_deref()))
+                    let all: Vec<wire::Question> = typed(doc)?;
+                    let student = sc.access.is_student();
+                    let items = all
+                        .into_iter()
+                        .filter(|x| q.after.is_none_or(|a| x.id > a))
+                        .take(limit as usize)
+                        .map(|x| if student { x.for_student() } else { x })
+                        .collect();
+                    let page: wire::QuestionPage = wire::page(items, limit).into();
+                    etagged_json(&page, inm.as_deref())
                 }
                 .await,
             )
@@ -87,10 +101,11 @@ pub fn assessment_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                         )
                         .await?
                         .ok_or_else(Problem::not_found)?;
-                        if sc.access.is_student() && doc.get("is_active") != Some(&json!(true)) {
+                        let a: wire::Assessment = typed(doc)?;
+                        if sc.access.is_student() && !a.is_active {
                             return Err(Problem::not_found());
                         }
-                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                        etagged_json(&a, inm.as_deref())
                     }
                     .await,
                 )
@@ -124,9 +139,9 @@ pub(super) fn content_scope(s: &SharedState, who: Who, t: &str) -> Result<Scope,
     scope_where(s, who, t, Access::writes_content)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CourseBody {
+pub(crate) struct CourseBody {
     name: String,
     code: String,
     subject: i32,
@@ -200,7 +215,7 @@ pub fn course_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
-                    Ok(json_reply(StatusCode::OK, &doc))
+                    Ok(json_reply(StatusCode::OK, &typed::<wire::Course>(doc)?))
                 }
                 .await,
             )
@@ -209,9 +224,9 @@ pub fn course_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::COURSE_PUT, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct QuestionBody {
+pub(crate) struct QuestionBody {
     course_id: Uuid,
     question_text: String,
     question_type: i32,
@@ -222,7 +237,8 @@ pub(super) struct QuestionBody {
     topics: Vec<String>,
     #[serde(default)]
     learning_objectives: Vec<String>,
-    answer_options: Option<String>,
+    /// The choices of a multiple-choice question.
+    answer_options: Option<Vec<String>>,
     correct_answer: String,
     explanation: Option<String>,
     #[serde(default = "one")]
@@ -261,7 +277,8 @@ pub fn question_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     let id = path_uuid(&id)?;
                     check_len("question_text", &b.question_text, 4000)?;
                     check_len("correct_answer", &b.correct_answer, 4000)?;
-                    check_opt("answer_options", &b.answer_options, 4000)?;
+                    let answer_options = b.answer_options.as_ref().map(json_text).transpose()?;
+                    check_opt("answer_options", &answer_options, 4000)?;
                     check_opt("explanation", &b.explanation, 4000)?;
                     check_opt("content_hash", &b.content_hash, 64)?;
                     check_opt("board_name", &b.board_name, 100)?;
@@ -314,7 +331,7 @@ pub fn question_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .bind(b.difficulty_level)
                     .bind(json_text(&b.topics)?)
                     .bind(json_text(&b.learning_objectives)?)
-                    .bind(&b.answer_options)
+                    .bind(&answer_options)
                     .bind(&b.correct_answer)
                     .bind(&b.explanation)
                     .bind(b.points)
@@ -337,7 +354,7 @@ pub fn question_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
-                    Ok(json_reply(StatusCode::OK, &doc))
+                    Ok(json_reply(StatusCode::OK, &typed::<wire::Question>(doc)?))
                 }
                 .await,
             )
@@ -346,9 +363,9 @@ pub fn question_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::QUESTION_PUT, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct AssessmentBody {
+pub(crate) struct AssessmentBody {
     course_id: Uuid,
     school_id: Option<Uuid>,
     title: String,
@@ -442,7 +459,7 @@ pub fn assessment_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                     .map_err(db_problem)?;
                     tx.commit().await.map_err(db_problem)?;
                     s.cache.invalidate(&keys).await;
-                    Ok(json_reply(StatusCode::OK, &doc))
+                    Ok(json_reply(StatusCode::OK, &typed::<wire::Assessment>(doc)?))
                 }
                 .await,
             )

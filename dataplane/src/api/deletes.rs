@@ -38,6 +38,9 @@ struct Deletable {
     delete_sql: &'static str,
     /// Cache seeds to drop, from (id, related id).
     seeds: fn(Uuid, Uuid) -> Vec<String>,
+    /// Run after the delete, in its transaction: `$1` the id as text, `$2` an empty
+    /// UUID array.
+    after_sql: Option<&'static str>,
 }
 
 const CLASS: Deletable = Deletable {
@@ -47,6 +50,8 @@ const CLASS: Deletable = Deletable {
     in_use_sql: None,
     delete_sql: "DELETE FROM classes WHERE id = $1 AND school_id = $2::uuid RETURNING id, id",
     seeds: |id, _| vec![format!("class:{id}:roster")],
+    // Its students leave it (`students.class_ids` stays true to the rosters).
+    after_sql: Some(super::classes::LEAVE_CLASS_SQL),
 };
 
 const COURSE: Deletable = Deletable {
@@ -56,6 +61,7 @@ const COURSE: Deletable = Deletable {
     in_use_sql: None,
     delete_sql: "DELETE FROM courses WHERE id = $1 RETURNING id, id",
     seeds: |id, _| vec![format!("course:{id}:questions")],
+    after_sql: None,
 };
 
 const QUESTION: Deletable = Deletable {
@@ -67,6 +73,7 @@ const QUESTION: Deletable = Deletable {
     ),
     delete_sql: "DELETE FROM questions WHERE id = $1 RETURNING id, course_id",
     seeds: |_, course| vec![format!("course:{course}:questions")],
+    after_sql: None,
 };
 
 const ASSESSMENT: Deletable = Deletable {
@@ -76,6 +83,7 @@ const ASSESSMENT: Deletable = Deletable {
     in_use_sql: None,
     delete_sql: "DELETE FROM assessments WHERE id = $1 RETURNING id, id",
     seeds: |id, _| vec![format!("assessment:{id}:meta")],
+    after_sql: None,
 };
 
 /// The four delete routes.
@@ -148,6 +156,14 @@ async fn delete(
         _ => db_problem(e),
     })?;
     let (id, related) = row.ok_or_else(Problem::not_found)?;
+    if let Some(sql) = d.after_sql {
+        sqlx::query(sql)
+            .bind(id.to_string())
+            .bind(Vec::<Uuid>::new())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_problem)?;
+    }
     let keys: Vec<String> = (d.seeds)(id, related).iter().map(|k| sc.key(k)).collect();
     outbox::record(&mut tx, &keys).await.map_err(db_problem)?;
     tx.commit().await.map_err(db_problem)?;

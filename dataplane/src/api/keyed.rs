@@ -1,13 +1,17 @@
 //! The shared shapes of the keyed orchestration tables (circuit breakers, agent
 //! statistics, routing decisions): one row by key, and a page by `agent_key`.
 
-use super::orchestration::{admin_scope, page, page_limit, path_agent_key};
+use super::orchestration::{admin_scope, page_limit, path_agent_key};
 use super::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct KeyQuery {
+pub(crate) struct KeyQuery {
+    /// The previous page's `next_after`.
     after: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
@@ -22,7 +26,7 @@ pub(super) enum PathKey {
 
 /// `GET` one row of a keyed table (platform admins), with a strong ETag. `sql` is a
 /// [`scoped!`] statement whose `$3` is the key as text.
-pub(super) fn keyed_get(
+pub(super) fn keyed_get<T: serde::de::DeserializeOwned + serde::Serialize>(
     s: &SharedState,
     doc: RouteDoc,
     segment: &'static str,
@@ -46,7 +50,7 @@ pub(super) fn keyed_get(
                         let doc = fetch_doc(&s, &sc, sql, &[Value::String(k)])
                             .await?
                             .ok_or_else(Problem::not_found)?;
-                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                        etagged_json(&typed::<T>(doc)?, inm.as_deref())
                     }
                     .await,
                 )
@@ -59,12 +63,16 @@ pub(super) fn keyed_get(
 /// `GET` a page of a table keyed by `agent_key` (`?after=&limit=`, platform admins), with
 /// a strong ETag. `sql` is a [`scoped!`] statement with `$3` after (text or NULL) and `$4`
 /// the limit.
-pub(super) fn agent_keyed_list(
+pub(super) fn agent_keyed_list<T, P>(
     s: &SharedState,
     doc: RouteDoc,
     segment: &'static str,
     sql: &'static str,
-) -> BoxedFilter<(Response,)> {
+) -> BoxedFilter<(Response,)>
+where
+    T: serde::de::DeserializeOwned + wire::Keyed + Send + 'static,
+    P: From<(Vec<T>, Option<T::Key>)> + serde::Serialize + Send + 'static,
+{
     let f = warp::path("v1")
         .and(warp::path("tenants"))
         .and(warp::path::param::<String>())
@@ -96,10 +104,7 @@ pub(super) fn agent_keyed_list(
                             ],
                         )
                         .await?;
-                        Ok(etagged(
-                            page(doc, limit, "agent_key").to_string(),
-                            inm.as_deref(),
-                        ))
+                        etagged_json(&typed_page::<T, P>(doc, limit)?, inm.as_deref())
                     }
                     .await,
                 )

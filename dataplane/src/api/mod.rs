@@ -6,16 +6,16 @@
 //! [`routes`] joins the groups. Shared filters, the request [`Scope`] and the reply
 //! helpers live here.
 
-mod attempts;
-mod classes;
-mod content;
+pub(crate) mod attempts;
+pub(crate) mod classes;
+pub(crate) mod content;
 mod deletes;
 mod health;
-mod keyed;
-mod orchestration;
+pub(crate) mod keyed;
+pub(crate) mod orchestration;
 mod session;
-mod students;
-mod users;
+pub(crate) mod students;
+pub(crate) mod users;
 
 pub use health::admin_routes;
 
@@ -23,7 +23,7 @@ pub use health::admin_routes;
 use attempts::{begin_recording, begin_scoped};
 use content::{check_grade, json_text};
 use keyed::{PathKey, agent_keyed_list, keyed_get};
-use orchestration::{check_len, check_opt};
+use orchestration::{check_len, check_opt, page_limit};
 use students::cached_doc;
 use users::yes;
 
@@ -49,6 +49,7 @@ use crate::problem::Problem;
 use crate::scoped;
 use crate::state::SharedState;
 use crate::tenants::{Tenant, TenantId};
+use crate::wire;
 
 type Who = Result<Principal, AuthError>;
 
@@ -167,8 +168,32 @@ fn etagged(body: String, inm: Option<&str>) -> Response {
     res
 }
 
-fn json_reply(status: StatusCode, v: &Value) -> Response {
+fn json_reply<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
     warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+/// [`etagged`] for a wire type.
+fn etagged_json<T: serde::Serialize>(v: &T, inm: Option<&str>) -> Result<Response, Problem> {
+    let body = serde_json::to_string(v).map_err(|_| Problem::internal())?;
+    Ok(etagged(body, inm))
+}
+
+/// Decodes a row (JSON from PostgreSQL or the cache) into its wire type: the type's
+/// fields are what goes over the wire. A row that does not fit is our fault (500).
+fn typed<T: serde::de::DeserializeOwned>(doc: Value) -> Result<T, Problem> {
+    serde_json::from_value(doc).map_err(|e| {
+        tracing::error!(error = %e, type_name = std::any::type_name::<T>(), "row does not fit its wire type");
+        Problem::internal()
+    })
+}
+
+/// A page of rows (a JSON array, or nothing) decoded into wire types, and `next_after`.
+fn typed_page<T: serde::de::DeserializeOwned + wire::Keyed, P: From<(Vec<T>, Option<T::Key>)>>(
+    doc: Option<Value>,
+    limit: i64,
+) -> Result<P, Problem> {
+    let items: Vec<T> = typed(doc.unwrap_or_else(|| json!([])))?;
+    Ok(P::from(wire::page(items, limit)))
 }
 
 fn db_problem(e: sqlx::Error) -> Problem {

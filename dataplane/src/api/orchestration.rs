@@ -19,10 +19,14 @@ pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
     ])
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct WorkflowQuery {
+pub(crate) struct WorkflowQuery {
+    /// The previous page's `next_after`.
     after: Option<String>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     status: Option<String>,
 }
@@ -36,16 +40,14 @@ pub fn workflows_list(s: &SharedState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(query::<WorkflowQuery>())
         .and(principal(s))
+        .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: Result<WorkflowQuery, Problem>, who: Who, s: SharedState| async move {
+        .then(|t: String, q: Result<WorkflowQuery, Problem>, who: Who, inm: Option<String>, s: SharedState| async move {
             reply(
                 async {
                     let sc = scope_where(&s, who, &t, |a| a == Access::Admin)?;
                     let q = q?;
-                    let limit = q.limit.unwrap_or(50);
-                    if !(1..=200).contains(&limit) {
-                        return Err(Problem::bad_request("limit must be between 1 and 200"));
-                    }
+                    let limit = page_limit(q.limit)?;
                     if q.status.as_deref().is_some_and(|st| !WORKFLOW_STATUSES.contains(&st)) {
                         return Err(Problem::bad_request("status must be Pending, Running, Completed or Failed"));
                     }
@@ -63,9 +65,8 @@ pub fn workflows_list(s: &SharedState) -> BoxedFilter<(Response,)> {
                             json!(limit),
                         ],
                     )
-                    .await?
-                    .unwrap_or_else(|| json!([]));
-                    Ok(json_reply(StatusCode::OK, &json!({"items": doc})))
+                    .await?;
+                    etagged_json(&typed_page::<_, wire::WorkflowPage>(doc, limit)?, inm.as_deref())
                 }
                 .await,
             )
@@ -74,9 +75,9 @@ pub fn workflows_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::WORKFLOWS_LIST, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct WorkflowBody {
+pub(crate) struct WorkflowBody {
     execution_id: String,
     workflow_name: String,
     status: String,
@@ -137,7 +138,7 @@ pub fn workflows_create(s: &SharedState) -> BoxedFilter<(Response,)> {
                         .map_err(db_problem)
                     })
                     .await?;
-                    Ok(json_reply(StatusCode::CREATED, &doc))
+                    Ok(json_reply(StatusCode::CREATED, &typed::<wire::WorkflowExecution>(doc)?))
                 }
                 .await,
             )
@@ -176,15 +177,6 @@ pub(super) fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
     Ok(limit)
 }
 
-/// `{"items": [...], "next_after": <key of the last item when the page is full>}`.
-pub(super) fn page(doc: Option<Value>, limit: i64, key: &str) -> Value {
-    let items = doc.and_then(|d| d.as_array().cloned()).unwrap_or_default();
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().and_then(|l| l.get(key)).cloned())
-        .flatten();
-    json!({"items": items, "next_after": next})
-}
-
 pub(super) fn admin_scope(s: &SharedState, who: Who, t: &str) -> Result<Scope, Problem> {
     scope_where(s, who, t, |a| a == Access::Admin)
 }
@@ -194,7 +186,7 @@ pub(super) const BREAKER_STATES: [&str; 3] = ["Closed", "Open", "HalfOpen"];
 /// `GET /v1/tenants/{tenant}/circuit-breakers?after=&limit=`: circuit breaker states,
 /// keyset-paginated by `agent_key`. Platform admins only.
 pub fn breakers_list(s: &SharedState) -> BoxedFilter<(Response,)> {
-    agent_keyed_list(
+    agent_keyed_list::<wire::CircuitBreaker, wire::BreakerPage>(
         s,
         openapi::BREAKERS_LIST,
         "circuit-breakers",
@@ -208,7 +200,7 @@ pub fn breakers_list(s: &SharedState) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/circuit-breakers/{agent_key}`. Platform admins only.
 pub fn breakers_get(s: &SharedState) -> BoxedFilter<(Response,)> {
-    keyed_get(
+    keyed_get::<wire::CircuitBreaker>(
         s,
         openapi::BREAKERS_GET,
         "circuit-breakers",
@@ -219,9 +211,9 @@ pub fn breakers_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct BreakerBody {
+pub(crate) struct BreakerBody {
     state: String,
     #[serde(default)]
     failure_count: i32,
@@ -270,7 +262,7 @@ pub fn breakers_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                         .map_err(db_problem)
                     })
                     .await?;
-                    Ok(json_reply(StatusCode::OK, &doc))
+                    Ok(json_reply(StatusCode::OK, &typed::<wire::CircuitBreaker>(doc)?))
                 }
                 .await,
             )
@@ -279,10 +271,14 @@ pub fn breakers_put(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::BREAKERS_PUT, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct DecisionsQuery {
+pub(crate) struct DecisionsQuery {
+    /// The previous page's `next_after`.
     after: Option<Uuid>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     tenant_id: Option<String>,
     task_id: Option<String>,
@@ -322,7 +318,7 @@ pub fn decisions_list(s: &SharedState) -> BoxedFilter<(Response,)> {
                         ],
                     )
                     .await?;
-                    Ok(etagged(page(doc, limit, "id").to_string(), inm.as_deref()))
+                    etagged_json(&typed_page::<_, wire::DecisionPage>(doc, limit)?, inm.as_deref())
                 }
                 .await,
             )
@@ -333,7 +329,7 @@ pub fn decisions_list(s: &SharedState) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/routing-decisions/{id}`. Platform admins only.
 pub fn decisions_get(s: &SharedState) -> BoxedFilter<(Response,)> {
-    keyed_get(
+    keyed_get::<wire::RoutingDecision>(
         s,
         openapi::DECISIONS_GET,
         "routing-decisions",
@@ -342,9 +338,9 @@ pub fn decisions_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct DecisionBody {
+pub(crate) struct DecisionBody {
     task_id: String,
     task_type: String,
     required_capability: String,
@@ -399,7 +395,7 @@ pub fn decisions_create(s: &SharedState) -> BoxedFilter<(Response,)> {
                         .map_err(db_problem)
                     })
                     .await?;
-                    Ok(json_reply(StatusCode::CREATED, &doc))
+                    Ok(json_reply(StatusCode::CREATED, &typed::<wire::RoutingDecision>(doc)?))
                 }
                 .await,
             )
@@ -411,7 +407,7 @@ pub fn decisions_create(s: &SharedState) -> BoxedFilter<(Response,)> {
 /// `GET /v1/tenants/{tenant}/routing-statistics?after=&limit=`: per-agent statistics,
 /// keyset-paginated by `agent_key`. Platform admins only.
 pub fn stats_list(s: &SharedState) -> BoxedFilter<(Response,)> {
-    agent_keyed_list(
+    agent_keyed_list::<wire::RoutingStatistics, wire::StatisticsPage>(
         s,
         openapi::STATS_LIST,
         "routing-statistics",
@@ -425,7 +421,7 @@ pub fn stats_list(s: &SharedState) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/routing-statistics/{agent_key}`. Platform admins only.
 pub fn stats_get(s: &SharedState) -> BoxedFilter<(Response,)> {
-    keyed_get(
+    keyed_get::<wire::RoutingStatistics>(
         s,
         openapi::STATS_GET,
         "routing-statistics",
@@ -434,9 +430,9 @@ pub fn stats_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct StatsBody {
+pub(crate) struct StatsBody {
     total_tasks: i32,
     successful_tasks: i32,
     failed_tasks: i32,
@@ -488,7 +484,7 @@ pub fn stats_put(s: &SharedState) -> BoxedFilter<(Response,)> {
                         .map_err(db_problem)
                     })
                     .await?;
-                    Ok(json_reply(StatusCode::OK, &doc))
+                    Ok(json_reply(StatusCode::OK, &typed::<wire::RoutingStatistics>(doc)?))
                 }
                 .await,
             )

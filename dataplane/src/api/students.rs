@@ -35,7 +35,7 @@ pub fn school_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                         )
                         .await?
                         .ok_or_else(Problem::not_found)?;
-                        Ok(etagged(doc.to_string(), inm.as_deref()))
+                        etagged_json(&typed::<wire::School>(doc)?, inm.as_deref())
                     }
                     .await,
                 )
@@ -45,10 +45,14 @@ pub fn school_get(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::SCHOOL_GET, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct StudentsQuery {
+pub(crate) struct StudentsQuery {
+    /// The previous page's `next_after`.
     after: Option<Uuid>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     grade_level: Option<i32>,
     subscription_tier: Option<i32>,
@@ -92,14 +96,9 @@ pub fn students_list(s: &SharedState) -> BoxedFilter<(Response,)> {
                             json!(limit),
                         ],
                     )
-                    .await?
-                    .unwrap_or_else(|| json!([]));
-                    let items = doc.as_array().cloned().unwrap_or_default();
-                    let next = (items.len() as i64 == limit)
-                        .then(|| items.last().and_then(|l| l.get("id")).cloned())
-                        .flatten();
-                    let body = json!({"items": items, "next_after": next});
-                    Ok(etagged(body.to_string(), inm.as_deref()))
+                    .await?;
+                    let page: wire::StudentPage = typed_page(doc, limit)?;
+                    etagged_json(&page, inm.as_deref())
                 }
                 .await,
             )
@@ -171,15 +170,13 @@ pub fn student_progress(s: &SharedState) -> BoxedFilter<(Response,)> {
                     )
                     .await?
                     .ok_or_else(Problem::not_found)?;
+                    let progress: wire::Progress = typed(doc)?;
                     // The cache is shared by everyone in the tenant: the ownership check
                     // runs on every reply, not only when PostgreSQL (RLS) loaded it.
-                    if sc.access.is_student()
-                        && doc.get("user_id").and_then(Value::as_str)
-                            != Some(sc.p.user_id.to_string().as_str())
-                    {
+                    if sc.access.is_student() && progress.user_id != sc.p.user_id {
                         return Err(Problem::not_found());
                     }
-                    Ok(etagged(doc.to_string(), inm.as_deref()))
+                    etagged_json(&progress, inm.as_deref())
                 }
                 .await,
             )
@@ -188,9 +185,9 @@ pub fn student_progress(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::STUDENT_PROGRESS, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct NewStudent {
+pub(crate) struct NewStudent {
     user_id: Uuid,
     grade_level: i32,
     date_of_birth: Option<chrono::NaiveDate>,
@@ -269,8 +266,9 @@ pub fn students_create(s: &SharedState) -> BoxedFilter<(Response,)> {
                                 "user_id must name a user of this tenant with the Student role",
                             )
                         })?;
+                        let student: wire::Student = typed(doc)?;
                         tx.commit().await.map_err(db_problem)?;
-                        Ok(json_reply(StatusCode::CREATED, &doc))
+                        Ok(json_reply(StatusCode::CREATED, &student))
                     }
                     .await,
                 )

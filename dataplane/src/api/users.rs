@@ -7,10 +7,14 @@ pub(super) fn routes(s: &SharedState) -> BoxedFilter<(Response,)> {
     any_of([users_list(s), users_create(s)])
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(super) struct UsersQuery {
+pub(crate) struct UsersQuery {
+    /// The previous page's `next_after`.
     after: Option<Uuid>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     role: Option<i32>,
 }
@@ -50,13 +54,9 @@ pub fn users_list(s: &SharedState) -> BoxedFilter<(Response,)> {
                             json!(limit),
                         ],
                     )
-                    .await?
-                    .unwrap_or_else(|| json!([]));
-                    let items = doc.as_array().cloned().unwrap_or_default();
-                    let next = (items.len() as i64 == limit)
-                        .then(|| items.last().and_then(|l| l.get("id")).cloned())
-                        .flatten();
-                    Ok(etagged(json!({"items": items, "next_after": next}).to_string(), inm.as_deref()))
+                    .await?;
+                    let page: wire::UserPage = typed_page(doc, limit)?;
+                    etagged_json(&page, inm.as_deref())
                 }
                 .await,
             )
@@ -65,9 +65,9 @@ pub fn users_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::USERS_LIST, f)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct NewUser {
+pub(crate) struct NewUser {
     email: String,
     full_name: String,
     role: i32,
@@ -134,7 +134,7 @@ pub fn users_create(s: &SharedState) -> BoxedFilter<(Response,)> {
                         .map_err(db_problem)
                     })
                     .await?;
-                    Ok(json_reply(StatusCode::CREATED, &doc))
+                    Ok(json_reply(StatusCode::CREATED, &typed::<wire::User>(doc)?))
                 }
                 .await,
             )
