@@ -92,15 +92,8 @@ pub async fn ensure_database(
     match pg::role_state(&mut conn, OWNER_ROLE).await? {
         None => {
             let unused = credentials::generate_password();
-            let verifier = credentials::scram_verifier(&unused).ok_or(PgError::Verifier)?;
-            pg::create_role(&mut conn, OWNER_ROLE, &verifier, &claim, false).await?;
-            // Lets a non-superuser admin act as the owner (a superuser already can).
-            exec(
-                &mut conn,
-                "let the admin act as the owner",
-                format!("GRANT {} TO CURRENT_USER", quote_ident(OWNER_ROLE)?),
-            )
-            .await?;
+            // Also lets a non-superuser admin act as the owner (see pg::ensure_admin_member).
+            pg::create_role(&mut conn, OWNER_ROLE, &unused, &claim, false).await?;
             out.changes.push("created the owner role");
         }
         Some(state) if !ours(&state.claim) => {
@@ -109,19 +102,25 @@ pub async fn ensure_database(
                 format!("{:?}", state.claim),
             ));
         }
-        Some(state) if state.can_login || state.privileged => {
-            pg::reset_role_attributes(&mut conn, OWNER_ROLE, false).await?;
-            out.changes.push("reset the owner role's attributes");
+        Some(state) => {
+            if !state.attribute_changes(false).is_empty() {
+                pg::reset_role_attributes(&mut conn, OWNER_ROLE, false).await?;
+                out.changes.push("reset the owner role's attributes");
+            }
+            if !state.admin_member {
+                pg::ensure_admin_member(&mut conn, OWNER_ROLE).await?;
+                out.changes
+                    .push("made the admin a member of the owner role");
+            }
         }
-        Some(_) => {}
     }
 
     // The application role: logs in with the published password, owns nothing.
-    let verifier = || credentials::scram_verifier(password).ok_or(PgError::Verifier);
-    match pg::role_state(&mut conn, APP_ROLE).await? {
+    let app = match pg::role_state(&mut conn, APP_ROLE).await? {
         None => {
-            pg::create_role(&mut conn, APP_ROLE, &verifier()?, &claim, true).await?;
+            pg::create_role(&mut conn, APP_ROLE, password, &claim, true).await?;
             out.changes.push("created the application role");
+            None
         }
         Some(state) if !ours(&state.claim) => {
             return Err(SelfServiceError::Foreign(
@@ -130,20 +129,13 @@ pub async fn ensure_database(
             ));
         }
         Some(state) => {
-            if !state.can_login || state.privileged {
+            if !state.attribute_changes(true).is_empty() {
                 pg::reset_role_attributes(&mut conn, APP_ROLE, true).await?;
                 out.changes.push("reset the application role's attributes");
             }
-            let matches = state
-                .verifier
-                .as_deref()
-                .is_some_and(|v| credentials::verifier_matches(password, v));
-            if !matches {
-                pg::set_password(&mut conn, APP_ROLE, &verifier()?).await?;
-                out.changes.push("set the application role's password");
-            }
+            Some(state)
         }
-    }
+    };
 
     match pg::database_state(&mut conn, DATABASE, OWNER_ROLE).await? {
         None => {
@@ -183,6 +175,13 @@ pub async fn ensure_database(
         )
         .await?;
         out.changes.push("granted the application role CONNECT");
+    }
+    // The password last: a login test (non-superuser admin) needs the database and CONNECT.
+    if let Some(state) = app
+        && !pg::password_current(admin, &state, APP_ROLE, DATABASE, true, password).await?
+    {
+        pg::set_password(&mut conn, APP_ROLE, password, &claim).await?;
+        out.changes.push("set the application role's password");
     }
     let _ = conn.close().await;
 

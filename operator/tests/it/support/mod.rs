@@ -43,6 +43,23 @@ pub const OPERATOR_NS: &str = TEST_OPERATOR_NAMESPACE;
 /// The name of the target server's admin Secret.
 pub const ADMIN_SECRET: &str = "pg-admin";
 
+/// The operator's admin connection options for `pg` (see [`admin_secret`]).
+pub async fn admin_options(pg: &PgServer) -> sqlx::postgres::PgConnectOptions {
+    let (user, password) = pg.operator_admin().await;
+    edumind_operator::pg::admin_options(
+        &pg.host,
+        pg.port,
+        &user,
+        &edumind_operator::credentials::SecretString::new(password),
+        "postgres",
+    )
+}
+
+/// Whether the operator runs with a non-superuser admin in this test process.
+pub fn managed() -> bool {
+    edumind_tests::managed_admin_requested()
+}
+
 /// A PostgreSQL server of the calling test's own, stopped when the returned handle is
 /// dropped. For tests that run `migrate --all` (it acts on every claimed database of a
 /// server, and the shared one holds other tests' databases, which may be dropped
@@ -75,8 +92,11 @@ pub fn target_server(pg: &PgServer) -> TargetServer {
     }
 }
 
-/// The target server's admin Secret, holding the harness superuser's credentials.
-pub fn admin_secret(pg: &PgServer) -> Secret {
+/// The target server's admin Secret, holding the credentials of the harness's operator
+/// admin: the superuser, or with `EDUMIND_TEST_PG_ADMIN=managed` a non-superuser like a
+/// managed service's (see `docs/managed-postgres.md`).
+pub async fn admin_secret(pg: &PgServer) -> Secret {
+    let (user, password) = pg.operator_admin().await;
     Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(ADMIN_SECRET.into()),
@@ -84,14 +104,8 @@ pub fn admin_secret(pg: &PgServer) -> Secret {
             ..Default::default()
         },
         data: Some(BTreeMap::from([
-            (
-                "username".to_string(),
-                ByteString(pg.superuser.clone().into_bytes()),
-            ),
-            (
-                "password".to_string(),
-                ByteString(pg.password.clone().into_bytes()),
-            ),
+            ("username".to_string(), ByteString(user.into_bytes())),
+            ("password".to_string(), ByteString(password.into_bytes())),
         ])),
         ..Default::default()
     }
@@ -160,7 +174,11 @@ impl TestEnvBuilder {
         } else if self.restores {
             api = api.with_resource::<SchoolRestore>();
         }
-        let client = api.with_object(admin_secret(pg)).build().await.unwrap();
+        let client = api
+            .with_object(admin_secret(pg).await)
+            .build()
+            .await
+            .unwrap();
         let ctx_client = match self.wrap {
             Some(wrap) => wrap(client.clone()),
             None => client.clone(),
