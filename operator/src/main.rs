@@ -221,12 +221,19 @@ async fn main() -> anyhow::Result<()> {
             let options: PgConnectOptions = url.parse().context("invalid admin URL")?;
             let options = options.disable_statement_logging();
             let backup = match backup_storage {
-                Some(storage) => Some(edumind_operator::fleet::FleetBackup {
-                    tools: PgTools::discover()?,
-                    store: BackupStore::from_spec(&storage, s3_endpoint.as_deref(), &s3_region)?,
-                    retention_days,
-                    admin: admin_connection(&url)?,
-                }),
+                Some(storage) => {
+                    let admin = admin_connection(&url)?;
+                    Some(edumind_operator::fleet::FleetBackup {
+                        tools: PgTools::for_server(&admin).await?,
+                        store: BackupStore::from_spec(
+                            &storage,
+                            s3_endpoint.as_deref(),
+                            &s3_region,
+                        )?,
+                        retention_days,
+                        admin,
+                    })
+                }
                 None => None,
             };
             let failed =
@@ -287,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
                     work_dir: target.work_dir.clone(),
                 };
                 let report = backup::run_backup(
-                    &PgTools::discover()?,
+                    &PgTools::for_server(&conn).await?,
                     &conn,
                     &store,
                     &job,
@@ -336,7 +343,7 @@ async fn main() -> anyhow::Result<()> {
                     allow_unverified,
                 };
                 let report = backup::run_restore_with(
-                    &PgTools::discover()?,
+                    &PgTools::for_server(&conn).await?,
                     &conn,
                     &store,
                     &object,

@@ -50,6 +50,19 @@ impl ConnectionInfo {
         &self.password
     }
 
+    /// sqlx connection options for the same connection (statement logging off).
+    pub fn connect_options(&self) -> sqlx::postgres::PgConnectOptions {
+        use sqlx::ConnectOptions;
+        sqlx::postgres::PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.username)
+            .password(&self.password)
+            .database(&self.dbname)
+            .application_name("edumind-backup")
+            .disable_statement_logging()
+    }
+
     /// Reads a Secret-shaped YAML file, or a directory of key files.
     pub fn load(path: &Path) -> Result<Self, BackupError> {
         let invalid = |why: String| BackupError::Connection(format!("{}: {why}", path.display()));
