@@ -44,6 +44,7 @@ async fn backends_never_exceed_the_budget_under_churn_and_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let (host, port, dbname) = (pg.host.clone(), pg.port, db.name.clone());
     let tenant = move |i: usize, id: Uuid, side: &str| Tenant {
+        tls: None,
         id: TenantId::School(id),
         code: None,
         host: host.clone(),

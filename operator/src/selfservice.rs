@@ -17,7 +17,7 @@
 //! nothing (no DDL). The installed policy version is recorded (a hash of the policy SQL)
 //! so a new operator release with new policies re-applies them once.
 
-use edumind_crds::connection::{self, ConnectionSecret, TenantRef, keys};
+use edumind_crds::connection::{self, ConnectionSecret, TenantRef, Tls, keys};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -251,15 +251,24 @@ async fn exec(conn: &mut PgConnection, step: &'static str, sql: String) -> Resul
 }
 
 /// The self-service tenant's connection Secret (the application role's endpoint).
-pub fn connection_secret(server: &TargetServer, password: &SecretString) -> ConnectionSecret {
+pub fn connection_secret(
+    server: &TargetServer,
+    password: &SecretString,
+    tls: Option<&Tls>,
+) -> ConnectionSecret {
     ConnectionSecret {
         tenant: TenantRef::SelfService,
-        endpoint: crate::school::endpoint(server, APP_ROLE, DATABASE, password),
+        endpoint: crate::school::endpoint(server, APP_ROLE, DATABASE, password, tls),
     }
 }
 
-fn desired_secret(namespace: &str, server: &TargetServer, password: &SecretString) -> Secret {
-    connection_secret(server, password).to_secret(SECRET_NAME, namespace, None)
+fn desired_secret(
+    namespace: &str,
+    server: &TargetServer,
+    password: &SecretString,
+    tls: Option<&Tls>,
+) -> Secret {
+    connection_secret(server, password, tls).to_secret(SECRET_NAME, namespace, None)
 }
 
 /// Provisions (or checks) the self-service tenant on `server` and publishes its Secret in
@@ -271,6 +280,18 @@ pub async fn ensure(
     namespace: &str,
     server: &TargetServer,
     admin: &PgConnectOptions,
+) -> Result<Outcome, SelfServiceError> {
+    ensure_with_tls(client, namespace, server, admin, None).await
+}
+
+/// [`ensure`] for a server with TLS settings (`admin` already carries them), which the
+/// Secret then carries too.
+pub async fn ensure_with_tls(
+    client: &Client,
+    namespace: &str,
+    server: &TargetServer,
+    admin: &PgConnectOptions,
+    tls: Option<&Tls>,
 ) -> Result<Outcome, SelfServiceError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let kube = |step| {
@@ -290,7 +311,7 @@ pub async fn ensure(
         .map(SecretString::new)
         .unwrap_or_else(credentials::generate_password);
     let mut out = ensure_database(admin, &password).await?;
-    let desired = desired_secret(namespace, server, &password);
+    let desired = desired_secret(namespace, server, &password, tls);
     match existing {
         None => {
             secrets

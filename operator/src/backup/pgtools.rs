@@ -81,17 +81,31 @@ impl PgTools {
         })
     }
 
-    fn command(&self, tool: &str, passfile: Option<&Path>) -> Command {
+    fn command(&self, tool: &str, passfile: Option<&PassFile>) -> Command {
         let mut cmd = Command::new(self.bindir.join(tool));
         cmd.env_remove("PGPASSWORD")
             .env_remove("PGSERVICE")
+            .env_remove("PGSSLMODE")
+            .env_remove("PGSSLROOTCERT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         match passfile {
-            Some(file) => cmd.env("PGPASSFILE", file),
-            None => cmd.env_remove("PGPASSFILE"),
+            Some(file) => {
+                cmd.env("PGPASSFILE", file.path());
+                // TLS as the connection Secret says, through libpq's environment (never
+                // argv); the CA is a private file beside the password file.
+                if let Some(mode) = &file.sslmode {
+                    cmd.env("PGSSLMODE", mode);
+                }
+                if let Some(ca) = &file.ca {
+                    cmd.env("PGSSLROOTCERT", ca);
+                }
+            }
+            None => {
+                cmd.env_remove("PGPASSFILE");
+            }
         };
         cmd
     }
@@ -99,7 +113,7 @@ impl PgTools {
     /// `pg_dump --format=custom` of the whole database into `dest`.
     pub async fn dump(&self, conn: &ConnectionInfo, dest: &Path) -> Result<(), BackupError> {
         let passfile = PassFile::write(conn, dest.parent())?;
-        let mut cmd = self.command("pg_dump", Some(passfile.path()));
+        let mut cmd = self.command("pg_dump", Some(&passfile));
         cmd.args(connection_args(conn))
             .args([
                 "--format=custom",
@@ -162,7 +176,7 @@ impl PgTools {
         role: Option<&str>,
     ) -> Result<(), BackupError> {
         let passfile = PassFile::write(conn, file.parent())?;
-        let mut cmd = self.command("pg_restore", Some(passfile.path()));
+        let mut cmd = self.command("pg_restore", Some(&passfile));
         cmd.args(connection_args(conn));
         if let Some(role) = role {
             cmd.arg(format!("--role={role}"));
@@ -272,10 +286,13 @@ async fn run(mut cmd: Command, what: &str) -> Result<(), BackupError> {
     }
 }
 
-/// A libpq password file holding one line for this connection, deleted on drop.
+/// A libpq password file holding one line for this connection, and the CA bundle when
+/// the connection has one, in a private directory deleted on drop.
 struct PassFile {
     _dir: tempfile::TempDir,
     path: PathBuf,
+    sslmode: Option<&'static str>,
+    ca: Option<PathBuf>,
 }
 
 impl PassFile {
@@ -307,7 +324,20 @@ impl PassFile {
         .map(escape)
         .join(":");
         writeln!(file, "{line}").map_err(io)?;
-        Ok(Self { _dir: dir, path })
+        let ca = match conn.tls.as_ref().and_then(|t| t.ca_pem.as_deref()) {
+            Some(pem) => {
+                let ca = dir.path().join("ca.crt");
+                std::fs::write(&ca, pem).map_err(io)?;
+                Some(ca)
+            }
+            None => None,
+        };
+        Ok(Self {
+            _dir: dir,
+            path,
+            sslmode: conn.tls.as_ref().map(|t| t.mode.as_str()),
+            ca,
+        })
     }
 
     fn path(&self) -> &Path {

@@ -194,7 +194,7 @@ pub(crate) async fn apply(
         }
     };
     drop(conn);
-    let desired = desired_secret(school, d, &password);
+    let desired = desired_secret(school, d, &password, handle.tls.as_ref());
     let mut secret_published = false;
 
     // Schema and the school's own row. Not while a restore replaces the database in one

@@ -89,6 +89,8 @@ pub fn target_server(pg: &PgServer) -> TargetServer {
         client_host: None,
         client_port: None,
         maintenance_database: "postgres".into(),
+        ssl_mode: None,
+        ca: None,
     }
 }
 
