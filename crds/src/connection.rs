@@ -113,7 +113,10 @@ impl Tls {
     /// sqlx connection options with these settings: the mode, and the CA bundle as the
     /// only trusted roots when present (else the system's roots). Every sqlx client of a
     /// tenant or target server (operator, data plane, backup runner) goes through this.
-    pub fn apply(&self, options: sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
+    pub fn apply(
+        &self,
+        options: sqlx::postgres::PgConnectOptions,
+    ) -> sqlx::postgres::PgConnectOptions {
         use sqlx::postgres::PgSslMode;
         let options = options.ssl_mode(match self.mode {
             SslMode::Disable => PgSslMode::Disable,

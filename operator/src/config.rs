@@ -204,7 +204,9 @@ mod tests {
             Err(ConfigError::CaWithoutTls("a".into()))
         );
         assert!(matches!(
-            TargetServers::from_yaml("servers: [{name: a, host: h, adminSecret: s, sslMode: prefer}]"),
+            TargetServers::from_yaml(
+                "servers: [{name: a, host: h, adminSecret: s, sslMode: prefer}]"
+            ),
             Err(ConfigError::Parse(_))
         ));
     }

@@ -22,12 +22,14 @@ mod binaries;
 mod postgres;
 mod redis;
 pub mod supervisor;
+mod tls;
 
 pub use postgres::{
     MANAGED_ADMIN, PgServer, PrivatePg, TestDatabase, managed_admin_requested, postgres,
     postgres_blocking,
 };
 pub use redis::{RedisServer, redis, redis_blocking};
+pub use tls::TestCa;
 
 /// A port that was free on 127.0.0.1 a moment ago. Callers retry when it is taken
 /// before the server binds it.

@@ -131,6 +131,22 @@ impl PgServer {
     /// so a crash (`pg_ctl stop -m immediate`) loses no acknowledged write; the shared
     /// server trades that for speed.
     fn start_with(durable: bool) -> Result<(Self, Supervised), HarnessError> {
+        Self::start_inner(durable, |_, _| Ok(String::new()))
+    }
+
+    /// A new cluster whose directory `prepare` adjusts after `initdb` (it gets the
+    /// directory holding `data/` and the uid/gid the server runs as) and which is started
+    /// with the extra server arguments `prepare` returns.
+    pub(crate) fn start_configured(
+        prepare: impl Fn(&Path, Option<(u32, u32)>) -> Result<String, HarnessError>,
+    ) -> Result<(Self, Supervised), HarnessError> {
+        Self::start_inner(false, prepare)
+    }
+
+    fn start_inner(
+        durable: bool,
+        prepare: impl Fn(&Path, Option<(u32, u32)>) -> Result<String, HarnessError>,
+    ) -> Result<(Self, Supervised), HarnessError> {
         let started = Instant::now();
         let bindir = binaries::pg_bindir()?;
         let run_as = binaries::pg_run_as()?;
@@ -139,8 +155,9 @@ impl PgServer {
         for _attempt in 0..3 {
             let dir = supervisor::server_dir("edumind-pg-", run_as)?;
             initdb(&bindir, &dir, &password, run_as)?;
+            let extra = prepare(&dir, run_as)?;
             let port = free_port()?;
-            let cmd = server_cmd(&bindir, port, durable);
+            let cmd = server_cmd(&bindir, port, durable) + &extra;
             let mut supervised = Supervised::spawn(&dir, &cmd, "QUIT", run_as)?;
             match wait_until_ready(&dir.join("data"), &mut supervised) {
                 Ok(()) => {

@@ -128,6 +128,8 @@ type WrapClient = Box<dyn FnOnce(Client) -> Client + Send>;
 /// Builds a [`TestEnv`]; see [`TestEnv::builder`].
 #[derive(Default)]
 pub struct TestEnvBuilder {
+    server: Option<(&'static PgServer, TargetServer)>,
+    objects: Vec<Secret>,
     backup: Option<BackupConfig>,
     restores: bool,
     namespace: Option<String>,
@@ -139,6 +141,18 @@ impl TestEnvBuilder {
     /// their status subresources, in the fake API.
     pub fn with_backup(mut self, config: BackupConfig) -> Self {
         self.backup = Some(config);
+        self
+    }
+
+    /// Another PostgreSQL server (e.g. a TLS-only one) as target server `target`.
+    pub fn on_server(mut self, pg: &'static PgServer, target: TargetServer) -> Self {
+        self.server = Some((pg, target));
+        self
+    }
+
+    /// One more Secret in the fake API (e.g. a CA bundle in the operator's namespace).
+    pub fn with_secret(mut self, secret: Secret) -> Self {
+        self.objects.push(secret);
         self
     }
 
@@ -163,7 +177,16 @@ impl TestEnvBuilder {
     }
 
     pub async fn build(self) -> TestEnv {
-        let pg = postgres().await;
+        let (pg, server) = match self.server {
+            Some((pg, target)) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                (pg, target)
+            }
+            None => {
+                let pg = postgres().await;
+                (pg, target_server(pg))
+            }
+        };
         let mut api = kube_fake_client::ClientBuilder::new()
             .with_resource::<School>()
             .with_status_subresource::<School>();
@@ -176,16 +199,15 @@ impl TestEnvBuilder {
         } else if self.restores {
             api = api.with_resource::<SchoolRestore>();
         }
-        let client = api
-            .with_object(admin_secret(pg).await)
-            .build()
-            .await
-            .unwrap();
+        let mut api = api.with_object(admin_secret(pg).await);
+        for object in self.objects {
+            api = api.with_object(object);
+        }
+        let client = api.build().await.unwrap();
         let ctx_client = match self.wrap {
             Some(wrap) => wrap(client.clone()),
             None => client.clone(),
         };
-        let server = target_server(pg);
         let servers = TargetServers::new(vec![server.clone()]).unwrap();
         let ctx = match self.backup {
             Some(config) => OperatorContext::with_backup(
