@@ -163,6 +163,8 @@ bucket is required|--set backup.storage.type=s3
 at least 32 bytes|--set dataplane.auth.hs256.value=short
 set dataplane.shutdown instead|--set dataplane.extraConfig.shutdown_grace_secs=30
 minimum: got 0, want 1|--set dataplane.shutdown.graceSeconds=0
+value must be one of '', 'disable', 'require'|--set targetServers[0].name=main,targetServers[0].host=h,targetServers[0].tls.sslMode=prefer
+maxLength: got 2, want 0|--set targetServers[0].name=main,targetServers[0].host=h,targetServers[0].tls.sslMode=disable,targetServers[0].tls.caSecret=ca
 EOF
 [ "$bad" -eq 0 ] || exit 1
 echo "chart checks passed in $(( $(date +%s) - started ))s"
