@@ -37,6 +37,8 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missi
 have_pg_server || missing+=(postgresql)
 # The demo prints curl commands, and its end-to-end test runs them.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The TLS tests make a throwaway CA and server certificate with it.
+$servers_only || command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -n "${EDUMIND_TEST_REDIS_URL:-}" ] && missing=("${missing[@]/redis-server}")
 [ -n "${EDUMIND_TEST_POSTGRES_URL:-}" ] && missing=("${missing[@]/postgresql}")
 read -r -a missing <<<"${missing[*]:-}"

@@ -273,12 +273,22 @@ async fn main() -> anyhow::Result<()> {
             let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;
             for s in servers.iter() {
                 println!(
-                    "{}{} {}:{} (admin Secret {})",
+                    "{}{} {}:{} (admin Secret {}){}",
                     s.name,
                     if s.default { " (default)" } else { "" },
                     s.host,
                     s.port,
-                    s.admin_secret
+                    s.admin_secret,
+                    match (s.effective_ssl_mode(), &s.ca) {
+                        (None, _) => String::new(),
+                        (Some(mode), None) => format!(", sslmode {}", mode.as_str()),
+                        (Some(mode), Some(ca)) => format!(
+                            ", sslmode {}, CA Secret {} key {}",
+                            mode.as_str(),
+                            ca.secret,
+                            ca.key
+                        ),
+                    }
                 );
             }
         }
