@@ -221,7 +221,7 @@ fn candidates() -> Vec<PathBuf> {
             bin.join("pg_dump").is_file().then_some((major, bin))
         })
         .collect();
-    majors.sort_by(|a, b| b.0.cmp(&a.0));
+    majors.sort_by_key(|m| std::cmp::Reverse(m.0));
     let mut dirs: Vec<PathBuf> = majors.into_iter().map(|(_, dir)| dir).collect();
     let path = std::env::var_os("PATH").unwrap_or_default();
     dirs.extend(
