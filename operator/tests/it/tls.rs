@@ -52,6 +52,11 @@ async fn env_on(pg: &'static PgServer, host: &str, ca: &TestCa) -> TestEnv {
 
 #[tokio::test]
 async fn a_tls_only_server_serves_backs_up_and_restores_and_a_wrong_ca_or_host_fails() {
+    if !PgServer::ssl_supported() {
+        // CI runs this on PostgreSQL 15 (Debian's build, with SSL) as well.
+        eprintln!("skipped: these PostgreSQL binaries were built without SSL");
+        return;
+    }
     let ca = TestCa::new("edumind-test-ca").unwrap();
     let other = TestCa::new("some-other-ca").unwrap();
     let (server, _supervised) = PgServer::start_tls(&ca).unwrap();
