@@ -165,6 +165,8 @@ set dataplane.shutdown instead|--set dataplane.extraConfig.shutdown_grace_secs=3
 minimum: got 0, want 1|--set dataplane.shutdown.graceSeconds=0
 adminPort must differ from dataplane.port|--set dataplane.adminPort=8080
 set dataplane.port / dataplane.adminPort instead|--set dataplane.extraConfig.admin_listen=0.0.0.0:1
+value must be one of '', 'disable', 'require'|--set targetServers[0].name=main,targetServers[0].host=h,targetServers[0].tls.sslMode=prefer
+maxLength: got 2, want 0|--set targetServers[0].name=main,targetServers[0].host=h,targetServers[0].tls.sslMode=disable,targetServers[0].tls.caSecret=ca
 EOF
 [ "$bad" -eq 0 ] || exit 1
 echo "chart checks passed in $(( $(date +%s) - started ))s"

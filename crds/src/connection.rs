@@ -8,6 +8,10 @@
 //! self-service database; `edumind.ai/tenant-kind` says which. Keys: `username`, `user`,
 //! `password`, `host`, `port`, `dbname`, `uri`, `jdbc-uri`, `pgpass` and the .NET
 //! connection string (`School-{id}-ConnectionString` or `SelfService-ConnectionString`).
+//! When the target server is configured for TLS, also `sslmode` (`disable`, `require`,
+//! `verify-ca`, `verify-full`; the `uri`, `jdbc-uri` and .NET string carry it too) and,
+//! when a CA bundle is configured, `ca.crt` (PEM). Without TLS settings neither key is
+//! written and the other values are unchanged.
 //!
 //! Parse errors name the key or label at fault and never carry a value from the Secret.
 
@@ -50,6 +54,81 @@ pub mod keys {
     pub const URI: &str = "uri";
     pub const JDBC_URI: &str = "jdbc-uri";
     pub const PGPASS: &str = "pgpass";
+    /// libpq's SSL mode; present only when the target server configures TLS.
+    pub const SSLMODE: &str = "sslmode";
+    /// The CA bundle (PEM) that verifies the server; present only when configured.
+    pub const CA_CRT: &str = "ca.crt";
+}
+
+/// libpq's SSL modes the platform supports. `prefer` and `allow` are left out on purpose:
+/// they fall back to plaintext silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<SslMode> {
+        Some(match value.trim() {
+            "disable" => SslMode::Disable,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// Npgsql's spelling (`SSL Mode=VerifyFull`).
+    pub fn dotnet(&self) -> &'static str {
+        match self {
+            SslMode::Disable => "Disable",
+            SslMode::Require => "Require",
+            SslMode::VerifyCa => "VerifyCA",
+            SslMode::VerifyFull => "VerifyFull",
+        }
+    }
+}
+
+/// TLS settings of an endpoint: the mode and, when configured, the CA bundle (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub mode: SslMode,
+    pub ca_pem: Option<String>,
+}
+
+impl Tls {
+    /// sqlx connection options with these settings: the mode, and the CA bundle as the
+    /// only trusted roots when present (else the system's roots). Every sqlx client of a
+    /// tenant or target server (operator, data plane, backup runner) goes through this.
+    pub fn apply(
+        &self,
+        options: sqlx::postgres::PgConnectOptions,
+    ) -> sqlx::postgres::PgConnectOptions {
+        use sqlx::postgres::PgSslMode;
+        let options = options.ssl_mode(match self.mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        });
+        match &self.ca_pem {
+            Some(pem) => options.ssl_root_cert_from_pem(pem.as_bytes().to_vec()),
+            None => options,
+        }
+    }
 }
 
 /// The .NET key of a school's Secret, as the storage spec names it.
@@ -98,6 +177,8 @@ pub struct Endpoint {
     pub dbname: String,
     pub username: String,
     pub password: Password,
+    /// `None`: the server has no TLS settings (no `sslmode` key; clients use their default).
+    pub tls: Option<Tls>,
 }
 
 impl Endpoint {
@@ -111,9 +192,18 @@ impl Endpoint {
             dbname: db,
             username: user,
             password,
+            tls,
         } = self;
         let pw = password.expose();
-        BTreeMap::from([
+        let (uri_ssl, jdbc_ssl, dotnet_ssl) = match tls {
+            Some(t) => (
+                format!("?sslmode={}", t.mode.as_str()),
+                format!("&sslmode={}", t.mode.as_str()),
+                format!(";SSL Mode={}", t.mode.dotnet()),
+            ),
+            None => Default::default(),
+        };
+        let mut data = BTreeMap::from([
             (keys::USERNAME.into(), user.clone()),
             (keys::USER.into(), user.clone()),
             (keys::PASSWORD.into(), pw.into()),
@@ -122,11 +212,11 @@ impl Endpoint {
             (keys::DBNAME.into(), db.clone()),
             (
                 keys::URI.into(),
-                format!("postgresql://{user}:{pw}@{host}:{port}/{db}"),
+                format!("postgresql://{user}:{pw}@{host}:{port}/{db}{uri_ssl}"),
             ),
             (
                 keys::JDBC_URI.into(),
-                format!("jdbc:postgresql://{host}:{port}/{db}?user={user}&password={pw}"),
+                format!("jdbc:postgresql://{host}:{port}/{db}?user={user}&password={pw}{jdbc_ssl}"),
             ),
             (
                 keys::PGPASS.into(),
@@ -134,9 +224,18 @@ impl Endpoint {
             ),
             (
                 dotnet_key.into(),
-                format!("Host={host};Port={port};Database={db};Username={user};Password={pw}"),
+                format!(
+                    "Host={host};Port={port};Database={db};Username={user};Password={pw}{dotnet_ssl}"
+                ),
             ),
-        ])
+        ]);
+        if let Some(t) = tls {
+            data.insert(keys::SSLMODE.into(), t.mode.as_str().into());
+            if let Some(ca) = &t.ca_pem {
+                data.insert(keys::CA_CRT.into(), ca.clone());
+            }
+        }
+        data
     }
 
     /// Reads the endpoint from a Secret's keys (`username`, or `user` when it is absent).
@@ -156,6 +255,13 @@ impl Endpoint {
             dbname: get(keys::DBNAME)?,
             username: get(keys::USERNAME).or_else(|_| get(keys::USER))?,
             password: Password::new(get(keys::PASSWORD)?),
+            tls: match get(keys::SSLMODE) {
+                Ok(mode) => Some(Tls {
+                    mode: SslMode::parse(&mode).ok_or(ParseError::BadSslMode)?,
+                    ca_pem: get(keys::CA_CRT).ok(),
+                }),
+                Err(_) => None,
+            },
         })
     }
 }
@@ -177,6 +283,7 @@ pub enum ParseError {
     /// A value under `data` of a manifest is not base64 (names the key).
     NotBase64(String),
     BadPort,
+    BadSslMode,
     NoSchoolId,
     BadSchoolId,
 }
@@ -190,6 +297,11 @@ impl std::fmt::Display for ParseError {
             ParseError::NotUtf8(k) => write!(f, "the value of `{k}` is not UTF-8 text"),
             ParseError::NotBase64(k) => write!(f, "data.{k} is not base64"),
             ParseError::BadPort => write!(f, "`{}` is not a port number", keys::PORT),
+            ParseError::BadSslMode => write!(
+                f,
+                "`{}` is not one of disable, require, verify-ca, verify-full",
+                keys::SSLMODE
+            ),
             ParseError::NoSchoolId => write!(f, "no {LABEL_SCHOOL_ID} label"),
             ParseError::BadSchoolId => write!(f, "the {LABEL_SCHOOL_ID} label is not a UUID"),
         }
@@ -363,7 +475,50 @@ mod tests {
                 dbname: "edumind_school_lhs_x".into(),
                 username: "edumind_school_lhs_x".into(),
                 password: Password::new("s3cr3tPassw0rd"),
+                tls: None,
             },
+        }
+    }
+
+    #[test]
+    fn tls_settings_travel_in_every_format_and_parse_back() {
+        let mut c = school();
+        c.endpoint.tls = Some(Tls {
+            mode: SslMode::VerifyFull,
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into()),
+        });
+        let data = c.data();
+        assert_eq!(data["sslmode"], "verify-full");
+        assert!(data["ca.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(data["uri"].ends_with("/edumind_school_lhs_x?sslmode=verify-full"));
+        assert!(data["jdbc-uri"].ends_with("&sslmode=verify-full"));
+        assert!(
+            data["School-0b8f3a5e-0000-4000-8000-000000000001-ConnectionString"]
+                .ends_with(";SSL Mode=VerifyFull")
+        );
+        let secret = c.to_secret("n", "ns", None);
+        assert_eq!(ConnectionSecret::from_secret(&secret), Ok(c.clone()));
+        // Without TLS settings nothing changes: no new keys, no query string.
+        let plain = school().data();
+        assert!(!plain.contains_key("sslmode") && !plain.contains_key("ca.crt"));
+        assert!(!plain["uri"].contains('?'));
+        // A mode the platform does not support is refused by name.
+        let mut bad = secret.clone();
+        bad.data
+            .as_mut()
+            .unwrap()
+            .insert("sslmode".into(), ByteString(b"prefer".to_vec()));
+        assert_eq!(
+            ConnectionSecret::from_secret(&bad),
+            Err(ParseError::BadSslMode)
+        );
+        for mode in [
+            SslMode::Disable,
+            SslMode::Require,
+            SslMode::VerifyCa,
+            SslMode::VerifyFull,
+        ] {
+            assert_eq!(SslMode::parse(mode.as_str()), Some(mode));
         }
     }
 

@@ -222,6 +222,7 @@ mod tests {
 
     fn tenant(id: TenantId, password: &str) -> Tenant {
         Tenant {
+            tls: None,
             id,
             code: Some("c1".into()),
             host: "db".into(),

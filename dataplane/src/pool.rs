@@ -662,14 +662,17 @@ impl PoolManager {
         tenant: &Tenant,
         deadline: Instant,
     ) -> Result<(PgConnection, i32), PoolError> {
-        let opts = PgConnectOptions::new()
-            .host(&tenant.host)
-            .port(tenant.port)
-            .username(&tenant.username)
-            .password(tenant.password.expose())
-            .database(&tenant.dbname)
-            .application_name(APPLICATION_NAME)
-            .disable_statement_logging();
+        let opts = crate::tenants::with_tls(
+            PgConnectOptions::new()
+                .host(&tenant.host)
+                .port(tenant.port)
+                .username(&tenant.username)
+                .password(tenant.password.expose())
+                .database(&tenant.dbname)
+                .application_name(APPLICATION_NAME)
+                .disable_statement_logging(),
+            tenant.tls.as_ref(),
+        );
         let limit = Duration::from_millis(self.inner.settings.connect_timeout_ms);
         let until = (Instant::now() + limit).min(deadline);
         let open = async {

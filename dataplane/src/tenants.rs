@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use edumind_crds::connection::{
     self as contract, ConnectionSecret, Endpoint, ParseError, Password, SELF_SERVICE, TenantRef,
+    Tls,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -66,6 +67,8 @@ pub struct Tenant {
     pub dbname: String,
     pub username: String,
     pub password: Secret,
+    /// The connection Secret's `sslmode` and `ca.crt`, when the server configures TLS.
+    pub tls: Option<Tls>,
 }
 
 impl Tenant {
@@ -88,6 +91,12 @@ impl Tenant {
             h.update([0]);
         }
         h.update(self.password.expose().as_bytes());
+        if let Some(tls) = &self.tls {
+            h.update([0]);
+            h.update(tls.mode.as_str().as_bytes());
+            h.update([0]);
+            h.update(tls.ca_pem.as_deref().unwrap_or_default().as_bytes());
+        }
         hex::encode(&h.finalize()[..12])
     }
 
@@ -108,6 +117,7 @@ impl Tenant {
                 dbname: self.dbname.clone(),
                 username: self.username.clone(),
                 password: Password::new(self.password.expose()),
+                tls: self.tls.clone(),
             },
         }
     }
@@ -127,7 +137,20 @@ impl From<ConnectionSecret> for Tenant {
             dbname: c.endpoint.dbname,
             username: c.endpoint.username,
             password: Secret::new(c.endpoint.password.expose()),
+            tls: c.endpoint.tls,
         }
+    }
+}
+
+/// `options` with the connection Secret's TLS settings (see [`Tls::apply`]); without
+/// settings, sqlx's default (libpq's `prefer`) stays.
+pub fn with_tls(
+    options: sqlx::postgres::PgConnectOptions,
+    tls: Option<&Tls>,
+) -> sqlx::postgres::PgConnectOptions {
+    match tls {
+        Some(tls) => tls.apply(options),
+        None => options,
     }
 }
 
@@ -416,6 +439,7 @@ mod tests {
 
     fn tenant(id: TenantId, password: &str) -> Tenant {
         Tenant {
+            tls: None,
             id,
             code: Some("A \"b\" é".into()),
             host: "127.0.0.1".into(),

@@ -48,6 +48,7 @@ async fn thousand_tenants_stay_within_the_budget() {
         write_tenant(
             dir.path(),
             &Tenant {
+                tls: None,
                 id: TenantId::School(id),
                 code: None,
                 host: pg.host.clone(),

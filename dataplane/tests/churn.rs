@@ -54,6 +54,7 @@ async fn backends_never_exceed_the_budget_under_churn_and_rotation() {
     };
     let (port, dbname) = (pg.port, db.name.clone());
     let tenant = move |i: usize, id: Uuid, side: &str| Tenant {
+        tls: None,
         id: TenantId::School(id),
         code: None,
         host: host.clone(),

@@ -183,6 +183,7 @@ async fn all_namespaces_lists_every_namespace() {
         .await
         .unwrap();
     let tenant = |id: TenantId| Tenant {
+        tls: None,
         id,
         code: None,
         host: "127.0.0.1".into(),

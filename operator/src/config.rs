@@ -11,12 +11,35 @@
 //!     default: true             # the server of Schools without targetServer (exactly one)
 //!     clientHost: pg-main.databases.svc.cluster.local  # optional: host written to Secrets
 //!     clientPort: 5432          # optional: port written to Secrets
+//!     sslMode: verify-full      # optional: disable | require | verify-ca | verify-full
+//!     ca:                       # optional: CA bundle (PEM) that verifies the server
+//!       secret: pg-main-ca      # a Secret in the operator's namespace
+//!       key: ca.crt             # default ca.crt
 //! ```
+//!
+//! TLS: `sslMode` defaults to `verify-full` when a CA is given; with neither, connections
+//! use libpq's default (`prefer`) and connection Secrets carry no `sslmode`. The mode and
+//! CA apply to the operator's admin connections, its login tests, and reach the data
+//! plane and backup/restore Jobs through the connection Secret (`sslmode`, `ca.crt`).
 //!
 //! A School can only name a server from this list; admin credentials only ever come from
 //! Secrets in the operator's own namespace.
 
+use edumind_crds::connection::SslMode;
 use serde::Deserialize;
+
+/// Where a target server's CA bundle is: a key of a Secret in the operator's namespace.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaRef {
+    pub secret: String,
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
 
 /// One PostgreSQL server the operator may create school databases on.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -38,6 +61,12 @@ pub struct TargetServer {
     /// Maintenance database the operator connects to for admin work.
     #[serde(default = "default_maintenance_db")]
     pub maintenance_database: String,
+    /// TLS mode; see the module documentation for the default.
+    #[serde(default)]
+    pub ssl_mode: Option<SslMode>,
+    /// CA bundle that verifies the server.
+    #[serde(default)]
+    pub ca: Option<CaRef>,
 }
 
 fn default_port() -> u16 {
@@ -54,6 +83,12 @@ impl TargetServer {
     }
     pub fn client_port(&self) -> u16 {
         self.client_port.unwrap_or(self.port)
+    }
+    /// The TLS mode in force: `sslMode`, else `verify-full` when a CA is given, else
+    /// `None` (no TLS settings).
+    pub fn effective_ssl_mode(&self) -> Option<SslMode> {
+        self.ssl_mode
+            .or_else(|| self.ca.as_ref().map(|_| SslMode::VerifyFull))
     }
 }
 
@@ -79,6 +114,8 @@ pub enum ConfigError {
     Duplicate(String),
     #[error("exactly one target server must be `default: true` (found {0})")]
     Default(usize),
+    #[error("target server {0:?} has a CA but `sslMode: disable`")]
+    CaWithoutTls(String),
 }
 
 impl TargetServers {
@@ -90,6 +127,9 @@ impl TargetServers {
         for s in &servers {
             if !names.insert(s.name.as_str()) {
                 return Err(ConfigError::Duplicate(s.name.clone()));
+            }
+            if s.ca.is_some() && s.ssl_mode == Some(SslMode::Disable) {
+                return Err(ConfigError::CaWithoutTls(s.name.clone()));
             }
         }
         let defaults = servers.iter().filter(|s| s.default).count();
@@ -141,6 +181,34 @@ mod tests {
             (6432, "pub", 6432)
         );
         assert!(s.resolve(Some("nope")).is_none());
+        assert_eq!(b.effective_ssl_mode(), None);
+    }
+
+    #[test]
+    fn tls_settings_default_to_verify_full_with_a_ca() {
+        let s = TargetServers::from_yaml(
+            "servers:\n- {name: a, host: a, adminSecret: s, default: true, ca: {secret: ca}}\n- {name: b, host: b, adminSecret: s, sslMode: require}\n",
+        )
+        .unwrap();
+        let a = s.resolve(Some("a")).unwrap();
+        assert_eq!(a.effective_ssl_mode(), Some(SslMode::VerifyFull));
+        assert_eq!(a.ca.as_ref().unwrap().key, "ca.crt");
+        assert_eq!(
+            s.resolve(Some("b")).unwrap().effective_ssl_mode(),
+            Some(SslMode::Require)
+        );
+        assert_eq!(
+            TargetServers::from_yaml(
+                "servers: [{name: a, host: h, adminSecret: s, sslMode: disable, ca: {secret: c}}]"
+            ),
+            Err(ConfigError::CaWithoutTls("a".into()))
+        );
+        assert!(matches!(
+            TargetServers::from_yaml(
+                "servers: [{name: a, host: h, adminSecret: s, sslMode: prefer}]"
+            ),
+            Err(ConfigError::Parse(_))
+        ));
     }
 
     #[test]
@@ -156,6 +224,8 @@ mod tests {
                     client_host: None,
                     client_port: None,
                     maintenance_database: "postgres".into(),
+                    ssl_mode: None,
+                    ca: None,
                 },
                 TargetServer {
                     name: "b".into(),
@@ -166,6 +236,8 @@ mod tests {
                     client_host: None,
                     client_port: None,
                     maintenance_database: "postgres".into(),
+                    ssl_mode: None,
+                    ca: None,
                 },
             ])
         };

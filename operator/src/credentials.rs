@@ -5,6 +5,14 @@
 //! client-side and sends only that, so no server log, statement log or error can contain
 //! the password. Checking whether a Secret's password still matches the role is done the
 //! same way, against the stored verifier, without logging in.
+//!
+//! Managed services (RDS, Cloud SQL, Azure) deny `pg_authid`, and with it the stored
+//! verifier, to every role the operator may use. For them the operator records a
+//! [`fingerprint`] of each password it sets in the role's comment: HMAC-SHA-256 keyed with
+//! a random 16-byte salt kept beside it. Comments are readable by every role of the
+//! server; the fingerprint only lets someone test guesses of a 190-bit random password,
+//! which is hopeless. A fingerprint proves the Secret still holds the password the
+//! operator set; a real login (see `pg::password_current`) proves the server still has it.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -104,6 +112,39 @@ pub fn verifier_matches(password: &SecretString, verifier: &str) -> bool {
     parse().unwrap_or(false)
 }
 
+/// Prefix of a password fingerprint (lets the format change later).
+const FINGERPRINT_V1: &str = "hmac-sha256:";
+
+/// A keyed fingerprint of `password` with a fresh random salt:
+/// `hmac-sha256:<salt>:<HMAC-SHA-256(salt, password)>`, both base64.
+pub fn fingerprint(password: &SecretString) -> Option<String> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill(&mut salt);
+    fingerprint_with_salt(password.expose(), &salt)
+}
+
+fn fingerprint_with_salt(password: &str, salt: &[u8]) -> Option<String> {
+    let mac = hmac(salt, password.as_bytes())?;
+    Some(format!(
+        "{FINGERPRINT_V1}{}:{}",
+        B64.encode(salt),
+        B64.encode(mac)
+    ))
+}
+
+/// Whether `password` is the one `fingerprint` was made from; anything malformed does
+/// not match.
+pub fn fingerprint_matches(password: &SecretString, fingerprint: &str) -> bool {
+    let parse = || -> Option<bool> {
+        let (salt, mac) = fingerprint.strip_prefix(FINGERPRINT_V1)?.split_once(':')?;
+        let (salt, mac) = (B64.decode(salt).ok()?, B64.decode(mac).ok()?);
+        let mut check = <Hmac<Sha256> as Mac>::new_from_slice(&salt).ok()?;
+        check.update(password.expose().as_bytes());
+        Some(check.verify_slice(&mac).is_ok())
+    };
+    parse().unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -122,6 +163,24 @@ mod tests {
             "md5abc"
         ));
         assert!(!verifier_matches(&SecretString::new("pencil".into()), ""));
+    }
+
+    #[test]
+    fn fingerprints_match_only_their_password() {
+        let p = SecretString::new("pencil".into());
+        let f = fingerprint(&p).unwrap();
+        assert!(f.starts_with("hmac-sha256:"));
+        assert!(!f.contains("pencil"));
+        assert!(fingerprint_matches(&p, &f));
+        assert!(!fingerprint_matches(
+            &SecretString::new("pencil2".into()),
+            &f
+        ));
+        assert_ne!(Some(f.clone()), fingerprint(&p), "fresh salt each time");
+        let fixed = fingerprint_with_salt("pencil", b"0123456789abcdef").unwrap();
+        assert!(fingerprint_matches(&p, &fixed));
+        assert!(!fingerprint_matches(&p, "hmac-sha256:AAAA"));
+        assert!(!fingerprint_matches(&p, ""));
     }
 
     #[test]

@@ -221,12 +221,19 @@ async fn main() -> anyhow::Result<()> {
             let options: PgConnectOptions = url.parse().context("invalid admin URL")?;
             let options = options.disable_statement_logging();
             let backup = match backup_storage {
-                Some(storage) => Some(edumind_operator::fleet::FleetBackup {
-                    tools: PgTools::discover()?,
-                    store: BackupStore::from_spec(&storage, s3_endpoint.as_deref(), &s3_region)?,
-                    retention_days,
-                    admin: admin_connection(&url)?,
-                }),
+                Some(storage) => {
+                    let admin = admin_connection(&url)?;
+                    Some(edumind_operator::fleet::FleetBackup {
+                        tools: PgTools::for_server(&admin).await?,
+                        store: BackupStore::from_spec(
+                            &storage,
+                            s3_endpoint.as_deref(),
+                            &s3_region,
+                        )?,
+                        retention_days,
+                        admin,
+                    })
+                }
                 None => None,
             };
             let failed =
@@ -266,12 +273,22 @@ async fn main() -> anyhow::Result<()> {
             let servers = edumind_operator::config::TargetServers::from_yaml(&text)?;
             for s in servers.iter() {
                 println!(
-                    "{}{} {}:{} (admin Secret {})",
+                    "{}{} {}:{} (admin Secret {}){}",
                     s.name,
                     if s.default { " (default)" } else { "" },
                     s.host,
                     s.port,
-                    s.admin_secret
+                    s.admin_secret,
+                    match (s.effective_ssl_mode(), &s.ca) {
+                        (None, _) => String::new(),
+                        (Some(mode), None) => format!(", sslmode {}", mode.as_str()),
+                        (Some(mode), Some(ca)) => format!(
+                            ", sslmode {}, CA Secret {} key {}",
+                            mode.as_str(),
+                            ca.secret,
+                            ca.key
+                        ),
+                    }
                 );
             }
         }
@@ -287,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
                     work_dir: target.work_dir.clone(),
                 };
                 let report = backup::run_backup(
-                    &PgTools::discover()?,
+                    &PgTools::for_server(&conn).await?,
                     &conn,
                     &store,
                     &job,
@@ -336,7 +353,7 @@ async fn main() -> anyhow::Result<()> {
                     allow_unverified,
                 };
                 let report = backup::run_restore_with(
-                    &PgTools::discover()?,
+                    &PgTools::for_server(&conn).await?,
                     &conn,
                     &store,
                     &object,

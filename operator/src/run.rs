@@ -140,9 +140,17 @@ async fn self_service_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let wait = match ctx.admin_options(&server).await {
-            Ok(admin) => {
-                match crate::selfservice::ensure(&ctx.client, &namespace, &server, &admin).await {
+        let wait = match ctx.admin_options_and_tls(&server).await {
+            Ok((admin, tls)) => {
+                match crate::selfservice::ensure_with_tls(
+                    &ctx.client,
+                    &namespace,
+                    &server,
+                    &admin,
+                    tls.as_ref(),
+                )
+                .await
+                {
                     Ok(outcome) => {
                         if !outcome.changes.is_empty() {
                             tracing::info!(changes = ?outcome.changes, "self-service tenant updated");

@@ -17,7 +17,7 @@
 //! nothing (no DDL). The installed policy version is recorded (a hash of the policy SQL)
 //! so a new operator release with new policies re-applies them once.
 
-use edumind_crds::connection::{self, ConnectionSecret, TenantRef, keys};
+use edumind_crds::connection::{self, ConnectionSecret, TenantRef, Tls, keys};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -92,15 +92,8 @@ pub async fn ensure_database(
     match pg::role_state(&mut conn, OWNER_ROLE).await? {
         None => {
             let unused = credentials::generate_password();
-            let verifier = credentials::scram_verifier(&unused).ok_or(PgError::Verifier)?;
-            pg::create_role(&mut conn, OWNER_ROLE, &verifier, &claim, false).await?;
-            // Lets a non-superuser admin act as the owner (a superuser already can).
-            exec(
-                &mut conn,
-                "let the admin act as the owner",
-                format!("GRANT {} TO CURRENT_USER", quote_ident(OWNER_ROLE)?),
-            )
-            .await?;
+            // Also lets a non-superuser admin act as the owner (see pg::ensure_admin_member).
+            pg::create_role(&mut conn, OWNER_ROLE, &unused, &claim, false).await?;
             out.changes.push("created the owner role");
         }
         Some(state) if !ours(&state.claim) => {
@@ -109,19 +102,25 @@ pub async fn ensure_database(
                 format!("{:?}", state.claim),
             ));
         }
-        Some(state) if state.can_login || state.privileged => {
-            pg::reset_role_attributes(&mut conn, OWNER_ROLE, false).await?;
-            out.changes.push("reset the owner role's attributes");
+        Some(state) => {
+            if !state.attribute_changes(false).is_empty() {
+                pg::reset_role_attributes(&mut conn, OWNER_ROLE, false).await?;
+                out.changes.push("reset the owner role's attributes");
+            }
+            if !state.admin_member {
+                pg::ensure_admin_member(&mut conn, OWNER_ROLE).await?;
+                out.changes
+                    .push("made the admin a member of the owner role");
+            }
         }
-        Some(_) => {}
     }
 
     // The application role: logs in with the published password, owns nothing.
-    let verifier = || credentials::scram_verifier(password).ok_or(PgError::Verifier);
-    match pg::role_state(&mut conn, APP_ROLE).await? {
+    let app = match pg::role_state(&mut conn, APP_ROLE).await? {
         None => {
-            pg::create_role(&mut conn, APP_ROLE, &verifier()?, &claim, true).await?;
+            pg::create_role(&mut conn, APP_ROLE, password, &claim, true).await?;
             out.changes.push("created the application role");
+            None
         }
         Some(state) if !ours(&state.claim) => {
             return Err(SelfServiceError::Foreign(
@@ -130,20 +129,13 @@ pub async fn ensure_database(
             ));
         }
         Some(state) => {
-            if !state.can_login || state.privileged {
+            if !state.attribute_changes(true).is_empty() {
                 pg::reset_role_attributes(&mut conn, APP_ROLE, true).await?;
                 out.changes.push("reset the application role's attributes");
             }
-            let matches = state
-                .verifier
-                .as_deref()
-                .is_some_and(|v| credentials::verifier_matches(password, v));
-            if !matches {
-                pg::set_password(&mut conn, APP_ROLE, &verifier()?).await?;
-                out.changes.push("set the application role's password");
-            }
+            Some(state)
         }
-    }
+    };
 
     match pg::database_state(&mut conn, DATABASE, OWNER_ROLE).await? {
         None => {
@@ -183,6 +175,13 @@ pub async fn ensure_database(
         )
         .await?;
         out.changes.push("granted the application role CONNECT");
+    }
+    // The password last: a login test (non-superuser admin) needs the database and CONNECT.
+    if let Some(state) = app
+        && !pg::password_current(admin, &state, APP_ROLE, DATABASE, true, password).await?
+    {
+        pg::set_password(&mut conn, APP_ROLE, password, &claim).await?;
+        out.changes.push("set the application role's password");
     }
     let _ = conn.close().await;
 
@@ -252,15 +251,24 @@ async fn exec(conn: &mut PgConnection, step: &'static str, sql: String) -> Resul
 }
 
 /// The self-service tenant's connection Secret (the application role's endpoint).
-pub fn connection_secret(server: &TargetServer, password: &SecretString) -> ConnectionSecret {
+pub fn connection_secret(
+    server: &TargetServer,
+    password: &SecretString,
+    tls: Option<&Tls>,
+) -> ConnectionSecret {
     ConnectionSecret {
         tenant: TenantRef::SelfService,
-        endpoint: crate::school::endpoint(server, APP_ROLE, DATABASE, password),
+        endpoint: crate::school::endpoint(server, APP_ROLE, DATABASE, password, tls),
     }
 }
 
-fn desired_secret(namespace: &str, server: &TargetServer, password: &SecretString) -> Secret {
-    connection_secret(server, password).to_secret(SECRET_NAME, namespace, None)
+fn desired_secret(
+    namespace: &str,
+    server: &TargetServer,
+    password: &SecretString,
+    tls: Option<&Tls>,
+) -> Secret {
+    connection_secret(server, password, tls).to_secret(SECRET_NAME, namespace, None)
 }
 
 /// Provisions (or checks) the self-service tenant on `server` and publishes its Secret in
@@ -272,6 +280,18 @@ pub async fn ensure(
     namespace: &str,
     server: &TargetServer,
     admin: &PgConnectOptions,
+) -> Result<Outcome, SelfServiceError> {
+    ensure_with_tls(client, namespace, server, admin, None).await
+}
+
+/// [`ensure`] for a server with TLS settings (`admin` already carries them), which the
+/// Secret then carries too.
+pub async fn ensure_with_tls(
+    client: &Client,
+    namespace: &str,
+    server: &TargetServer,
+    admin: &PgConnectOptions,
+    tls: Option<&Tls>,
 ) -> Result<Outcome, SelfServiceError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let kube = |step| {
@@ -291,7 +311,7 @@ pub async fn ensure(
         .map(SecretString::new)
         .unwrap_or_else(credentials::generate_password);
     let mut out = ensure_database(admin, &password).await?;
-    let desired = desired_secret(namespace, server, &password);
+    let desired = desired_secret(namespace, server, &password, tls);
     match existing {
         None => {
             secrets

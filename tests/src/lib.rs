@@ -15,14 +15,21 @@
 //! `EDUMIND_TEST_POSTGRES_URL` (a superuser URL, e.g. `postgres://postgres:pw@127.0.0.1:5432/postgres`)
 //! and `EDUMIND_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379`). `EDUMIND_PG_BINDIR` and
 //! `EDUMIND_REDIS_SERVER` name the binaries when they are not found on their own.
+//! `EDUMIND_TEST_PG_ADMIN=managed` makes [`PgServer::operator_admin`] a non-superuser admin
+//! like a managed service's (`docs/managed-postgres.md`) instead of the superuser.
 
 mod binaries;
 mod postgres;
 mod redis;
 pub mod supervisor;
+mod tls;
 
-pub use postgres::{PgServer, PrivatePg, TestDatabase, postgres, postgres_blocking};
+pub use postgres::{
+    MANAGED_ADMIN, PgServer, PrivatePg, TestDatabase, managed_admin_requested, postgres,
+    postgres_blocking,
+};
 pub use redis::{RedisServer, redis, redis_blocking};
+pub use tls::TestCa;
 
 /// A port that was free on 127.0.0.1 a moment ago. Callers retry when it is taken
 /// before the server binds it.

@@ -81,6 +81,30 @@ pub async fn postgres() -> &'static PgServer {
 
 const TEMPLATE_DB: &str = "edumind_test_template";
 
+/// The non-superuser admin of `docs/managed-postgres.md`, made by the statement there.
+pub const MANAGED_ADMIN: &str = "edumind_admin";
+const MANAGED_ADMIN_DOC: &str = include_str!("../../docs/managed-postgres.md");
+
+/// Whether the operator's tests give the operator a managed service's kind of admin
+/// (`EDUMIND_TEST_PG_ADMIN=managed`) instead of the superuser.
+pub fn managed_admin_requested() -> bool {
+    std::env::var("EDUMIND_TEST_PG_ADMIN").is_ok_and(|v| v == "managed")
+}
+
+/// The first SQL block after the marker in `docs/managed-postgres.md`.
+fn managed_admin_sql() -> &'static str {
+    let after = MANAGED_ADMIN_DOC
+        .split_once("<!-- managed-admin-sql")
+        .map(|(_, rest)| rest)
+        .expect("docs/managed-postgres.md has the managed-admin-sql marker");
+    let block = after
+        .split_once("```sql")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(sql, _)| sql)
+        .expect("docs/managed-postgres.md has the admin's SQL block");
+    block.trim()
+}
+
 impl PgServer {
     fn from_url(url: &str) -> Result<Self, HarnessError> {
         let opts: sqlx::postgres::PgConnectOptions = url
@@ -107,6 +131,22 @@ impl PgServer {
     /// so a crash (`pg_ctl stop -m immediate`) loses no acknowledged write; the shared
     /// server trades that for speed.
     fn start_with(durable: bool) -> Result<(Self, Supervised), HarnessError> {
+        Self::start_inner(durable, |_, _| Ok(String::new()))
+    }
+
+    /// A new cluster whose directory `prepare` adjusts after `initdb` (it gets the
+    /// directory holding `data/` and the uid/gid the server runs as) and which is started
+    /// with the extra server arguments `prepare` returns.
+    pub(crate) fn start_configured(
+        prepare: impl Fn(&Path, Option<(u32, u32)>) -> Result<String, HarnessError>,
+    ) -> Result<(Self, Supervised), HarnessError> {
+        Self::start_inner(false, prepare)
+    }
+
+    fn start_inner(
+        durable: bool,
+        prepare: impl Fn(&Path, Option<(u32, u32)>) -> Result<String, HarnessError>,
+    ) -> Result<(Self, Supervised), HarnessError> {
         let started = Instant::now();
         let bindir = binaries::pg_bindir()?;
         let run_as = binaries::pg_run_as()?;
@@ -115,8 +155,9 @@ impl PgServer {
         for _attempt in 0..3 {
             let dir = supervisor::server_dir("edumind-pg-", run_as)?;
             initdb(&bindir, &dir, &password, run_as)?;
+            let extra = prepare(&dir, run_as)?;
             let port = free_port()?;
-            let cmd = server_cmd(&bindir, port, durable);
+            let cmd = server_cmd(&bindir, port, durable) + &extra;
             let mut supervised = Supervised::spawn(&dir, &cmd, "QUIT", run_as)?;
             match wait_until_ready(&dir.join("data"), &mut supervised) {
                 Ok(()) => {
@@ -138,10 +179,7 @@ impl PgServer {
 
     /// Superuser URL for `database`.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "postgres://{}:{}@{}:{}/{}",
-            self.superuser, self.password, self.host, self.port, database
-        )
+        self.url_as(&self.superuser, &self.password, database)
     }
 
     /// Superuser URL for the maintenance database.
@@ -153,6 +191,65 @@ impl PgServer {
         PgConnection::connect(&self.admin_url())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to test PostgreSQL: {e}"))
+    }
+
+    /// The user and password the operator's tests give the operator: the superuser, or,
+    /// with `EDUMIND_TEST_PG_ADMIN=managed`, [`MANAGED_ADMIN`] (created on first use by the
+    /// documented statement: `LOGIN CREATEDB CREATEROLE`, no superuser, `pg_authid`
+    /// unreadable).
+    pub async fn operator_admin(&self) -> (String, String) {
+        if !managed_admin_requested() {
+            return (self.superuser.clone(), self.password.clone());
+        }
+        let password = format!("{}adm", self.password);
+        let mut admin = self.admin().await;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(MANAGED_ADMIN)
+                .fetch_one(&mut admin)
+                .await
+                .expect("query pg_roles");
+        if !exists {
+            // The throwaway password is alphanumeric: no quoting needed.
+            let sql = managed_admin_sql().replace("'change-me'", &format!("'{password}'"));
+            match admin.execute(AssertSqlSafe(sql)).await {
+                Ok(_) => {}
+                // Another test of this process created it meanwhile.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {}
+                Err(e) => panic!("cannot create the managed admin: {e}"),
+            }
+        }
+        let _ = admin.close().await;
+        let url = self.url_as(MANAGED_ADMIN, &password, "postgres");
+        let mut conn = PgConnection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("the managed admin cannot log in: {e}"));
+        let (superuser, authid): (bool, bool) = sqlx::query_as(
+            "SELECT rolsuper, has_table_privilege('pg_catalog.pg_authid', 'SELECT') \
+             FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("read the managed admin");
+        assert!(
+            !superuser && !authid,
+            "the managed admin must be a non-superuser without pg_authid"
+        );
+        let _ = conn.close().await;
+        (MANAGED_ADMIN.to_string(), password)
+    }
+
+    /// [`PgServer::operator_admin`]'s URL for the maintenance database.
+    pub async fn operator_admin_url(&self) -> String {
+        let (user, password) = self.operator_admin().await;
+        self.url_as(&user, &password, "postgres")
+    }
+
+    fn url_as(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@{}:{}/{database}",
+            self.host, self.port
+        )
     }
 
     /// A new empty database with a unique name.

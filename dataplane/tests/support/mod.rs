@@ -100,6 +100,7 @@ pub async fn provision(pg: &PgServer, id: TenantId) -> Seeded {
     };
     let seeded = seed(&mut conn, school_id).await;
     let tenant = Tenant {
+        tls: None,
         id,
         code: school_id.map(|s| format!("code-{}", &s.to_string()[..8])),
         host: pg.host.clone(),
@@ -155,6 +156,7 @@ async fn seed(conn: &mut PgConnection, school: Option<Uuid>) -> Seeded {
         .bind(ASSESSMENT).bind(COURSE).bind(&qids).execute(&mut *conn).await.unwrap();
     Seeded {
         tenant: Tenant {
+            tls: None,
             id: TenantId::SelfService,
             code: None,
             host: String::new(),

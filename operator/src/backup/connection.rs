@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use edumind_crds::connection::{self, Endpoint, LABEL_SCHOOL_ID, ParseError};
+use edumind_crds::connection::{self, Endpoint, LABEL_SCHOOL_ID, ParseError, Tls};
 
 use super::BackupError;
 
@@ -19,6 +19,8 @@ pub struct ConnectionInfo {
     password: String,
     /// The `edumind.ai/school-id` label, when the source carried labels.
     pub school_id: Option<String>,
+    /// `sslmode` and `ca.crt`, when the server configures TLS.
+    pub tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for ConnectionInfo {
@@ -30,6 +32,7 @@ impl std::fmt::Debug for ConnectionInfo {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("school_id", &self.school_id)
+            .field("sslmode", &self.tls.as_ref().map(|t| t.mode.as_str()))
             .finish()
     }
 }
@@ -43,11 +46,30 @@ impl ConnectionInfo {
             username: username.into(),
             password: password.into(),
             school_id: None,
+            tls: None,
         }
     }
 
     pub(crate) fn password(&self) -> &str {
         &self.password
+    }
+
+    /// sqlx connection options for the same connection (statement logging off, TLS
+    /// settings applied).
+    pub fn connect_options(&self) -> sqlx::postgres::PgConnectOptions {
+        use sqlx::ConnectOptions;
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.username)
+            .password(&self.password)
+            .database(&self.dbname)
+            .application_name("edumind-backup")
+            .disable_statement_logging();
+        match &self.tls {
+            Some(tls) => tls.apply(options),
+            None => options,
+        }
     }
 
     /// Reads a Secret-shaped YAML file, or a directory of key files.
@@ -100,6 +122,7 @@ impl ConnectionInfo {
             username: endpoint.username,
             password: endpoint.password.expose().to_string(),
             school_id,
+            tls: endpoint.tls,
         })
     }
 }

@@ -19,50 +19,93 @@ pub struct PgTools {
 impl PgTools {
     /// `EDUMIND_PG_BINDIR`, else the newest of Debian's `/usr/lib/postgresql/<major>/bin`,
     /// else whatever `pg_dump` is on `PATH`. The newest is chosen because `pg_dump` must be
-    /// no older than the server; `pg_dump` itself refuses a newer server, and that error is
-    /// reported as is.
+    /// no older than the server; [`PgTools::for_server`] checks that against the server.
     pub fn discover() -> Result<Self, BackupError> {
-        if let Some(dir) = std::env::var_os("EDUMIND_PG_BINDIR") {
-            return Ok(Self { bindir: dir.into() });
-        }
-        let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        candidates()
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
-                let bin = entry.path().join("bin");
-                bin.join("pg_dump").is_file().then_some((major, bin))
-            })
-            .collect();
-        majors.sort();
-        if let Some((_, dir)) = majors.pop() {
-            return Ok(Self { bindir: dir });
-        }
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .find(|dir| dir.join("pg_dump").is_file() && dir.join("pg_restore").is_file())
+            .next()
             .map(|bindir| Self { bindir })
-            .ok_or_else(|| {
-                BackupError::Tools(
-                    "pg_dump/pg_restore not found: install the PostgreSQL client tools or set \
-                     EDUMIND_PG_BINDIR"
-                        .into(),
-                )
-            })
+            .ok_or_else(not_found)
     }
 
-    fn command(&self, tool: &str, passfile: Option<&Path>) -> Command {
+    /// The client tools for the server behind `conn`: the newest candidate (see
+    /// [`PgTools::discover`]; only `EDUMIND_PG_BINDIR` when it is set) whose major version
+    /// is at least the server's, since `pg_dump` cannot dump a newer server and
+    /// `pg_restore` may not read the dump of a newer `pg_dump`. Otherwise a clear error
+    /// naming both versions.
+    pub async fn for_server(conn: &ConnectionInfo) -> Result<Self, BackupError> {
+        Self::for_server_among(conn, candidates()).await
+    }
+
+    /// [`PgTools::for_server`] among these directories, best first.
+    pub async fn for_server_among(
+        conn: &ConnectionInfo,
+        candidates: Vec<PathBuf>,
+    ) -> Result<Self, BackupError> {
+        let server = server_major(conn).await?;
+        let mut newest_seen: Option<(u32, PathBuf)> = None;
+        for bindir in candidates {
+            let tools = Self { bindir };
+            let Ok(client) = tools.major().await else {
+                continue;
+            };
+            if client >= server {
+                return Ok(tools);
+            }
+            if newest_seen.as_ref().is_none_or(|(m, _)| client > *m) {
+                newest_seen = Some((client, tools.bindir));
+            }
+        }
+        Err(BackupError::Tools(match newest_seen {
+            Some((client, dir)) => format!(
+                "pg_dump {client} ({}) is older than the server (PostgreSQL {server}): the \
+                 client tools must be of major version {server} or later; install them or \
+                 set EDUMIND_PG_BINDIR to their directory",
+                dir.display()
+            ),
+            None => not_found_message(),
+        }))
+    }
+
+    /// The major version of this directory's `pg_dump` (`pg_dump (PostgreSQL) 18.6`).
+    pub async fn major(&self) -> Result<u32, BackupError> {
+        let out = Command::new(self.bindir.join("pg_dump"))
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| BackupError::Tools(format!("cannot run pg_dump: {e}")))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_major(&text).ok_or_else(|| {
+            BackupError::Tools(format!("cannot read pg_dump's version from {text:?}"))
+        })
+    }
+
+    fn command(&self, tool: &str, passfile: Option<&PassFile>) -> Command {
         let mut cmd = Command::new(self.bindir.join(tool));
         cmd.env_remove("PGPASSWORD")
             .env_remove("PGSERVICE")
+            .env_remove("PGSSLMODE")
+            .env_remove("PGSSLROOTCERT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         match passfile {
-            Some(file) => cmd.env("PGPASSFILE", file),
-            None => cmd.env_remove("PGPASSFILE"),
+            Some(file) => {
+                cmd.env("PGPASSFILE", file.path());
+                // TLS as the connection Secret says, through libpq's environment (never
+                // argv); the CA is a private file beside the password file.
+                if let Some(mode) = &file.sslmode {
+                    cmd.env("PGSSLMODE", mode);
+                }
+                if let Some(ca) = &file.ca {
+                    cmd.env("PGSSLROOTCERT", ca);
+                }
+            }
+            None => {
+                cmd.env_remove("PGPASSFILE");
+            }
         };
         cmd
     }
@@ -70,7 +113,7 @@ impl PgTools {
     /// `pg_dump --format=custom` of the whole database into `dest`.
     pub async fn dump(&self, conn: &ConnectionInfo, dest: &Path) -> Result<(), BackupError> {
         let passfile = PassFile::write(conn, dest.parent())?;
-        let mut cmd = self.command("pg_dump", Some(passfile.path()));
+        let mut cmd = self.command("pg_dump", Some(&passfile));
         cmd.args(connection_args(conn))
             .args([
                 "--format=custom",
@@ -133,7 +176,7 @@ impl PgTools {
         role: Option<&str>,
     ) -> Result<(), BackupError> {
         let passfile = PassFile::write(conn, file.parent())?;
-        let mut cmd = self.command("pg_restore", Some(passfile.path()));
+        let mut cmd = self.command("pg_restore", Some(&passfile));
         cmd.args(connection_args(conn));
         if let Some(role) = role {
             cmd.arg(format!("--role={role}"));
@@ -150,6 +193,71 @@ impl PgTools {
         .arg(file);
         run(cmd, "pg_restore").await
     }
+}
+
+fn not_found_message() -> String {
+    "pg_dump/pg_restore not found: install the PostgreSQL client tools or set \
+     EDUMIND_PG_BINDIR"
+        .into()
+}
+
+fn not_found() -> BackupError {
+    BackupError::Tools(not_found_message())
+}
+
+/// Directories holding `pg_dump` and `pg_restore`, best first: `EDUMIND_PG_BINDIR` alone
+/// when set; else Debian's versioned directories, newest major first, then `PATH`.
+fn candidates() -> Vec<PathBuf> {
+    if let Some(dir) = std::env::var_os("EDUMIND_PG_BINDIR") {
+        return vec![dir.into()];
+    }
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("pg_dump").is_file().then_some((major, bin))
+        })
+        .collect();
+    majors.sort_by_key(|m| std::cmp::Reverse(m.0));
+    let mut dirs: Vec<PathBuf> = majors.into_iter().map(|(_, dir)| dir).collect();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    dirs.extend(
+        std::env::split_paths(&path)
+            .filter(|dir| dir.join("pg_dump").is_file() && dir.join("pg_restore").is_file()),
+    );
+    dirs
+}
+
+/// `pg_dump (PostgreSQL) 18.6` -> 18; `pg_dump (PostgreSQL) 9.6.24` -> 9.
+fn parse_major(version: &str) -> Option<u32> {
+    let number = version
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let digits: String = number.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The server's major version (`server_version_num` / 10000, PostgreSQL 10 and later).
+async fn server_major(conn: &ConnectionInfo) -> Result<u32, BackupError> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut c = conn
+        .connect_options()
+        .connect()
+        .await
+        .map_err(|e| BackupError::Failed(format!("cannot connect to the database: {e}")))?;
+    let version: String = sqlx::query_scalar("SHOW server_version_num")
+        .fetch_one(&mut c)
+        .await
+        .map_err(|e| BackupError::Failed(format!("cannot read the server version: {e}")))?;
+    let _ = c.close().await;
+    version
+        .trim()
+        .parse::<u32>()
+        .map(|v| v / 10_000)
+        .map_err(|_| BackupError::Failed(format!("unexpected server_version_num {version:?}")))
 }
 
 fn connection_args(conn: &ConnectionInfo) -> Vec<String> {
@@ -178,10 +286,13 @@ async fn run(mut cmd: Command, what: &str) -> Result<(), BackupError> {
     }
 }
 
-/// A libpq password file holding one line for this connection, deleted on drop.
+/// A libpq password file holding one line for this connection, and the CA bundle when
+/// the connection has one, in a private directory deleted on drop.
 struct PassFile {
     _dir: tempfile::TempDir,
     path: PathBuf,
+    sslmode: Option<&'static str>,
+    ca: Option<PathBuf>,
 }
 
 impl PassFile {
@@ -213,7 +324,20 @@ impl PassFile {
         .map(escape)
         .join(":");
         writeln!(file, "{line}").map_err(io)?;
-        Ok(Self { _dir: dir, path })
+        let ca = match conn.tls.as_ref().and_then(|t| t.ca_pem.as_deref()) {
+            Some(pem) => {
+                let ca = dir.path().join("ca.crt");
+                std::fs::write(&ca, pem).map_err(io)?;
+                Some(ca)
+            }
+            None => None,
+        };
+        Ok(Self {
+            _dir: dir,
+            path,
+            sslmode: conn.tls.as_ref().map(|t| t.mode.as_str()),
+            ca,
+        })
     }
 
     fn path(&self) -> &Path {
@@ -242,6 +366,18 @@ mod tests {
         let path = pf.path().to_path_buf();
         drop(pf);
         assert!(!path.exists(), "the password file is removed after use");
+    }
+
+    #[test]
+    fn client_versions_parse() {
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 18.6\n"), Some(18));
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 19devel"), Some(19));
+        assert_eq!(parse_major("nonsense"), None);
     }
 
     #[test]

@@ -276,6 +276,7 @@ pub(crate) async fn restore_step(
         (keys::PASSWORD, password.expose().to_string()),
     ]
     .into_iter()
+    .chain(tls_keys(ctx.tls(server).await?.as_ref()))
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
     .collect();
     let secret = Secret {
@@ -414,6 +415,19 @@ pub(crate) async fn finish_restore(
     let mut conn = ctx.admin_conn(&desired.server).await?;
     pg::drop_role(&mut conn, &role).await?;
     Ok(())
+}
+
+/// The connection Secret's TLS keys (`sslmode`, `ca.crt`) for the restore Secret, so the
+/// restore Job connects exactly as the school's own clients do.
+fn tls_keys(tls: Option<&edumind_crds::connection::Tls>) -> Vec<(&'static str, String)> {
+    let Some(tls) = tls else {
+        return Vec::new();
+    };
+    let mut out = vec![(keys::SSLMODE, tls.mode.as_str().to_string())];
+    if let Some(ca) = &tls.ca_pem {
+        out.push((keys::CA_CRT, ca.clone()));
+    }
+    out
 }
 
 /// Gives the school's logins back when no restore holds them and the School is active.

@@ -105,6 +105,9 @@ impl MigrationOutcome {
 }
 
 async fn migrate_on(conn: &mut PgConnection, role: &str) -> Result<MigrationOutcome, PgError> {
+    // A non-superuser admin may only SET ROLE to a role it is a member of (databases an
+    // earlier operator version or another admin created may lack it).
+    super::ensure_admin_member(conn, role).await?;
     exec(
         conn,
         "act as the school's role",

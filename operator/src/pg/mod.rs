@@ -106,29 +106,199 @@ pub fn admin_pool(options: PgConnectOptions, max: u32) -> PgPool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleState {
     pub can_login: bool,
-    /// Any of superuser, createdb, createrole, replication, bypassrls.
-    pub privileged: bool,
+    pub superuser: bool,
+    pub createdb: bool,
+    pub createrole: bool,
+    pub replication: bool,
+    pub bypassrls: bool,
+    pub inherit: bool,
+    /// Whether the admin may read `pg_authid` (a superuser); managed services deny it.
+    pub verifier_readable: bool,
+    /// The stored SCRAM verifier, when readable and set.
     pub verifier: Option<String>,
+    /// The fingerprint of the password the operator last set, from the role's comment.
+    pub fingerprint: Option<String>,
+    /// Whether the admin has the role's privileges (a member with INHERIT, or superuser):
+    /// what `CREATE DATABASE ... OWNER`, `SET ROLE`, ending its sessions and acting as
+    /// owner of its database need from a non-superuser.
+    pub admin_member: bool,
     pub claim: Option<Claim>,
 }
 
+impl RoleState {
+    /// Any of superuser, createdb, createrole, replication, bypassrls.
+    pub fn privileged(&self) -> bool {
+        self.superuser || self.createdb || self.createrole || self.replication || self.bypassrls
+    }
+
+    /// The `ALTER ROLE` options that make this role an unprivileged role with logins as
+    /// `login` says: only those that differ. A non-superuser admin may not even name
+    /// `SUPERUSER`, `REPLICATION` or `BYPASSRLS` (PostgreSQL 15 refuses `ALTER ROLE ...
+    /// NOSUPERUSER` from a non-superuser even when it changes nothing).
+    pub fn attribute_changes(&self, login: bool) -> Vec<&'static str> {
+        let wanted = [
+            (
+                self.can_login != login,
+                if login { "LOGIN" } else { "NOLOGIN" },
+            ),
+            (self.superuser, "NOSUPERUSER"),
+            (self.createdb, "NOCREATEDB"),
+            (self.createrole, "NOCREATEROLE"),
+            (self.replication, "NOREPLICATION"),
+            (self.bypassrls, "NOBYPASSRLS"),
+            (!self.inherit, "INHERIT"),
+        ];
+        wanted
+            .into_iter()
+            .filter_map(|(differs, option)| differs.then_some(option))
+            .collect()
+    }
+}
+
+/// A role's comment: its [`Claim`] and the fingerprint of the password the operator set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RoleComment {
+    #[serde(flatten)]
+    claim: Claim,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_fingerprint: Option<String>,
+}
+
+impl RoleComment {
+    fn to_comment(&self) -> String {
+        format!(
+            "{CLAIM_PREFIX}{}",
+            serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+        )
+    }
+
+    fn from_comment(comment: &str) -> Option<RoleComment> {
+        serde_json::from_str(comment.strip_prefix(CLAIM_PREFIX)?).ok()
+    }
+}
+
 pub async fn role_state(conn: &mut PgConnection, role: &str) -> Result<Option<RoleState>, PgError> {
-    let row: Option<(bool, bool, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT rolcanlogin, rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls, \
-         rolpassword, shobj_description(oid, 'pg_authid') FROM pg_authid WHERE rolname = $1",
+    // pg_roles, not pg_authid: every role may read it. `has_table_privilege` tells whether
+    // the stored verifier may be read too (a second query: naming pg_authid in a
+    // statement fails for a role without SELECT on it, even in an untaken branch).
+    type Row = (
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+        Option<String>,
+        bool,
+        bool,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, \
+         rolinherit, shobj_description(oid, 'pg_authid'), pg_has_role(current_user, oid, 'USAGE'), \
+         has_table_privilege('pg_catalog.pg_authid', 'SELECT') FROM pg_roles WHERE rolname = $1",
     )
     .bind(role)
     .fetch_optional(&mut *conn)
     .await
     .map_err(sql("read the role"))?;
-    Ok(
-        row.map(|(can_login, privileged, verifier, comment)| RoleState {
-            can_login,
-            privileged,
-            verifier,
-            claim: comment.as_deref().and_then(Claim::from_comment),
+    let Some((
+        can_login,
+        superuser,
+        createdb,
+        createrole,
+        replication,
+        bypassrls,
+        inherit,
+        comment,
+        admin_member,
+        verifier_readable,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let verifier = if verifier_readable {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1",
+        )
+        .bind(role)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(sql("read the role's password verifier"))?
+        .flatten()
+    } else {
+        None
+    };
+    let comment = comment.as_deref().and_then(RoleComment::from_comment);
+    Ok(Some(RoleState {
+        can_login,
+        superuser,
+        createdb,
+        createrole,
+        replication,
+        bypassrls,
+        inherit,
+        verifier_readable,
+        verifier,
+        fingerprint: comment
+            .as_ref()
+            .and_then(|c| c.password_fingerprint.clone()),
+        admin_member,
+        claim: comment.map(|c| c.claim),
+    }))
+}
+
+/// Whether `password` is still `role`'s password. With `pg_authid` readable, checked
+/// against the stored verifier. Without (a managed service's admin): the role's comment
+/// must carry the fingerprint of `password` (the Secret still holds what the operator set)
+/// and, when the role may log in (`login`), a real login to `database` must succeed (the
+/// server still has it: nobody ran `ALTER ROLE ... PASSWORD` behind the operator's back).
+/// A refused password is drift (`false`); any other failure to log in is an error, never
+/// a reason to replace a working password.
+pub async fn password_current(
+    server: &PgConnectOptions,
+    state: &RoleState,
+    role: &str,
+    database: &str,
+    login: bool,
+    password: &SecretString,
+) -> Result<bool, PgError> {
+    if state.verifier_readable {
+        return Ok(state
+            .verifier
+            .as_deref()
+            .is_some_and(|v| crate::credentials::verifier_matches(password, v)));
+    }
+    if !state
+        .fingerprint
+        .as_deref()
+        .is_some_and(|f| crate::credentials::fingerprint_matches(password, f))
+    {
+        return Ok(false);
+    }
+    if !login {
+        return Ok(true);
+    }
+    let attempt = server
+        .clone()
+        .username(role)
+        .password(password.expose())
+        .database(database)
+        .connect()
+        .await;
+    match attempt {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            Ok(true)
+        }
+        // invalid_password: the server has another password (or it expired).
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("28P01") => Ok(false),
+        Err(source) => Err(PgError::Sql {
+            step: "test the role's login",
+            source,
         }),
-    )
+    }
 }
 
 /// What the catalog says about a database.
@@ -193,15 +363,30 @@ async fn exec(
 const ROLE_ATTRIBUTES: &str =
     "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
 
+fn role_comment(claim: &Claim, password: &SecretString) -> Result<String, PgError> {
+    let fingerprint = crate::credentials::fingerprint(password).ok_or(PgError::Verifier)?;
+    Ok(quote_literal(
+        &RoleComment {
+            claim: claim.clone(),
+            password_fingerprint: Some(fingerprint),
+        }
+        .to_comment(),
+    )?)
+}
+
+/// Creates a tenant role with `password` (sent as a SCRAM verifier), its claim and the
+/// password's fingerprint in its comment, and makes the admin a member (see
+/// [`ensure_admin_member`]).
 pub async fn create_role(
     conn: &mut PgConnection,
     role: &str,
-    verifier: &str,
+    password: &SecretString,
     claim: &Claim,
     login: bool,
 ) -> Result<(), PgError> {
-    let (r, v) = (quote_ident(role)?, quote_literal(verifier)?);
-    let comment = quote_literal(&claim.to_comment())?;
+    let verifier = crate::credentials::scram_verifier(password).ok_or(PgError::Verifier)?;
+    let (r, v) = (quote_ident(role)?, quote_literal(&verifier)?);
+    let comment = role_comment(claim, password)?;
     let login = if login { "LOGIN" } else { "NOLOGIN" };
     // Role and claim commit together: a crash in between leaves neither, never a role
     // without the proof that it is ours (which every later reconcile would refuse).
@@ -218,43 +403,89 @@ pub async fn create_role(
         format!("COMMENT ON ROLE {r} IS {comment}"),
     )
     .await?;
+    ensure_admin_member(&mut tx, role).await?;
     tx.commit().await.map_err(sql("commit the new role"))?;
     crate::fault::after("commit the new role")
 }
 
-/// Resets a drifted role to an unprivileged login (or non-login) role.
-pub async fn reset_role_attributes(
-    conn: &mut PgConnection,
-    role: &str,
-    login: bool,
-) -> Result<(), PgError> {
-    let login = if login { "LOGIN" } else { "NOLOGIN" };
+/// Makes the admin a member of `role`, with INHERIT, unless it already has the role's
+/// privileges (always so for a superuser, which is then left alone). A non-superuser
+/// with CREATEROLE needs it for: `CREATE DATABASE ... OWNER role` and `ALTER DATABASE ...
+/// OWNER TO role` ("must be able to SET ROLE" / "must be member of role"), `SET ROLE role`
+/// for migrations, acting as owner of the role's database (`COMMENT ON DATABASE`,
+/// `REVOKE ... FROM PUBLIC`, `DROP DATABASE`) and ending the role's sessions
+/// (`pg_terminate_backend`). PostgreSQL 16 and later give the creator only ADMIN OPTION
+/// (without INHERIT or SET) on the roles it creates; 15 gives no membership at all.
+pub async fn ensure_admin_member(conn: &mut PgConnection, role: &str) -> Result<(), PgError> {
+    let member: bool = sqlx::query_scalar("SELECT pg_has_role(current_user, $1, 'USAGE')")
+        .bind(role)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sql("check the admin's membership in the role"))?;
+    if member {
+        return Ok(());
+    }
     exec(
         conn,
-        "reset the role's attributes",
-        format!(
-            "ALTER ROLE {} {login} {ROLE_ATTRIBUTES}",
-            quote_ident(role)?
-        ),
+        "make the admin a member of the role",
+        format!("GRANT {} TO CURRENT_USER", quote_ident(role)?),
     )
     .await
 }
 
+/// Makes an existing role unprivileged, with logins as `login` says, naming only the
+/// options that differ (see [`RoleState::attribute_changes`]). Returns whether anything
+/// changed; a missing role is left to the caller.
+pub async fn reset_role_attributes(
+    conn: &mut PgConnection,
+    role: &str,
+    login: bool,
+) -> Result<bool, PgError> {
+    let Some(state) = role_state(conn, role).await? else {
+        return Ok(false);
+    };
+    let changes = state.attribute_changes(login);
+    if changes.is_empty() {
+        return Ok(false);
+    }
+    exec(
+        conn,
+        "reset the role's attributes",
+        format!("ALTER ROLE {} {}", quote_ident(role)?, changes.join(" ")),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Sets `role`'s password (sent as a SCRAM verifier) and records its fingerprint with
+/// the claim in the role's comment, in one transaction.
 pub async fn set_password(
     conn: &mut PgConnection,
     role: &str,
-    verifier: &str,
+    password: &SecretString,
+    claim: &Claim,
 ) -> Result<(), PgError> {
+    let verifier = crate::credentials::scram_verifier(password).ok_or(PgError::Verifier)?;
+    let r = quote_ident(role)?;
+    let comment = role_comment(claim, password)?;
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(sql("begin setting the password"))?;
     exec(
-        conn,
+        &mut tx,
         "set the role's password",
-        format!(
-            "ALTER ROLE {} PASSWORD {}",
-            quote_ident(role)?,
-            quote_literal(verifier)?
-        ),
+        format!("ALTER ROLE {r} PASSWORD {}", quote_literal(&verifier)?),
     )
-    .await
+    .await?;
+    exec(
+        &mut tx,
+        "record the password's fingerprint",
+        format!("COMMENT ON ROLE {r} IS {comment}"),
+    )
+    .await?;
+    tx.commit().await.map_err(sql("commit the new password"))?;
+    crate::fault::after("set the role's password")
 }
 
 /// Ends every session of `role` (used when logins are disabled or the password rotates).
@@ -378,28 +609,33 @@ pub async fn ensure_restore_role(
 ) -> Result<(), PgError> {
     let (r, s) = (quote_ident(role)?, quote_ident(school_role)?);
     let (v, until) = (quote_literal(verifier)?, quote_literal(valid_until)?);
-    if role_state(conn, role).await?.is_some() {
+    if let Some(state) = role_state(conn, role).await? {
+        let changes = state.attribute_changes(true).join(" ");
         exec(
             conn,
             "re-key the restore role",
-            format!("ALTER ROLE {r} LOGIN {ROLE_ATTRIBUTES} PASSWORD {v} VALID UNTIL {until}"),
+            format!("ALTER ROLE {r} {changes} PASSWORD {v} VALID UNTIL {until}"),
         )
         .await?;
-        return exec(
+        exec(
             conn,
             "make the restore role a member of the school role",
             format!("GRANT {s} TO {r}"),
         )
-        .await;
+        .await?;
+    } else {
+        exec(
+            conn,
+            "create the restore role",
+            format!(
+                "CREATE ROLE {r} LOGIN {ROLE_ATTRIBUTES} PASSWORD {v} VALID UNTIL {until} IN ROLE {s}"
+            ),
+        )
+        .await?;
     }
-    exec(
-        conn,
-        "create the restore role",
-        format!(
-            "CREATE ROLE {r} LOGIN {ROLE_ATTRIBUTES} PASSWORD {v} VALID UNTIL {until} IN ROLE {s}"
-        ),
-    )
-    .await
+    // So that a non-superuser admin may end its sessions (and DROP DATABASE ... FORCE
+    // those of a restore in flight).
+    ensure_admin_member(conn, role).await
 }
 
 /// Ends the sessions of `role` and drops it (a restore role; it owns nothing).
@@ -459,7 +695,58 @@ mod tests {
             code: "O'Brien \"x\"".into(),
             owner: "ns/a".into(),
         };
-        assert_eq!(Claim::from_comment(&c.to_comment()), Some(c));
+        assert_eq!(Claim::from_comment(&c.to_comment()), Some(c.clone()));
         assert_eq!(Claim::from_comment("some other comment"), None);
+        // A role's comment carries the fingerprint beside the claim; both read it.
+        let role = RoleComment {
+            claim: c.clone(),
+            password_fingerprint: Some("hmac-sha256:a:b".into()),
+        };
+        assert_eq!(Claim::from_comment(&role.to_comment()), Some(c.clone()));
+        assert_eq!(RoleComment::from_comment(&role.to_comment()), Some(role));
+        let old = RoleComment::from_comment(&c.to_comment()).unwrap();
+        assert_eq!(old.password_fingerprint, None);
+    }
+
+    fn plain_role() -> RoleState {
+        RoleState {
+            can_login: true,
+            superuser: false,
+            createdb: false,
+            createrole: false,
+            replication: false,
+            bypassrls: false,
+            inherit: true,
+            verifier_readable: false,
+            verifier: None,
+            fingerprint: None,
+            admin_member: true,
+            claim: None,
+        }
+    }
+
+    #[test]
+    fn only_differing_role_options_are_named() {
+        let role = plain_role();
+        assert!(role.attribute_changes(true).is_empty());
+        assert_eq!(role.attribute_changes(false), vec!["NOLOGIN"]);
+        let drifted = RoleState {
+            createdb: true,
+            inherit: false,
+            ..plain_role()
+        };
+        assert_eq!(
+            drifted.attribute_changes(true),
+            vec!["NOCREATEDB", "INHERIT"]
+        );
+        let superuser = RoleState {
+            superuser: true,
+            can_login: false,
+            ..plain_role()
+        };
+        assert_eq!(
+            superuser.attribute_changes(true),
+            vec!["LOGIN", "NOSUPERUSER"]
+        );
     }
 }

@@ -6,7 +6,7 @@ use edumind_crds::connection::keys;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 
-use crate::credentials::{SecretString, generate_password, scram_verifier, verifier_matches};
+use crate::credentials::{SecretString, generate_password};
 use crate::pg::{self, Claim, ClaimLock, PgError};
 
 use super::connection_secret::{desired_secret, secret_up_to_date};
@@ -97,10 +97,12 @@ pub(crate) async fn apply(
                     d.role
                 )));
             }
-            if role.privileged || role.can_login != d.login {
+            if !role.attribute_changes(d.login).is_empty() {
                 pg::reset_role_attributes(&mut conn, &d.role, d.login).await?;
-                applied.changes.push(if role.privileged {
+                applied.changes.push(if role.privileged() {
                     "removed privileges from the role"
+                } else if role.can_login == d.login {
+                    "reset the role's attributes"
                 } else if d.login {
                     "enabled logins"
                 } else {
@@ -110,13 +112,18 @@ pub(crate) async fn apply(
                     pg::terminate_role_sessions(&mut conn, &d.role).await?;
                 }
             }
+            if !role.admin_member {
+                // A role created before the admin became a non-superuser, or by another
+                // admin: the steps below need its privileges.
+                pg::ensure_admin_member(&mut conn, &d.role).await?;
+                applied.changes.push("made the admin a member of the role");
+            }
             Some(role)
         }
         None => {
             // The role vanished while its database stayed: recreate it with a new password.
             let password = generate_password();
-            let verifier = scram_verifier(&password).ok_or(PgError::Verifier)?;
-            pg::create_role(&mut conn, &d.role, &verifier, &claim, d.login).await?;
+            pg::create_role(&mut conn, &d.role, &password, &claim, d.login).await?;
             new_password = Some(password);
             applied.changes.push("recreated the missing role");
             None
@@ -150,28 +157,44 @@ pub(crate) async fn apply(
         (Some(p), _) => p,
         (None, Some(_)) => {
             applied.rotated = true;
-            set_new_password(&mut conn, &d.role, &mut applied, "rotated the password").await?
+            set_new_password(
+                &mut conn,
+                &d.role,
+                &claim,
+                &mut applied,
+                "rotated the password",
+            )
+            .await?
         }
         (None, None) => {
             let current = existing
                 .as_ref()
                 .and_then(|s| secret_value(s, keys::PASSWORD))
                 .map(SecretString::new);
-            let verifier = role
-                .as_ref()
-                .and_then(|r| r.verifier.clone())
-                .unwrap_or_default();
-            match current {
-                Some(p) if verifier_matches(&p, &verifier) => p,
-                _ => {
-                    set_new_password(&mut conn, &d.role, &mut applied, "repaired the credentials")
+            let matches = match (&current, &role) {
+                (Some(p), Some(state)) => {
+                    pg::password_current(&handle.options, state, &d.role, &d.database, d.login, p)
                         .await?
+                }
+                _ => false,
+            };
+            match current {
+                Some(p) if matches => p,
+                _ => {
+                    set_new_password(
+                        &mut conn,
+                        &d.role,
+                        &claim,
+                        &mut applied,
+                        "repaired the credentials",
+                    )
+                    .await?
                 }
             }
         }
     };
     drop(conn);
-    let desired = desired_secret(school, d, &password);
+    let desired = desired_secret(school, d, &password, handle.tls.as_ref());
     let mut secret_published = false;
 
     // Schema and the school's own row. Not while a restore replaces the database in one
@@ -244,12 +267,12 @@ async fn publish_secret(
 pub(crate) async fn set_new_password(
     conn: &mut sqlx::PgConnection,
     role: &str,
+    claim: &Claim,
     applied: &mut Applied,
     what: &'static str,
 ) -> Result<SecretString, Error> {
     let password = generate_password();
-    let verifier = scram_verifier(&password).ok_or(PgError::Verifier)?;
-    pg::set_password(conn, role, &verifier).await?;
+    pg::set_password(conn, role, &password, claim).await?;
     applied.changes.push(what);
     Ok(password)
 }
@@ -304,8 +327,7 @@ pub(crate) async fn claim_new(
         Some(_) => {} // left by an interrupted reconcile: credentials are checked later
         None => {
             let password = generate_password();
-            let verifier = scram_verifier(&password).ok_or(PgError::Verifier)?;
-            pg::create_role(conn, &d.role, &verifier, claim, d.login).await?;
+            pg::create_role(conn, &d.role, &password, claim, d.login).await?;
             *new_password = Some(password);
             applied.changes.push("created the role");
         }

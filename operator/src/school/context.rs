@@ -18,6 +18,7 @@ use crate::config::{TargetServer, TargetServers};
 use crate::credentials::SecretString;
 use crate::metrics::Metrics;
 use crate::pg::{self, PgError};
+use edumind_crds::connection::Tls;
 
 use super::error::Error;
 
@@ -44,6 +45,8 @@ pub struct OperatorContext {
 pub(crate) struct ServerHandle {
     pub(crate) pool: PgPool,
     pub(crate) options: PgConnectOptions,
+    /// The server's TLS settings, as connection Secrets carry them.
+    pub(crate) tls: Option<Tls>,
 }
 
 impl OperatorContext {
@@ -133,6 +136,16 @@ impl OperatorContext {
         let password = secret_value(&secret, keys::PASSWORD).ok_or_else(|| {
             Error::AdminCredentials(format!("Secret {} has no `password`", server.admin_secret))
         })?;
+        let tls = match server.effective_ssl_mode() {
+            Some(mode) => Some(Tls {
+                mode,
+                ca_pem: match &server.ca {
+                    Some(ca) => Some(self.read_ca(ca).await?),
+                    None => None,
+                },
+            }),
+            None => None,
+        };
         let options = pg::admin_options(
             &server.host,
             server.port,
@@ -140,15 +153,60 @@ impl OperatorContext {
             &SecretString::new(password),
             &server.maintenance_database,
         );
+        let options = match &tls {
+            Some(tls) => tls.apply(options),
+            None => options,
+        };
         let handle = ServerHandle {
             pool: pg::admin_pool(options.clone(), 4),
             options,
+            tls,
         };
         self.pools
             .lock()
             .await
             .insert(server.name.clone(), handle.clone());
         Ok(handle)
+    }
+
+    /// A target server's CA bundle from its Secret in the operator's namespace.
+    async fn read_ca(&self, ca: &crate::config::CaRef) -> Result<String, Error> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.operator_namespace);
+        let secret = secrets
+            .get_opt(&ca.secret)
+            .await
+            .map_err(|e| Error::Kube {
+                step: "read the CA Secret",
+                source: Box::new(e),
+            })?
+            .ok_or_else(|| {
+                Error::AdminCredentials(format!(
+                    "CA Secret {}/{} not found",
+                    self.operator_namespace, ca.secret
+                ))
+            })?;
+        secret_value(&secret, &ca.key)
+            .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
+            .ok_or_else(|| {
+                Error::AdminCredentials(format!(
+                    "Secret {} has no PEM certificate under `{}`",
+                    ca.secret, ca.key
+                ))
+            })
+    }
+
+    /// The TLS settings of `server` (reads its CA Secret once).
+    pub(crate) async fn tls(&self, server: &TargetServer) -> Result<Option<Tls>, Error> {
+        Ok(self.server(server).await?.tls)
+    }
+
+    /// Admin connection options (TLS settings applied) and the TLS settings of `server`.
+    pub async fn admin_options_and_tls(
+        &self,
+        server: &TargetServer,
+    ) -> Result<(PgConnectOptions, Option<Tls>), Error> {
+        let handle = self.server(server).await?;
+        Ok((handle.options, handle.tls))
     }
 
     /// Admin connection options for `server` (reads its admin Secret once).

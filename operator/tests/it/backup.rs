@@ -824,3 +824,53 @@ impl Drop for MotoServer {
         let _ = self.child.wait();
     }
 }
+
+/// A directory whose `pg_dump` only reports `version` (an older client, without
+/// installing one).
+fn fake_tools(version: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for tool in ["pg_dump", "pg_restore"] {
+        let path = dir.path().join(tool);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho '{tool} (PostgreSQL) {version}'\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn client_tools_older_than_the_server_are_refused_and_new_enough_ones_chosen() {
+    let pg = crate::support::postgres().await;
+    let conn = ConnectionInfo::new(&pg.host, pg.port, "postgres", &pg.superuser, &pg.password);
+    let real = PgTools::discover().unwrap();
+    let major = real.major().await.unwrap();
+    let mut admin = pg.admin().await;
+    let server: String = sqlx::query_scalar("SHOW server_version_num")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let server = server.parse::<u32>().unwrap() / 10_000;
+    assert!(major >= server, "the harness's own tools fit its server");
+
+    let old = fake_tools(&format!("{}.3", server - 1));
+    let err = PgTools::for_server_among(&conn, vec![old.path().to_path_buf()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("pg_dump {} (", server - 1))
+            && err.contains(&format!("older than the server (PostgreSQL {server})"))
+            && err.contains("EDUMIND_PG_BINDIR"),
+        "{err}"
+    );
+    // An older directory first, a new enough one after it: the new enough one is used.
+    let chosen =
+        PgTools::for_server_among(&conn, vec![old.path().to_path_buf(), real.bindir.clone()])
+            .await
+            .unwrap();
+    assert_eq!(chosen.bindir, real.bindir);
+}

@@ -14,7 +14,7 @@ use crate::support::{empty_api, private_postgres};
 async fn migrate_all(pg: &edumind_tests::PgServer, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
         .args(args)
-        .env("EDUMIND_ADMIN_URL", pg.admin_url())
+        .env("EDUMIND_ADMIN_URL", pg.operator_admin_url().await)
         .output()
         .await
         .unwrap()
@@ -120,7 +120,10 @@ async fn school_at(
     i: usize,
     version: Option<i64>,
 ) -> (String, uuid::Uuid) {
-    let mut admin = pg.admin().await;
+    // Made by the operator's admin, as an earlier operator version would have.
+    let mut admin = sqlx::PgConnection::connect(&pg.operator_admin_url().await)
+        .await
+        .unwrap();
     let id = uuid::Uuid::new_v4();
     let name = edumind_operator::naming::school_database(&format!("pre {tag} {i}"), id);
     let claim = Claim {
@@ -129,11 +132,8 @@ async fn school_at(
         code: format!("pre-{tag}-{i}"),
         owner: format!("pre-{tag}/s{i}"),
     };
-    let verifier = edumind_operator::credentials::scram_verifier(
-        &edumind_operator::credentials::generate_password(),
-    )
-    .unwrap();
-    pg::create_role(&mut admin, &name, &verifier, &claim, true)
+    let password = edumind_operator::credentials::generate_password();
+    pg::create_role(&mut admin, &name, &password, &claim, true)
         .await
         .unwrap();
     pg::create_database(&mut admin, &name, &name, &claim)

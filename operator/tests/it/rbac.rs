@@ -20,9 +20,8 @@ use edumind_crds::{
 use edumind_operator::backup::RunResult;
 use edumind_operator::backupjobs::{self, BackupConfig};
 use edumind_operator::controllers as ops;
-use edumind_operator::credentials::SecretString;
 use edumind_operator::school as reconcile;
-use edumind_operator::{leader, pg, selfservice};
+use edumind_operator::{leader, selfservice};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -425,13 +424,7 @@ async fn every_api_call_is_in_the_rbac_list_and_every_listed_permission_is_used(
     assert!(jobs.get_opt(&final_job).await.unwrap().is_none());
 
     // The self-service tenant: create its Secret, keep it, replace it after a change.
-    let admin = pg::admin_options(
-        &pg.host,
-        pg.port,
-        &pg.superuser,
-        &SecretString::new(pg.password.clone()),
-        "postgres",
-    );
+    let admin = crate::support::admin_options(pg).await;
     selfservice::ensure(&client, OPERATOR_NS, &server, &admin)
         .await
         .unwrap();

@@ -291,6 +291,32 @@ async fn deleted_secret_and_broken_credentials_are_repaired() {
         )))
         .await
         .unwrap();
+    if crate::support::managed() {
+        // A non-superuser admin cannot take a database back from a superuser: a clear
+        // condition, nothing dropped. Once a DBA hands it to the admin, it is repaired.
+        let school = env.school("drift").await;
+        let err = reconcile::reconcile(Arc::new(school), env.ctx.clone())
+            .await
+            .expect_err("a superuser's database cannot be taken back");
+        assert!(err.to_string().contains("must be owner"), "{err}");
+        let (status, reason, message) = ready(&env.school("drift").await);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "DatabaseServerError")
+        );
+        assert!(
+            message.contains("give the database back to its role"),
+            "{message}"
+        );
+        admin()
+            .await
+            .execute(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{db}\" OWNER TO \"{}\"",
+                edumind_tests::MANAGED_ADMIN
+            )))
+            .await
+            .unwrap();
+    }
     env.reconcile("drift").await;
     let owner: String = sqlx::query_scalar(
         "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",

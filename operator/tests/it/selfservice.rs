@@ -3,8 +3,6 @@
 //! a server of its own ([`support::private_postgres`]), not the one the tests share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use edumind_operator::credentials::SecretString;
-use edumind_operator::pg;
 use edumind_operator::selfservice::{self, APP_ROLE, DATABASE, OWNER_ROLE, SECRET_NAME};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
@@ -57,13 +55,7 @@ async fn self_service_tenant_is_provisioned_isolated_by_rls_and_idempotent() {
     let pg = &own;
     let client = support::empty_api().await;
     let server = support::target_server(pg);
-    let admin = pg::admin_options(
-        &pg.host,
-        pg.port,
-        &pg.superuser,
-        &SecretString::new(pg.password.clone()),
-        "postgres",
-    );
+    let admin = crate::support::admin_options(pg).await;
 
     // First run provisions everything; the second changes nothing.
     let first = selfservice::ensure(&client, NS, &server, &admin)
@@ -217,11 +209,14 @@ async fn self_service_tenant_is_provisioned_isolated_by_rls_and_idempotent() {
         "old password refused"
     );
 
-    // Drift: someone makes the app role a superuser; the next run takes it back.
-    sqlx::query("ALTER ROLE edumind_selfservice_app SUPERUSER")
-        .execute(&mut root)
-        .await
-        .unwrap();
+    // Drift: someone makes the app role a superuser (a non-superuser admin may not undo
+    // that, so CREATEROLE for it); the next run takes it back.
+    let drift = if crate::support::managed() {
+        "ALTER ROLE edumind_selfservice_app CREATEROLE"
+    } else {
+        "ALTER ROLE edumind_selfservice_app SUPERUSER"
+    };
+    sqlx::query(drift).execute(&mut root).await.unwrap();
     let fourth = selfservice::ensure(&client, NS, &server, &admin)
         .await
         .unwrap();
@@ -229,17 +224,18 @@ async fn self_service_tenant_is_provisioned_isolated_by_rls_and_idempotent() {
         fourth.changes,
         vec!["reset the application role's attributes"]
     );
-    let is_super: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
-        .bind(APP_ROLE)
-        .fetch_one(&mut root)
-        .await
-        .unwrap();
+    let is_super: bool =
+        sqlx::query_scalar("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = $1")
+            .bind(APP_ROLE)
+            .fetch_one(&mut root)
+            .await
+            .unwrap();
     assert!(!is_super);
 
     // `migrate --all` covers the self-service database too, as its owner role.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
         .args(["migrate", "--all"])
-        .env("EDUMIND_ADMIN_URL", pg.admin_url())
+        .env("EDUMIND_ADMIN_URL", pg.operator_admin_url().await)
         .output()
         .await
         .unwrap();

@@ -43,6 +43,23 @@ pub const OPERATOR_NS: &str = TEST_OPERATOR_NAMESPACE;
 /// The name of the target server's admin Secret.
 pub const ADMIN_SECRET: &str = "pg-admin";
 
+/// The operator's admin connection options for `pg` (see [`admin_secret`]).
+pub async fn admin_options(pg: &PgServer) -> sqlx::postgres::PgConnectOptions {
+    let (user, password) = pg.operator_admin().await;
+    edumind_operator::pg::admin_options(
+        &pg.host,
+        pg.port,
+        &user,
+        &edumind_operator::credentials::SecretString::new(password),
+        "postgres",
+    )
+}
+
+/// Whether the operator runs with a non-superuser admin in this test process.
+pub fn managed() -> bool {
+    edumind_tests::managed_admin_requested()
+}
+
 /// A PostgreSQL server of the calling test's own, stopped when the returned handle is
 /// dropped. For tests that run `migrate --all` (it acts on every claimed database of a
 /// server, and the shared one holds other tests' databases, which may be dropped
@@ -72,11 +89,16 @@ pub fn target_server(pg: &PgServer) -> TargetServer {
         client_host: None,
         client_port: None,
         maintenance_database: "postgres".into(),
+        ssl_mode: None,
+        ca: None,
     }
 }
 
-/// The target server's admin Secret, holding the harness superuser's credentials.
-pub fn admin_secret(pg: &PgServer) -> Secret {
+/// The target server's admin Secret, holding the credentials of the harness's operator
+/// admin: the superuser, or with `EDUMIND_TEST_PG_ADMIN=managed` a non-superuser like a
+/// managed service's (see `docs/managed-postgres.md`).
+pub async fn admin_secret(pg: &PgServer) -> Secret {
+    let (user, password) = pg.operator_admin().await;
     Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(ADMIN_SECRET.into()),
@@ -84,14 +106,8 @@ pub fn admin_secret(pg: &PgServer) -> Secret {
             ..Default::default()
         },
         data: Some(BTreeMap::from([
-            (
-                "username".to_string(),
-                ByteString(pg.superuser.clone().into_bytes()),
-            ),
-            (
-                "password".to_string(),
-                ByteString(pg.password.clone().into_bytes()),
-            ),
+            ("username".to_string(), ByteString(user.into_bytes())),
+            ("password".to_string(), ByteString(password.into_bytes())),
         ])),
         ..Default::default()
     }
@@ -112,6 +128,8 @@ type WrapClient = Box<dyn FnOnce(Client) -> Client + Send>;
 /// Builds a [`TestEnv`]; see [`TestEnv::builder`].
 #[derive(Default)]
 pub struct TestEnvBuilder {
+    server: Option<(&'static PgServer, TargetServer)>,
+    objects: Vec<Secret>,
     backup: Option<BackupConfig>,
     restores: bool,
     namespace: Option<String>,
@@ -123,6 +141,18 @@ impl TestEnvBuilder {
     /// their status subresources, in the fake API.
     pub fn with_backup(mut self, config: BackupConfig) -> Self {
         self.backup = Some(config);
+        self
+    }
+
+    /// Another PostgreSQL server (e.g. a TLS-only one) as target server `target`.
+    pub fn on_server(mut self, pg: &'static PgServer, target: TargetServer) -> Self {
+        self.server = Some((pg, target));
+        self
+    }
+
+    /// One more Secret in the fake API (e.g. a CA bundle in the operator's namespace).
+    pub fn with_secret(mut self, secret: Secret) -> Self {
+        self.objects.push(secret);
         self
     }
 
@@ -147,7 +177,16 @@ impl TestEnvBuilder {
     }
 
     pub async fn build(self) -> TestEnv {
-        let pg = postgres().await;
+        let (pg, server) = match self.server {
+            Some((pg, target)) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                (pg, target)
+            }
+            None => {
+                let pg = postgres().await;
+                (pg, target_server(pg))
+            }
+        };
         let mut api = kube_fake_client::ClientBuilder::new()
             .with_resource::<School>()
             .with_status_subresource::<School>();
@@ -160,12 +199,15 @@ impl TestEnvBuilder {
         } else if self.restores {
             api = api.with_resource::<SchoolRestore>();
         }
-        let client = api.with_object(admin_secret(pg)).build().await.unwrap();
+        let mut api = api.with_object(admin_secret(pg).await);
+        for object in self.objects {
+            api = api.with_object(object);
+        }
+        let client = api.build().await.unwrap();
         let ctx_client = match self.wrap {
             Some(wrap) => wrap(client.clone()),
             None => client.clone(),
         };
-        let server = target_server(pg);
         let servers = TargetServers::new(vec![server.clone()]).unwrap();
         let ctx = match self.backup {
             Some(config) => OperatorContext::with_backup(
