@@ -7,7 +7,10 @@
 //!   normally, after a panic, or when killed (see [`supervisor`]).
 //! * [`PgServer::database`] and [`PgServer::migrated_database`] give every test its own
 //!   fresh database, so tests run in parallel without seeing each other.
-//! * [`RedisServer::start`] gives a test a private Redis it may stop and restart;
+//! * [`RedisServer::start`] gives a test a private Redis it may stop and restart
+//!   ([`RedisServer::start_with`]: TLS-only with a [`TestCa`], ACL users);
+//!   [`RedisCluster::start`] a Redis Cluster of primaries and replicas whose primaries
+//!   it may kill;
 //!   [`PgServer::start_private`] a private PostgreSQL it may crash (`pg_ctl stop -m
 //!   immediate`) and start again on the same port.
 //!
@@ -17,12 +20,16 @@
 //! `EDUMIND_REDIS_SERVER` name the binaries when they are not found on their own.
 
 mod binaries;
+mod certs;
 mod postgres;
 mod redis;
+mod redis_cluster;
 pub mod supervisor;
 
+pub use certs::TestCa;
 pub use postgres::{PgServer, PrivatePg, TestDatabase, postgres, postgres_blocking};
-pub use redis::{RedisServer, redis, redis_blocking};
+pub use redis::{RedisConfig, RedisServer, TlsFiles, redis, redis_blocking};
+pub use redis_cluster::RedisCluster;
 
 /// A port that was free on 127.0.0.1 a moment ago. Callers retry when it is taken
 /// before the server binds it.

@@ -8,7 +8,7 @@ pub(super) fn session_key(p: &Principal) -> String {
         None if p.role == crate::auth::UserRole::Student => "selfservice".into(),
         None => "platform".into(),
     };
-    format!("edumind:{tenant}:session:{}", p.user_id)
+    crate::cache::tenant_key(&tenant, &format!("session:{}", p.user_id))
 }
 
 /// `PUT|GET|DELETE /v1/session`: the caller's session (`session:{userId}`, 30-minute

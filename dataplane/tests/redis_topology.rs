@@ -1,0 +1,247 @@
+//! Production Redis topologies (issue 13 §3), against real servers: a TLS-only Redis
+//! with a throwaway CA and an ACL user allowed only the commands the data plane sends;
+//! the same with a wrong CA or password (clear error, served from PostgreSQL); and a
+//! Redis Cluster whose primary is killed under load.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use edumind_dataplane::config::RedisMode;
+use edumind_dataplane::secret::Secret;
+use edumind_tests::{RedisCluster, RedisConfig, RedisServer, TestCa, TlsFiles};
+use serde_json::json;
+use support::*;
+
+const ADMIN_PASSWORD: &str = "admin-pw-for-the-harness";
+const DP_USER: &str = "edumind-dp";
+
+/// The ACL of the data plane's user: its keys only, and only the commands it sends
+/// (cache reads and writes, sessions, locks and their scripts, the generation scan, the
+/// breaker's probe).
+fn dp_acl(password: &str) -> String {
+    format!(
+        "user {DP_USER} on >{password} ~edumind:* resetchannels -@all +get +set +psetex \
+         +getex +del +pexpire +evalsha +eval +script|load +scan +ping"
+    )
+}
+
+/// A TLS-only server signed by `ca`, the default user disabled.
+async fn tls_redis(ca: &TestCa, dp_password: &str) -> RedisServer {
+    let config = RedisConfig {
+        tls: Some(TlsFiles::from_ca(ca)),
+        conf: vec![
+            "user default off".into(),
+            format!("user admin on >{ADMIN_PASSWORD} ~* &* +@all"),
+            dp_acl(dp_password),
+        ],
+        admin: Some(("admin".into(), ADMIN_PASSWORD.into())),
+        kill: false,
+    };
+    tokio::task::spawn_blocking(move || RedisServer::start_with(config))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn cli(server: &'static RedisServer, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        server.cli(&args).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn leak<T>(t: T) -> &'static T {
+    Box::leak(Box::new(t))
+}
+
+fn tls_settings(
+    s: &mut edumind_dataplane::config::Settings,
+    ca_file: PathBuf,
+    password: &str,
+    url: String,
+) {
+    s.redis.url = Secret::new(url);
+    s.redis.username = Some(DP_USER.into());
+    s.redis.password = Some(Secret::new(password));
+    s.redis.ca_file = Some(ca_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_an_acl_user_serve_cache_sessions_and_locks() {
+    let ca = tokio::task::spawn_blocking(TestCa::new)
+        .await
+        .unwrap()
+        .unwrap();
+    let password = edumind_tests::random_token(20);
+    let redis = leak(tls_redis(&ca, &password).await);
+    // Plain connections are refused: the port speaks only TLS.
+    let plain = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(2),
+        plain.get_multiplexed_async_connection(),
+    )
+    .await;
+    assert!(!matches!(refused, Ok(Ok(_))), "a plain connection worked");
+
+    let (ca_file, pw, url) = (ca.ca_cert(), password.clone(), redis.url());
+    assert!(url.starts_with("rediss://"));
+    let f = Fixture::start_with(url, |s| {
+        tls_settings(s, ca_file, &pw, s.redis.url.expose().to_owned())
+    })
+    .await;
+    let ta = f.a.school_id.unwrap();
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+
+    // Cache: a read stores the value (seen over TLS by the admin), a write invalidates it.
+    let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
+    let key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
+    let (s, before, _) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        cli(redis, &["EXISTS", &key]).await,
+        "1",
+        "value cached over TLS"
+    );
+    let one = vec![f.a.students[0].1];
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            &roster,
+            Some(&tok),
+            Some(json!({"student_ids": one})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        cli(redis, &["EXISTS", &key]).await,
+        "0",
+        "invalidated over TLS"
+    );
+    let (_, after, _) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!(after["students"].as_array().unwrap().len(), 1);
+    assert_ne!(before, after);
+
+    // Sessions.
+    let (s, _, _) = f
+        .call(
+            "PUT",
+            "/v1/session",
+            Some(&tok),
+            Some(json!({"theme": "dark"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v, _) = f.call("GET", "/v1/session", Some(&tok), None).await;
+    assert_eq!((s, v), (200, json!({"theme": "dark"})));
+
+    // Locks and their scripts (compare-and-delete, renewal).
+    let lock_key = ckey(ta, "lock:assessment:tls-test");
+    let held = f
+        .state
+        .cache
+        .lock_acquire(&lock_key, Duration::from_secs(3))
+        .await
+        .unwrap()
+        .expect("lock acquired");
+    assert!(
+        f.state
+            .cache
+            .lock_acquire(&lock_key, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .is_none(),
+        "a held lock is exclusive"
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        cli(redis, &["EXISTS", &lock_key]).await,
+        "1",
+        "renewed by its holder"
+    );
+    assert!(
+        !f.state
+            .cache
+            .lock_release(&lock_key, "someone-else")
+            .await
+            .unwrap()
+    );
+    assert!(f.state.cache.lock_release(&lock_key, &held).await.unwrap());
+    assert!(!f.state.cache.breaker_open());
+    assert_eq!(f.state.cache.last_error(), None, "no command was refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_or_password_fails_clearly_and_reads_come_from_postgres() {
+    let ca = tokio::task::spawn_blocking(TestCa::new)
+        .await
+        .unwrap()
+        .unwrap();
+    let other_ca = tokio::task::spawn_blocking(TestCa::new)
+        .await
+        .unwrap()
+        .unwrap();
+    let password = edumind_tests::random_token(20);
+    let redis = leak(tls_redis(&ca, &password).await);
+
+    for (ca_file, pw, expect) in [
+        (other_ca.ca_cert(), password.clone(), "certificate"),
+        (
+            ca.ca_cert(),
+            "not-the-password".to_owned(),
+            "authentication failed",
+        ),
+    ] {
+        let pw2 = pw.clone();
+        let f = Fixture::start_with(redis.url(), |s| {
+            tls_settings(s, ca_file, &pw2, s.redis.url.expose().to_owned());
+            s.redis.probe_ms = 200;
+        })
+        .await;
+        let ta = f.a.school_id.unwrap();
+        let tok = token(f.a.teacher_user, 1, Some(ta));
+        let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
+        // Readers of a tenant whose outbox replay failed skip Redis for a second, so the
+        // failures that open the breaker take a few seconds to add up.
+        let t0 = Instant::now();
+        while !f.state.cache.breaker_open() {
+            let (s, v, _) = f.call("GET", &roster, Some(&tok), None).await;
+            assert_eq!(s, 200, "served from PostgreSQL: {v}");
+            assert_eq!(v["students"].as_array().unwrap().len(), 2);
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the breaker did not open"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let why = f.state.cache.last_error().unwrap_or_default();
+        eprintln!("redis error seen: {why}");
+        assert!(why.contains(expect), "unclear error: {why}");
+        assert!(!why.contains(&pw), "the password leaked into the error");
+        // Never a silent fallback to plaintext or another user: nothing was cached.
+        let key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
+        assert_eq!(cli(redis, &["EXISTS", &key]).await, "0");
+        let (s, _, _) = f.call("GET", &roster, Some(&tok), None).await;
+        assert_eq!(s, 200);
+    }
+}
+
+#[test]
+fn the_redis_password_and_url_never_reach_debug_output() {
+    let mut s = settings(
+        PathBuf::from("/nonexistent"),
+        "rediss://u:url-secret@h:1".into(),
+    );
+    s.redis.password = Some(Secret::new("acl-secret"));
+    s.redis.mode = RedisMode::Cluster;
+    let printed = format!("{s:?}");
+    assert!(
+        !printed.contains("url-secret") && !printed.contains("acl-secret"),
+        "{printed}"
+    );
+}
