@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need and a fresh Debian 12 machine lacks:
 # redis-server (not installed there), if missing the PostgreSQL server binaries, and
-# moto's local S3-compatible server (PyPI) for the backup-storage tests, and curl (the
-# demo's commands and their test).
+# moto's local S3-compatible server (PyPI) and Azurite, the Azure Storage emulator (npm,
+# with Node.js from Debian when missing), for the backup-storage tests, openssl (the Redis
+# TLS tests make a throwaway CA), and curl (the demo's commands and their test).
 # Idempotent: does nothing when both are present. Needs root (or sudo) only to install.
-# `--servers`: only the server binaries (what the demo needs), not moto.
+# `--servers`: only the server binaries (what the demo needs), not moto or Azurite.
 set -euo pipefail
 servers_only=false
 [ "${1:-}" = "--servers" ] && servers_only=true
@@ -19,6 +20,10 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missi
 have_pg_server || missing+=(postgresql)
 # The demo prints curl commands, and its end-to-end test runs them.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+if ! $servers_only; then
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+fi
 [ -n "${EDUMIND_TEST_REDIS_URL:-}" ] && missing=("${missing[@]/redis-server}")
 [ -n "${EDUMIND_TEST_POSTGRES_URL:-}" ] && missing=("${missing[@]/postgresql}")
 read -r -a missing <<<"${missing[*]:-}"
@@ -28,7 +33,23 @@ if ! $servers_only && ! python3 -c "import moto.server, flask" >/dev/null 2>&1; 
     python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
 fi
 
+# Pinned. 3.35.0 declares support for any Node.js >= 10 (Debian 12 ships 18); 3.37 asks
+# for Node.js 22. Tested here on Node.js 20.
+AZURITE_VERSION=3.35.0
+install_azurite() {
+    $servers_only && return 0
+    if command -v azurite-blob >/dev/null 2>&1 \
+        && [ "$(azurite-blob --version 2>/dev/null)" = "$AZURITE_VERSION" ]; then
+        return 0
+    fi
+    echo "installing: azurite@$AZURITE_VERSION (npm)" >&2
+    local as_root=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && as_root=sudo
+    $as_root npm install --global --silent --no-fund --no-audit "azurite@$AZURITE_VERSION" >/dev/null
+}
+
 if [ "${#missing[@]}" -eq 0 ]; then
+    install_azurite
     exit 0
 fi
 
@@ -47,3 +68,4 @@ $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for svc in redis-server postgresql; do
     $sudo service "$svc" stop >/dev/null 2>&1 || true
 done
+install_azurite
