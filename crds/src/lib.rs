@@ -202,12 +202,12 @@ fn default_retention() -> u32 {
     7
 }
 
-/// Backup storage location: exactly one of `persistentVolumeClaim` or `s3`.
+/// Backup storage location: exactly one of `persistentVolumeClaim`, `s3` or `azure`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
-    validation = Rule::new("has(self.persistentVolumeClaim) != has(self.s3)").message("set exactly one of persistentVolumeClaim or s3")
+    validation = Rule::new("(has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.s3) ? 1 : 0) + (has(self.azure) ? 1 : 0) == 1").message("set exactly one of persistentVolumeClaim, s3 or azure")
 )]
 pub struct BackupStorage {
     /// Name of an existing PersistentVolumeClaim in the School's namespace to write backups
@@ -225,6 +225,72 @@ pub struct BackupStorage {
     /// An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Storage>,
+    /// An Azure Blob Storage container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureBlobStorage>,
+}
+
+/// An Azure Blob Storage container for backups.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureBlobStorage {
+    /// Storage account name.
+    #[schemars(length(min = 3, max = 24), regex(pattern = r"^[a-z0-9]+$"))]
+    pub account: String,
+    /// Container name.
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9](-?[a-z0-9])+$"))]
+    pub container: String,
+    /// Blob name prefix inside the container (dumps go to `<prefix>/<school-id>/...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub prefix: Option<String>,
+    /// The account's blob endpoint (a private endpoint, a sovereign cloud, Azurite); absent
+    /// for `https://<account>.blob.core.windows.net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+    pub endpoint: Option<String>,
+    /// Secret in the School's namespace with an account key or a SAS token. It is
+    /// referenced by the backup Job (`secretKeyRef`), never copied. Absent: the pod's
+    /// ambient credentials (Azure workload identity) are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<AzureCredentialsSecret>,
+}
+
+/// Where the Azure credential lives: set `sasTokenKey` for a SAS token, otherwise the
+/// account key is read from `accountKeyKey`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("!(has(self.accountKeyKey) && has(self.sasTokenKey))").message("set at most one of accountKeyKey or sasTokenKey")
+)]
+pub struct AzureCredentialsSecret {
+    /// Name of the Secret in the School's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key holding the storage account key. Default (when `sasTokenKey` is not set):
+    /// `AZURE_STORAGE_ACCOUNT_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_key_key: Option<String>,
+    /// Key holding a SAS token (container-scoped, with read, add, create, write, delete
+    /// and list permissions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sas_token_key: Option<String>,
+}
+
+impl AzureCredentialsSecret {
+    /// The environment variable the backup runner reads, and the Secret key to fill it from.
+    pub fn env_and_key(&self) -> (&'static str, &str) {
+        match &self.sas_token_key {
+            Some(key) => ("AZURE_STORAGE_SAS_TOKEN", key),
+            None => (
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                self.account_key_key
+                    .as_deref()
+                    .unwrap_or("AZURE_STORAGE_ACCOUNT_KEY"),
+            ),
+        }
+    }
 }
 
 /// An S3-compatible bucket for backups.
@@ -463,6 +529,22 @@ mod tests {
         let pvc = json!({"persistentVolumeClaim": "backups"});
         let s3 = json!({"s3": {"bucket": "edumind"}});
         let both = json!({"persistentVolumeClaim": "backups", "s3": {"bucket": "edumind"}});
+        let azure = json!({"azure": {"account": "edumind", "container": "backups"}});
+        let azure_and_s3 = json!({"s3": {"bucket": "edumind"},
+            "azure": {"account": "edumind", "container": "backups"}});
+        assert!(BackupStorage::validate_cel(&azure, None).is_ok());
+        assert!(BackupStorage::validate_cel(&azure_and_s3, None).is_err());
+        let creds = json!({"secretName": "az", "accountKeyKey": "k", "sasTokenKey": "s"});
+        assert!(AzureCredentialsSecret::validate_cel(&creds, None).is_err());
+        let sas: AzureCredentialsSecret =
+            serde_json::from_value(json!({"secretName": "az", "sasTokenKey": "sas"})).unwrap();
+        assert_eq!(sas.env_and_key(), ("AZURE_STORAGE_SAS_TOKEN", "sas"));
+        let key: AzureCredentialsSecret =
+            serde_json::from_value(json!({"secretName": "az"})).unwrap();
+        assert_eq!(
+            key.env_and_key(),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCOUNT_KEY")
+        );
         assert!(BackupStorage::validate_cel(&pvc, None).is_ok());
         assert!(BackupStorage::validate_cel(&s3, None).is_ok());
         assert!(BackupStorage::validate_cel(&both, None).is_err());

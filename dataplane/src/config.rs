@@ -77,8 +77,19 @@ impl Default for KubernetesSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://[:password@]host:port[/db]`; a secret because it may carry a password.
+    /// `standalone` (one server or a managed endpoint) or `cluster` (Redis Cluster).
+    pub mode: RedisMode,
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS; in cluster mode a
+    /// comma-separated list of seed nodes. A secret because it may carry a password.
     pub url: Secret,
+    /// ACL user name; replaces one given in the URL.
+    pub username: Option<String>,
+    /// ACL password (or the `requirepass` password); replaces one given in the URL.
+    pub password: Option<Secret>,
+    /// PEM CA bundle that verifies the servers' certificates (`rediss://` only); without
+    /// it the system's roots are used. The server name (or IP) in the URL must match the
+    /// certificate.
+    pub ca_file: Option<PathBuf>,
     /// Longest wait for one Redis command before the cache is treated as down.
     pub timeout_ms: u64,
     /// Consecutive failed commands that open the circuit breaker: no command is sent
@@ -86,6 +97,14 @@ pub struct RedisSettings {
     pub breaker_failures: u32,
     /// How often the background probe pings Redis while the breaker is open, in ms.
     pub probe_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Cluster,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,7 +164,11 @@ impl Default for Settings {
 impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
+            mode: RedisMode::Standalone,
             url: Secret::new("redis://127.0.0.1:6379"),
+            username: None,
+            password: None,
+            ca_file: None,
             timeout_ms: 250,
             breaker_failures: 3,
             probe_ms: 500,

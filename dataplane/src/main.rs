@@ -119,7 +119,7 @@ async fn distribute_content(
         Err(e) => return fail(e.to_string()),
     };
     let metrics = Arc::new(edumind_dataplane::metrics::Metrics::new());
-    let cache = match edumind_dataplane::cache::Cache::new(&settings.redis, metrics) {
+    let cache = match edumind_dataplane::cache::Cache::new(&settings.redis, metrics).await {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -95,7 +95,9 @@ impl Application {
     {
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
-        let cache = Cache::new(&settings.redis, metrics.clone()).map_err(StartError::Other)?;
+        let cache = Cache::new(&settings.redis, metrics.clone())
+            .await
+            .map_err(StartError::Other)?;
         let directory = TenantDirectory::default();
         directory.refresh_once(&source).await?;
         let pools = PoolManager::new(settings.pool.clone());

@@ -39,7 +39,7 @@ async fn breaker_opens_when_redis_dies_and_closes_when_it_returns() {
     let ta = f.a.school_id.unwrap();
     let tok = token(f.a.teacher_user, 1, Some(ta));
     let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
-    let key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+    let key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
     let (s, expected, _) = f.call("GET", &roster, Some(&tok), None).await;
     assert_eq!(s, 200);
     let metrics = f.state.metrics.render(&[]);
@@ -124,7 +124,7 @@ async fn a_dead_holders_submission_lock_expires_within_seconds() {
     let id = att["id"].as_str().unwrap().to_owned();
     // A holder that crashed mid-submit: its lock is in Redis, taken the way the service
     // takes it, and no live process renews it.
-    let lock_key = format!("edumind:{ta}:lock:assessment:{id}");
+    let lock_key = ckey(ta, &format!("lock:assessment:{id}"));
     let mut r = redis_conn(&edumind_tests::redis().await.url()).await;
     let taken: Option<String> = redis::cmd("SET")
         .arg(&lock_key)
@@ -156,7 +156,7 @@ async fn a_dead_holders_submission_lock_expires_within_seconds() {
 
     // A live holder keeps its lock past the TTL by renewing it; dropping the token (the
     // holder's end) stops the renewal.
-    let live_key = format!("edumind:{ta}:lock:assessment:live-holder");
+    let live_key = ckey(ta, "lock:assessment:live-holder");
     let held = f
         .state
         .cache

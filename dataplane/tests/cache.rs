@@ -30,7 +30,7 @@ async fn hits_misses_ttls_invalidation_and_redis_outage() {
     let ta = f.a.school_id.unwrap();
     let tok = token(f.a.teacher_user, 1, Some(ta));
     let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
-    let key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+    let key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
     let mut r = redis_conn(&redis.url()).await;
 
     // Miss → stored with the roster TTL (10 min).
@@ -76,19 +76,19 @@ async fn hits_misses_ttls_invalidation_and_redis_outage() {
     for (path, k, lo, hi) in [
         (
             format!("/v1/tenants/{ta}/students/{stu}/progress"),
-            format!("edumind:{ta}:student:{stu}:progress"),
+            ckey(ta, &format!("student:{stu}:progress")),
             290,
             300,
         ),
         (
             format!("/v1/tenants/{ta}/assessments/{ASSESSMENT}"),
-            format!("edumind:{ta}:assessment:{ASSESSMENT}:meta"),
+            ckey(ta, &format!("assessment:{ASSESSMENT}:meta")),
             890,
             900,
         ),
         (
             format!("/v1/tenants/{ta}/courses/{COURSE}/questions"),
-            format!("edumind:{ta}:course:{COURSE}:questions"),
+            ckey(ta, &format!("course:{COURSE}:questions")),
             3590,
             3600,
         ),
@@ -201,7 +201,7 @@ async fn submit_invalidates_progress_and_lock_is_owner_only() {
     )
     .await;
     // Someone else holds the submission lock: refused without touching the attempt.
-    let lock_key = format!("edumind:{ta}:lock:assessment:{id}");
+    let lock_key = ckey(ta, &format!("lock:assessment:{id}"));
     let other = f
         .state
         .cache
@@ -247,7 +247,7 @@ async fn sessions_slide_and_end() {
     let f = Fixture::start(edumind_tests::redis().await.url()).await;
     let user = f.a.teacher_user;
     let tok = token(user, 1, f.a.school_id);
-    let key = format!("edumind:{}:session:Teacher:{user}", f.a.school_id.unwrap());
+    let key = ckey(f.a.school_id.unwrap(), &format!("session:Teacher:{user}"));
     let mut r = redis_conn(&edumind_tests::redis().await.url()).await;
     assert_eq!(f.call("GET", "/v1/session", Some(&tok), None).await.0, 404);
     assert_eq!(
@@ -376,11 +376,11 @@ async fn content_and_class_writes_invalidate_their_cached_values() {
     let school_admin = token(f.a.admin_user, 2, Some(ta));
     let mut r = redis_conn(&edumind_tests::redis().await.url()).await;
     let questions = format!("/v1/tenants/{ta}/courses/{COURSE}/questions");
-    let questions_key = format!("edumind:{ta}:course:{COURSE}:questions");
+    let questions_key = ckey(ta, &format!("course:{COURSE}:questions"));
     let meta = format!("/v1/tenants/{ta}/assessments/{ASSESSMENT}");
-    let meta_key = format!("edumind:{ta}:assessment:{ASSESSMENT}:meta");
+    let meta_key = ckey(ta, &format!("assessment:{ASSESSMENT}:meta"));
     let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
-    let roster_key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+    let roster_key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
 
     // Load all three into Redis.
     for path in [&questions, &meta, &roster] {

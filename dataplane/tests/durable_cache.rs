@@ -182,7 +182,7 @@ async fn no_stale_read_after_redis_returns_from_a_snapshot_across_restarts_and_r
             .filter(|k| !k.ends_with(":cache-generation") && !k.ends_with(":member"))
             .collect()
     };
-    let cached = data_keys(r.keys(format!("edumind:{ta}:*")).await.unwrap());
+    let cached = data_keys(r.keys(ckey(ta, "*")).await.unwrap());
     assert_eq!(cached.len(), 4, "{cached:?}");
     let _: () = redis::cmd("SAVE").query_async(&mut r).await.unwrap();
     drop(r);
@@ -267,7 +267,7 @@ async fn no_stale_read_after_redis_returns_from_a_snapshot_across_restarts_and_r
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let restored = data_keys(r.keys(format!("edumind:{ta}:*")).await.unwrap());
+    let restored = data_keys(r.keys(ckey(ta, "*")).await.unwrap());
     assert_eq!(
         restored.len(),
         4,
@@ -310,7 +310,7 @@ async fn no_stale_read_after_redis_returns_from_a_snapshot_across_restarts_and_r
     );
     // The outbox was replayed and emptied, and the cache serves again (fresh values).
     assert_eq!(outbox_rows(&f.a.db).await, 0);
-    let roster_key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+    let roster_key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
     let value: Option<String> = r.get(&roster_key).await.unwrap();
     let value: Value = serde_json::from_str(&value.expect("roster cached again")).unwrap();
     assert_eq!(value["students"].as_array().map(Vec::len), Some(1));
@@ -328,7 +328,7 @@ async fn a_replica_replays_invalidations_another_process_left_behind() {
     let ta = f.a.school_id.unwrap();
     let teacher = token(f.a.teacher_user, 1, Some(ta));
     let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
-    let key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+    let key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
     assert_eq!(f.call("GET", &roster, Some(&teacher), None).await.0, 200);
     let mut r = redis::Client::open(redis_url)
         .unwrap()

@@ -35,7 +35,7 @@ async fn load() {
     let ta = f.a.school_id.unwrap();
     let tok = token(f.a.teacher_user, 1, Some(ta));
     let roster = f.url(&format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id));
-    let key = format!("edumind:{ta}:class:{}:roster", f.a.class_id);
+    let key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
     let http = f.http.clone();
     let (n, c) = (2000, 16);
     let hit = rate(n, c, |_| {

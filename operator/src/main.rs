@@ -45,7 +45,8 @@ enum Command {
         concurrency: usize,
         /// With `--all`: back up every database whose schema is about to change first (a
         /// verified dump, as `backup` takes it) into this storage (a directory, or
-        /// s3://bucket/prefix); a database whose backup fails is not migrated.
+        /// s3://bucket/prefix, or azure://account/container/prefix); a database whose
+        /// backup fails is not migrated.
         #[arg(
             long = "backup-storage",
             env = "EDUMIND_BACKUP_STORAGE",
@@ -57,6 +58,10 @@ enum Command {
         s3_endpoint: Option<String>,
         #[arg(long, env = "EDUMIND_S3_REGION", default_value = "us-east-1")]
         s3_region: String,
+        /// Blob endpoint of the Azure storage account for `--backup-storage` (omit for
+        /// `https://<account>.blob.core.windows.net`).
+        #[arg(long, env = "EDUMIND_AZURE_ENDPOINT")]
+        azure_endpoint: Option<String>,
         /// Days to keep dumps (7 to 35) when `--backup-storage` applies retention.
         #[arg(long, env = "EDUMIND_BACKUP_RETENTION_DAYS", default_value_t = 7)]
         retention_days: u32,
@@ -154,7 +159,9 @@ struct Target {
     /// The school's connection Secret: a Secret YAML file or a mounted Secret directory.
     #[arg(long, env = "EDUMIND_SECRET")]
     secret: PathBuf,
-    /// Backup storage: a directory, or s3://bucket/prefix.
+    /// Backup storage: a directory, s3://bucket/prefix, or azure://account/container/prefix.
+    /// Azure credentials: `AZURE_STORAGE_ACCOUNT_KEY` or `AZURE_STORAGE_SAS_TOKEN` in the
+    /// environment, else the pod's workload identity.
     #[arg(long, env = "EDUMIND_BACKUP_STORAGE")]
     storage: String,
     /// Endpoint of an S3-compatible service (MinIO, Ceph, …); omit for AWS.
@@ -162,6 +169,10 @@ struct Target {
     s3_endpoint: Option<String>,
     #[arg(long, env = "EDUMIND_S3_REGION", default_value = "us-east-1")]
     s3_region: String,
+    /// Blob endpoint of the Azure storage account (omit for
+    /// `https://<account>.blob.core.windows.net`).
+    #[arg(long, env = "EDUMIND_AZURE_ENDPOINT")]
+    azure_endpoint: Option<String>,
     /// School id; defaults to the Secret's `edumind.ai/school-id` label.
     #[arg(long, env = "EDUMIND_SCHOOL_ID")]
     school_id: Option<String>,
@@ -189,8 +200,12 @@ impl Target {
 impl Target {
     fn open(&self) -> anyhow::Result<(ConnectionInfo, BackupStore, String)> {
         let conn = ConnectionInfo::load(&self.secret)?;
-        let store =
-            BackupStore::from_spec(&self.storage, self.s3_endpoint.as_deref(), &self.s3_region)?;
+        let store = BackupStore::from_spec(
+            &self.storage,
+            self.s3_endpoint.as_deref(),
+            &self.s3_region,
+            self.azure_endpoint.as_deref(),
+        )?;
         let school_id = self
             .school_id
             .clone()
@@ -215,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
             backup_storage,
             s3_endpoint,
             s3_region,
+            azure_endpoint,
             retention_days,
             ..
         } => {
@@ -229,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
                             &storage,
                             s3_endpoint.as_deref(),
                             &s3_region,
+                            azure_endpoint.as_deref(),
                         )?,
                         retention_days,
                         admin,

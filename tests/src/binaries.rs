@@ -102,3 +102,20 @@ fn current_uid() -> u32 {
         .map(|m| m.uid())
         .unwrap_or(u32::MAX)
 }
+
+/// `redis-cli`, next to `redis-server` (or on PATH): the cluster tests build and inspect
+/// clusters with it.
+pub(crate) fn redis_cli() -> Result<PathBuf, HarnessError> {
+    let server = redis_server()?;
+    if let Some(dir) = server.parent() {
+        let cli = dir.join("redis-cli");
+        if cli.is_file() {
+            return Ok(cli);
+        }
+    }
+    on_path("redis-cli").ok_or_else(|| {
+        HarnessError(
+            "redis-cli not found: install it (Debian: apt-get install -y redis-tools)".into(),
+        )
+    })
+}

@@ -7,7 +7,10 @@
 //!   normally, after a panic, or when killed (see [`supervisor`]).
 //! * [`PgServer::database`] and [`PgServer::migrated_database`] give every test its own
 //!   fresh database, so tests run in parallel without seeing each other.
-//! * [`RedisServer::start`] gives a test a private Redis it may stop and restart;
+//! * [`RedisServer::start`] gives a test a private Redis it may stop and restart
+//!   ([`RedisServer::start_with`]: TLS-only with a [`TestCa`], ACL users);
+//!   [`RedisCluster::start`] a Redis Cluster of primaries and replicas whose primaries
+//!   it may kill;
 //!   [`PgServer::start_private`] a private PostgreSQL it may crash (`pg_ctl stop -m
 //!   immediate`) and start again on the same port.
 //!
@@ -19,8 +22,11 @@
 //! like a managed service's (`docs/managed-postgres.md`) instead of the superuser.
 
 mod binaries;
+/// The Redis TLS tests' throwaway CA (files on disk); [`TestCa`] is PostgreSQL's.
+pub mod certs;
 mod postgres;
 mod redis;
+mod redis_cluster;
 pub mod supervisor;
 mod tls;
 
@@ -28,7 +34,8 @@ pub use postgres::{
     MANAGED_ADMIN, PgServer, PrivatePg, TestDatabase, managed_admin_requested, postgres,
     postgres_blocking,
 };
-pub use redis::{RedisServer, redis, redis_blocking};
+pub use redis::{RedisConfig, RedisServer, TlsFiles, redis, redis_blocking};
+pub use redis_cluster::RedisCluster;
 pub use tls::TestCa;
 
 /// A port that was free on 127.0.0.1 a moment ago. Callers retry when it is taken

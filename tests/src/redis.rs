@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,40 @@ pub struct RedisServer {
     pub port: u16,
     /// How long the last start took (zero for an external server).
     pub startup: Duration,
+    config: RedisConfig,
     supervised: Option<Supervised>,
+}
+
+/// How a private server is configured beyond the defaults (no persistence, loopback only).
+#[derive(Clone, Debug, Default)]
+pub struct RedisConfig {
+    /// Serve TLS only (the port takes no plain connections), with these files.
+    pub tls: Option<TlsFiles>,
+    /// Extra `redis.conf` lines: ACL users, cluster settings.
+    pub conf: Vec<String>,
+    /// The ACL user and password the harness itself logs in with (readiness checks,
+    /// [`RedisServer::cli`]); `None` for the default user without a password.
+    pub admin: Option<(String, String)>,
+    /// Stop with SIGKILL (a crash) instead of SIGTERM.
+    pub kill: bool,
+}
+
+/// A server certificate, its key, and the CA that signed it (PEM files).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn from_ca(ca: &crate::certs::TestCa) -> Self {
+        TlsFiles {
+            cert: ca.server_cert(),
+            key: ca.server_key(),
+            ca: ca.ca_cert(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisServer {
@@ -65,12 +99,18 @@ impl RedisServer {
             host: parsed.host_str().unwrap_or("127.0.0.1").to_string(),
             port: parsed.port().unwrap_or(6379),
             startup: Duration::ZERO,
+            config: RedisConfig::default(),
             supervised: None,
         })
     }
 
     /// Starts a private Redis on a free port; it lives until dropped.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with(RedisConfig::default())
+    }
+
+    /// Starts a private Redis configured by `config` on a free port.
+    pub fn start_with(config: RedisConfig) -> Result<Self, HarnessError> {
         let mut last_error = None;
         for _attempt in 0..3 {
             let port = free_port()?;
@@ -78,6 +118,7 @@ impl RedisServer {
                 host: "127.0.0.1".into(),
                 port,
                 startup: Duration::ZERO,
+                config: config.clone(),
                 supervised: None,
             };
             match server.spawn() {
@@ -88,8 +129,41 @@ impl RedisServer {
         Err(last_error.unwrap_or_else(|| HarnessError("Redis did not start".into())))
     }
 
+    /// `redis://host:port`, or `rediss://…` for a TLS server (no credentials).
     pub fn url(&self) -> String {
-        format!("redis://{}:{}", self.host, self.port)
+        let scheme = if self.config.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+
+    /// Runs `redis-cli` against this server (over TLS, as the admin user, when so
+    /// configured) and returns its standard output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let mut cmd = Command::new(binaries::redis_cli()?);
+        cmd.arg("-h")
+            .arg(&self.host)
+            .arg("-p")
+            .arg(self.port.to_string());
+        if let Some(tls) = &self.config.tls {
+            cmd.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        if let Some((user, password)) = &self.config.admin {
+            cmd.arg("--user").arg(user).env("REDISCLI_AUTH", password);
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .map_err(|e| HarnessError(format!("cannot run redis-cli: {e}")))?;
+        if !out.status.success() {
+            return Err(HarnessError(format!(
+                "redis-cli {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Stops a private server (its data is gone); [`RedisServer::restart`] brings it back
@@ -108,6 +182,9 @@ impl RedisServer {
 
     /// Whether the server answers PING right now.
     pub fn is_up(&self) -> bool {
+        if self.config.tls.is_some() || self.config.admin.is_some() {
+            return self.cli(&["PING"]).is_ok_and(|r| r == "PONG");
+        }
         ping(&self.host, self.port)
     }
 
@@ -115,15 +192,37 @@ impl RedisServer {
         let started = Instant::now();
         let binary = binaries::redis_server()?;
         let dir: PathBuf = supervisor::server_dir("edumind-redis-", None)?;
+        let mut conf = vec![
+            "bind 127.0.0.1".to_owned(),
+            "save \"\"".to_owned(),
+            "appendonly no".to_owned(),
+            "daemonize no".to_owned(),
+            "protected-mode no".to_owned(),
+            "loglevel warning".to_owned(),
+        ];
+        match &self.config.tls {
+            None => conf.push(format!("port {}", self.port)),
+            Some(tls) => conf.extend([
+                "port 0".to_owned(),
+                format!("tls-port {}", self.port),
+                format!("tls-cert-file {}", tls.cert.display()),
+                format!("tls-key-file {}", tls.key.display()),
+                format!("tls-ca-cert-file {}", tls.ca.display()),
+                "tls-auth-clients no".to_owned(),
+                "tls-replication yes".to_owned(),
+                "tls-cluster yes".to_owned(),
+            ]),
+        }
+        conf.extend(self.config.conf.iter().cloned());
+        std::fs::write(dir.join("redis.conf"), conf.join("\n") + "\n")?;
         let cmd = format!(
-            "'{binary}' --port {port} --bind 127.0.0.1 --dir \"$DIR\" --save '' \
-             --appendonly no --daemonize no --protected-mode no --loglevel warning",
+            "'{binary}' \"$DIR/redis.conf\" --dir \"$DIR\"",
             binary = binary.display(),
-            port = self.port
         );
-        let mut supervised = Supervised::spawn(&dir, &cmd, "TERM", None)?;
+        let signal = if self.config.kill { "KILL" } else { "TERM" };
+        let mut supervised = Supervised::spawn(&dir, &cmd, signal, None)?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ping(&self.host, self.port) {
+        while !self.is_up() {
             if !supervised.is_running() || Instant::now() > deadline {
                 let log = supervised.log();
                 supervised.stop();

@@ -137,6 +137,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- $st := .Values.backup.storage -}}
 {{- if eq $st.type "pvc" -}}
 {{- toJson (dict "persistentVolumeClaim" (include "edumind.backupClaimName" .)) -}}
+{{- else if eq $st.type "azure" -}}
+{{- $az := dict "account" $st.azure.account "container" $st.azure.container -}}
+{{- with $st.azure.prefix }}{{ $_ := set $az "prefix" . }}{{ end -}}
+{{- with $st.azure.endpoint }}{{ $_ := set $az "endpoint" . }}{{ end -}}
+{{- with $st.azure.existingSecret -}}
+{{- $creds := dict "secretName" . -}}
+{{- if $st.azure.sasToken }}{{ $_ := set $creds "sasTokenKey" "AZURE_STORAGE_SAS_TOKEN" }}{{ end -}}
+{{- $_ := set $az "credentials" $creds -}}
+{{- end -}}
+{{- toJson (dict "azure" $az) -}}
 {{- else -}}
 {{- $s3 := dict "bucket" $st.s3.bucket -}}
 {{- with $st.s3.prefix }}{{ $_ := set $s3 "prefix" . }}{{ end -}}

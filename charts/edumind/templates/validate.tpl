@@ -16,6 +16,16 @@
 {{- if and (eq .Values.backup.storage.type "s3") (not .Values.backup.storage.s3.bucket) -}}
 {{- fail "backup.storage.s3.bucket is required when backup.storage.type is s3" -}}
 {{- end -}}
+{{- if and (eq .Values.backup.storage.type "azure") (not (and .Values.backup.storage.azure.account .Values.backup.storage.azure.container)) -}}
+{{- fail "backup.storage.azure.account and container are required when backup.storage.type is azure" -}}
+{{- end -}}
+{{- $rtls := .Values.dataplane.redis.tls -}}
+{{- if and $rtls.caSecret $rtls.caConfigMap -}}
+{{- fail "dataplane.redis.tls: set caSecret or caConfigMap, not both" -}}
+{{- end -}}
+{{- if and .Values.dataplane.redis.url (or $rtls.caSecret $rtls.caConfigMap) (not (hasPrefix "rediss://" .Values.dataplane.redis.url)) -}}
+{{- fail "dataplane.redis.tls: a CA is set but dataplane.redis.url is not rediss://" -}}
+{{- end -}}
 {{- with .Values.dataplane.auth.hs256.value -}}
 {{- if lt (len .) 32 }}{{ fail "dataplane.auth.hs256.value must be at least 32 bytes" }}{{ end -}}
 {{- end -}}

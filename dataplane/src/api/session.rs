@@ -10,7 +10,7 @@ pub(super) fn session_key(p: &Principal) -> String {
     };
     // The role is part of the key: a Student and a Teacher token with the same `sub`
     // are two sessions.
-    format!("edumind:{tenant}:session:{}:{}", p.role.name(), p.user_id)
+    crate::cache::tenant_key(&tenant, &format!("session:{}:{}", p.role.name(), p.user_id))
 }
 
 /// `PUT|GET|DELETE /v1/session`: the caller's session (`session:{role}:{userId}`, 30-minute

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use super::{Cache, lock};
+use super::{Cache, lock, tenant_key, tenant_of};
 use crate::outbox::TenantOutbox;
 
 /// Per-tenant replay state (see the module docs). Without an outbox (one-shot jobs) every
@@ -48,15 +48,6 @@ const DATA_SEEDS: [&str; 5] = ["student:*", "class:*", "course:*", "assessment:*
 
 /// How long readers of a tenant whose replay failed skip the cache before trying again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
-
-/// The tenant part of `edumind:{tenant}:{seed}`.
-fn tenant_of(key: &str) -> Option<&str> {
-    let mut parts = key.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("edumind"), Some(tenant), Some(_)) => Some(tenant),
-        _ => None,
-    }
-}
 
 impl Cache {
     /// Notes the tenants of invalidated `keys`: the periodic replay removes their
@@ -181,7 +172,7 @@ impl Cache {
             return Ok(());
         }
         let unavailable = |_| "redis unavailable".to_string();
-        let marker = format!("edumind:{tenant}:cache-generation");
+        let marker = tenant_key(tenant, "cache-generation");
         let m = marker.clone();
         let recorded: Option<i64> = self
             .run(|mut c| async move { c.get::<_, Option<i64>>(m).await })
@@ -190,7 +181,7 @@ impl Cache {
         if recorded != Some(generation) {
             // Loads in flight read the database before the restore: they must not store.
             {
-                let prefix = format!("edumind:{tenant}:");
+                let prefix = tenant_key(tenant, "");
                 let flights = lock(&self.flights);
                 for (k, f) in flights.iter() {
                     if k.starts_with(&prefix) {
@@ -200,21 +191,14 @@ impl Cache {
             }
             let mut dropped = 0usize;
             for seed in DATA_SEEDS {
-                let pattern = format!("edumind:{tenant}:{seed}");
+                // The tenant's keys share one hash slot: the scan runs on the node holding
+                // it (in cluster mode), which holds all of them.
+                let pattern = tenant_key(tenant, seed);
                 let mut cursor = 0u64;
                 loop {
-                    let p = pattern.clone();
+                    let (p, m) = (pattern.clone(), marker.clone());
                     let (next, keys): (u64, Vec<String>) = self
-                        .run(|mut c| async move {
-                            redis::cmd("SCAN")
-                                .arg(cursor)
-                                .arg("MATCH")
-                                .arg(p)
-                                .arg("COUNT")
-                                .arg(1000)
-                                .query_async(&mut c)
-                                .await
-                        })
+                        .run(|mut c| async move { c.scan_slot(&m, cursor, &p).await })
                         .await
                         .map_err(unavailable)?;
                     if !keys.is_empty() {

@@ -1,7 +1,14 @@
 //! Redis: the read cache (spec 4.2), sessions and attempt locks.
 //!
 //! Cache-aside: a read looks in Redis, loads from PostgreSQL on a miss and stores the
-//! value with the spec's TTL. Keys are `edumind:{tenant}:{seed key}`.
+//! value with the spec's TTL. Keys are `edumind:{<tenant>}:<seed key>` ([`key`]): the
+//! braces are literal, a Redis Cluster hash tag, so every key of one tenant (cached
+//! values, sessions, attempt locks, the generation marker) lives in one hash slot and the
+//! lock scripts, multi-key deletes and the per-tenant `SCAN` work on a cluster too.
+//!
+//! * **Topologies** ([`conn`]): one server, or a Redis Cluster (`redis.mode`); plain or
+//!   TLS (`rediss://`, verified against `redis.ca_file`); with an ACL user. The URL and
+//!   password are secrets: never logged, never in an error.
 //!
 //! * **No stampede**: one load per key at a time in this process (single flight); the
 //!   others wait and re-read.
@@ -38,13 +45,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisSettings;
 use crate::metrics::Metrics;
 use crate::tenants::TenantId;
 
+mod conn;
 mod durable;
+use conn::Conn;
 use durable::Durable;
 
 pub const PROGRESS_TTL: Duration = Duration::from_secs(5 * 60);
@@ -65,9 +73,23 @@ pub fn set_reads(on: bool) {
     READS.store(on, Ordering::SeqCst);
 }
 
-/// `edumind:{tenant}:{seed}`.
+/// The cache key of `seed` (e.g. `class:{id}:roster`) for `tenant`: `edumind:{<tenant>}:<seed>`.
+/// The one place key names are made (tests use it too).
 pub fn key(tenant: &TenantId, seed: &str) -> String {
-    format!("edumind:{tenant}:{seed}")
+    tenant_key(&tenant.to_string(), seed)
+}
+
+/// [`key`] for a tenant as it appears in keys (a school id, `selfservice`, or `platform`
+/// for sessions of platform staff).
+pub fn tenant_key(tenant: &str, seed: &str) -> String {
+    format!("edumind:{{{tenant}}}:{seed}")
+}
+
+/// The tenant part of a [`key`].
+pub fn tenant_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("edumind:{")?;
+    let (tenant, seed) = rest.split_once("}:")?;
+    (!tenant.is_empty() && !seed.is_empty()).then_some(tenant)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,28 +116,33 @@ struct Breaker {
 }
 
 pub struct Cache {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
     breaker: Arc<Breaker>,
     pending: Mutex<HashSet<String>>,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     metrics: Arc<Metrics>,
     durable: Durable,
+    /// Why the last command failed (a TLS, authentication or ACL error, a timeout): said
+    /// when the breaker opens and by [`Cache::last_error`]. Redis's errors carry no URL
+    /// or password.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Cache {
     /// Connects lazily: the service starts (and serves from PostgreSQL) while Redis is down.
-    pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+    /// Fails only on settings that can never work (a malformed URL, an unreadable CA file).
+    pub async fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let client = redis::Client::open(settings.url.expose())
-            .map_err(|_| "invalid redis url".to_owned())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|_| "cannot set up redis connection".to_owned())?;
+        let ca = match &settings.ca_file {
+            Some(path) => Some(
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|e| format!("cannot read redis.ca_file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let conn = conn::connect(settings, ca)?;
         Ok(Cache {
             conn,
             timeout,
@@ -129,13 +156,14 @@ impl Cache {
             flights: Mutex::new(HashMap::new()),
             metrics,
             durable: Durable::new(),
+            last_error: Mutex::new(None),
         })
     }
 
     /// One command within the timeout, through the breaker: every failure (timeout,
     /// connection lost or refused, error reply) counts towards opening it; a success
     /// resets the count.
-    async fn run<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, CacheError>
+    async fn run<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, CacheError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -148,7 +176,12 @@ impl Cache {
                 self.breaker.failures.store(0, Ordering::Relaxed);
                 Ok(v)
             }
-            _ => {
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} ms", self.timeout.as_millis()),
+                };
+                *lock(&self.last_error) = Some(why);
                 self.observe(false);
                 let failures = self.breaker.failures.fetch_add(1, Ordering::AcqRel) + 1;
                 if failures >= self.breaker.threshold {
@@ -164,7 +197,11 @@ impl Cache {
         if self.breaker.open.swap(true, Ordering::AcqRel) {
             return; // already open, probe running
         }
-        tracing::warn!("Redis unreachable: circuit breaker open, serving from PostgreSQL");
+        let why = lock(&self.last_error).clone().unwrap_or_default();
+        tracing::warn!(
+            error = %why,
+            "Redis unreachable: circuit breaker open, serving from PostgreSQL"
+        );
         self.metrics.set_breaker_open(true);
         let (breaker, metrics, conn, timeout) = (
             self.breaker.clone(),
@@ -191,6 +228,12 @@ impl Cache {
             metrics.set_breaker_open(false);
             tracing::info!("Redis answers again: circuit breaker closed");
         });
+    }
+
+    /// Why the last failed Redis command failed, e.g. `invalid peer certificate:
+    /// UnknownIssuer` for a wrong CA, `Password authentication failed` for wrong credentials.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
     }
 
     /// Whether the circuit breaker is open (Redis treated as down, nothing sent to it).

@@ -293,3 +293,8 @@ pub fn token_with(mut claims: Value, exp_in: i64) -> String {
 }
 
 pub type Shared = Arc<Fixture>;
+
+/// The cache key of `seed` for `tenant` (the data plane's own key builder).
+pub fn ckey(tenant: impl std::fmt::Display, seed: &str) -> String {
+    edumind_dataplane::cache::tenant_key(&tenant.to_string(), seed)
+}

@@ -23,7 +23,9 @@ use chrono::{DateTime, Utc};
 
 pub use connection::ConnectionInfo;
 pub use pgtools::PgTools;
-pub use storage::{BackupStore, S3Credentials, S3Location, StoredDump};
+pub use storage::{
+    AzureCredentials, AzureLocation, BackupStore, S3Credentials, S3Location, StoredDump,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {

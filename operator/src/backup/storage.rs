@@ -1,5 +1,5 @@
-//! Where dumps live: a directory (a PersistentVolumeClaim in the cluster) or an
-//! S3-compatible bucket, behind one interface.
+//! Where dumps live: a directory (a PersistentVolumeClaim in the cluster), an
+//! S3-compatible bucket, or an Azure Blob Storage container, behind one interface.
 //!
 //! Layout: `<prefix>/<school-id>/<school-id>_<UTC time>.dump`, e.g.
 //! `backups/0b8f…/0b8f…_20261125T020000.000Z.dump`. Within a school's folder the names
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
@@ -109,6 +110,40 @@ impl std::fmt::Debug for S3Credentials {
     }
 }
 
+/// Azure Blob Storage container settings. Credentials come from the environment
+/// (`AZURE_STORAGE_ACCOUNT_KEY` or `AZURE_STORAGE_SAS_TOKEN`, which the CronJob fills from
+/// a Secret; neither: the pod's workload or managed identity).
+#[derive(Debug, Clone)]
+pub struct AzureLocation {
+    pub account: String,
+    pub container: String,
+    pub prefix: String,
+    /// The account's blob endpoint, e.g. a private endpoint or Azurite's
+    /// `http://127.0.0.1:10000/devstoreaccount1`; `None` for
+    /// `https://<account>.blob.core.windows.net`.
+    pub endpoint: Option<String>,
+    /// Explicit credentials; `None` takes them from the environment.
+    pub credentials: Option<AzureCredentials>,
+}
+
+/// An account key or a SAS token. `Debug` shows neither.
+#[derive(Clone)]
+pub enum AzureCredentials {
+    AccountKey(String),
+    SasToken(String),
+}
+
+impl std::fmt::Debug for AzureCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AzureCredentials::AccountKey(_) => {
+                f.write_str("AzureCredentials::AccountKey(<redacted>)")
+            }
+            AzureCredentials::SasToken(_) => f.write_str("AzureCredentials::SasToken(<redacted>)"),
+        }
+    }
+}
+
 /// A backup destination.
 #[derive(Clone)]
 pub struct BackupStore {
@@ -177,12 +212,65 @@ impl BackupStore {
         })
     }
 
-    /// Parses `--storage`: a directory path, `file:///path`, or `s3://bucket/prefix`.
+    /// Dumps in an Azure Blob Storage container.
+    pub fn azure(location: &AzureLocation) -> Result<Self, BackupError> {
+        let mut builder = MicrosoftAzureBuilder::from_env()
+            .with_account(&location.account)
+            .with_container_name(&location.container);
+        match &location.credentials {
+            Some(AzureCredentials::AccountKey(key)) => builder = builder.with_access_key(key),
+            Some(AzureCredentials::SasToken(sas)) => {
+                builder = builder.with_config(object_store::azure::AzureConfigKey::SasKey, sas)
+            }
+            None => {}
+        }
+        if let Some(endpoint) = &location.endpoint {
+            builder = builder
+                .with_endpoint(endpoint.clone())
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        // The builder's errors name settings, never the key or token.
+        let store = builder.build().map_err(|e| {
+            BackupError::Storage(format!(
+                "Azure container {} (account {}): {e}",
+                location.container, location.account
+            ))
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: location.prefix.trim_matches('/').to_string(),
+            description: format!(
+                "azure account {} container {} prefix {:?}",
+                location.account, location.container, location.prefix
+            ),
+        })
+    }
+
+    /// Parses `--storage`: a directory path, `file:///path`, `s3://bucket/prefix`, or
+    /// `azure://account/container/prefix` (`azure_endpoint` overrides the account's
+    /// public blob endpoint).
     pub fn from_spec(
         spec: &str,
         endpoint: Option<&str>,
         region: &str,
+        azure_endpoint: Option<&str>,
     ) -> Result<Self, BackupError> {
+        if let Some(rest) = spec.strip_prefix("azure://") {
+            let mut parts = rest.splitn(3, '/');
+            let (account, container) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if account.is_empty() || container.is_empty() {
+                return Err(BackupError::Storage(format!(
+                    "`{spec}` is not azure://<account>/<container>[/<prefix>]"
+                )));
+            }
+            return Self::azure(&AzureLocation {
+                account: account.into(),
+                container: container.into(),
+                prefix: parts.next().unwrap_or("").into(),
+                endpoint: azure_endpoint.map(str::to_string),
+                credentials: None,
+            });
+        }
         if let Some(rest) = spec.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {

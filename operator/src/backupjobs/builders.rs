@@ -132,6 +132,19 @@ pub fn pod_template(config: &BackupConfig, inputs: &RunnerInputs) -> PodTemplate
                 &creds.secret_access_key_key,
             ));
         }
+    } else if let Some(azure) = &inputs.storage.azure {
+        let prefix = azure.prefix.as_deref().unwrap_or("").trim_matches('/');
+        env_vars.push(env(
+            "EDUMIND_BACKUP_STORAGE",
+            format!("azure://{}/{}/{prefix}", azure.account, azure.container),
+        ));
+        if let Some(endpoint) = &azure.endpoint {
+            env_vars.push(env("EDUMIND_AZURE_ENDPOINT", endpoint));
+        }
+        if let Some(creds) = &azure.credentials {
+            let (var, key) = creds.env_and_key();
+            env_vars.push(env_from_secret(var, &creds.secret_name, key));
+        }
     }
     let command = match &inputs.run {
         Run::Backup { retention_days, .. } => {

@@ -112,10 +112,26 @@ pub struct RunnerInputs {
 
 /// Why storage cannot be used.
 pub fn check_storage(storage: &BackupStorage) -> Result<(), String> {
-    match (&storage.persistent_volume_claim, &storage.s3) {
-        (Some(_), None) | (None, Some(_)) => Ok(()),
-        _ => Err("spec.backup.storage: set exactly one of persistentVolumeClaim or s3".into()),
+    let set = [
+        storage.persistent_volume_claim.is_some(),
+        storage.s3.is_some(),
+        storage.azure.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        return Err(
+            "spec.backup.storage: set exactly one of persistentVolumeClaim, s3 or azure".into(),
+        );
     }
+    if let Some(creds) = storage.azure.as_ref().and_then(|a| a.credentials.as_ref())
+        && creds.account_key_key.is_some()
+        && creds.sas_token_key.is_some()
+    {
+        return Err(
+            "spec.backup.storage.azure.credentials: set at most one of accountKeyKey or sasTokenKey"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// The School's storage, else the operator default.

@@ -1,7 +1,7 @@
 use super::*;
 use crate::backup::RunResult;
 use edumind_crds::BackupStatus;
-use edumind_crds::{S3CredentialsSecret, S3Storage};
+use edumind_crds::{AzureBlobStorage, AzureCredentialsSecret, S3CredentialsSecret, S3Storage};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
@@ -194,6 +194,81 @@ fn storage_must_name_exactly_one_location() {
     };
     assert_eq!(resolve_storage(None, &config), Some(s3()));
     assert_eq!(resolve_storage(None, &BackupConfig::default()), None);
+}
+
+fn azure(sas: bool) -> BackupStorage {
+    BackupStorage {
+        azure: Some(AzureBlobStorage {
+            account: "edumindbackups".into(),
+            container: "dumps".into(),
+            prefix: Some("/prod/".into()),
+            endpoint: Some("https://edumindbackups.privatelink.blob.core.windows.net".into()),
+            credentials: Some(AzureCredentialsSecret {
+                secret_name: "az-creds".into(),
+                account_key_key: None,
+                sas_token_key: sas.then(|| "sas".to_string()),
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn azure_storage_reaches_the_runner_by_env_and_its_credential_by_secret_ref() {
+    for (sas, var, key) in [
+        (
+            false,
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_ACCOUNT_KEY",
+        ),
+        (true, "AZURE_STORAGE_SAS_TOKEN", "sas"),
+    ] {
+        let pod = pod_template(&BackupConfig::default(), &inputs(azure(sas)));
+        let spec = pod.spec.unwrap();
+        let c = &spec.containers[0];
+        let env = env_of(c);
+        assert_eq!(
+            env["EDUMIND_BACKUP_STORAGE"].value.as_deref(),
+            Some("azure://edumindbackups/dumps/prod")
+        );
+        assert_eq!(
+            env["EDUMIND_AZURE_ENDPOINT"].value.as_deref(),
+            Some("https://edumindbackups.privatelink.blob.core.windows.net")
+        );
+        let r = env[var]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("az-creds", key));
+        assert!(
+            env[var].value.is_none(),
+            "no credential literal in the pod spec"
+        );
+        assert!(
+            c.args.is_none() && c.command.as_ref().unwrap().len() == 2,
+            "nothing in argv"
+        );
+    }
+    assert!(check_storage(&azure(true)).is_ok());
+    let mut both = azure(false);
+    both.s3 = s3().s3;
+    assert!(check_storage(&both).unwrap_err().contains("exactly one"));
+    let mut two_creds = azure(true);
+    if let Some(c) = two_creds
+        .azure
+        .as_mut()
+        .and_then(|a| a.credentials.as_mut())
+    {
+        c.account_key_key = Some("key".into());
+    }
+    assert!(
+        check_storage(&two_creds)
+            .unwrap_err()
+            .contains("at most one")
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 //! Backups and restores against a real PostgreSQL with the real pg_dump/pg_restore, into
-//! a directory and into an S3-compatible bucket (moto's server).
+//! a directory, into an S3-compatible bucket (moto's server) and into Azure Blob Storage
+//! (Azurite, the Azure Storage emulator).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use edumind_operator::backup::{
-    self, BackupError, BackupJob, BackupStore, ConnectionInfo, PgTools, S3Credentials, S3Location,
+    self, AzureCredentials, AzureLocation, BackupError, BackupJob, BackupStore, ConnectionInfo,
+    PgTools, S3Credentials, S3Location,
 };
 use edumind_tests::random_token;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -364,6 +366,54 @@ async fn s3_round_trip_restores_the_data() {
         .unwrap();
     let mut conn = school_conn(&school).await;
     assert_eq!(snapshot(&mut conn).await, original);
+}
+
+#[tokio::test]
+async fn retention_in_azure_blob_prunes_old_dumps_and_keeps_the_newest() {
+    let azure = Azurite::start();
+    let store = azure.store("retention", "prod/schools").await;
+    check_retention(&store, "prod/schools").await;
+}
+
+#[tokio::test]
+async fn azure_blob_round_trip_restores_the_data() {
+    let azure = Azurite::start();
+    let store = azure.store("roundtrip", "").await;
+    let school = school().await;
+    let mut conn = school_conn(&school).await;
+    fill(&mut conn, 5).await;
+    let original = snapshot(&mut conn).await;
+    let tools = PgTools::discover().unwrap();
+    let report = backup::run_backup(&tools, &school.conn, &store, &job(&school, 35), Utc::now())
+        .await
+        .unwrap();
+    let listed = store.list(&school.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].object, report.object);
+    assert_eq!(
+        store.read_checksum(&report.object).await.unwrap(),
+        Some(store.hash(&report.object).await.unwrap().sha256),
+        "the manifest was stored next to the dump"
+    );
+    sqlx::query("DELETE FROM routing_decisions")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    backup::run_restore(&tools, &school.conn, &store, &report.object, None)
+        .await
+        .unwrap();
+    let mut conn = school_conn(&school).await;
+    assert_eq!(snapshot(&mut conn).await, original);
+    // A wrong account key is refused by the service, and the error names neither key.
+    let wrong = azure
+        .store_with_key("roundtrip", "", "d3Jvbmcta2V5")
+        .unwrap();
+    let err = wrong.list(&school.id).await.unwrap_err().to_string();
+    assert!(
+        !err.contains(AZURITE_KEY) && !err.contains("d3Jvbmcta2V5"),
+        "{err}"
+    );
 }
 
 // ---- corrupt and truncated dumps --------------------------------------------------------
@@ -873,4 +923,124 @@ async fn client_tools_older_than_the_server_are_refused_and_new_enough_ones_chos
             .await
             .unwrap();
     assert_eq!(chosen.bindir, real.bindir);
+}
+
+// ---- Azurite: the Azure Storage emulator (npm `azurite`) ---------------------------------
+
+/// Azurite's well-known development account and key (public, documented by Microsoft).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+struct Azurite {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("azurite-blob")
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
+            .arg(dir.path())
+            .args(["--skipApiVersionCheck", "--silent", "--disableTelemetry"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "azurite-blob not found: install it with `npm install -g azurite` \
+                 (scripts/install-deps.sh does)",
+            );
+        let mut server = Azurite {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("azurite-blob exited ({status})");
+            }
+            assert!(Instant::now() < deadline, "Azurite did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    fn store_with_key(
+        &self,
+        container: &str,
+        prefix: &str,
+        key: &str,
+    ) -> Result<BackupStore, BackupError> {
+        BackupStore::azure(&AzureLocation {
+            account: AZURITE_ACCOUNT.into(),
+            container: container.into(),
+            prefix: prefix.into(),
+            endpoint: Some(self.endpoint()),
+            credentials: Some(AzureCredentials::AccountKey(key.into())),
+        })
+    }
+
+    /// Creates `container` (a Shared Key signed `PUT ?restype=container`: `object_store`
+    /// does not create containers) and returns a store in it.
+    async fn store(&self, container: &str, prefix: &str) -> BackupStore {
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let date = Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let version = "2021-08-06";
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
+             /{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{container}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(AZURITE_KEY)
+            .unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(to_sign.as_bytes());
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let request = format!(
+            "PUT /{AZURITE_ACCOUNT}/{container}?restype=container HTTP/1.1\r\n\
+             Host: 127.0.0.1:{}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\n\
+             Authorization: SharedKey {AZURITE_ACCOUNT}:{signature}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 201"),
+            "create container: {response}"
+        );
+        self.store_with_key(container, prefix, AZURITE_KEY).unwrap()
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

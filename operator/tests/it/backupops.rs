@@ -211,7 +211,7 @@ async fn the_cron_job_follows_the_spec_by_reference_and_a_second_reconcile_is_a_
     let (_, reason, message) = condition(&bad, "Ready");
     assert_eq!(reason, "InvalidSpec");
     assert!(
-        message.contains("exactly one of persistentVolumeClaim or s3"),
+        message.contains("exactly one of persistentVolumeClaim, s3 or azure"),
         "{message}"
     );
 }

@@ -736,6 +736,7 @@ async fn the_published_secret_drives_the_backup_runner() {
         dir.path().join("store").to_str().unwrap(),
         None,
         "us-east-1",
+        None,
     )
     .unwrap();
     let job = BackupJob {
