@@ -17,6 +17,8 @@
 //! `EDUMIND_REDIS_SERVER` name the binaries when they are not found on their own.
 
 mod binaries;
+#[cfg(feature = "kubeapi")]
+pub mod kubeapi;
 mod postgres;
 mod redis;
 pub mod supervisor;
