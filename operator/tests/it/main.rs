@@ -13,6 +13,7 @@ mod backup;
 mod backupops;
 mod examples;
 mod fleet;
+mod live;
 mod process;
 mod rbac;
 mod reconcile;

@@ -1,0 +1,632 @@
+//! The real `edumind-operator run` process against the stand-in API server
+//! (`edumind_tests::kubeapi`) and the harness PostgreSQL: everything it does is driven by
+//! its watches (Schools, owned Secrets and CronJobs, Jobs, SchoolBackups, SchoolRestores),
+//! never by a test calling a reconcile function. The resync period is 10 minutes, so a
+//! reaction within seconds proves the watch that carried it.
+//!
+//! The test plays the user (creating and deleting objects through the API) and the Job
+//! controller and kubelet (a Job's Pod with the runner's termination message, then the
+//! Job's status), as `backupops.rs` does against the in-memory fake.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use edumind_crds::{School, SchoolBackup, SchoolRestore};
+use edumind_operator::backup::RunResult;
+use edumind_operator::backupjobs;
+use edumind_operator::naming::secret_name;
+use edumind_tests::kubeapi::{KubeApi, Options, Recorded};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::support::{ADMIN_SECRET, OPERATOR_NS, admin_secret, postgres, stand_in};
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One operator process: killed when dropped.
+pub struct Operator {
+    pub child: tokio::process::Child,
+    pub identity: String,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// SIGKILL: no Lease release, no clean shutdown.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A stand-in API server holding the admin Secret, the harness PostgreSQL as target
+/// server `main`, and the operator processes started against them.
+pub struct Live {
+    pub api: KubeApi,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+    pub ns: String,
+    pub tag: String,
+    pub operators: Vec<Operator>,
+}
+
+impl Live {
+    pub async fn start(options: Options) -> Live {
+        let pg = postgres().await;
+        let (api, client) = stand_in(options).await;
+        Api::<Secret>::namespaced(client.clone(), OPERATOR_NS)
+            .create(&PostParams::default(), &admin_secret(pg))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("servers.yaml"),
+            format!(
+                "servers:\n- {{name: main, host: '{}', port: {}, adminSecret: {ADMIN_SECRET}, default: true}}\n",
+                pg.host, pg.port
+            ),
+        )
+        .unwrap();
+        api.write_kubeconfig(dir.path(), OPERATOR_NS).unwrap();
+        let tag = edumind_tests::random_token(6);
+        Live {
+            api,
+            client,
+            dir,
+            ns: format!("live-{tag}"),
+            tag,
+            operators: Vec::new(),
+        }
+    }
+
+    /// Starts `edumind-operator run` as `identity` with `extra` arguments.
+    pub fn spawn(&mut self, identity: &str, extra: &[&str]) -> &mut Operator {
+        let log = self.dir.path().join(format!("{identity}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let config = self.dir.path().join("servers.yaml");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--namespace", OPERATOR_NS, "--identity", identity])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.operators.push(Operator {
+            child,
+            identity: identity.into(),
+            log,
+        });
+        self.operators.last_mut().unwrap()
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates a School `name` with a unique code and `extra` spec fields.
+    pub async fn create_school(&self, name: &str, extra: serde_json::Value) -> School {
+        let mut spec = json!({"code": format!("{name}-{}", self.tag), "name": name,
+            "address": "1 Main St", "contactEmail": "office@school.example"});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let school: School = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1",
+            "kind": "School", "metadata": {"name": name, "namespace": self.ns}, "spec": spec}))
+        .unwrap();
+        self.api::<School>()
+            .create(&PostParams::default(), &school)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the School is `Ready=True`.
+    pub async fn ready(&self, name: &str, limit: Duration) -> School {
+        let schools = self.api::<School>();
+        eventually(limit, &format!("School {name} Ready"), || {
+            let schools = schools.clone();
+            async move {
+                let s = schools.get_opt(name).await.ok()??;
+                let ready = s
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(s)
+            }
+        })
+        .await
+    }
+
+    /// Plays the Job controller and kubelet: the Job's Pod terminated with `result` as
+    /// termination message, then the Job's `Complete` (or `Failed`) condition.
+    pub async fn finish_job(&self, job: &str, ok: bool, result: &RunResult) {
+        let jobs = self.api::<Job>();
+        let created = jobs.get(job).await.unwrap();
+        let school_id = created
+            .labels()
+            .get(edumind_crds::connection::LABEL_SCHOOL_ID)
+            .cloned()
+            .unwrap_or_default();
+        let pods = self.api::<Pod>();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("{job}-pod"), "namespace": self.ns,
+                "labels": {backupjobs::LABEL_JOB_NAME: job,
+                    edumind_crds::connection::LABEL_SCHOOL_ID: school_id}},
+            "spec": {"containers": [{"name": backupjobs::CONTAINER, "image": "x"}]}}))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        pods.patch_status(
+            &format!("{job}-pod"),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"containerStatuses": [{"name": backupjobs::CONTAINER,
+                "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": if ok { 0 } else { 1 },
+                    "message": result.to_json(), "finishedAt": now}}}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+        let condition = if ok { "Complete" } else { "Failed" };
+        jobs.patch_status(
+            job,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "completionTime": if ok { Some(&now) } else { None },
+                "conditions": [{"type": condition, "status": "True", "lastTransitionTime": now,
+                    "reason": if ok { "Completed" } else { "BackoffLimitExceeded" }}]}})),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The identity holding the leader Lease, if any.
+    pub async fn leader(&self) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NS);
+        leases
+            .get_opt(edumind_operator::leader::LEASE_NAME)
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+    }
+
+    /// The operator's requests since the start (the test's own client sends no user
+    /// agent; kube's controller and API clients send theirs).
+    pub fn operator_requests(&self) -> Vec<Recorded> {
+        self.api.requests()
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for o in &self.operators {
+                eprintln!("--- {} log ---\n{}", o.identity, o.logs());
+            }
+        }
+    }
+}
+
+async fn exists_db(name: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut postgres().await.admin().await)
+        .await
+        .unwrap()
+}
+
+const PVC: &str = r#"{"storage": {"persistentVolumeClaim": "backups"}}"#;
+
+fn with_storage() -> serde_json::Value {
+    json!({"backup": serde_json::from_str::<serde_json::Value>(PVC).unwrap()})
+}
+
+#[tokio::test]
+async fn a_school_becomes_ready_with_secret_cron_job_status_and_events() {
+    let mut live = Live::start(Options::default()).await;
+    live.spawn("op-a", &[]);
+    live.create_school("lincoln", with_storage()).await;
+    let school = live.ready("lincoln", Duration::from_secs(60)).await;
+    let status = school.status.clone().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Ready"));
+    assert_eq!(status.observed_generation, Some(1));
+    let database = status.database.clone().unwrap();
+    assert!(exists_db(&database).await, "{database}");
+    let secret = live
+        .api::<Secret>()
+        .get(&secret_name("lincoln"))
+        .await
+        .unwrap();
+    assert!(secret.data.unwrap().contains_key("uri"));
+    // Owned: the School's garbage collection and the Secret watch depend on it.
+    let owner = &secret.metadata.owner_references.unwrap()[0];
+    assert_eq!(owner.uid, school.uid().unwrap());
+    let cron = live
+        .api::<CronJob>()
+        .get(&backupjobs::cron_job_name("lincoln"))
+        .await
+        .unwrap();
+    assert_eq!(cron.spec.unwrap().schedule, "0 2 * * *");
+    let events: Vec<Event> = eventually(Duration::from_secs(10), "an event", || async {
+        let list = live
+            .api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        (!list.items.is_empty()).then_some(list.items)
+    })
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("lincoln")),
+        "{events:?}"
+    );
+    // The controllers listed and watched every kind they follow.
+    let requests = live.operator_requests();
+    for resource in [
+        "schools",
+        "secrets",
+        "cronjobs",
+        "jobs",
+        "schoolbackups",
+        "schoolrestores",
+    ] {
+        for verb in ["list", "watch"] {
+            assert!(
+                requests
+                    .iter()
+                    .any(|r| r.resource == resource && r.verb == verb),
+                "no {verb} of {resource}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_secret_comes_back_through_the_owned_object_watch() {
+    let mut live = Live::start(Options::default()).await;
+    live.spawn("op-a", &[]);
+    live.create_school("hoover", json!({})).await;
+    live.ready("hoover", Duration::from_secs(60)).await;
+    let secrets = live.api::<Secret>();
+    let name = secret_name("hoover");
+    let before = secrets.get(&name).await.unwrap();
+    secrets
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    // No resync within 10 minutes: only the Secret watch can bring it back this soon.
+    let after = eventually(Duration::from_secs(15), "Secret recreated", || {
+        let secrets = secrets.clone();
+        let name = name.clone();
+        async move { secrets.get_opt(&name).await.ok()? }
+    })
+    .await;
+    assert_ne!(after.uid(), before.uid());
+    // The password cannot be read back from the database: a new one was set.
+    assert!(after.data.unwrap().contains_key("uri"));
+    assert!(before.data.unwrap().contains_key("uri"));
+}
+
+#[tokio::test]
+async fn a_finished_backup_job_reaches_school_status_through_the_job_watch() {
+    let mut live = Live::start(Options::default()).await;
+    live.spawn("op-a", &[]);
+    live.create_school("bk", with_storage()).await;
+    live.ready("bk", Duration::from_secs(60)).await;
+    // The CronJob fires: its Job, from the template, as the CronJob controller makes it.
+    let cron = live
+        .api::<CronJob>()
+        .get(&backupjobs::cron_job_name("bk"))
+        .await
+        .unwrap();
+    let template = cron.spec.unwrap().job_template;
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "bk-backup-1", "namespace": live.ns,
+            "labels": template.metadata.clone().unwrap().labels,
+            "annotations": template.metadata.clone().unwrap().annotations,
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob",
+                "name": cron.metadata.name, "uid": cron.metadata.uid, "controller": true}]},
+        "spec": template.spec}))
+    .unwrap();
+    live.api::<Job>()
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+    live.finish_job(
+        "bk-backup-1",
+        true,
+        &RunResult::success("backup", "bk/scheduled.dump", 10),
+    )
+    .await;
+    let schools = live.api::<School>();
+    eventually(Duration::from_secs(15), "status.backup.lastSuccess", || {
+        let schools = schools.clone();
+        async move {
+            let s = schools.get("bk").await.ok()?;
+            let last = s.status?.backup?.last_success?;
+            (last.object == "bk/scheduled.dump").then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn school_backup_and_school_restore_run_through_their_controllers() {
+    let mut live = Live::start(Options::default()).await;
+    live.spawn("op-a", &[]);
+    live.create_school("br", with_storage()).await;
+    live.ready("br", Duration::from_secs(60)).await;
+
+    let backups = live.api::<SchoolBackup>();
+    let sb: SchoolBackup = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1",
+        "kind": "SchoolBackup", "metadata": {"name": "now", "namespace": live.ns},
+        "spec": {"school": "br"}}))
+    .unwrap();
+    backups.create(&PostParams::default(), &sb).await.unwrap();
+    let job = eventually(Duration::from_secs(15), "backup Job", || {
+        let backups = backups.clone();
+        async move { backups.get("now").await.ok()?.status?.job }
+    })
+    .await;
+    live.finish_job(&job, true, &RunResult::success("backup", "br/now.dump", 10))
+        .await;
+    eventually(Duration::from_secs(15), "SchoolBackup Succeeded", || {
+        let backups = backups.clone();
+        async move {
+            let phase = backups.get("now").await.ok()?.status?.phase?;
+            (phase == "Succeeded").then_some(())
+        }
+    })
+    .await;
+
+    let restores = live.api::<SchoolRestore>();
+    let sr: SchoolRestore = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1",
+        "kind": "SchoolRestore", "metadata": {"name": "undo", "namespace": live.ns},
+        "spec": {"school": "br", "backup": "latest"}}))
+    .unwrap();
+    restores.create(&PostParams::default(), &sr).await.unwrap();
+    let job = eventually(Duration::from_secs(15), "restore Job", || {
+        let restores = restores.clone();
+        async move {
+            let st = restores.get("undo").await.ok()?.status?;
+            (st.phase.as_deref() == Some("Restoring")).then_some(st.job?)
+        }
+    })
+    .await;
+    live.finish_job(
+        &job,
+        true,
+        &RunResult::success("restore", "br/now.dump", 10),
+    )
+    .await;
+    let done = eventually(Duration::from_secs(15), "SchoolRestore Succeeded", || {
+        let restores = restores.clone();
+        async move {
+            let r = restores.get("undo").await.ok()?;
+            (r.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        done.finalizers().is_empty(),
+        "the restore finalizer is released"
+    );
+}
+
+#[tokio::test]
+async fn deletion_runs_each_reclaim_policy_through_the_finalizer() {
+    let mut live = Live::start(Options::default()).await;
+    live.spawn("op-a", &[]);
+    let schools = live.api::<School>();
+    let mut databases = Vec::new();
+    for (name, policy) in [("keep", "retain"), ("drop", "delete"), ("snap", "snapshot")] {
+        let mut extra = with_storage();
+        extra["reclaimPolicy"] = json!(policy);
+        live.create_school(name, extra).await;
+    }
+    for name in ["keep", "drop", "snap"] {
+        let s = live.ready(name, Duration::from_secs(90)).await;
+        assert!(
+            s.finalizers()
+                .iter()
+                .any(|f| f == edumind_operator::school::FINALIZER)
+        );
+        databases.push(s.status.unwrap().database.unwrap());
+        schools
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let gone = |name: &'static str| {
+        let schools = schools.clone();
+        async move { schools.get_opt(name).await.ok()?.is_none().then_some(()) }
+    };
+    eventually(Duration::from_secs(15), "keep deleted", || gone("keep")).await;
+    eventually(Duration::from_secs(15), "drop deleted", || gone("drop")).await;
+    assert!(exists_db(&databases[0]).await, "retain keeps the database");
+    assert!(!exists_db(&databases[1]).await, "delete drops the database");
+    // Snapshot: the final backup Job first; the School stays until it succeeded.
+    let final_job = backupjobs::final_job_name("snap");
+    let jobs = live.api::<Job>();
+    eventually(Duration::from_secs(15), "final backup Job", || {
+        let jobs = jobs.clone();
+        let final_job = final_job.clone();
+        async move { jobs.get_opt(&final_job).await.ok()? }
+    })
+    .await;
+    assert!(schools.get_opt("snap").await.unwrap().is_some());
+    assert!(exists_db(&databases[2]).await);
+    live.finish_job(
+        &final_job,
+        true,
+        &RunResult::success("backup", "snap/final.dump", 10),
+    )
+    .await;
+    eventually(Duration::from_secs(15), "snap deleted", || gone("snap")).await;
+    assert!(
+        !exists_db(&databases[2]).await,
+        "snapshot drops after the final backup"
+    );
+    // The Secrets went with their owners (garbage collection).
+    for name in ["keep", "drop", "snap"] {
+        assert!(
+            live.api::<Secret>()
+                .get_opt(&secret_name(name))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_within_the_lease_duration_after_the_leader_is_killed() {
+    let mut live = Live::start(Options::default()).await;
+    live.spawn("op-a", &[]);
+    live.spawn("op-b", &[]);
+    let leader = eventually(Duration::from_secs(20), "a leader", || live.leader()).await;
+    live.create_school("before", json!({})).await;
+    live.ready("before", Duration::from_secs(60)).await;
+    let index = live
+        .operators
+        .iter()
+        .position(|o| o.identity == leader)
+        .unwrap();
+    let killed_at = Instant::now();
+    live.operators[index].kill().await;
+    // Created while nobody leads.
+    live.create_school("meanwhile", json!({})).await;
+    let other = eventually(Duration::from_secs(30), "a new leader", || async {
+        live.leader().await.filter(|l| *l != leader)
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+    // The Lease expires at most LEASE_DURATION after the last renewal; the standby
+    // retries every RENEW_EVERY (5 s).
+    assert!(
+        takeover <= edumind_operator::leader::LEASE_DURATION + Duration::from_secs(5),
+        "{other} took over after {takeover:?}"
+    );
+    live.ready("meanwhile", Duration::from_secs(60)).await;
+    eprintln!("takeover after {takeover:?}");
+}
+
+#[tokio::test]
+async fn broken_watches_and_410_gone_are_recovered_by_relisting() {
+    let mut live = Live::start(Options::default()).await;
+    live.spawn("op-a", &[]);
+    live.create_school("first", json!({})).await;
+    live.ready("first", Duration::from_secs(60)).await;
+    let before = live.operator_requests().len();
+    // Every stream closes and every resourceVersion handed out so far is gone: each
+    // watcher's resume answers 410 and it must list again.
+    live.api.compact();
+    live.api.break_watches();
+    // Changes while the watchers recover.
+    live.api::<Secret>()
+        .delete(&secret_name("first"), &DeleteParams::default())
+        .await
+        .unwrap();
+    live.create_school("second", json!({})).await;
+    live.ready("second", Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(15), "Secret recreated", || async {
+        live.api::<Secret>()
+            .get_opt(&secret_name("first"))
+            .await
+            .ok()?
+    })
+    .await;
+    let after = &live.operator_requests()[before..];
+    for resource in ["schools", "secrets"] {
+        assert!(
+            after
+                .iter()
+                .any(|r| r.resource == resource && r.verb == "list"),
+            "{resource} relisted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn steady_state_is_watches_and_lease_renewals_only() {
+    let n: usize = std::env::var("EDUMIND_STEADY_SCHOOLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let window = Duration::from_secs(60);
+    let mut live = Live::start(Options::default()).await;
+    live.spawn("op-a", &["--concurrency", "8"]);
+    for i in 0..n {
+        live.create_school(&format!("s{i}"), json!({})).await;
+    }
+    for i in 0..n {
+        live.ready(&format!("s{i}"), Duration::from_secs(300)).await;
+    }
+    // Let the last status writes and events settle, then watch for a minute.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = live.operator_requests().len();
+    tokio::time::sleep(window).await;
+    let during: Vec<Recorded> = live.operator_requests()[start..].to_vec();
+    let unexpected: Vec<&Recorded> = during
+        .iter()
+        .filter(|r| {
+            !(r.verb == "watch"
+                || (r.resource == "leases" && matches!(r.verb.as_str(), "get" | "update")))
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{n} Ready Schools, idle: {unexpected:#?}"
+    );
+    let renewals = during
+        .iter()
+        .filter(|r| r.resource == "leases" && r.verb == "update")
+        .count();
+    assert!(renewals >= 10, "the Lease is renewed every 5 s: {renewals}");
+    eprintln!(
+        "{n} Schools, {window:?} idle: {} requests ({renewals} Lease renewals)",
+        during.len()
+    );
+}
