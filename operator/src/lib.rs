@@ -15,6 +15,7 @@
 //! * [`fleet`]: `migrate --all` over every school database of a server.
 //! * [`run`]: the controller process (watches, shutdown); [`leader`]: leader election
 //!   over a Lease; [`http`]: `/metrics`, `/healthz` and `/readyz` (warp); [`metrics`].
+//! * [`backoff`]: per-object exponential retry backoff for transient errors.
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
 //!
 //! Local mode (`edumind-local`, provisioning without Kubernetes) is a crate of its own
@@ -30,6 +31,7 @@
 //! names and a claim, so provisioning `edumind_selfservice` reuses them with its own
 //! RLS migration step.
 
+pub mod backoff;
 pub mod backup;
 pub mod backupjobs;
 pub mod config;

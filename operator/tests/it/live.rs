@@ -77,6 +77,13 @@ pub struct Live {
 impl Live {
     pub async fn start(options: Options) -> Live {
         let pg = postgres().await;
+        Self::start_at(options, pg.port).await
+    }
+
+    /// [`Live::start`] with the target server `main` at `port` of the harness host (a
+    /// closed port, or a forwarder to the harness PostgreSQL).
+    pub async fn start_at(options: Options, port: u16) -> Live {
+        let pg = postgres().await;
         let (api, client) = stand_in(options).await;
         Api::<Secret>::namespaced(client.clone(), OPERATOR_NS)
             .create(&PostParams::default(), &admin_secret(pg))
@@ -87,7 +94,7 @@ impl Live {
             dir.path().join("servers.yaml"),
             format!(
                 "servers:\n- {{name: main, host: '{}', port: {}, adminSecret: {ADMIN_SECRET}, default: true}}\n",
-                pg.host, pg.port
+                pg.host, port
             ),
         )
         .unwrap();
@@ -145,7 +152,7 @@ impl Live {
         spec.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        let school: School = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1",
+        let school: School = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1alpha1",
             "kind": "School", "metadata": {"name": name, "namespace": self.ns}, "spec": spec}))
         .unwrap();
         self.api::<School>()
@@ -400,7 +407,7 @@ async fn school_backup_and_school_restore_run_through_their_controllers() {
     live.ready("br", Duration::from_secs(60)).await;
 
     let backups = live.api::<SchoolBackup>();
-    let sb: SchoolBackup = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1",
+    let sb: SchoolBackup = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1alpha1",
         "kind": "SchoolBackup", "metadata": {"name": "now", "namespace": live.ns},
         "spec": {"school": "br"}}))
     .unwrap();
@@ -422,7 +429,7 @@ async fn school_backup_and_school_restore_run_through_their_controllers() {
     .await;
 
     let restores = live.api::<SchoolRestore>();
-    let sr: SchoolRestore = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1",
+    let sr: SchoolRestore = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1alpha1",
         "kind": "SchoolRestore", "metadata": {"name": "undo", "namespace": live.ns},
         "spec": {"school": "br", "backup": "latest"}}))
     .unwrap();
@@ -594,7 +601,7 @@ async fn steady_state_is_watches_and_lease_renewals_only() {
     let n: usize = std::env::var("EDUMIND_STEADY_SCHOOLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(100);
     let window = Duration::from_secs(60);
     let mut live = Live::start(Options::default()).await;
     live.spawn("op-a", &["--concurrency", "8"]);
@@ -629,4 +636,108 @@ async fn steady_state_is_watches_and_lease_renewals_only() {
         "{n} Schools, {window:?} idle: {} requests ({renewals} Lease renewals)",
         during.len()
     );
+}
+
+/// A front for the harness PostgreSQL on a port of its own: while `up` is false it
+/// accepts each connection and closes it at once (the server is down behind it: every
+/// connection attempt fails immediately), then it forwards to PostgreSQL.
+async fn flaky_front(to: u16, up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                // Close cleanly (EOF, never a reset), so that every attempt fails alike.
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let _ = inbound.shutdown().await;
+                    let mut sink = [0u8; 1024];
+                    while matches!(inbound.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn transient_errors_back_off_exponentially_and_recover_when_the_server_returns() {
+    let pg = postgres().await;
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = flaky_front(pg.port, up.clone()).await;
+    let mut live = Live::start_at(Options::default(), port).await;
+    // 200 ms doubling to 6.4 s: the shape of the default 1 s → 5 min, in test time.
+    live.spawn(
+        "op-a",
+        &["--retry-base-ms", "200", "--retry-max-ms", "6400"],
+    );
+    live.create_school("flaky", json!({})).await;
+    // Each reconcile attempt lists the namespace's SchoolRestores once.
+    let attempts = |live: &Live| -> Vec<Duration> {
+        live.operator_requests()
+            .iter()
+            .filter(|r| {
+                r.resource == "schoolrestores" && r.verb == "list" && r.namespace == live.ns
+            })
+            .map(|r| r.at)
+            .collect()
+    };
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(40),
+        "backoff reaches its cap",
+        || async {
+            let a = attempts(&live);
+            let gaps: Vec<f64> = a.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+            gaps.iter().any(|g| *g > 5.0).then_some(())
+        },
+    )
+    .await;
+    let failing = live.api::<School>().get("flaky").await.unwrap();
+    let ready = failing
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "DatabaseServerError")
+    );
+    let a = attempts(&live);
+    let gaps: Vec<f64> = a.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    eprintln!(
+        "attempt intervals (s): {gaps:.2?} over {:?}",
+        started.elapsed()
+    );
+    // Intervals of the backoff-driven attempts (those not woken by the School's own
+    // writes) grow: each at least 1.3× the one before (2× nominal, ±20 % jitter).
+    let timed: Vec<f64> = gaps.iter().copied().filter(|g| *g >= 0.15).collect();
+    assert!(timed.len() >= 3, "{gaps:?}");
+    for w in timed.windows(2) {
+        assert!(
+            w[1] >= w[0] * 1.3 || w[1] >= 3.2 * 0.8,
+            "intervals grow: {gaps:?}"
+        );
+    }
+    assert!(
+        a.len() <= 12,
+        "no tight retry loop: {} attempts in {:?}",
+        a.len(),
+        started.elapsed()
+    );
+    // The server comes back: Ready within one capped interval (6.4 s + 20 %) and margin.
+    let back = Instant::now();
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    live.ready("flaky", Duration::from_secs(12)).await;
+    eprintln!("Ready {:?} after the server came back", back.elapsed());
 }

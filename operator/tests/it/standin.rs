@@ -268,7 +268,7 @@ async fn finalizers_hold_deletion_and_owners_take_their_dependents_along() {
 
     // Owner-reference garbage collection, also across kinds.
     let schools: Api<School> = Api::namespaced(client.clone(), NS);
-    let mut school: School = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1",
+    let mut school: School = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1alpha1",
         "kind": "School", "metadata": {"name": "owner", "namespace": NS},
         "spec": {"code": "C1", "name": "N", "contactEmail": "a@b.example"}}))
     .unwrap();
@@ -276,7 +276,7 @@ async fn finalizers_hold_deletion_and_owners_take_their_dependents_along() {
         .create(&PostParams::default(), &school)
         .await
         .unwrap();
-    let owner_ref = json!([{"apiVersion": "edumind.ai/v1", "kind": "School", "name": "owner",
+    let owner_ref = json!([{"apiVersion": "edumind.ai/v1alpha1", "kind": "School", "name": "owner",
         "uid": school.uid().unwrap(), "controller": true}]);
     let mut dependent = secret("dependent", json!({}));
     dependent.metadata.owner_references = Some(serde_json::from_value(owner_ref.clone()).unwrap());
@@ -328,7 +328,7 @@ async fn custom_resources_are_validated_by_schema_and_cel_rules() {
     let post = |spec: serde_json::Value| {
         let schools = schools.clone();
         async move {
-            let s: serde_json::Value = json!({"apiVersion": "edumind.ai/v1", "kind": "School",
+            let s: serde_json::Value = json!({"apiVersion": "edumind.ai/v1alpha1", "kind": "School",
                 "metadata": {"name": "s", "namespace": NS}, "spec": spec});
             let s: School = match serde_json::from_value(s.clone()) {
                 Ok(s) => s,
@@ -420,7 +420,7 @@ async fn custom_resources_are_validated_by_schema_and_cel_rules() {
         "{err}"
     );
     // Server-side apply creates, then merges.
-    let applied: School = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1",
+    let applied: School = serde_json::from_value(json!({"apiVersion": "edumind.ai/v1alpha1",
         "kind": "School", "metadata": {"name": "t", "namespace": NS},
         "spec": {"code": "T", "name": "T", "contactEmail": "t@b.example"}}))
     .unwrap();

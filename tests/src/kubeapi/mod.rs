@@ -743,10 +743,32 @@ fn create(state: &State, target: &Target, body: &[u8]) -> Result<Value, ApiError
     create_locked(&mut store, target, object)
 }
 
-fn create_locked(store: &mut Store, target: &Target, mut object: Value) -> Result<Value, ApiError> {
+/// The API server refuses a body whose apiVersion or kind differs from the request's.
+fn check_type(target: &Target, object: &Value) -> Result<(), ApiError> {
     if !object.is_object() {
         return Err(ApiError::bad("not an object"));
     }
+    let expected = target.ty.api_version();
+    if let Some(v) = object.get("apiVersion").and_then(Value::as_str)
+        && v != expected
+    {
+        return Err(ApiError::bad(format!(
+            "the API version in the data ({v}) does not match the expected API version ({expected})"
+        )));
+    }
+    if let Some(k) = object.get("kind").and_then(Value::as_str)
+        && k != target.ty.kind
+    {
+        return Err(ApiError::bad(format!(
+            "the kind in the data ({k}) does not match the expected kind ({})",
+            target.ty.kind
+        )));
+    }
+    Ok(())
+}
+
+fn create_locked(store: &mut Store, target: &Target, mut object: Value) -> Result<Value, ApiError> {
+    check_type(target, &object)?;
     let mut name = object
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -958,6 +980,7 @@ fn write_locked(
 
 fn update(state: &State, target: &Target, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let new = parse_body(body)?;
+    check_type(target, &new)?;
     let mut store = lock(state)?;
     write_locked(&mut store, target, new, true).map(|v| respond(200, &v))
 }
@@ -974,6 +997,7 @@ fn patch(
     let patched = match media {
         "application/apply-patch+yaml" => {
             let applied = parse_body(body)?;
+            check_type(target, &applied)?;
             match current {
                 // Server-side apply of a new object creates it.
                 None if target.subresource.is_none() => {
