@@ -226,6 +226,23 @@ impl Live {
         .unwrap();
     }
 
+    /// Waits until the operator has sent no request but watches and Lease renewals for
+    /// 1.5 s: the reconciles that the last changes caused are over, so whatever happens
+    /// next is caused by what the test does next.
+    pub async fn settle(&self) {
+        let busy = |r: &Recorded| r.verb != "watch" && r.resource != "leases";
+        let mut last = (usize::MAX, Instant::now());
+        eventually(Duration::from_secs(30), "the operator settles", || {
+            let count = self.api.requests().iter().filter(|r| busy(r)).count();
+            if count != last.0 {
+                last = (count, Instant::now());
+            }
+            let quiet = last.1.elapsed() >= Duration::from_millis(1500);
+            async move { quiet.then_some(()) }
+        })
+        .await;
+    }
+
     /// The identity holding the leader Lease, if any.
     pub async fn leader(&self) -> Option<String> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NS);
@@ -336,6 +353,7 @@ async fn a_deleted_secret_comes_back_through_the_owned_object_watch() {
     live.spawn("op-a", &[]);
     live.create_school("hoover", json!({})).await;
     live.ready("hoover", Duration::from_secs(60)).await;
+    live.settle().await;
     let secrets = live.api::<Secret>();
     let name = secret_name("hoover");
     let before = secrets.get(&name).await.unwrap();
@@ -362,6 +380,7 @@ async fn a_finished_backup_job_reaches_school_status_through_the_job_watch() {
     live.spawn("op-a", &[]);
     live.create_school("bk", with_storage()).await;
     live.ready("bk", Duration::from_secs(60)).await;
+    live.settle().await;
     // The CronJob fires: its Job, from the template, as the CronJob controller makes it.
     let cron = live
         .api::<CronJob>()
@@ -417,9 +436,12 @@ async fn school_backup_and_school_restore_run_through_their_controllers() {
         async move { backups.get("now").await.ok()?.status?.job }
     })
     .await;
+    // The controllers poll a running Job every 15 s: within 8 s only the Job watch can
+    // have carried its end.
+    live.settle().await;
     live.finish_job(&job, true, &RunResult::success("backup", "br/now.dump", 10))
         .await;
-    eventually(Duration::from_secs(15), "SchoolBackup Succeeded", || {
+    eventually(Duration::from_secs(8), "SchoolBackup Succeeded", || {
         let backups = backups.clone();
         async move {
             let phase = backups.get("now").await.ok()?.status?.phase?;
@@ -448,7 +470,7 @@ async fn school_backup_and_school_restore_run_through_their_controllers() {
         &RunResult::success("restore", "br/now.dump", 10),
     )
     .await;
-    let done = eventually(Duration::from_secs(15), "SchoolRestore Succeeded", || {
+    let done = eventually(Duration::from_secs(8), "SchoolRestore Succeeded", || {
         let restores = restores.clone();
         async move {
             let r = restores.get("undo").await.ok()?;
