@@ -233,7 +233,7 @@ impl Live {
         let busy = |r: &Recorded| r.verb != "watch" && r.resource != "leases";
         let mut last = (usize::MAX, Instant::now());
         eventually(Duration::from_secs(30), "the operator settles", || {
-            let count = self.api.requests().iter().filter(|r| busy(r)).count();
+            let count = self.operator_requests().iter().filter(|r| busy(r)).count();
             if count != last.0 {
                 last = (count, Instant::now());
             }
@@ -254,10 +254,11 @@ impl Live {
             .holder_identity
     }
 
-    /// The operator's requests since the start (the test's own client sends no user
-    /// agent; kube's controller and API clients send theirs).
+    /// The requests of the operator processes (by their user agent) since the start.
     pub fn operator_requests(&self) -> Vec<Recorded> {
-        self.api.requests()
+        let mut requests = self.api.requests();
+        requests.retain(|r| r.user_agent == edumind_operator::run::USER_AGENT);
+        requests
     }
 }
 
