@@ -11,6 +11,7 @@ mod support;
 
 mod backup;
 mod backupops;
+mod cel;
 mod examples;
 mod fleet;
 mod live;

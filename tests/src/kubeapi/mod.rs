@@ -120,8 +120,10 @@ impl ResourceType {
         })
     }
 
-    /// Defaults, then validates `object` (and CEL transition rules against `old`).
-    fn admit(&self, object: &mut Value, old: Option<&Value>) -> Result<(), String> {
+    /// Defaults, then validates `object` against the schema and its CEL rules (transition
+    /// rules against `old`, the stored object, on updates), as the server does on every
+    /// create and update. The error lists each violation as `path: message`.
+    pub fn admit(&self, object: &mut Value, old: Option<&Value>) -> Result<(), String> {
         let Some(schema) = &self.schema else {
             return Ok(());
         };
