@@ -24,7 +24,8 @@
 //!
 //! Integration tests: one binary, `tests/it/main.rs`, a module per area; their shared
 //! set-up (`tests/it/support`, `TestEnv`) builds an [`school::OperatorContext`] over the
-//! in-memory API and the harness PostgreSQL.
+//! in-memory API and the harness PostgreSQL. `tests/it/live.rs` runs the `run` process
+//! against the stand-in API server with watch (`edumind_tests::kubeapi`, docs/testing.md).
 //!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
 //! [`edumind_crds::connection::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
