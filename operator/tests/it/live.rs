@@ -121,7 +121,11 @@ impl Live {
             .arg("--config")
             .arg(&config)
             .args(["--namespace", OPERATOR_NS, "--identity", identity])
-            .args(["--http-addr", "127.0.0.1:0"])
+            .args(if extra.contains(&"--http-addr") {
+                &[][..]
+            } else {
+                &["--http-addr", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("RUST_LOG", "info,kube=warn")
