@@ -15,6 +15,7 @@
 //! * [`fleet`]: `migrate --all` over every school database of a server.
 //! * [`run`]: the controller process (watches, shutdown); [`leader`]: leader election
 //!   over a Lease; [`http`]: `/metrics`, `/healthz` and `/readyz` (warp); [`metrics`].
+//! * [`backoff`]: per-object exponential retry backoff for transient errors.
 //! * [`backup`]: verified logical backups, retention and restore (the backup runner).
 //!
 //! Local mode (`edumind-local`, provisioning without Kubernetes) is a crate of its own
@@ -23,13 +24,15 @@
 //!
 //! Integration tests: one binary, `tests/it/main.rs`, a module per area; their shared
 //! set-up (`tests/it/support`, `TestEnv`) builds an [`school::OperatorContext`] over the
-//! in-memory API and the harness PostgreSQL.
+//! in-memory API and the harness PostgreSQL. `tests/it/live.rs` runs the `run` process
+//! against the stand-in API server with watch (`edumind_tests::kubeapi`, docs/testing.md).
 //!
 //! Self-service tenant (issue 3 item 7) seam: [`pg::Claim::kind`] and the Secret label
 //! [`edumind_crds::connection::LABEL_TENANT_KIND`] already distinguish tenant kinds, and the pg steps take
 //! names and a claim, so provisioning `edumind_selfservice` reuses them with its own
 //! RLS migration step.
 
+pub mod backoff;
 pub mod backup;
 pub mod backupjobs;
 pub mod config;

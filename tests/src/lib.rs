@@ -24,6 +24,8 @@
 mod binaries;
 /// The Redis TLS tests' throwaway CA (files on disk); [`TestCa`] is PostgreSQL's.
 pub mod certs;
+#[cfg(feature = "kubeapi")]
+pub mod kubeapi;
 mod postgres;
 mod redis;
 mod redis_cluster;

@@ -258,12 +258,15 @@ where
 }
 
 /// Retry policy of both controllers.
-pub fn error_policy<K>(_obj: Arc<K>, error: &OpError, _ctx: Arc<OperatorContext>) -> Action {
+pub fn error_policy<K>(obj: Arc<K>, error: &OpError, ctx: Arc<OperatorContext>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
     tracing::warn!(reason = error.reason(), error = %error, "backup/restore reconcile failed");
     if error.is_permanent() {
-        Action::requeue(school::PERMANENT_RECHECK)
+        Action::await_change()
     } else {
-        Action::requeue(school::TRANSIENT_RETRY)
+        Action::requeue(ctx.backoff.failed(&crate::backoff::key(obj.as_ref())))
     }
 }
 

@@ -37,6 +37,8 @@ pub struct OperatorContext {
     pub metrics: Arc<Metrics>,
     /// Backup runner image, default storage and Job settings.
     pub backup: BackupConfig,
+    /// Consecutive transient failures per object, for the retry delay.
+    pub backoff: crate::backoff::Backoff,
     /// Admin pool per server name, created on first use.
     pools: Mutex<HashMap<String, ServerHandle>>,
 }
@@ -84,6 +86,7 @@ impl OperatorContext {
             operator_namespace,
             metrics,
             backup,
+            backoff: crate::backoff::Backoff::default(),
             pools: Mutex::default(),
         })
     }

@@ -12,6 +12,7 @@ use kube::runtime::events::EventType;
 use crate::backupjobs;
 use crate::pg::{self, Claim, PgError};
 
+use super::RUNNING_POLL;
 use super::context::OperatorContext;
 use super::desired::{Desired, validate};
 use super::error::Error;
@@ -20,7 +21,6 @@ use super::labels::FINALIZER;
 use super::school_backups::kube_err;
 use super::school_backups::{OneOff, one_off_backup};
 use super::status::{next_status, patch_status, publish, ready_condition};
-use super::{PERMANENT_RECHECK, TRANSIENT_RETRY};
 
 /// Runs the reclaim policy of a School being deleted, then releases the finalizer.
 pub(crate) async fn cleanup(school: &School, ctx: &OperatorContext) -> Result<Action, Error> {
@@ -91,11 +91,13 @@ pub(crate) async fn cleanup(school: &School, ctx: &OperatorContext) -> Result<Ac
                         )
                         .await;
                     }
-                    return Ok(Action::requeue(if failed {
-                        PERMANENT_RECHECK
+                    // Failed: wait for a change (the Job removed for a retry, the policy
+                    // changed); running: the Job watch wakes it, the poll is a safety net.
+                    return Ok(if failed {
+                        Action::await_change()
                     } else {
-                        TRANSIENT_RETRY
-                    }));
+                        Action::requeue(RUNNING_POLL)
+                    });
                 }
             }
             if let Err(e) = delete_final_job(school, ctx).await {

@@ -9,7 +9,6 @@ use kube::runtime::controller::Action;
 use crate::pg::PgError;
 
 use super::context::OperatorContext;
-use super::{PERMANENT_RECHECK, TRANSIENT_RETRY};
 
 /// Why a reconcile did not reach Ready. The `Display` text goes into status conditions
 /// and events, so it never contains secrets.
@@ -98,14 +97,18 @@ impl Error {
     }
 }
 
-/// Retry policy: transient errors back off, permanent ones were already handled.
-pub fn error_policy(_school: Arc<School>, error: &Error, _ctx: Arc<OperatorContext>) -> Action {
-    tracing::warn!(reason = error.reason().as_str(), error = %error, "reconcile failed");
+/// Retry policy: a transient error retries after the School's next backoff delay (1 s
+/// doubling to 5 min, with jitter; reset by a successful reconcile); a permanent one waits
+/// for a change to the School or an object it owns.
+pub fn error_policy(school: Arc<School>, error: &Error, ctx: Arc<OperatorContext>) -> Action {
     if error.is_permanent() {
-        Action::requeue(PERMANENT_RECHECK)
-    } else {
-        Action::requeue(TRANSIENT_RETRY)
+        tracing::warn!(reason = error.reason().as_str(), error = %error, "reconcile failed");
+        return Action::await_change();
     }
+    let delay = ctx.backoff.failed(&crate::backoff::key(school.as_ref()));
+    tracing::warn!(reason = error.reason().as_str(), error = %error,
+        retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    Action::requeue(delay)
 }
 
 #[cfg(test)]

@@ -55,11 +55,9 @@ use status::{condition, patch_status, publish, ready_condition};
 /// How often a Ready School is re-checked for drift.
 pub const RESYNC: Duration = Duration::from_secs(600);
 
-/// How often a School with a permanent problem is re-checked (it may resolve elsewhere).
-pub const PERMANENT_RECHECK: Duration = Duration::from_secs(300);
-
-/// Retry delay after a transient error.
-pub const TRANSIENT_RETRY: Duration = Duration::from_secs(15);
+/// How often a School whose final backup Job is still running is looked at again (the
+/// Job watch normally wakes it sooner, when the Job ends).
+pub const RUNNING_POLL: Duration = Duration::from_secs(15);
 
 /// Reconciles one School. Permanent problems end as a status condition and `Ok`;
 /// transient ones return `Err` for [`error_policy`] to retry.
@@ -70,7 +68,10 @@ pub async fn reconcile(school: Arc<School>, ctx: Arc<OperatorContext>) -> Result
         .duration
         .observe(started.elapsed().as_secs_f64());
     let label = match &result {
-        Ok(_) => "ok".to_string(),
+        Ok(_) => {
+            ctx.backoff.succeeded(&crate::backoff::key(school.as_ref()));
+            "ok".to_string()
+        }
         Err(e) => {
             ctx.metrics
                 .errors
@@ -231,8 +232,10 @@ pub(crate) async fn reconcile_inner(
                 )
                 .await;
             }
-            Ok(Action::requeue(PERMANENT_RECHECK))
+            // Permanent: nothing to retry until the School (or an object it owns) changes.
+            Ok(Action::await_change())
         }
+        // Transient: `error_policy` retries with the School's backoff.
         Err(_) => result.map(|_| Action::await_change()),
     }
 }

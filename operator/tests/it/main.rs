@@ -11,10 +11,13 @@ mod support;
 
 mod backup;
 mod backupops;
+mod cel;
 mod examples;
 mod fleet;
+mod live;
 mod process;
 mod rbac;
 mod reconcile;
 mod selfservice;
+mod standin;
 mod tls;

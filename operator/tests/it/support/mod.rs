@@ -426,3 +426,21 @@ impl TestEnv {
         (ConnectionInfo::load(&file).unwrap(), dir)
     }
 }
+
+/// The stand-in API server (`edumind_tests::kubeapi`) serving the operator's CRDs, and a
+/// client of it. `options` tunes the event history and the bookmark period.
+pub async fn stand_in(
+    options: edumind_tests::kubeapi::Options,
+) -> (edumind_tests::kubeapi::KubeApi, Client) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let crds: Vec<serde_json::Value> = edumind_crds::all_crds()
+        .into_iter()
+        .map(|(_, crd)| serde_json::to_value(crd).unwrap())
+        .collect();
+    let api = edumind_tests::kubeapi::KubeApi::start(&crds, options)
+        .await
+        .unwrap();
+    let config = kube::Config::new(api.url().parse().unwrap());
+    let client = Client::try_from(config).unwrap();
+    (api, client)
+}
