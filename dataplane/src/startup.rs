@@ -94,8 +94,9 @@ impl Application {
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         let cache = Cache::new(&settings.redis, metrics.clone()).map_err(StartError::Other)?;
         let directory = TenantDirectory::default();
+        directory.count_errors_in(metrics.source_errors());
         directory.refresh_once(&source).await?;
-        let pools = PoolManager::new(settings.pool.clone());
+        let pools = PoolManager::with_metrics(settings.pool.clone(), metrics.clone());
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| StartError::Bind(settings.listen, e))?;
@@ -139,6 +140,7 @@ impl Application {
         if state.settings.auth.jwks_file.is_some() {
             tasks.push(crate::auth::spawn_jwks_reloader(
                 state.auth.clone(),
+                state.metrics.clone(),
                 Duration::from_millis(state.settings.auth.jwks_reload_ms.max(100)),
                 shutdown_tx.subscribe(),
             ));

@@ -19,6 +19,7 @@
 mod binaries;
 mod postgres;
 mod redis;
+pub mod spans;
 pub mod supervisor;
 
 pub use postgres::{PgServer, PrivatePg, TestDatabase, postgres, postgres_blocking};

@@ -28,6 +28,8 @@ use users::yes;
 use std::convert::Infallible;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -67,7 +69,9 @@ fn principal(s: &SharedState) -> impl Filter<Extract = (Who,), Error = Infallibl
     warp::header::optional::<String>("authorization")
         .or(warp::any().map(|| None))
         .unify()
-        .map(move |h: Option<String>| s.auth.authenticate(h.as_deref()))
+        .map(move |h: Option<String>| {
+            tracing::info_span!("authenticate").in_scope(|| s.auth.authenticate(h.as_deref()))
+        })
 }
 
 fn if_none_match() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
@@ -113,9 +117,29 @@ fn instrument(
         .map(Instant::now)
         .and(f)
         .map(move |start: Instant, res: Response| {
-            m.observe(doc.id, res.status().as_u16(), start);
+            let status = res.status().as_u16();
+            m.observe(doc.id, status, start);
+            tracing::debug!(
+                status,
+                elapsed_ms = start.elapsed().as_secs_f64() * 1000.0,
+                "request done"
+            );
             res
         })
+        // The request's root span: every span below (authenticate, resolve_tenant,
+        // pool.acquire, db.*, cache.*) and every log line inside carries its fields.
+        .with(warp::trace(move |info: warp::trace::Info<'_>| {
+            let span = tracing::info_span!(
+                "request",
+                route = doc.id,
+                method = %info.method(),
+                tenant = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+            );
+            edumind_telemetry::start_trace(&span, Some(info.request_headers()));
+            span
+        }))
+        .map(Reply::into_response)
         .boxed()
 }
 
@@ -173,7 +197,9 @@ struct Scope {
 
 fn scope(s: &SharedState, who: Who, tenant: &str) -> Result<Scope, Problem> {
     let p = who.map_err(|_| Problem::unauthorized())?;
-    let (tenant, access) = resolve(&s.directory, &p, tenant)?;
+    let (tenant, access) = tracing::info_span!("resolve_tenant", tenant)
+        .in_scope(|| resolve(&s.directory, &p, tenant))?;
+    tracing::Span::current().record("tenant", tracing::field::display(&tenant.id));
     Ok(Scope { p, tenant, access })
 }
 
@@ -216,10 +242,14 @@ async fn in_scoped_tx<T>(
     work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, Problem>,
 ) -> Result<T, Problem> {
     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-    let mut tx = begin_scoped(&mut conn, sc).await?;
-    let out = work(&mut tx).await?;
-    tx.commit().await.map_err(db_problem)?;
-    Ok(out)
+    async {
+        let mut tx = begin_scoped(&mut conn, sc).await?;
+        let out = work(&mut tx).await?;
+        tx.commit().await.map_err(db_problem)?;
+        Ok(out)
+    }
+    .instrument(tracing::info_span!("db.transaction"))
+    .await
 }
 
 /// Runs one scoped statement returning at most one `doc`.
@@ -242,7 +272,10 @@ async fn fetch_doc(
             other => q.bind(Some(other.to_string())),
         };
     }
-    q.fetch_optional(&mut *conn).await.map_err(db_problem)
+    q.fetch_optional(&mut *conn)
+        .instrument(tracing::info_span!("db.statement"))
+        .await
+        .map_err(db_problem)
 }
 
 // ------------------------------------------------------------------------------------

@@ -98,6 +98,29 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The pipeline step that failed, the `step` label of
+    /// `edumind_operator_reconcile_errors_total` (a small fixed set).
+    pub fn step(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) | Error::UnknownServer(_) => "validate",
+            Error::Pg(PgError::Migrate(_)) => "migrate",
+            Error::Conflict(_)
+            | Error::DatabaseMissing(_)
+            | Error::AdminCredentials(_)
+            | Error::Pg(_) => "database",
+            Error::PreMigrationBackupRunning(_) | Error::PreMigrationBackupFailed(_) => {
+                "backup-before-migration"
+            }
+            Error::FinalBackupFailed(_)
+            | Error::FinalBackupRunning(_)
+            | Error::DeletionBlocked { .. } => "delete",
+            Error::Kube { .. } => "kubernetes",
+            Error::Internal { .. } => "internal",
+        }
+    }
+}
+
 /// Retry policy: transient errors back off, permanent ones were already handled.
 pub fn error_policy(_school: Arc<School>, error: &Error, _ctx: Arc<OperatorContext>) -> Action {
     tracing::warn!(reason = error.reason().as_str(), error = %error, "reconcile failed");

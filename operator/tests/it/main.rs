@@ -17,3 +17,4 @@ mod process;
 mod rbac;
 mod reconcile;
 mod selfservice;
+mod spans;
