@@ -69,8 +69,16 @@ where
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service)
         .build();
+    // Batched on the binary's own Tokio runtime: the HTTP client needs one, and the
+    // default batch processor's plain thread has none.
+    let batch =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
     let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(batch)
         .with_resource(resource)
         .build();
     let tracer = provider.tracer(service);
@@ -79,7 +87,8 @@ where
 }
 
 /// Installs the global subscriber: `RUST_LOG` filter (default `info`), JSON logs to
-/// `writer` with the current span's fields, and OTLP export when configured.
+/// `writer` with the current span's fields, and OTLP export when configured. Call it
+/// inside the binary's Tokio runtime (the exporter runs on it).
 pub fn init<W>(service: &'static str, writer: W) -> Result<Telemetry, String>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,

@@ -119,27 +119,16 @@ fn instrument(
         .map(move |start: Instant, res: Response| {
             let status = res.status().as_u16();
             m.observe(doc.id, status, start);
+            // The request span ([`routes`]) learns its route once one matched.
+            tracing::Span::current().record("route", doc.id);
             tracing::debug!(
+                route = doc.id,
                 status,
                 elapsed_ms = start.elapsed().as_secs_f64() * 1000.0,
                 "request done"
             );
             res
         })
-        // The request's root span: every span below (authenticate, resolve_tenant,
-        // pool.acquire, db.*, cache.*) and every log line inside carries its fields.
-        .with(warp::trace(move |info: warp::trace::Info<'_>| {
-            let span = tracing::info_span!(
-                "request",
-                route = doc.id,
-                method = %info.method(),
-                tenant = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-            );
-            edumind_telemetry::start_trace(&span, Some(info.request_headers()));
-            span
-        }))
-        .map(Reply::into_response)
         .boxed()
 }
 
@@ -318,5 +307,20 @@ pub fn routes(s: SharedState) -> BoxedFilter<(Response,)> {
         }
         res
     })
+    // The request's root span, opened once per request: every span below
+    // (authenticate, resolve_tenant, pool.acquire, db.*, cache.*) and every log line
+    // inside carries its fields. The route is recorded when one matched.
+    .with(warp::trace(|info: warp::trace::Info<'_>| {
+        let span = tracing::info_span!(
+            "request",
+            method = %info.method(),
+            route = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        edumind_telemetry::start_trace(&span, Some(info.request_headers()));
+        span
+    }))
+    .map(Reply::into_response)
     .boxed()
 }
