@@ -359,6 +359,9 @@ pub struct BackupRecord {
     /// The Job that took it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// How long the Job ran, from its start to its completion, in whole seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<i64>,
 }
 
 /// A failed backup.

@@ -161,19 +161,26 @@ pub async fn verify_member(s: &crate::state::AppState, p: &Principal) -> Result<
     let key = member_key(school, p.user_id);
     let text = s
         .cache
-        .get_or_load("member", &key, MEMBER_TTL, || async {
-            let mut conn = s.pools.acquire(&tenant).await.map_err(Problem::pool)?;
-            let row: Option<serde_json::Value> = sqlx::query_scalar(
-                "SELECT jsonb_build_object('role', role, 'active', is_active) FROM users \
+        .get_or_load(
+            "member",
+            || key,
+            MEMBER_TTL,
+            || async {
+                let mut conn = s.pools.acquire(&tenant).await.map_err(Problem::pool)?;
+                let row: Option<serde_json::Value> = sqlx::query_scalar(
+                    "SELECT jsonb_build_object('role', role, 'active', is_active) FROM users \
                  WHERE id = $1 AND school_id = $2",
-            )
-            .bind(p.user_id)
-            .bind(school)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(Problem::database)?;
-            Ok::<String, Problem>(row.map_or_else(|| "null".to_owned(), |r| r.to_string()))
-        })
+                )
+                .bind(p.user_id)
+                .bind(school)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(Problem::database)?;
+                Ok::<String, Problem>(row.map_or_else(|| "null".to_owned(), |r| r.to_string()))
+            },
+            String::clone,
+            Ok,
+        )
         .await
         .map_err(|_| AuthError::Unavailable)?;
     let member: serde_json::Value =

@@ -277,6 +277,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 /// Keeps the keys in step with the JWKS file: re-reads it every `every` until `shutdown`.
 pub fn spawn_jwks_reloader(
     auth: Arc<Authenticator>,
+    metrics: Arc<crate::metrics::Metrics>,
     every: std::time::Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -287,9 +288,13 @@ pub fn spawn_jwks_reloader(
                 _ = shutdown.changed() => return,
             }
             match auth.reload_jwks().await {
-                Ok(true) => tracing::info!(keys = auth.jwks_len(), "JWKS reloaded"),
+                Ok(true) => {
+                    metrics.jwks_reload(true);
+                    tracing::info!(keys = auth.jwks_len(), "JWKS reloaded")
+                }
                 Ok(false) => {}
                 Err(e) => {
+                    metrics.jwks_reload(false);
                     tracing::warn!(error = %e, "JWKS reload failed; keeping the current keys")
                 }
             }

@@ -123,10 +123,13 @@ impl KubeTenantSource {
                             directory.publish(tenants, &mut on_change);
                         }
                     }
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "tenant Secret watch failed; retrying, the current tenants stay"
-                    ),
+                    Err(e) => {
+                        directory.note_source_error("kubernetes");
+                        tracing::warn!(
+                            error = %e,
+                            "tenant Secret watch failed; retrying, the current tenants stay"
+                        )
+                    }
                 }
             }
         })

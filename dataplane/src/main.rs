@@ -59,13 +59,14 @@ async fn main() -> std::process::ExitCode {
         }
         _ => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .json()
-        .with_writer(writer)
-        .init();
+    // JSON logs with the trace id, and OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let _telemetry = match edumind_telemetry::init("edumind-dataplane", writer) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("edumind-dataplane: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let settings = match Settings::load(args.config.as_deref(), std::env::vars()) {
         Ok(mut s) => {
             if let Some(addr) = args.admin_addr {

@@ -47,6 +47,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use futures_util::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -349,6 +350,8 @@ struct Inner {
     servers: Mutex<HashMap<String, Arc<Server>>>,
     tenants: Mutex<HashMap<TenantId, Arc<TenantPool>>>,
     opened: AtomicU64,
+    /// Where acquire waits and timeouts are counted (`None` in tests that need no metrics).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Inner {
@@ -480,12 +483,22 @@ pub struct ServerUsage {
 
 impl PoolManager {
     pub fn new(settings: PoolSettings) -> Self {
+        Self::build(settings, None)
+    }
+
+    /// A manager that records every acquire's wait, and its timeouts, in `metrics`.
+    pub fn with_metrics(settings: PoolSettings, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self::build(settings, Some(metrics))
+    }
+
+    fn build(settings: PoolSettings, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
         PoolManager {
             inner: Arc::new(Inner {
                 settings,
                 servers: Mutex::new(HashMap::new()),
                 tenants: Mutex::new(HashMap::new()),
                 opened: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -535,8 +548,22 @@ impl PoolManager {
         pool
     }
 
-    /// A connection to `tenant`'s database, within the budgets.
+    /// A connection to `tenant`'s database, within the budgets. Its wait (or its giving
+    /// up) is recorded per server in the metrics.
     pub async fn acquire(&self, tenant: &Tenant) -> Result<PooledConn, PoolError> {
+        let started = Instant::now();
+        let result = self
+            .acquire_unobserved(tenant)
+            .instrument(tracing::info_span!("pool.acquire"))
+            .await;
+        if let Some(m) = &self.inner.metrics {
+            let timed_out = matches!(result, Err(PoolError::Busy));
+            m.pool_acquire(&tenant.server_key(), started.elapsed(), timed_out);
+        }
+        result
+    }
+
+    async fn acquire_unobserved(&self, tenant: &Tenant) -> Result<PooledConn, PoolError> {
         let deadline =
             Instant::now() + Duration::from_millis(self.inner.settings.acquire_timeout_ms);
         let pool = self.tenant_pool(tenant);

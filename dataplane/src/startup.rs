@@ -99,8 +99,9 @@ impl Application {
             .await
             .map_err(StartError::Other)?;
         let directory = TenantDirectory::default();
+        directory.count_errors_in(metrics.source_errors());
         directory.refresh_once(&source).await?;
-        let pools = PoolManager::new(settings.pool.clone());
+        let pools = PoolManager::with_metrics(settings.pool.clone(), metrics.clone());
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| StartError::Bind(settings.listen, e))?;
@@ -151,6 +152,7 @@ impl Application {
         if state.settings.auth.jwks_file.is_some() {
             tasks.push(crate::auth::spawn_jwks_reloader(
                 state.auth.clone(),
+                state.metrics.clone(),
                 Duration::from_millis(state.settings.auth.jwks_reload_ms.max(100)),
                 shutdown_tx.subscribe(),
             ));

@@ -296,17 +296,41 @@ type Snapshot = Arc<HashMap<TenantId, Arc<Tenant>>>;
 #[derive(Clone)]
 pub struct TenantDirectory {
     current: Arc<RwLock<Snapshot>>,
+    /// Where failed reads of the source are counted (`edumind_tenant_source_errors_total`).
+    errors: Arc<std::sync::OnceLock<crate::metrics::SourceErrors>>,
 }
 
 impl Default for TenantDirectory {
     fn default() -> Self {
         TenantDirectory {
             current: Arc::new(RwLock::new(Arc::new(HashMap::new()))),
+            errors: Arc::default(),
         }
     }
 }
 
 impl TenantDirectory {
+    /// Counts failed reads of the tenant source into `errors` from now on (set once).
+    pub fn count_errors_in(&self, errors: crate::metrics::SourceErrors) {
+        let _ = self.errors.set(errors);
+    }
+
+    /// Records one failed read of the tenant source (`kubernetes` or `files`).
+    pub fn note_source_error(&self, source: &'static str) {
+        if let Some(errors) = self.errors.get() {
+            errors
+                .get_or_create(&crate::metrics::SourceLabels { source })
+                .inc();
+        }
+    }
+
+    /// (school tenants, self-service tenants).
+    pub fn counts(&self) -> (usize, usize) {
+        let snapshot = self.snapshot();
+        let selfservice = usize::from(snapshot.contains_key(&TenantId::SelfService));
+        (snapshot.len() - selfservice, selfservice)
+    }
+
     pub fn get(&self, id: &TenantId) -> Option<Arc<Tenant>> {
         self.snapshot().get(id).cloned()
     }
@@ -410,7 +434,10 @@ impl TenantDirectory {
                 }
                 match source.snapshot().await {
                     Ok(tenants) => dir.publish(tenants, &mut on_change),
-                    Err(e) => tracing::warn!(error = %e, "tenant directory poll failed"),
+                    Err(e) => {
+                        dir.note_source_error("files");
+                        tracing::warn!(error = %e, "tenant directory poll failed")
+                    }
                 }
             }
         })

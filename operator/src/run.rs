@@ -212,12 +212,9 @@ async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
 
 /// Runs the operator until SIGTERM/SIGINT or until leadership is lost.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // JSON logs with the trace id, and OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let _telemetry =
+        edumind_telemetry::init("edumind-operator", std::io::stdout).map_err(anyhow::Error::msg)?;
     let backup_config = args.backup_config()?;
     let (retry_base, retry_max) = (
         std::time::Duration::from_millis(args.retry_base_ms.max(1)),
@@ -240,6 +237,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
     let client = kube::Client::try_from(kube_config)?;
     let metrics = Arc::new(Metrics::default());
+    // A standby exports 0, so "no leader" is max over replicas < 1 (docs/operations.md).
+    metrics.set_leader(false);
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -281,6 +280,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!(identity = %args.identity, "became leader");
+    metrics.set_leader(true);
     let (lost_tx, lost_rx) = watch::channel(false);
     let renew = {
         let (leases, identity, mut stop) = (leases.clone(), args.identity.clone(), stop_rx.clone());

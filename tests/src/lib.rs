@@ -29,6 +29,7 @@ pub mod kubeapi;
 mod postgres;
 mod redis;
 mod redis_cluster;
+pub mod spans;
 pub mod supervisor;
 mod tls;
 

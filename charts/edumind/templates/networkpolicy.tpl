@@ -14,3 +14,14 @@
     - {port: {{ . }}, protocol: TCP}
     {{- end }}
 {{- end -}}
+{{/* Egress to the OTLP collector when traces are exported (root context). */}}
+{{- define "edumind.np.otlp" -}}
+{{- if .Values.tracing.otlpEndpoint }}
+- ports:
+    - {port: {{ .Values.tracing.otlpPort }}, protocol: TCP}
+  {{- with .Values.tracing.otlpPeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end -}}

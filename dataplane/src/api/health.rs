@@ -100,6 +100,8 @@ pub fn metrics(s: &SharedState) -> BoxedFilter<(Response,)> {
     let f = warp::path!("metrics")
         .and(warp::get())
         .map(move || {
+            let (schools, selfservice) = st.directory.counts();
+            st.metrics.set_tenants(schools, selfservice);
             let body = st.metrics.render(&st.pools.usage());
             let mut r = Response::new(body.into());
             r.headers_mut().insert(

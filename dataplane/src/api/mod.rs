@@ -30,6 +30,8 @@ use users::yes;
 use std::convert::Infallible;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -72,10 +74,13 @@ fn principal(s: &SharedState) -> impl Filter<Extract = (Who,), Error = Infallibl
         .or(warp::any().map(|| None))
         .unify()
         .and(with(s))
-        .then(|h: Option<String>, s: SharedState| async move {
-            let p = s.auth.authenticate(h.as_deref())?;
-            crate::access::verify_member(&s, &p).await?;
-            Ok(p)
+        .then(|h: Option<String>, s: SharedState| {
+            async move {
+                let p = s.auth.authenticate(h.as_deref())?;
+                crate::access::verify_member(&s, &p).await?;
+                Ok(p)
+            }
+            .instrument(tracing::info_span!("authenticate"))
         })
 }
 
@@ -129,7 +134,16 @@ fn instrument(
         .map(Instant::now)
         .and(f)
         .map(move |start: Instant, res: Response| {
-            m.observe(doc.id, res.status().as_u16(), start);
+            let status = res.status().as_u16();
+            m.observe(doc.id, status, start);
+            // The request span ([`routes`]) learns its route once one matched.
+            tracing::Span::current().record("route", doc.id);
+            tracing::debug!(
+                route = doc.id,
+                status,
+                elapsed_ms = start.elapsed().as_secs_f64() * 1000.0,
+                "request done"
+            );
             res
         })
         .boxed()
@@ -213,7 +227,9 @@ struct Scope {
 
 fn scope(s: &SharedState, who: Who, tenant: &str) -> Result<Scope, Problem> {
     let p = who.map_err(Problem::from)?;
-    let (tenant, access) = resolve(&s.directory, &p, tenant)?;
+    let (tenant, access) = tracing::info_span!("resolve_tenant", tenant)
+        .in_scope(|| resolve(&s.directory, &p, tenant))?;
+    tracing::Span::current().record("tenant", tracing::field::display(&tenant.id));
     Ok(Scope { p, tenant, access })
 }
 
@@ -256,10 +272,14 @@ async fn in_scoped_tx<T>(
     work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, Problem>,
 ) -> Result<T, Problem> {
     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
-    let mut tx = begin_scoped(&mut conn, sc).await?;
-    let out = work(&mut tx).await?;
-    tx.commit().await.map_err(db_problem)?;
-    Ok(out)
+    async {
+        let mut tx = begin_scoped(&mut conn, sc).await?;
+        let out = work(&mut tx).await?;
+        tx.commit().await.map_err(db_problem)?;
+        Ok(out)
+    }
+    .instrument(tracing::info_span!("db.transaction"))
+    .await
 }
 
 /// Runs one scoped statement returning at most one `doc`.
@@ -285,7 +305,11 @@ async fn fetch_doc(
         };
     }
     // A row whose `doc` is NULL ("no such parent") is "nothing", like no row.
-    let q = q.fetch_optional(&mut *conn).await.map_err(db_problem)?;
+    let q = q
+        .fetch_optional(&mut *conn)
+        .instrument(tracing::info_span!("db.statement"))
+        .await
+        .map_err(db_problem)?;
     Ok(q.flatten())
 }
 
@@ -329,5 +353,20 @@ pub fn routes(s: SharedState) -> BoxedFilter<(Response,)> {
         }
         res
     })
+    // The request's root span, opened once per request: every span below
+    // (authenticate, resolve_tenant, pool.acquire, db.*, cache.*) and every log line
+    // inside carries its fields. The route is recorded when one matched.
+    .with(warp::trace(|info: warp::trace::Info<'_>| {
+        let span = tracing::info_span!(
+            "request",
+            method = %info.method(),
+            route = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        edumind_telemetry::start_trace(&span, Some(info.request_headers()));
+        span
+    }))
+    .map(Reply::into_response)
     .boxed()
 }

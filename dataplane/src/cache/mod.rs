@@ -43,6 +43,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tracing::Instrument;
 
 use redis::AsyncCommands;
 
@@ -352,6 +353,7 @@ impl Cache {
             let (k, v, ms) = (key.to_owned(), encode(v), ttl.as_millis() as u64);
             let _ = self
                 .run(|mut c| async move { c.pset_ex::<_, _, ()>(k, v, ms).await })
+                .instrument(tracing::info_span!("cache.set"))
                 .await;
         }
         {
@@ -366,6 +368,7 @@ impl Cache {
     async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
         let k = key.to_owned();
         self.run(|mut c| async move { c.get::<_, Option<String>>(k).await })
+            .instrument(tracing::info_span!("cache.get"))
             .await
     }
 

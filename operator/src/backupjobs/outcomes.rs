@@ -16,8 +16,19 @@ use super::{CONTAINER, LABEL_JOB_NAME, LABEL_JOB_NAME_LEGACY};
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobOutcome {
     pub job: String,
+    /// When the Job started (absent if Kubernetes did not record it).
+    pub started: Option<Timestamp>,
     pub finished: Timestamp,
     pub result: Outcome,
+}
+
+impl JobOutcome {
+    /// Whole seconds from the Job's start to its end, when both are known.
+    pub fn duration_seconds(&self) -> Option<i64> {
+        let started = self.started?;
+        let secs = self.finished.duration_since(started).as_secs();
+        Some(secs.max(0))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +114,11 @@ pub fn job_outcome(job: &Job, pods: &[Pod]) -> Option<JobOutcome> {
         .map(|t| t.0)
         .or(cond.last_transition_time.as_ref().map(|t| t.0))
         .unwrap_or_else(Timestamp::now);
+    let started = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0);
     let termination = last_termination(&name, pods);
     let parsed = termination
         .as_ref()
@@ -146,6 +162,7 @@ pub fn job_outcome(job: &Job, pods: &[Pod]) -> Option<JobOutcome> {
     };
     Some(JobOutcome {
         job: name,
+        started,
         finished,
         result,
     })
@@ -179,6 +196,7 @@ pub fn fold_outcomes(
                         size: i64::try_from(*size).unwrap_or(i64::MAX),
                         sha256: sha256.clone(),
                         job: Some(o.job.clone()),
+                        duration_seconds: o.duration_seconds(),
                     });
                 }
             }

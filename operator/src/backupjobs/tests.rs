@@ -396,6 +396,7 @@ fn folding_keeps_the_newest_and_reports_new_failures_once() {
     let outcomes = vec![
         JobOutcome {
             job: "j1".into(),
+            started: Some(at(40)),
             finished: at(100),
             result: Outcome::Succeeded {
                 object: "o1".into(),
@@ -405,6 +406,7 @@ fn folding_keeps_the_newest_and_reports_new_failures_once() {
         },
         JobOutcome {
             job: "j2".into(),
+            started: None,
             finished: at(200),
             result: Outcome::Failed {
                 reason: "DumpFailed".into(),
@@ -414,6 +416,11 @@ fn folding_keeps_the_newest_and_reports_new_failures_once() {
     ];
     let (s, new) = fold_outcomes(None, &outcomes);
     assert_eq!(s.last_success.as_ref().unwrap().object, "o1");
+    assert_eq!(
+        s.last_success.as_ref().unwrap().duration_seconds,
+        Some(60),
+        "the Job's run time, start to completion"
+    );
     assert_eq!(new.len(), 1);
     assert_eq!(health(&s, true, false).1.as_str(), "BackupFailed");
     let (again, new) = fold_outcomes(Some(&s), &outcomes);
@@ -422,6 +429,7 @@ fn folding_keeps_the_newest_and_reports_new_failures_once() {
     let mut later = outcomes.clone();
     later.push(JobOutcome {
         job: "j3".into(),
+        started: None,
         finished: at(300),
         result: Outcome::Succeeded {
             object: "o3".into(),

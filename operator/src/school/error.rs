@@ -97,6 +97,29 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The pipeline step that failed, the `step` label of
+    /// `edumind_operator_reconcile_errors_total` (a small fixed set).
+    pub fn step(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) | Error::UnknownServer(_) => "validate",
+            Error::Pg(PgError::Migrate(_)) => "migrate",
+            Error::Conflict(_)
+            | Error::DatabaseMissing(_)
+            | Error::AdminCredentials(_)
+            | Error::Pg(_) => "database",
+            Error::PreMigrationBackupRunning(_) | Error::PreMigrationBackupFailed(_) => {
+                "backup-before-migration"
+            }
+            Error::FinalBackupFailed(_)
+            | Error::FinalBackupRunning(_)
+            | Error::DeletionBlocked { .. } => "delete",
+            Error::Kube { .. } => "kubernetes",
+            Error::Internal { .. } => "internal",
+        }
+    }
+}
+
 /// Retry policy: a transient error retries after the School's next backoff delay (1 s
 /// doubling to 5 min, with jitter; reset by a successful reconcile); a permanent one waits
 /// for a change to the School or an object it owns.

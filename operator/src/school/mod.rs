@@ -15,7 +15,9 @@ use edumind_crds::status::{BackupHealthReason, ConditionType, ReadyReason, Schoo
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edumind_crds::School;
+use tracing::Instrument;
+
+use edumind_crds::{School, SchoolStatus};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -63,7 +65,16 @@ pub const RUNNING_POLL: Duration = Duration::from_secs(15);
 /// transient ones return `Err` for [`error_policy`] to retry.
 pub async fn reconcile(school: Arc<School>, ctx: Arc<OperatorContext>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&school, &ctx).await;
+    // The reconcile's root span; its steps (validate, apply, backups, status) are children,
+    // and every log line inside carries the School and the trace id.
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = %school.namespace().unwrap_or_default(),
+        school = %school.name_any(),
+        trace_id = tracing::field::Empty,
+    );
+    edumind_telemetry::start_trace(&span, None);
+    let result = reconcile_inner(&school, &ctx).instrument(span).await;
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
@@ -73,12 +84,7 @@ pub async fn reconcile(school: Arc<School>, ctx: Arc<OperatorContext>) -> Result
             "ok".to_string()
         }
         Err(e) => {
-            ctx.metrics
-                .errors
-                .get_or_create(&crate::metrics::ReasonLabels {
-                    reason: e.reason().into(),
-                })
-                .inc();
+            ctx.metrics.reconcile_failed(e.step(), e.reason().as_str());
             "error".to_string()
         }
     };
@@ -87,6 +93,37 @@ pub async fn reconcile(school: Arc<School>, ctx: Arc<OperatorContext>) -> Result
         .get_or_create(&crate::metrics::ResultLabels { result: label })
         .inc();
     result
+}
+
+/// Updates the School's series in the operator's metrics from the status just written.
+fn observe(school: &School, status: &SchoolStatus, ready: bool, ctx: &OperatorContext) {
+    let reason = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
+        .map(|c| c.reason.as_str())
+        .unwrap_or_default();
+    let backup = status.backup.as_ref();
+    let scheduled = backup.is_some_and(|b| b.cron_job.is_some()) && !school.spec.backup.suspend;
+    let backup_interval = scheduled
+        .then(|| school_backups::backup_interval(&school.spec.backup.schedule, chrono::Utc::now()))
+        .flatten();
+    ctx.metrics.observe_school(
+        &school.uid().unwrap_or_default(),
+        &crate::metrics::SchoolObservation {
+            namespace: &school.namespace().unwrap_or_default(),
+            name: &school.name_any(),
+            ready,
+            reason,
+            created: school
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            backup,
+            backup_interval,
+        },
+    );
 }
 
 pub(crate) async fn reconcile_inner(
@@ -115,7 +152,7 @@ pub(crate) async fn reconcile_inner(
         return Ok(Action::await_change());
     }
     if school.metadata.deletion_timestamp.is_some() {
-        ctx.metrics.set_ready(&uid, None);
+        ctx.metrics.forget_school(&uid);
         return cleanup(school, ctx).await;
     }
     let updated;
@@ -126,7 +163,8 @@ pub(crate) async fn reconcile_inner(
         &updated
     };
 
-    let (desired, result) = match validate(school, &ctx.servers) {
+    let validated = tracing::info_span!("validate").in_scope(|| validate(school, &ctx.servers));
+    let (desired, result) = match validated {
         Ok(mut d) => {
             let result = match restore_in_progress(ctx, school).await {
                 Ok(restoring) => {
@@ -134,7 +172,9 @@ pub(crate) async fn reconcile_inner(
                         d.restoring = true;
                         d.login = false;
                     }
-                    apply(school, &d, ctx).await
+                    apply(school, &d, ctx)
+                        .instrument(tracing::info_span!("apply"))
+                        .await
                 }
                 Err(e) => Err(e),
             };
@@ -151,7 +191,10 @@ pub(crate) async fn reconcile_inner(
     let mut backup_error = None;
     let mut new_failures = Vec::new();
     if let (Ok(_), Some(d)) = (&result, &desired) {
-        match ensure_backups(school, d, ctx).await {
+        match ensure_backups(school, d, ctx)
+            .instrument(tracing::info_span!("backups"))
+            .await
+        {
             Ok(view) => {
                 status.last_backup = view
                     .status
@@ -170,8 +213,10 @@ pub(crate) async fn reconcile_inner(
         }
     }
     let before = ready_condition(&school.status);
-    patch_status(school, ctx, &status).await?;
-    ctx.metrics.set_ready(&uid, Some(result.is_ok()));
+    patch_status(school, ctx, &status)
+        .instrument(tracing::info_span!("status"))
+        .await?;
+    observe(school, &status, result.is_ok(), ctx);
     for f in &new_failures {
         publish(
             ctx,

@@ -269,3 +269,46 @@ pub(crate) async fn one_off_backup(
         },
     )
 }
+
+/// The longest gap, in seconds, between two of the next scheduled backups of a 5-field cron
+/// `schedule` (UTC) after `from`: what "older than twice its schedule" is measured against
+/// (`edumind_operator_backup_interval_seconds`). Uneven schedules (weekdays only, say) give
+/// their longest gap. `None` when the expression does not parse.
+pub fn backup_interval(schedule: &str, from: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    use std::str::FromStr;
+    let cron = croner::Cron::from_str(schedule).ok()?;
+    let mut previous = from;
+    let mut longest = None;
+    // A month and a bit of occurrences covers weekly and monthly patterns; 64 bounds the
+    // work for minutely ones.
+    for next in cron.iter_after(from).take(64) {
+        let gap = (next - previous).num_seconds();
+        if previous != from {
+            longest = Some(longest.map_or(gap, |l: i64| l.max(gap)));
+        }
+        previous = next;
+        if (next - from).num_days() > 62 {
+            break;
+        }
+    }
+    longest
+}
+
+#[cfg(test)]
+mod interval_tests {
+    use super::backup_interval;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn the_interval_is_the_longest_gap_of_the_schedule() {
+        // A Wednesday.
+        let from = Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 0).unwrap();
+        assert_eq!(backup_interval("0 2 * * *", from), Some(86_400));
+        assert_eq!(backup_interval("*/15 * * * *", from), Some(900));
+        assert_eq!(backup_interval("0 */6 * * *", from), Some(6 * 3600));
+        // Weekdays only: Friday 02:00 to Monday 02:00.
+        assert_eq!(backup_interval("0 2 * * 1-5", from), Some(3 * 86_400));
+        assert_eq!(backup_interval("0 3 1 * *", from), Some(31 * 86_400));
+        assert_eq!(backup_interval("not a schedule", from), None);
+    }
+}

@@ -86,7 +86,7 @@ impl Live {
         let pg = postgres().await;
         let (api, client) = stand_in(options).await;
         Api::<Secret>::namespaced(client.clone(), OPERATOR_NS)
-            .create(&PostParams::default(), &admin_secret(pg))
+            .create(&PostParams::default(), &admin_secret(pg).await)
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -19,5 +19,6 @@ mod process;
 mod rbac;
 mod reconcile;
 mod selfservice;
+mod spans;
 mod standin;
 mod tls;
