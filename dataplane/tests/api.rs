@@ -1474,7 +1474,7 @@ async fn school_tokens_need_an_active_user_of_that_school() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let key = format!("edumind:{sa}:user:{}:member", f.a.teacher_user);
+    let key = edumind_dataplane::access::member_key(sa, f.a.teacher_user);
     let cached: Option<String> = r.get(&key).await.unwrap();
     assert!(
         cached.is_some_and(|c| c.contains("\"active\":true")),
