@@ -32,7 +32,8 @@ const CODE: &str = "code is immutable";
 const ID: &str = "schoolId is immutable: it cannot be set, changed or removed after creation";
 const SERVER: &str =
     "targetServer is immutable: a school cannot move to another server by editing its manifest";
-const STORAGE: &str = "set exactly one of persistentVolumeClaim or s3";
+const STORAGE: &str = "set exactly one of persistentVolumeClaim, s3 or azure";
+const AZURE_CREDENTIALS: &str = "set at most one of accountKeyKey or sasTokenKey";
 const BACKUP: &str = "the spec of a SchoolBackup is immutable";
 const RESTORE: &str = "the spec of a SchoolRestore is immutable";
 
@@ -172,6 +173,26 @@ fn cases() -> Vec<Case> {
             true,
         ),
         case("neither", None, storage(json!({})), STORAGE, true),
+        case(
+            "an Azure container with a SAS token",
+            None,
+            storage(
+                json!({"azure": {"account": "edumindsa", "container": "backups",
+                "credentials": {"secretName": "az", "sasTokenKey": "sas"}}}),
+            ),
+            AZURE_CREDENTIALS,
+            false,
+        ),
+        case(
+            "an Azure account key and a SAS token",
+            None,
+            storage(
+                json!({"azure": {"account": "edumindsa", "container": "backups",
+                "credentials": {"secretName": "az", "accountKeyKey": "k", "sasTokenKey": "sas"}}}),
+            ),
+            AZURE_CREDENTIALS,
+            true,
+        ),
         case(
             "both, on update",
             Some(&storage(json!({"s3": {"bucket": "backups"}}))),

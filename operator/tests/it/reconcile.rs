@@ -705,7 +705,7 @@ async fn secrets_stay_out_of_status_events_and_metrics_count_reconciles() {
         "{text}"
     );
     assert!(
-        text.contains("edumind_operator_schools{ready=\"true\"} 1"),
+        text.contains("edumind_operator_schools{ready=\"true\",reason=\"Provisioned\"} 1"),
         "{text}"
     );
     assert!(
