@@ -10,6 +10,7 @@
 //! name spelled exactly as documented: `SchoolAdmin`, never `schooladmin`), `school_id` =
 //! UUID, absent for self-service users.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -125,6 +126,9 @@ enum RoleClaim {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Checked by the validation already; kept to know how long a verified token may be
+    /// remembered.
+    exp: f64,
     role: RoleClaim,
     #[serde(default)]
     school_id: Option<String>,
@@ -147,6 +151,20 @@ pub struct Authenticator {
     issuer: String,
     audience: String,
     leeway: u64,
+    /// Tokens verified already, by SHA-256 of the token's bytes (the token itself is not
+    /// kept): the principal and the token's `exp`. Bounded ([`MAX_VERIFIED`]); emptied
+    /// when the JWKS keys change.
+    verified: Mutex<HashMap<[u8; 32], (Principal, f64)>>,
+}
+
+/// At most this many verified tokens are remembered.
+const MAX_VERIFIED: usize = 10_000;
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl Authenticator {
@@ -170,6 +188,7 @@ impl Authenticator {
             issuer: s.issuer.clone(),
             audience: s.audience.clone(),
             leeway: s.leeway_secs,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -190,6 +209,11 @@ impl Authenticator {
         }
         let keys = parse_jwks(&bytes, &shown)?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        // A token verified with a key that is gone now must be verified again.
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         *self.jwks_hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(hash);
         Ok(true)
     }
@@ -214,7 +238,9 @@ impl Authenticator {
         v
     }
 
-    /// Checks an `Authorization` header value and returns the principal.
+    /// Checks an `Authorization` header value and returns the principal. A token
+    /// verified before is answered from memory until its `exp` (a hash of the token's
+    /// bytes is the key, so only the very same token matches).
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let token = header
@@ -222,6 +248,31 @@ impl Authenticator {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?
             .trim();
+        let hash = digest(token.as_bytes());
+        let now = now_secs();
+        if let Some((p, exp)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            && now < *exp
+        {
+            return Ok(p.clone());
+        }
+        let (p, exp) = self.verify(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, (_, exp)| now < *exp);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+        }
+        verified.insert(hash, (p.clone(), exp));
+        Ok(p)
+    }
+
+    /// Verifies a token's signature and claims: the principal and its `exp`.
+    fn verify(&self, token: &str) -> Result<(Principal, f64), AuthError> {
         let head = decode_header(token).map_err(|_| AuthError::Invalid)?;
         let claims = match head.alg {
             Algorithm::HS256 => {
@@ -247,7 +298,8 @@ impl Authenticator {
             }
             _ => return Err(AuthError::Invalid),
         };
-        principal(claims)
+        let exp = claims.exp;
+        Ok((principal(claims)?, exp))
     }
 }
 

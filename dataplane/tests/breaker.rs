@@ -86,7 +86,19 @@ async fn breaker_opens_when_redis_dies_and_closes_when_it_returns() {
     // closes the breaker, the pending invalidation runs first, the cache is used again.
     redis.restart().unwrap();
     let mut r = redis_conn(&redis.url()).await;
-    let _: () = r.set(&key, expected.to_string()).await.unwrap();
+    // As the data plane stores it: the document and the rendered reply (a HASH).
+    let old = expected.to_string();
+    let _: () = r
+        .hset_multiple(
+            &key,
+            &[
+                ("doc", old.clone()),
+                ("v", "old".to_owned()),
+                ("r:all", format!("\"old\"\n{old}")),
+            ],
+        )
+        .await
+        .unwrap();
     let t0 = Instant::now();
     while f.state.cache.breaker_open() {
         assert!(t0.elapsed() < Duration::from_secs(5), "breaker still open");
@@ -100,7 +112,7 @@ async fn breaker_opens_when_redis_dies_and_closes_when_it_returns() {
         1,
         "stale value served after recovery"
     );
-    let cached: Option<String> = r.get(&key).await.unwrap();
+    let cached: Option<String> = r.hget(&key, "doc").await.unwrap();
     assert!(cached.is_some(), "the cache is used again");
     let (_, v2, _) = f.call("GET", &roster, Some(&tok), None).await;
     assert_eq!(v, v2);

@@ -68,7 +68,12 @@ async fn hits_misses_ttls_invalidation_and_redis_outage() {
     assert!(!exists, "PUT must delete the cached roster");
     let (_, v, _) = f.call("GET", &roster, Some(&tok), None).await;
     assert_eq!(v["students"].as_array().unwrap().len(), 1);
-    let stale: String = r.get(&key).await.unwrap();
+    // The whole cached entry (document and rendered replies, a HASH).
+    let stale: Vec<(String, Vec<u8>)> = r.hgetall(&key).await.unwrap();
+    assert!(
+        stale.iter().any(|(f, _)| f == "r:all"),
+        "the reply is stored"
+    );
 
     // Other TTLs from the spec.
     let (stu_user, stu) = f.a.students[0];
@@ -126,7 +131,7 @@ async fn hits_misses_ttls_invalidation_and_redis_outage() {
     // Redis returns still holding the old value (as after a partition): it is never served.
     redis.restart().unwrap();
     let mut r = redis_conn(&redis.url()).await;
-    let _: () = r.set(&key, &stale).await.unwrap();
+    let _: () = r.hset_multiple(&key, &stale).await.unwrap();
     // The circuit breaker opened meanwhile; its probe closes it once Redis answers.
     let t0 = std::time::Instant::now();
     while f.state.cache.breaker_open() {
@@ -154,7 +159,7 @@ async fn hits_misses_ttls_invalidation_and_redis_outage() {
         let (s, v, _) = f.call("GET", &roster, Some(&tok), None).await;
         assert_eq!((s, v["students"].as_array().unwrap().len()), (200, 2));
     }
-    let cached: String = r.get(&key).await.unwrap();
+    let cached: String = r.hget(&key, "doc").await.unwrap();
     assert!(
         cached.contains(&f.a.students[1].1.to_string()),
         "fresh value cached again"
@@ -452,4 +457,154 @@ async fn content_and_class_writes_invalidate_their_cached_values() {
         (v["name"].as_str(), v["students"].as_array().map(Vec::len)),
         (Some("Eight A"), Some(2))
     );
+}
+
+/// Issue 15 §1: a hit sends the stored reply bytes as they are, with the stored ETag, and
+/// answers `If-None-Match` from that ETag (304, no body); each visibility has its own
+/// stored variant (students get questions without answers), and one write drops them all.
+#[tokio::test]
+async fn hits_send_stored_bytes_and_304_from_the_stored_etag() {
+    let redis = edumind_tests::redis().await;
+    let f = Fixture::start(redis.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
+    let key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
+    let mut r = redis_conn(&redis.url()).await;
+
+    let (s, _, h) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!(s, 200);
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    let (s, _, h) = f.call("GET", &roster, Some(&tok), None).await;
+    assert_eq!((s, h["etag"].to_str().unwrap()), (200, etag.as_str()));
+
+    // Replace the stored reply behind the service's back: what is stored is what is sent,
+    // and the ETag compared is the stored one (not a hash of the body).
+    let planted = r#"{"class_id":"planted","code":"P","name":"P","students":[]}"#;
+    let _: () = r
+        .hset(&key, "r:all", format!("\"planted\"\n{planted}"))
+        .await
+        .unwrap();
+    let res = f
+        .http
+        .get(f.url(&roster))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers()["etag"], "\"planted\"");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert_eq!(
+        res.text().await.unwrap(),
+        planted,
+        "stored bytes sent as is"
+    );
+    let res = f
+        .http
+        .get(f.url(&roster))
+        .bearer_auth(&tok)
+        .header("if-none-match", "\"other\", \"planted\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 304);
+    assert_eq!(res.headers()["etag"], "\"planted\"");
+    assert!(res.bytes().await.unwrap().is_empty());
+    let res = f
+        .http
+        .get(f.url(&roster))
+        .bearer_auth(&tok)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "the old ETag is not the stored one"
+    );
+
+    // Variants: the teacher's and the student's question pages are stored side by side;
+    // the student's has no answers, and a question write drops both with the one key.
+    let questions = format!("/v1/tenants/{ta}/courses/{COURSE}/questions");
+    let qkey = ckey(ta, &format!("course:{COURSE}:questions"));
+    let stok = token(f.a.students[0].0, 0, Some(ta));
+    for _ in 0..2 {
+        let (s, v, _) = f.call("GET", &questions, Some(&tok), None).await;
+        assert_eq!(s, 200);
+        assert!(v["items"][0].get("correct_answer").is_some(), "{v}");
+        let (s, v, _) = f.call("GET", &questions, Some(&stok), None).await;
+        assert_eq!(s, 200);
+        assert!(v["items"][0].get("correct_answer").is_none(), "{v}");
+    }
+    let fields: Vec<String> = r.hkeys(&qkey).await.unwrap();
+    assert!(fields.contains(&"r:staff::50".to_owned()), "{fields:?}");
+    assert!(fields.contains(&"r:student::50".to_owned()), "{fields:?}");
+    let content = token(uuid::Uuid::new_v4(), 3, None);
+    let (s, v, _) = f
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{ta}/questions/{Q1}"),
+            Some(&content),
+            Some(
+                json!({"course_id": COURSE, "question_text": "new?", "question_type": 0,
+                "subject": 1, "grade_level": 8, "difficulty_level": 1, "correct_answer": "C",
+                "points": 10}),
+            ),
+        )
+        .await;
+    assert!(s < 300, "{s} {v}");
+    let n: i64 = r.exists(&qkey).await.unwrap();
+    assert_eq!(n, 0, "one DEL drops every variant");
+    let (_, v, _) = f.call("GET", &questions, Some(&stok), None).await;
+    assert_eq!(v["items"][0]["question_text"], "new?");
+}
+
+/// A variant rendered from a stored document is stored only while that document is
+/// still the stored one: an invalidation between reading the document and storing the
+/// variant leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_of_an_invalidated_document_is_not_stored() {
+    let redis = edumind_tests::redis().await;
+    let f = Fixture::start(redis.url()).await;
+    let ta = f.a.school_id.unwrap();
+    let key = ckey(ta, "class:race:roster");
+    let mut r = redis_conn(&redis.url()).await;
+    // The tenant's first read replays its outbox and records its generation (dropping
+    // its keys): done before the document is planted.
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    let roster = format!("/v1/tenants/{ta}/classes/{}/roster", f.a.class_id);
+    assert_eq!(f.call("GET", &roster, Some(&tok), None).await.0, 200);
+    let _: () = r
+        .hset_multiple(&key, &[("doc", "\"old\""), ("v", "1")])
+        .await
+        .unwrap();
+    let url = redis.url();
+    let cache = &f.state.cache;
+    let render = |doc: &String| {
+        // The write's invalidation lands while this variant is being rendered.
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: i64 = redis::Commands::del(&mut c, &key).unwrap();
+        Ok::<_, ()>(edumind_dataplane::cache::Stored::found(doc.clone()))
+    };
+    let got = cache
+        .reply_or_load(
+            "roster",
+            || key.clone(),
+            "all",
+            std::time::Duration::from_secs(60),
+            || async { Ok::<String, ()>("\"fresh\"".to_owned()) },
+            render,
+            String::clone,
+            |t: &str| Ok(t.to_owned()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, edumind_dataplane::cache::Stored::found("\"old\""));
+    let n: i64 = r.exists(&key).await.unwrap();
+    assert_eq!(n, 0, "a variant of the invalidated document was stored");
 }

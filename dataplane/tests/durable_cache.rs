@@ -311,7 +311,7 @@ async fn no_stale_read_after_redis_returns_from_a_snapshot_across_restarts_and_r
     // The outbox was replayed and emptied, and the cache serves again (fresh values).
     assert_eq!(outbox_rows(&f.a.db).await, 0);
     let roster_key = ckey(ta, &format!("class:{}:roster", f.a.class_id));
-    let value: Option<String> = r.get(&roster_key).await.unwrap();
+    let value: Option<String> = r.hget(&roster_key, "doc").await.unwrap();
     let value: Value = serde_json::from_str(&value.expect("roster cached again")).unwrap();
     assert_eq!(value["students"].as_array().map(Vec::len), Some(1));
     one.stop().await;

@@ -29,18 +29,23 @@ pub fn roster_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                     async {
                         let sc = scope_where(&s, who, &t, Access::reads_all)?;
                         let id = path_uuid(&id)?;
-                        let doc = cached_doc(
+                        // Every caller allowed here sees the same reply: one variant.
+                        let stored = cached_reply(
                             &s,
                             &sc,
                             "roster",
                             || format!("class:{id}:roster"),
+                            "all",
                             cache::ROSTER_TTL,
                             ROSTER_SQL,
                             vec![json!(id.to_string())],
+                            |doc| match doc {
+                                Some(doc) => rendered(&typed_ref::<wire::Roster>(doc)?),
+                                None => Ok(cache::Stored::NotFound),
+                            },
                         )
-                        .await?
-                        .ok_or_else(Problem::not_found)?;
-                        etagged_json(&typed::<wire::Roster>(doc)?, inm.as_deref())
+                        .await?;
+                        stored_reply(stored, inm.as_deref())
                     }
                     .await,
                 )

@@ -41,11 +41,19 @@ pub fn course_questions(s: &SharedState) -> BoxedFilter<(Response,)> {
                     let q = q?;
                     let id = path_uuid(&id)?;
                     let limit = page_limit(q.limit)?;
-                    let doc = cached_doc(
+                    // One stored reply per visibility and page.
+                    let student = sc.access.is_student();
+                    let variant = format!(
+                        "{}:{}:{limit}",
+                        if student { "student" } else { "staff" },
+                        q.after.map(|a| a.to_string()).unwrap_or_default()
+                    );
+                    let stored = cached_reply(
                         &s,
                         &sc,
                         "questions",
                         || format!("course:{id}:questions"),
+                        &variant,
                         cache::COURSE_QUESTIONS_TTL,
                         scoped!(
                             "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM courses WHERE id = $3::uuid) THEN NULL \
@@ -53,19 +61,23 @@ pub fn course_questions(s: &SharedState) -> BoxedFilter<(Response,)> {
                                WHERE q.course_id = $3::uuid AND q.is_active), '[]'::jsonb) END AS doc"
                         ),
                         vec![json!(id.to_string())],
+                        |doc| {
+                            let Some(doc) = doc else {
+                                return Ok(cache::Stored::NotFound);
+                            };
+                            let all: Vec<wire::Question> = typed_ref(doc)?;
+                            let items = all
+                                .into_iter()
+                                .filter(|x| q.after.is_none_or(|a| x.id > a))
+                                .take(limit as usize)
+                                .map(|x| if student { x.for_student() } else { x })
+                                .collect();
+                            let page: wire::QuestionPage = wire::page(items, limit).into();
+                            rendered(&page)
+                        },
                     )
-                    .await?
-                    .ok_or_else(Problem::not_found)?;
-                    let all: Vec<wire::Question> = typed(doc)?;
-                    let student = sc.access.is_student();
-                    let items = all
-                        .into_iter()
-                        .filter(|x| q.after.is_none_or(|a| x.id > a))
-                        .take(limit as usize)
-                        .map(|x| if student { x.for_student() } else { x })
-                        .collect();
-                    let page: wire::QuestionPage = wire::page(items, limit).into();
-                    etagged_json(&page, inm.as_deref())
+                    .await?;
+                    stored_reply(stored, inm.as_deref())
                 }
                 .await,
             )
@@ -88,24 +100,32 @@ pub fn assessment_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                     async {
                         let sc = scope(&s, who, &t)?;
                         let id = path_uuid(&id)?;
-                        let doc = cached_doc(
+                        // Students never see an inactive assessment: their own variant.
+                        let student = sc.access.is_student();
+                        let stored = cached_reply(
                             &s,
                             &sc,
                             "assessment",
                             || format!("assessment:{id}:meta"),
+                            if student { "student" } else { "staff" },
                             cache::ASSESSMENT_META_TTL,
                             scoped!(
                                 "SELECT to_jsonb(a) AS doc FROM assessments a WHERE a.id = $3::uuid"
                             ),
                             vec![json!(id.to_string())],
+                            |doc| {
+                                let Some(doc) = doc else {
+                                    return Ok(cache::Stored::NotFound);
+                                };
+                                let a: wire::Assessment = typed_ref(doc)?;
+                                if student && !a.is_active {
+                                    return Ok(cache::Stored::NotFound);
+                                }
+                                rendered(&a)
+                            },
                         )
-                        .await?
-                        .ok_or_else(Problem::not_found)?;
-                        let a: wire::Assessment = typed(doc)?;
-                        if sc.access.is_student() && !a.is_active {
-                            return Err(Problem::not_found());
-                        }
-                        etagged_json(&a, inm.as_deref())
+                        .await?;
+                        stored_reply(stored, inm.as_deref())
                     }
                     .await,
                 )

@@ -24,7 +24,7 @@ use attempts::{begin_recording, begin_scoped};
 use content::{check_grade, json_text};
 use keyed::{PathKey, agent_keyed_list, keyed_get};
 use orchestration::{check_len, check_opt, page_limit};
-use students::cached_doc;
+use students::cached_reply;
 use users::yes;
 
 use std::convert::Infallible;
@@ -158,13 +158,24 @@ fn reply(result: Result<Response, Problem>) -> Response {
 
 /// A JSON reply with a strong ETag; 304 when `If-None-Match` matches.
 fn etagged(body: String, inm: Option<&str>) -> Response {
-    use sha2::Digest;
-    let tag = format!(
-        "\"{}\"",
-        hex::encode(&sha2::Sha256::digest(body.as_bytes())[..16])
-    );
-    let matches = inm.is_some_and(|h| h.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
-    let mut res = if matches {
+    match cache::Stored::found(body) {
+        cache::Stored::Found { etag, body } => etagged_bytes(etag, body, inm),
+        cache::Stored::NotFound => Problem::internal().into_response(),
+    }
+}
+
+/// Whether an `If-None-Match` header names `tag` (or is `*`).
+fn inm_matches(inm: Option<&str>, tag: &[u8]) -> bool {
+    inm.is_some_and(|h| {
+        h.split(',')
+            .any(|t| t.trim().as_bytes() == tag || t.trim() == "*")
+    })
+}
+
+/// `body` with its ETag `tag` as it is (no copy, no JSON work); 304 when `If-None-Match`
+/// matches, without touching the body.
+fn etagged_bytes(tag: bytes::Bytes, body: bytes::Bytes, inm: Option<&str>) -> Response {
+    let mut res = if inm_matches(inm, &tag) {
         let mut r = Response::new(Vec::new().into());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
@@ -176,10 +187,33 @@ fn etagged(body: String, inm: Option<&str>) -> Response {
         );
         r
     };
-    if let Ok(v) = HeaderValue::from_str(&tag) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(tag) {
         res.headers_mut().insert(header::ETAG, v);
     }
     res
+}
+
+/// Sends a cached reply ([`cache::Stored`]): its stored bytes and ETag, 304 from the
+/// stored ETag, or 404 for a variant that is "not found".
+fn stored_reply(stored: cache::Stored, inm: Option<&str>) -> Result<Response, Problem> {
+    match stored {
+        cache::Stored::Found { etag, body } => Ok(etagged_bytes(etag, body, inm)),
+        cache::Stored::NotFound => Err(Problem::not_found()),
+    }
+}
+
+/// A wire value rendered into the reply a cache stores.
+fn rendered<T: serde::Serialize>(v: &T) -> Result<cache::Stored, Problem> {
+    let body = serde_json::to_vec(v).map_err(|_| Problem::internal())?;
+    Ok(cache::Stored::found(body))
+}
+
+/// [`typed`] without taking the document (it may be rendered again for another variant).
+fn typed_ref<T: serde::de::DeserializeOwned>(doc: &Value) -> Result<T, Problem> {
+    T::deserialize(doc).map_err(|e| {
+        tracing::error!(error = %e, type_name = std::any::type_name::<T>(), "row does not fit its wire type");
+        Problem::internal()
+    })
 }
 
 fn json_reply<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {

@@ -107,30 +107,37 @@ pub fn students_list(s: &SharedState) -> BoxedFilter<(Response,)> {
     instrument(s, openapi::STUDENTS_LIST, f)
 }
 
-/// Serves a cached document: a hit from Redis, else the scoped query (single flight).
-/// `seed` builds the key's seed only when Redis is read.
-pub(super) async fn cached_doc(
+/// Serves a cached reply ([`cache::Cache::reply_or_load`]): the stored bytes of
+/// `variant` on a hit; else `render` of the document, read from Redis or loaded by the
+/// scoped query (single flight). `seed` builds the key's seed only when Redis is read.
+/// `render` gets `None` for "no such row" and decides what each variant sees.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn cached_reply(
     s: &SharedState,
     sc: &Scope,
     kind: &str,
     seed: impl FnOnce() -> String,
+    variant: &str,
     ttl: std::time::Duration,
     sql: &'static str,
     binds: Vec<Value>,
-) -> Result<Option<Value>, Problem> {
+    render: impl Fn(Option<&Value>) -> Result<cache::Stored, Problem>,
+) -> Result<cache::Stored, Problem> {
     s.cache
-        .get_or_load(
+        .reply_or_load(
             kind,
             || sc.key(&seed()),
+            variant,
             ttl,
             || fetch_doc(s, sc, sql, &binds),
+            |doc: &Option<Value>| render(doc.as_ref()),
             |doc: &Option<Value>| {
                 doc.as_ref()
                     .map(Value::to_string)
                     .unwrap_or_else(|| "null".into())
             },
-            |text| {
-                let v: Value = serde_json::from_str(&text).map_err(|_| Problem::internal())?;
+            |text: &str| {
+                let v: Value = serde_json::from_str(text).map_err(|_| Problem::internal())?;
                 Ok((!v.is_null()).then_some(v))
             },
         )
@@ -150,11 +157,17 @@ pub fn student_progress(s: &SharedState) -> BoxedFilter<(Response,)> {
                 async {
                     let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
                     let id = path_uuid(&id)?;
-                    let doc = cached_doc(
+                    // The cache is shared by everyone in the tenant: a student's reply is
+                    // their own variant, whose render checks ownership (not only RLS).
+                    let student = sc.access.is_student();
+                    let me = sc.p.user_id;
+                    let variant = if student { format!("u:{me}") } else { "all".to_owned() };
+                    let stored = cached_reply(
                         &s,
                         &sc,
                         "progress",
                         || format!("student:{id}:progress"),
+                        &variant,
                         cache::PROGRESS_TTL,
                         scoped!(
                             "SELECT jsonb_build_object('student_id', s.id, 'user_id', s.user_id, \
@@ -167,16 +180,19 @@ pub fn student_progress(s: &SharedState) -> BoxedFilter<(Response,)> {
                              FROM students s WHERE s.id = $3::uuid"
                         ),
                         vec![json!(id.to_string())],
+                        |doc| {
+                            let Some(doc) = doc else {
+                                return Ok(cache::Stored::NotFound);
+                            };
+                            let progress: wire::Progress = typed_ref(doc)?;
+                            if student && progress.user_id != me {
+                                return Ok(cache::Stored::NotFound);
+                            }
+                            rendered(&progress)
+                        },
                     )
-                    .await?
-                    .ok_or_else(Problem::not_found)?;
-                    let progress: wire::Progress = typed(doc)?;
-                    // The cache is shared by everyone in the tenant: the ownership check
-                    // runs on every reply, not only when PostgreSQL (RLS) loaded it.
-                    if sc.access.is_student() && progress.user_id != sc.p.user_id {
-                        return Err(Problem::not_found());
-                    }
-                    etagged_json(&progress, inm.as_deref())
+                    .await?;
+                    stored_reply(stored, inm.as_deref())
                 }
                 .await,
             )

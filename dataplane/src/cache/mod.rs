@@ -53,8 +53,10 @@ use crate::tenants::TenantId;
 
 mod conn;
 mod durable;
+mod reply;
 use conn::Conn;
 use durable::Durable;
+pub use reply::Stored;
 
 pub const PROGRESS_TTL: Duration = Duration::from_secs(5 * 60);
 pub const ASSESSMENT_META_TTL: Duration = Duration::from_secs(15 * 60);
@@ -322,18 +324,7 @@ impl Cache {
                 return load().await;
             }
         }
-        let flight = {
-            let mut flights = lock(&self.flights);
-            flights
-                .entry(key.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(Flight {
-                        gate: tokio::sync::Mutex::new(()),
-                        invalidated: AtomicBool::new(false),
-                    })
-                })
-                .clone()
-        };
+        let flight = self.flight(key);
         let _gate = flight.gate.lock().await;
         // Someone else may have loaded it while we waited.
         if let Ok(Some(v)) = self.get(key).await
@@ -356,13 +347,29 @@ impl Cache {
                 .instrument(tracing::info_span!("cache.set"))
                 .await;
         }
-        {
-            let mut flights = lock(&self.flights);
-            if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                flights.remove(key);
-            }
-        }
+        self.land(key, &flight);
         result
+    }
+
+    /// The single flight of `key` in this process (joined, or started).
+    fn flight(&self, key: &str) -> Arc<Flight> {
+        lock(&self.flights)
+            .entry(key.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Flight {
+                    gate: tokio::sync::Mutex::new(()),
+                    invalidated: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// Ends `flight` of `key` (unless a newer one replaced it).
+    fn land(&self, key: &str, flight: &Arc<Flight>) {
+        let mut flights = lock(&self.flights);
+        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            flights.remove(key);
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
