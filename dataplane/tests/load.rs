@@ -436,15 +436,15 @@ async fn cache_hit_vs_same_bytes() {
     let f = Fixture::start(redis.url()).await;
     let ta = f.a.school_id.unwrap();
     let mut db = f.a.db.connect().await;
-    // Bodies of the sizes: a longer assessment description, 26 students on the
-    // roster, 40 questions (one default page of 50 holds them all).
+    // Bodies of the sizes: a longer assessment description, 30 students on the
+    // roster, 25 questions (one default page of 50 holds them all).
     sqlx::query("UPDATE assessments SET description = repeat('d', 780) WHERE id = $1")
         .bind(ASSESSMENT)
         .execute(&mut db)
         .await
         .unwrap();
     let mut ids: Vec<uuid::Uuid> = f.a.students.iter().map(|s| s.1).collect();
-    for _ in 0..24 {
+    for _ in 0..28 {
         let (u, s) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         sqlx::query(
             "INSERT INTO users (id, email, full_name, role, school_id) VALUES ($1, $2, 'S', 0, $3)",
@@ -472,7 +472,7 @@ async fn cache_hit_vs_same_bytes() {
         .execute(&mut db)
         .await
         .unwrap();
-    for i in 0..37 {
+    for i in 0..22 {
         sqlx::query("INSERT INTO questions (id, course_id, question_text, question_type, subject, grade_level, difficulty_level, correct_answer, points) VALUES ($1, $2, repeat('q', 60), 0, 1, 8, 1, '\"B\"', 10)")
             .bind(uuid::Uuid::from_u128(0x02_0000_0000_0000_0000_0000_0000_0000 + i)).bind(COURSE).execute(&mut db).await.unwrap();
     }
