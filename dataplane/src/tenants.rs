@@ -178,22 +178,90 @@ pub enum SourceError {
 /// that cannot be used are skipped (and logged without their contents).
 pub trait TenantSource: Send + Sync + 'static {
     fn snapshot(&self) -> impl Future<Output = Result<Vec<Tenant>, SourceError>> + Send;
+
+    /// Like [`snapshot`](Self::snapshot), but `None` when the source knows that nothing
+    /// changed since its previous snapshot (the poller then has nothing to publish). The
+    /// default always reads the whole set.
+    fn snapshot_if_changed(
+        &self,
+    ) -> impl Future<Output = Result<Option<Vec<Tenant>>, SourceError>> + Send {
+        async { self.snapshot().await.map(Some) }
+    }
 }
 
-/// Reads `*.yaml`, `*.yml` and `*.json` Secret manifests from one directory. A file is
-/// parsed again only when its bytes changed since the last snapshot (SHA-256 of the
-/// contents; modification times are too coarse to tell two quick writes apart), so an
-/// unchanged directory costs one small read per file per poll, and a broken file is
-/// reported once per change rather than every poll.
+/// Reads `*.yaml`, `*.yml` and `*.json` Secret manifests from one directory.
+///
+/// A poll costs one directory listing and one `stat` per file (in one blocking task): a
+/// file is read again only when its [`Stamp`] (device, inode, size, modification and
+/// change times, following symlinks) differs from the one it had when it was last read,
+/// or when that read was *racy*: the file had been modified within [`RACY_WINDOW`] of the
+/// read, so a second write in the same timestamp tick could leave the stamp unchanged
+/// (the same rule git uses for its index). A re-read file is parsed again only if its
+/// bytes changed (SHA-256), so a broken file is reported once per change. Kubernetes
+/// Secret volumes swap the `..data` symlink to a new directory atomically: the files
+/// behind the symlinks are new inodes, so their stamps change. So an unchanged directory
+/// is never re-read or re-parsed, and a changed file is never missed.
 #[derive(Debug, Clone)]
 pub struct FileTenantSource {
     pub dir: PathBuf,
     seen: Arc<Mutex<HashMap<PathBuf, Parsed>>>,
+    racy_window: Duration,
 }
 
-/// A file's digest at its last parse, and what it held.
+/// A file read within this long of its last modification is read again on the next
+/// poll: wide enough for filesystems with coarse (1 s, FAT's 2 s) timestamps.
+pub const RACY_WINDOW: Duration = Duration::from_secs(3);
+
+/// What `stat` says about a file, enough to tell that it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    #[cfg(unix)]
+    fn of(m: &std::fs::Metadata) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// Without Unix metadata nothing is trusted: every poll reads every file.
+    #[cfg(not(unix))]
+    fn of(_: &std::fs::Metadata) -> Option<Stamp> {
+        None
+    }
+
+    /// Whether a read at `read_at` (taken before the `stat`) could have missed a write
+    /// in the same timestamp tick: the file's last change lies within `window` of
+    /// the read (or after it: clocks move).
+    fn racy(&self, read_at: std::time::SystemTime, window: Duration) -> bool {
+        let latest = self.mtime.max(self.ctime);
+        let Ok(read) = read_at.duration_since(std::time::UNIX_EPOCH) else {
+            return true;
+        };
+        let changed = Duration::new(
+            latest.0.max(0) as u64,
+            latest.1.clamp(0, 999_999_999) as u32,
+        );
+        changed + window >= read
+    }
+}
+
+/// A file's stamp and digest at its last read, and what it held.
 #[derive(Debug, Clone)]
 struct Parsed {
+    /// `None`: not to be trusted (read again next poll).
+    stamp: Option<Stamp>,
     digest: [u8; 32],
     tenant: Option<Tenant>,
 }
@@ -203,53 +271,31 @@ impl FileTenantSource {
         FileTenantSource {
             dir,
             seen: Arc::default(),
+            racy_window: RACY_WINDOW,
         }
     }
 
-    /// The tenant in `path`'s `bytes` (`None`: not ours or broken).
-    fn parse_cached(&self, path: &Path, bytes: &[u8]) -> Option<Tenant> {
-        let digest: [u8; 32] = Sha256::digest(bytes).into();
+    /// Lists the directory in one blocking task: every tenant, and whether anything
+    /// changed (a file added, removed, or with different bytes) since the previous scan.
+    async fn scan(&self) -> Result<(Vec<Tenant>, bool), SourceError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.scan_blocking())
+            .await
+            .map_err(|e| SourceError::Io(self.dir.clone(), std::io::Error::other(e.to_string())))?
+    }
+
+    fn scan_blocking(&self) -> Result<(Vec<Tenant>, bool), SourceError> {
+        let io = |e| SourceError::Io(self.dir.clone(), e);
+        let entries = std::fs::read_dir(&self.dir).map_err(io)?;
         let mut seen = match self.seen.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(p) = seen.get(path).filter(|p| p.digest == digest) {
-            return p.tenant.clone();
-        }
-        let tenant = match std::str::from_utf8(bytes)
-            .map_err(|_| ParseError::NotASecret)
-            .and_then(parse_secret)
-        {
-            Ok(t) => t,
-            Err(reason) => {
-                tracing::warn!(file = %path.display(), %reason, "skipping tenant secret");
-                None
-            }
-        };
-        seen.insert(
-            path.to_owned(),
-            Parsed {
-                digest,
-                tenant: tenant.clone(),
-            },
-        );
-        tenant
-    }
-}
-
-impl TenantSource for FileTenantSource {
-    async fn snapshot(&self) -> Result<Vec<Tenant>, SourceError> {
         let mut out = Vec::new();
         let mut present = std::collections::HashSet::new();
-        let mut entries = tokio::fs::read_dir(&self.dir)
-            .await
-            .map_err(|e| SourceError::Io(self.dir.clone(), e))?;
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| SourceError::Io(self.dir.clone(), e))?
-        {
-            let path = entry.path();
+        let mut changed = false;
+        for entry in entries {
+            let path = entry.map_err(io)?.path();
             let wanted = matches!(
                 path.extension().and_then(|e| e.to_str()),
                 Some("yaml" | "yml" | "json")
@@ -257,21 +303,79 @@ impl TenantSource for FileTenantSource {
             if !wanted {
                 continue;
             }
-            let bytes = match tokio::fs::read(&path).await {
+            let read_at = std::time::SystemTime::now();
+            // Follows symlinks: the stamp is the file's behind them.
+            let stamp = match std::fs::metadata(&path) {
+                Ok(m) => Stamp::of(&m),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read tenant secret");
+                    continue;
+                }
+            };
+            if let Some(p) = seen.get(&path)
+                && stamp.is_some()
+                && p.stamp == stamp
+            {
+                present.insert(path);
+                out.extend(p.tenant.clone());
+                continue;
+            }
+            let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot read tenant secret");
                     continue;
                 }
             };
-            out.extend(self.parse_cached(&path, &bytes));
+            // Stamped before the read: a write after the stat changes the stamp again.
+            let trusted = stamp.filter(|s| !s.racy(read_at, self.racy_window));
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            if let Some(p) = seen.get_mut(&path)
+                && p.digest == digest
+            {
+                p.stamp = trusted;
+                present.insert(path);
+                out.extend(p.tenant.clone());
+                continue;
+            }
+            let tenant = match std::str::from_utf8(&bytes)
+                .map_err(|_| ParseError::NotASecret)
+                .and_then(parse_secret)
+            {
+                Ok(t) => t,
+                Err(reason) => {
+                    tracing::warn!(file = %path.display(), %reason, "skipping tenant secret");
+                    None
+                }
+            };
+            changed = true;
+            out.extend(tenant.clone());
+            seen.insert(
+                path.clone(),
+                Parsed {
+                    stamp: trusted,
+                    digest,
+                    tenant,
+                },
+            );
             present.insert(path);
         }
-        match self.seen.lock() {
-            Ok(mut seen) => seen.retain(|p, _| present.contains(p)),
-            Err(poisoned) => poisoned.into_inner().retain(|p, _| present.contains(p)),
-        }
-        Ok(out)
+        let before = seen.len();
+        seen.retain(|p, _| present.contains(p));
+        changed |= seen.len() != before;
+        Ok((out, changed))
+    }
+}
+
+impl TenantSource for FileTenantSource {
+    async fn snapshot(&self) -> Result<Vec<Tenant>, SourceError> {
+        self.scan().await.map(|(tenants, _)| tenants)
+    }
+
+    async fn snapshot_if_changed(&self) -> Result<Option<Vec<Tenant>>, SourceError> {
+        self.scan()
+            .await
+            .map(|(tenants, changed)| changed.then_some(tenants))
     }
 }
 
@@ -432,8 +536,9 @@ impl TenantDirectory {
                     _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => return,
                 }
-                match source.snapshot().await {
-                    Ok(tenants) => dir.publish(tenants, &mut on_change),
+                match source.snapshot_if_changed().await {
+                    Ok(Some(tenants)) => dir.publish(tenants, &mut on_change),
+                    Ok(None) => {}
                     Err(e) => {
                         dir.note_source_error("files");
                         tracing::warn!(error = %e, "tenant directory poll failed")
@@ -521,6 +626,105 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(source.snapshot().await.unwrap().is_empty());
         assert!(source.seen.lock().unwrap().is_empty());
+    }
+
+    /// Same length, the old modification time put back: only the inode or ctime tells.
+    fn rewrite_keeping_mtime(path: &Path, text: String) {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::fs::write(path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unchanged_directory_is_not_read_again_and_changes_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tenant(TenantId::School(Uuid::new_v4()), "pw1");
+        let path = manifest_path(dir.path(), &a.id);
+        std::fs::write(&path, secret_manifest(&a).unwrap()).unwrap();
+        let mut source = FileTenantSource::new(dir.path().to_owned());
+        source.racy_window = Duration::ZERO; // the files here are older than the reads
+        assert_eq!(
+            source.snapshot_if_changed().await.unwrap(),
+            Some(vec![a.clone()])
+        );
+        assert_eq!(source.snapshot_if_changed().await.unwrap(), None);
+        // Not read again: a planted parse is what it answers.
+        let planted = tenant(a.id, "remembered");
+        source.seen.lock().unwrap().get_mut(&path).unwrap().tenant = Some(planted.clone());
+        assert_eq!(source.snapshot().await.unwrap(), vec![planted]);
+        // Rewritten in place, same size, same mtime: the change time still tells.
+        let rotated = tenant(a.id, "pw2");
+        // Past the kernel's timestamp tick (the racy window, zero here, covers that).
+        std::thread::sleep(Duration::from_millis(50));
+        rewrite_keeping_mtime(&path, secret_manifest(&rotated).unwrap());
+        assert_eq!(
+            source.snapshot_if_changed().await.unwrap(),
+            Some(vec![rotated])
+        );
+        assert_eq!(source.snapshot_if_changed().await.unwrap(), None);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(source.snapshot_if_changed().await.unwrap(), Some(vec![]));
+    }
+
+    /// Kubernetes Secret volumes: `x.yaml -> ..data/x.yaml`, `..data -> ..<timestamp>`,
+    /// and an update swaps `..data` atomically to a new directory.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn atomic_symlink_swap_is_seen() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let a = tenant(TenantId::School(Uuid::new_v4()), "pw1");
+        let name = format!("{}.yaml", a.id);
+        let v1 = dir.path().join("..v1");
+        std::fs::create_dir(&v1).unwrap();
+        std::fs::write(v1.join(&name), secret_manifest(&a).unwrap()).unwrap();
+        symlink("..v1", dir.path().join("..data")).unwrap();
+        symlink(format!("..data/{name}"), dir.path().join(&name)).unwrap();
+        let mut source = FileTenantSource::new(dir.path().to_owned());
+        source.racy_window = Duration::ZERO;
+        assert_eq!(
+            source.snapshot_if_changed().await.unwrap(),
+            Some(vec![a.clone()])
+        );
+        assert_eq!(source.snapshot_if_changed().await.unwrap(), None);
+        // The new version: same length, same modification time, new directory.
+        let rotated = tenant(a.id, "pw2");
+        let v2 = dir.path().join("..v2");
+        std::fs::create_dir(&v2).unwrap();
+        let mtime = std::fs::metadata(v1.join(&name))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::write(v2.join(&name), secret_manifest(&rotated).unwrap()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(v2.join(&name))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        symlink("..v2", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        assert_eq!(
+            source.snapshot_if_changed().await.unwrap(),
+            Some(vec![rotated])
+        );
+    }
+
+    #[test]
+    fn racy_reads_are_not_trusted() {
+        let now = std::time::SystemTime::now();
+        let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let stamp = |t: i64| Stamp {
+            dev: 1,
+            ino: 1,
+            len: 1,
+            mtime: (t, 0),
+            ctime: (t, 0),
+        };
+        assert!(stamp(secs).racy(now, RACY_WINDOW));
+        assert!(stamp(secs - 2).racy(now, RACY_WINDOW));
+        assert!(!stamp(secs - 10).racy(now, RACY_WINDOW));
     }
 
     #[test]
