@@ -1,10 +1,11 @@
 //! The wire format: every JSON body the data plane sends is one of these types, and
 //! `/openapi.json` documents exactly these types (see [`crate::openapi`]).
 //!
-//! Rows leave PostgreSQL as JSON (`to_jsonb` of the row or a projection) and are decoded
-//! into the type before anything is sent: the type's fields are the allow-list, so a
-//! column added to a table never reaches a client by accident, and a row that no longer
-//! fits its type is a logged 500, not a silently different reply.
+//! The type's fields are the allow-list, so a column added to a table never reaches a
+//! client by accident. Cached documents and write replies leave PostgreSQL as JSON and are
+//! decoded into the type before anything is sent (a row that no longer fits is a logged
+//! 500); uncached reads are built by PostgreSQL from the type's SQL twin (the `sql_*`
+//! macros below) and sent as they are.
 //!
 //! JSON-array columns (`answer_options`, `class_ids`, `learning_objectives`,
 //! `question_ids`, `recommendations`, `student_ids`, `teacher_ids`, `topics`) are `text`
