@@ -1,10 +1,11 @@
 //! The wire format: every JSON body the data plane sends is one of these types, and
 //! `/openapi.json` documents exactly these types (see [`crate::openapi`]).
 //!
-//! Rows leave PostgreSQL as JSON (`to_jsonb` of the row or a projection) and are decoded
-//! into the type before anything is sent: the type's fields are the allow-list, so a
-//! column added to a table never reaches a client by accident, and a row that no longer
-//! fits its type is a logged 500, not a silently different reply.
+//! The type's fields are the allow-list, so a column added to a table never reaches a
+//! client by accident. Cached documents and write replies leave PostgreSQL as JSON and are
+//! decoded into the type before anything is sent (a row that no longer fits is a logged
+//! 500); uncached reads are built by PostgreSQL from the type's SQL twin (the `sql_*`
+//! macros below) and sent as they are.
 //!
 //! JSON-array columns (`answer_options`, `class_ids`, `learning_objectives`,
 //! `question_ids`, `recommendations`, `student_ids`, `teacher_ids`, `topics`) are `text`
@@ -429,6 +430,238 @@ pub struct RoutingStatistics {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,
+}
+
+// ------------------------------------------------------------------------------------
+// The same types built by PostgreSQL (uncached reads)
+// ------------------------------------------------------------------------------------
+//
+// Uncached reads send the text PostgreSQL builds as it is: no decoding into
+// `serde_json::Value`, no second encoding. Each macro below is the SQL twin of a type
+// above, over a row aliased `r`: the same field names (the allow-list, so a new column
+// still never reaches a client), the same JSON types, the same spelling of timestamps
+// (`sql_ts!`). `tests/replies.rs` checks every SQL-built reply against its type.
+
+/// A `timestamptz` column as chrono writes a `DateTime<Utc>`: UTC with a `Z`, and as
+/// many fraction digits as needed (none, 3 or 6; PostgreSQL keeps microseconds).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_ts {
+    ($c:literal) => {
+        concat!(
+            "to_char(",
+            $c,
+            " AT TIME ZONE 'UTC', CASE WHEN extract(microseconds FROM ",
+            $c,
+            ")::bigint % 1000000 = 0 THEN 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"' \
+             WHEN extract(microseconds FROM ",
+            $c,
+            ")::bigint % 1000 = 0 THEN 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"' \
+             ELSE 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"' END)"
+        )
+    };
+}
+
+/// [`School`] as a `json` object.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_school {
+    () => {
+        concat!(
+            "json_build_object('id', r.id, 'name', r.name, 'code', r.code, 'address', r.address, \
+             'contact_email', r.contact_email, 'contact_phone', r.contact_phone, \
+             'is_active', r.is_active, 'created_at', ",
+            $crate::sql_ts!("r.created_at"),
+            ", 'updated_at', ",
+            $crate::sql_ts!("r.updated_at"),
+            ")"
+        )
+    };
+}
+
+/// [`User`] as a `json` object.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_user {
+    () => {
+        concat!(
+            "json_build_object('id', r.id, 'email', r.email, 'full_name', r.full_name, \
+             'role', r.role, 'school_id', r.school_id, 'is_active', r.is_active, \
+             'external_id', r.external_id, 'created_at', ",
+            $crate::sql_ts!("r.created_at"),
+            ", 'updated_at', ",
+            $crate::sql_ts!("r.updated_at"),
+            ")"
+        )
+    };
+}
+
+/// [`Student`] as a `json` object; `class_ids` (a JSON-array text column) as an array of
+/// UUIDs (an element that is not one fails the statement, like a row that does not fit).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_student {
+    () => {
+        concat!(
+            "json_build_object('id', r.id, 'user_id', r.user_id, 'school_id', r.school_id, \
+             'class_ids', (SELECT coalesce(json_agg(e.v::uuid ORDER BY e.n), '[]'::json) \
+               FROM jsonb_array_elements_text(r.class_ids::jsonb) WITH ORDINALITY e(v, n)), \
+             'grade_level', r.grade_level, 'date_of_birth', r.date_of_birth, \
+             'parental_consent_granted', r.parental_consent_granted, \
+             'parent_email', r.parent_email, 'subscription_tier', r.subscription_tier, \
+             'subscription_expires_at', ",
+            $crate::sql_ts!("r.subscription_expires_at"),
+            ", 'level', r.level, 'xp_points', r.xp_points, 'daily_streak', r.daily_streak, \
+             'last_activity_date', r.last_activity_date, 'created_at', ",
+            $crate::sql_ts!("r.created_at"),
+            ", 'updated_at', ",
+            $crate::sql_ts!("r.updated_at"),
+            ")"
+        )
+    };
+}
+
+/// The fields of [`Attempt`] as `json_build_object` arguments (so that
+/// [`AttemptDetail`] can add `responses`); `recommendations` as strings, elements that are
+/// not strings as their JSON text.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_attempt_fields {
+    () => {
+        concat!(
+            "'id', r.id, 'student_id', r.student_id, 'assessment_id', r.assessment_id, \
+             'school_id', r.school_id, 'class_id', r.class_id, 'status', r.status, \
+             'started_at', ",
+            $crate::sql_ts!("r.started_at"),
+            ", 'completed_at', ",
+            $crate::sql_ts!("r.completed_at"),
+            ", 'score', r.score, 'max_score', r.max_score, 'passed', r.passed, \
+             'current_question_index', r.current_question_index, \
+             'estimated_ability', r.estimated_ability, \
+             'time_spent_seconds', r.time_spent_seconds, \
+             'correct_answers', r.correct_answers, 'incorrect_answers', r.incorrect_answers, \
+             'skipped_questions', r.skipped_questions, 'feedback', r.feedback, \
+             'recommendations', (SELECT coalesce(json_agg(CASE jsonb_typeof(e.v) \
+               WHEN 'string' THEN e.v #>> '{}' ELSE e.v::text END ORDER BY e.n), '[]'::json) \
+               FROM jsonb_array_elements(r.recommendations::jsonb) WITH ORDINALITY e(v, n)), \
+             'xp_earned', r.xp_earned, 'created_at', ",
+            $crate::sql_ts!("r.created_at"),
+            ", 'updated_at', ",
+            $crate::sql_ts!("r.updated_at")
+        )
+    };
+}
+
+/// [`AttemptResponse`] over a row aliased `x`, as `jsonb`; `is_correct` and
+/// `points_earned` are left out when `$hide` (an SQL boolean) is true, or when null.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_attempt_response {
+    ($hide:literal) => {
+        concat!(
+            "jsonb_build_object('id', x.id, 'question_id', x.question_id, \
+             'student_answer', x.student_answer, 'max_points', x.max_points, \
+             'time_spent_seconds', x.time_spent_seconds, 'question_order', x.question_order, \
+             'feedback', x.feedback, 'ai_explanation', x.ai_explanation, 'submitted_at', ",
+            $crate::sql_ts!("x.submitted_at"),
+            ") || CASE WHEN ",
+            $hide,
+            " THEN '{}'::jsonb ELSE jsonb_strip_nulls(jsonb_build_object(\
+             'is_correct', x.is_correct, 'points_earned', x.points_earned)) END"
+        )
+    };
+}
+
+/// [`WorkflowExecution`] as a `json` object.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_workflow {
+    () => {
+        concat!(
+            "json_build_object('execution_id', r.execution_id, 'tenant_id', r.tenant_id, \
+             'workflow_name', r.workflow_name, 'status', r.status, \
+             'workflow_definition_json', r.workflow_definition_json, 'started_at', ",
+            $crate::sql_ts!("r.started_at"),
+            ", 'completed_at', ",
+            $crate::sql_ts!("r.completed_at"),
+            ", 'initiated_by', r.initiated_by, 'tags', r.tags)"
+        )
+    };
+}
+
+/// [`CircuitBreaker`] as a `json` object.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_breaker {
+    () => {
+        concat!(
+            "json_build_object('agent_key', r.agent_key, 'tenant_id', r.tenant_id, \
+             'state', r.state, 'failure_count', r.failure_count, 'last_failure_at', ",
+            $crate::sql_ts!("r.last_failure_at"),
+            ", 'last_updated', ",
+            $crate::sql_ts!("r.last_updated"),
+            ")"
+        )
+    };
+}
+
+/// [`RoutingDecision`] as a `json` object.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_decision {
+    () => {
+        concat!(
+            "json_build_object('id', r.id, 'tenant_id', r.tenant_id, 'task_id', r.task_id, \
+             'task_type', r.task_type, 'required_capability', r.required_capability, \
+             'selected_agent', r.selected_agent, 'reason', r.reason, \
+             'routing_score', r.routing_score, \
+             'workflow_execution_id', r.workflow_execution_id, \
+             'workflow_step_id', r.workflow_step_id, 'routed_at', ",
+            $crate::sql_ts!("r.routed_at"),
+            ")"
+        )
+    };
+}
+
+/// [`RoutingStatistics`] as a `json` object.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_statistics {
+    () => {
+        concat!(
+            "json_build_object('agent_key', r.agent_key, 'tenant_id', r.tenant_id, \
+             'total_tasks', r.total_tasks, 'successful_tasks', r.successful_tasks, \
+             'failed_tasks', r.failed_tasks, 'average_duration_ms', r.average_duration_ms, \
+             'success_rate', r.success_rate, 'last_updated', ",
+            $crate::sql_ts!("r.last_updated"),
+            ")"
+        )
+    };
+}
+
+/// A page (`items` and `next_after`, see [`Keyed`]) as one `text` column `doc`: `$item`
+/// is one of the macros above over the rows of `$rows` (a query aliased `r` here, in key
+/// order, at most `$limit` rows), `$key` the key column (`r.…`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! sql_page {
+    ($item:expr, $key:literal, $limit:literal, $rows:expr) => {
+        concat!(
+            "SELECT json_build_object('items', coalesce(json_agg(",
+            $item,
+            " ORDER BY ",
+            $key,
+            "), '[]'::json), 'next_after', CASE WHEN count(*) = ",
+            $limit,
+            " THEN (array_agg(",
+            $key,
+            " ORDER BY ",
+            $key,
+            " DESC))[1] END)::text AS doc FROM (",
+            $rows,
+            ") r"
+        )
+    };
 }
 
 /// A key-ordered page: `next_after` is the key of the last item when the page is full

@@ -557,3 +557,225 @@ async fn cache_hit_vs_same_bytes() {
         );
     }
 }
+
+// ---- issue 15 §2: uncached reads against their own SQL ----
+
+/// The statements the uncached reads run (the handlers' text, built from the same macros),
+/// with the values `$1…` take for a teacher; `None` is NULL.
+fn read_statements(
+    f: &Fixture,
+    uid: &str,
+    attempt: uuid::Uuid,
+) -> Vec<(&'static str, String, &'static str, Vec<Option<String>>)> {
+    let ta = f.a.school_id.unwrap();
+    let p = |v: &[Option<&str>]| -> Vec<Option<String>> {
+        [Some(uid), Some("off")]
+            .iter()
+            .chain(v)
+            .map(|x| x.map(str::to_owned))
+            .collect()
+    };
+    vec![
+        (
+            "uncached-school",
+            format!("/v1/tenants/{ta}/school"),
+            edumind_dataplane::scoped!(concat!(
+                "SELECT ",
+                edumind_dataplane::sql_school!(),
+                "::text AS doc FROM schools r WHERE r.id = $3::uuid"
+            )),
+            p(&[Some(&ta.to_string())]),
+        ),
+        (
+            "uncached-users-limit-20",
+            format!("/v1/tenants/{ta}/users?limit=20"),
+            edumind_dataplane::scoped!(edumind_dataplane::sql_page!(
+                edumind_dataplane::sql_user!(),
+                "r.id",
+                "$5::int",
+                "SELECT * FROM users u WHERE ($3::uuid IS NULL OR u.id > $3::uuid) \
+                 AND ($4::int IS NULL OR u.role = $4::int) ORDER BY u.id LIMIT $5::int"
+            )),
+            p(&[None, None, Some("20")]),
+        ),
+        (
+            "uncached-attempt",
+            format!("/v1/tenants/{ta}/attempts/{attempt}"),
+            edumind_dataplane::scoped!(concat!(
+                "SELECT json_build_object(",
+                edumind_dataplane::sql_attempt_fields!(),
+                ", 'responses', coalesce((SELECT json_agg(",
+                edumind_dataplane::sql_attempt_response!("($5::bool AND r.status <> 2)"),
+                " ORDER BY x.question_order) FROM student_responses x \
+                 WHERE x.student_assessment_id = r.id), '[]'::json))::text AS doc \
+                 FROM student_assessments r WHERE r.id = $3::uuid \
+                 AND ($4::uuid IS NULL OR r.student_id IN \
+                   (SELECT id FROM students WHERE user_id = $4::uuid))"
+            )),
+            p(&[Some(&attempt.to_string()), None, Some("false")]),
+        ),
+    ]
+}
+
+/// `pgbench` running `sql` (prepared, `$n` bound to `params[n-1]`, NULLs as literals) on
+/// tenant A's database for `secs` seconds at `conns` connections: tps.
+fn pgbench(
+    f: &Fixture,
+    pg: &edumind_tests::PgServer,
+    sql: &str,
+    params: &[Option<String>],
+    conns: usize,
+    secs: u64,
+) -> f64 {
+    let mut text = sql.to_owned();
+    let mut defs = Vec::new();
+    for (i, v) in params.iter().enumerate().rev() {
+        let n = i + 1;
+        match v {
+            Some(v) => {
+                text = text.replace(&format!("${n}"), &format!(":p{n}"));
+                defs.push(format!("p{n}={v}"));
+            }
+            None => text = text.replace(&format!("${n}"), "NULL"),
+        }
+    }
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), format!("{};\n", text.replace('\n', " "))).unwrap();
+    let mut cmd = std::process::Command::new("pgbench");
+    cmd.env("PGPASSWORD", &pg.password).args([
+        "-h",
+        &pg.host,
+        "-p",
+        &pg.port.to_string(),
+        "-U",
+        &pg.superuser,
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        &conns.to_string(),
+        "-j",
+        "2",
+        "-T",
+        &secs.to_string(),
+        "-f",
+        script.path().to_str().unwrap(),
+    ]);
+    for d in &defs {
+        cmd.args(["-D", d]);
+    }
+    let out = cmd.arg(&f.a.db.name).output().expect("pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Transactions committed in tenant A's database so far (`pg_stat_database`).
+async fn commits(f: &Fixture) -> i64 {
+    let mut c = f.a.db.connect().await;
+    let _: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_stat_clear_snapshot()")
+        .fetch_optional(&mut c)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap()
+}
+
+/// Issue 15 §2: uncached GET /school, /users?limit=20 and /attempts/{id} (release build,
+/// `wrk`, 50 connections) against `pgbench` running the very statement each endpoint runs
+/// (prepared, same 50 connections; the data plane may open as many to the tenant here),
+/// alternating A B three times. Prints one `BENCH` line per endpoint, and how many
+/// transactions each request commits (`pg_stat_database`; one statement = one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn uncached_reads_vs_their_sql() {
+    let conns: usize = std::env::var("BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let redis = edumind_tests::redis().await;
+    let f = Fixture::start_with(redis.url(), |s| {
+        s.pool.per_tenant_max = conns;
+        s.pool.server_budget = s.pool.server_budget.max(conns);
+    })
+    .await;
+    let pg = edumind_tests::postgres().await;
+    let ta = f.a.school_id.unwrap();
+    let mut db = f.a.db.connect().await;
+    // 60 more users (a full page of 20), one attempt with three answers.
+    for i in 0..60 {
+        sqlx::query("INSERT INTO users (id, email, full_name, role, school_id, external_id) VALUES ($1, $2, 'Bench User', 1, $3, $4)")
+            .bind(uuid::Uuid::new_v4()).bind(format!("bench{i}@x.test")).bind(ta).bind(format!("ext-{i}"))
+            .execute(&mut db).await.unwrap();
+    }
+    let (_, stu) = f.a.students[0];
+    let attempt = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO student_assessments (id, student_id, assessment_id, school_id, status, started_at, max_score, recommendations) VALUES ($1, $2, $3, $4, 1, now(), 30, '[\"practice\"]')")
+        .bind(attempt).bind(stu).bind(ASSESSMENT).bind(ta).execute(&mut db).await.unwrap();
+    for (i, q) in [Q1, Q2, Q3].iter().enumerate() {
+        sqlx::query("INSERT INTO student_responses (id, student_assessment_id, student_id, question_id, school_id, student_answer, is_correct, points_earned, max_points, question_order) VALUES ($1, $2, $3, $4, $5, 'B', true, 10, 10, $6)")
+            .bind(uuid::Uuid::new_v4()).bind(attempt).bind(stu).bind(q).bind(ta).bind(i as i32)
+            .execute(&mut db).await.unwrap();
+    }
+    let tok = token(f.a.teacher_user, 1, Some(ta));
+    for (name, path, sql, params) in read_statements(&f, &f.a.teacher_user.to_string(), attempt) {
+        let url = f.url(&path);
+        // Warm-up (membership answer cached, statements prepared), then statements per
+        // request: commits in the database over a counted run.
+        let _ = wrk(&url, Some(&tok), conns, 1).await;
+        let before = commits(&f).await;
+        let n = 500;
+        for _ in 0..n {
+            assert_eq!(f.call("GET", &path, Some(&tok), None).await.0, 200);
+        }
+        // Idle backends flush their statistics within 10 s.
+        tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+        let per_request = (commits(&f).await - before - 2) as f64 / n as f64;
+        let mut rounds = Vec::new();
+        let mut p99s = Vec::new();
+        for _ in 0..3 {
+            let (rps, p99) = wrk(&url, Some(&tok), conns, secs).await;
+            let tps = tokio::task::block_in_place(|| pgbench(&f, pg, sql, &params, conns, secs));
+            rounds.push((rps, tps));
+            p99s.push(p99);
+        }
+        let med = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let a = med(rounds.iter().map(|r| r.0).collect());
+        let b = med(rounds.iter().map(|r| r.1).collect());
+        let target = if name.contains("users") {
+            ">= 0.6"
+        } else {
+            ">= 0.8"
+        };
+        println!(
+            "BENCH {}",
+            serde_json::json!({
+                "name": name,
+                "value": a,
+                "unit": "req/s",
+                "baseline_name": "pgbench, the endpoint's own statement (prepared), same connections",
+                "baseline": b,
+                "ratio": a / b,
+                "target": target,
+                "p99_ms": med(p99s),
+                "rounds": rounds.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>(),
+                "notes": format!("ratio = value/baseline (medians of the rounds); wrk -t2 -c{conns} -d{secs}s and pgbench -c{conns} -j2 -T{secs} share the 2 cores with the data plane and PostgreSQL; {per_request:.2} transactions per request"),
+            })
+        );
+    }
+}

@@ -374,41 +374,45 @@ pub fn attempt_get(s: &SharedState) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
-            reply(
-                async {
-                    let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
-                    let id = path_uuid(&id)?;
-                    let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
-                    let doc = fetch_doc(
-                        &s,
-                        &sc,
-                        scoped!(
-                            "SELECT to_jsonb(sa) || jsonb_build_object('responses', coalesce((SELECT \
-                               jsonb_agg(to_jsonb(r) ORDER BY r.question_order) FROM student_responses r \
-                               WHERE r.student_assessment_id = sa.id), '[]'::jsonb)) AS doc \
-                             FROM student_assessments sa WHERE sa.id = $3::uuid \
-                             AND ($4::uuid IS NULL OR sa.student_id IN \
+        .then(
+            |t: String, id: String, who: Who, inm: Option<String>, s: SharedState| async move {
+                reply(
+                    async {
+                        let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
+                        let id = path_uuid(&id)?;
+                        let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
+                        const _: () = assert!(wire::SUBMITTED == 2);
+                        // The reply is built by PostgreSQL and sent as it is. A student learns
+                        // which answers were right only once the attempt is submitted (status 2,
+                        // `wire::SUBMITTED`): `$5` hides `is_correct`/`points_earned` until then.
+                        let body = fetch_text(
+                            &s,
+                            &sc,
+                            scoped!(concat!(
+                                "SELECT json_build_object(",
+                                crate::sql_attempt_fields!(),
+                                ", 'responses', coalesce((SELECT json_agg(",
+                                crate::sql_attempt_response!("($5::bool AND r.status <> 2)"),
+                                " ORDER BY x.question_order) FROM student_responses x \
+                             WHERE x.student_assessment_id = r.id), '[]'::json))::text AS doc \
+                             FROM student_assessments r WHERE r.id = $3::uuid \
+                             AND ($4::uuid IS NULL OR r.student_id IN \
                                (SELECT id FROM students WHERE user_id = $4::uuid))"
-                        ),
-                        &[json!(id.to_string()), only_user.map(Value::String).unwrap_or(Value::Null)],
-                    )
-                    .await?
-                    .ok_or_else(Problem::not_found)?;
-                    let mut detail: wire::AttemptDetail = typed(doc)?;
-                    // A student learns which answers were right only once submitted.
-                    if sc.access.is_student() && detail.attempt.status != wire::SUBMITTED {
-                        detail.responses = detail
-                            .responses
-                            .into_iter()
-                            .map(wire::AttemptResponse::hide_correctness)
-                            .collect();
+                            )),
+                            &[
+                                json!(id.to_string()),
+                                only_user.map(Value::String).unwrap_or(Value::Null),
+                                json!(sc.access.is_student()),
+                            ],
+                        )
+                        .await?
+                        .ok_or_else(Problem::not_found)?;
+                        Ok(etagged(body, inm.as_deref()))
                     }
-                    etagged_json(&detail, inm.as_deref())
-                }
-                .await,
-            )
-        })
+                    .await,
+                )
+            },
+        )
         .boxed();
     instrument(s, openapi::ATTEMPT_GET, f)
 }

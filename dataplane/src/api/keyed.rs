@@ -25,8 +25,9 @@ pub(super) enum PathKey {
 }
 
 /// `GET` one row of a keyed table (platform admins), with a strong ETag. `sql` is a
-/// [`scoped!`] statement whose `$3` is the key as text.
-pub(super) fn keyed_get<T: serde::de::DeserializeOwned + serde::Serialize>(
+/// [`scoped!`] statement whose `$3` is the key as text and whose `doc` is the reply
+/// (`text`, built by PostgreSQL: one of the `sql_*` macros of [`crate::wire`]).
+pub(super) fn keyed_get(
     s: &SharedState,
     doc: RouteDoc,
     segment: &'static str,
@@ -47,10 +48,10 @@ pub(super) fn keyed_get<T: serde::de::DeserializeOwned + serde::Serialize>(
                             PathKey::Agent => path_agent_key(&k)?,
                             PathKey::Uuid => path_uuid(&k)?.to_string(),
                         };
-                        let doc = fetch_doc(&s, &sc, sql, &[Value::String(k)])
+                        let body = fetch_text(&s, &sc, sql, &[Value::String(k)])
                             .await?
                             .ok_or_else(Problem::not_found)?;
-                        etagged_json(&typed::<T>(doc)?, inm.as_deref())
+                        Ok(etagged(body, inm.as_deref()))
                     }
                     .await,
                 )
@@ -61,18 +62,14 @@ pub(super) fn keyed_get<T: serde::de::DeserializeOwned + serde::Serialize>(
 }
 
 /// `GET` a page of a table keyed by `agent_key` (`?after=&limit=`, platform admins), with
-/// a strong ETag. `sql` is a [`scoped!`] statement with `$3` after (text or NULL) and `$4`
-/// the limit.
-pub(super) fn agent_keyed_list<T, P>(
+/// a strong ETag. `sql` is a [`scoped!`] [`crate::sql_page!`] statement with `$3` after
+/// (text or NULL) and `$4` the limit.
+pub(super) fn agent_keyed_list(
     s: &SharedState,
     doc: RouteDoc,
     segment: &'static str,
     sql: &'static str,
-) -> BoxedFilter<(Response,)>
-where
-    T: serde::de::DeserializeOwned + wire::Keyed + Send + 'static,
-    P: From<(Vec<T>, Option<T::Key>)> + serde::Serialize + Send + 'static,
-{
+) -> BoxedFilter<(Response,)> {
     let f = warp::path("v1")
         .and(warp::path("tenants"))
         .and(warp::path::param::<String>())
@@ -94,7 +91,7 @@ where
                         let sc = admin_scope(&s, who, &t)?;
                         let q = q?;
                         let limit = page_limit(q.limit)?;
-                        let doc = fetch_doc(
+                        let body = fetch_text(
                             &s,
                             &sc,
                             sql,
@@ -103,8 +100,9 @@ where
                                 json!(limit),
                             ],
                         )
-                        .await?;
-                        etagged_json(&typed_page::<T, P>(doc, limit)?, inm.as_deref())
+                        .await?
+                        .ok_or_else(Problem::internal)?;
+                        Ok(etagged(body, inm.as_deref()))
                     }
                     .await,
                 )

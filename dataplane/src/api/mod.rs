@@ -235,15 +235,6 @@ fn typed<T: serde::de::DeserializeOwned>(doc: Value) -> Result<T, Problem> {
     })
 }
 
-/// A page of rows (a JSON array, or nothing) decoded into wire types, and `next_after`.
-fn typed_page<T: serde::de::DeserializeOwned + wire::Keyed, P: From<(Vec<T>, Option<T::Key>)>>(
-    doc: Option<Value>,
-    limit: i64,
-) -> Result<P, Problem> {
-    let items: Vec<T> = typed(doc.unwrap_or_else(|| json!([])))?;
-    Ok(P::from(wire::page(items, limit)))
-}
-
 fn db_problem(e: sqlx::Error) -> Problem {
     Problem::database(e)
 }
@@ -323,11 +314,34 @@ async fn fetch_doc(
     sql: &'static str,
     binds: &[Value],
 ) -> Result<Option<Value>, Problem> {
+    fetch_scalar(s, sc, sql, binds).await
+}
+
+/// Runs one scoped statement whose `doc` is the whole reply as `text` (built by
+/// PostgreSQL, see the `sql_*` macros in [`crate::wire`]); `None` for no row or a NULL.
+async fn fetch_text(
+    s: &SharedState,
+    sc: &Scope,
+    sql: &'static str,
+    binds: &[Value],
+) -> Result<Option<String>, Problem> {
+    fetch_scalar(s, sc, sql, binds).await
+}
+
+/// One scoped statement (autocommit: the `set_config` calls live in the statement
+/// itself, see [`scoped!`]) returning at most one `doc` of type `T`.
+async fn fetch_scalar<T>(
+    s: &SharedState,
+    sc: &Scope,
+    sql: &'static str,
+    binds: &[Value],
+) -> Result<Option<T>, Problem>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
     let mut conn = s.pools.acquire(&sc.tenant).await.map_err(pool_problem)?;
     let (uid, adm) = sc.params();
-    let mut q = sqlx::query_scalar::<_, Option<Value>>(sql)
-        .bind(uid)
-        .bind(adm);
+    let mut q = sqlx::query_scalar::<_, Option<T>>(sql).bind(uid).bind(adm);
     // Every value goes over as text (NULL as a text NULL) and the SQL casts it: one
     // statement text must always see the same parameter types, or the cached prepared
     // statement rejects the next call's binary encoding.

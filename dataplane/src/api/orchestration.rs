@@ -51,22 +51,25 @@ pub fn workflows_list(s: &SharedState) -> BoxedFilter<(Response,)> {
                     if q.status.as_deref().is_some_and(|st| !WORKFLOW_STATUSES.contains(&st)) {
                         return Err(Problem::bad_request("status must be Pending, Running, Completed or Failed"));
                     }
-                    let doc = fetch_doc(
+                    let body = fetch_text(
                         &s,
                         &sc,
-                        scoped!(
-                            "SELECT coalesce(jsonb_agg(to_jsonb(w) ORDER BY w.execution_id), '[]'::jsonb) AS doc FROM ( \
-                             SELECT * FROM workflow_executions WHERE ($3::text IS NULL OR execution_id > $3::text) \
-                             AND ($4::text IS NULL OR status = $4::text) ORDER BY execution_id LIMIT $5::int) w"
-                        ),
+                        scoped!(crate::sql_page!(
+                            crate::sql_workflow!(),
+                            "r.execution_id",
+                            "$5::int",
+                            "SELECT * FROM workflow_executions WHERE ($3::text IS NULL OR execution_id > $3::text) \
+                             AND ($4::text IS NULL OR status = $4::text) ORDER BY execution_id LIMIT $5::int"
+                        )),
                         &[
                             q.after.map(Value::String).unwrap_or(Value::Null),
                             q.status.map(Value::String).unwrap_or(Value::Null),
                             json!(limit),
                         ],
                     )
-                    .await?;
-                    etagged_json(&typed_page::<_, wire::WorkflowPage>(doc, limit)?, inm.as_deref())
+                    .await?
+                    .ok_or_else(Problem::internal)?;
+                    Ok(etagged(body, inm.as_deref()))
                 }
                 .await,
             )
@@ -186,28 +189,32 @@ pub(super) const BREAKER_STATES: [&str; 3] = ["Closed", "Open", "HalfOpen"];
 /// `GET /v1/tenants/{tenant}/circuit-breakers?after=&limit=`: circuit breaker states,
 /// keyset-paginated by `agent_key`. Platform admins only.
 pub fn breakers_list(s: &SharedState) -> BoxedFilter<(Response,)> {
-    agent_keyed_list::<wire::CircuitBreaker, wire::BreakerPage>(
+    agent_keyed_list(
         s,
         openapi::BREAKERS_LIST,
         "circuit-breakers",
-        scoped!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.agent_key), '[]'::jsonb) AS doc FROM ( \
-             SELECT * FROM circuit_breaker_states WHERE ($3::text IS NULL OR agent_key > $3::text) \
-             ORDER BY agent_key LIMIT $4::int) c"
-        ),
+        scoped!(crate::sql_page!(
+            crate::sql_breaker!(),
+            "r.agent_key",
+            "$4::int",
+            "SELECT * FROM circuit_breaker_states WHERE ($3::text IS NULL OR agent_key > $3::text) \
+             ORDER BY agent_key LIMIT $4::int"
+        )),
     )
 }
 
 /// `GET /v1/tenants/{tenant}/circuit-breakers/{agent_key}`. Platform admins only.
 pub fn breakers_get(s: &SharedState) -> BoxedFilter<(Response,)> {
-    keyed_get::<wire::CircuitBreaker>(
+    keyed_get(
         s,
         openapi::BREAKERS_GET,
         "circuit-breakers",
         PathKey::Agent,
-        scoped!(
-            "SELECT to_jsonb(c) AS doc FROM circuit_breaker_states c WHERE c.agent_key = $3::text"
-        ),
+        scoped!(concat!(
+            "SELECT ",
+            crate::sql_breaker!(),
+            "::text AS doc FROM circuit_breaker_states r WHERE r.agent_key = $3::text"
+        )),
     )
 }
 
@@ -301,15 +308,17 @@ pub fn decisions_list(s: &SharedState) -> BoxedFilter<(Response,)> {
                     let limit = page_limit(q.limit)?;
                     check_opt("tenant_id", &q.tenant_id, 100)?;
                     check_opt("task_id", &q.task_id, 100)?;
-                    let doc = fetch_doc(
+                    let body = fetch_text(
                         &s,
                         &sc,
-                        scoped!(
-                            "SELECT coalesce(jsonb_agg(to_jsonb(d) ORDER BY d.id), '[]'::jsonb) AS doc FROM ( \
-                             SELECT * FROM routing_decisions WHERE ($3::uuid IS NULL OR id > $3::uuid) \
+                        scoped!(crate::sql_page!(
+                            crate::sql_decision!(),
+                            "r.id",
+                            "$6::int",
+                            "SELECT * FROM routing_decisions WHERE ($3::uuid IS NULL OR id > $3::uuid) \
                              AND ($4::text IS NULL OR tenant_id = $4::text) \
-                             AND ($5::text IS NULL OR task_id = $5::text) ORDER BY id LIMIT $6::int) d"
-                        ),
+                             AND ($5::text IS NULL OR task_id = $5::text) ORDER BY id LIMIT $6::int"
+                        )),
                         &[
                             q.after.map(|a| json!(a.to_string())).unwrap_or(Value::Null),
                             q.tenant_id.map(Value::String).unwrap_or(Value::Null),
@@ -317,8 +326,9 @@ pub fn decisions_list(s: &SharedState) -> BoxedFilter<(Response,)> {
                             json!(limit),
                         ],
                     )
-                    .await?;
-                    etagged_json(&typed_page::<_, wire::DecisionPage>(doc, limit)?, inm.as_deref())
+                    .await?
+                    .ok_or_else(Problem::internal)?;
+                    Ok(etagged(body, inm.as_deref()))
                 }
                 .await,
             )
@@ -329,12 +339,16 @@ pub fn decisions_list(s: &SharedState) -> BoxedFilter<(Response,)> {
 
 /// `GET /v1/tenants/{tenant}/routing-decisions/{id}`. Platform admins only.
 pub fn decisions_get(s: &SharedState) -> BoxedFilter<(Response,)> {
-    keyed_get::<wire::RoutingDecision>(
+    keyed_get(
         s,
         openapi::DECISIONS_GET,
         "routing-decisions",
         PathKey::Uuid,
-        scoped!("SELECT to_jsonb(d) AS doc FROM routing_decisions d WHERE d.id = $3::uuid"),
+        scoped!(concat!(
+            "SELECT ",
+            crate::sql_decision!(),
+            "::text AS doc FROM routing_decisions r WHERE r.id = $3::uuid"
+        )),
     )
 }
 
@@ -407,26 +421,32 @@ pub fn decisions_create(s: &SharedState) -> BoxedFilter<(Response,)> {
 /// `GET /v1/tenants/{tenant}/routing-statistics?after=&limit=`: per-agent statistics,
 /// keyset-paginated by `agent_key`. Platform admins only.
 pub fn stats_list(s: &SharedState) -> BoxedFilter<(Response,)> {
-    agent_keyed_list::<wire::RoutingStatistics, wire::StatisticsPage>(
+    agent_keyed_list(
         s,
         openapi::STATS_LIST,
         "routing-statistics",
-        scoped!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.agent_key), '[]'::jsonb) AS doc FROM ( \
-             SELECT * FROM routing_statistics WHERE ($3::text IS NULL OR agent_key > $3::text) \
-             ORDER BY agent_key LIMIT $4::int) r"
-        ),
+        scoped!(crate::sql_page!(
+            crate::sql_statistics!(),
+            "r.agent_key",
+            "$4::int",
+            "SELECT * FROM routing_statistics WHERE ($3::text IS NULL OR agent_key > $3::text) \
+             ORDER BY agent_key LIMIT $4::int"
+        )),
     )
 }
 
 /// `GET /v1/tenants/{tenant}/routing-statistics/{agent_key}`. Platform admins only.
 pub fn stats_get(s: &SharedState) -> BoxedFilter<(Response,)> {
-    keyed_get::<wire::RoutingStatistics>(
+    keyed_get(
         s,
         openapi::STATS_GET,
         "routing-statistics",
         PathKey::Agent,
-        scoped!("SELECT to_jsonb(r) AS doc FROM routing_statistics r WHERE r.agent_key = $3::text"),
+        scoped!(concat!(
+            "SELECT ",
+            crate::sql_statistics!(),
+            "::text AS doc FROM routing_statistics r WHERE r.agent_key = $3::text"
+        )),
     )
 }
 

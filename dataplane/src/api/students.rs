@@ -25,17 +25,19 @@ pub fn school_get(s: &SharedState) -> BoxedFilter<(Response,)> {
                     async {
                         let sc = scope_where(&s, who, &t, |a| a != Access::Content)?;
                         let id = sc.school_id().ok_or_else(Problem::not_found)?;
-                        let doc = fetch_doc(
+                        let body = fetch_text(
                             &s,
                             &sc,
-                            scoped!(
-                                "SELECT to_jsonb(t) AS doc FROM schools t WHERE t.id = $3::uuid"
-                            ),
+                            scoped!(concat!(
+                                "SELECT ",
+                                crate::sql_school!(),
+                                "::text AS doc FROM schools r WHERE r.id = $3::uuid"
+                            )),
                             &[json!(id.to_string())],
                         )
                         .await?
                         .ok_or_else(Problem::not_found)?;
-                        etagged_json(&typed::<wire::School>(doc)?, inm.as_deref())
+                        Ok(etagged(body, inm.as_deref()))
                     }
                     .await,
                 )
@@ -67,27 +69,34 @@ pub fn students_list(s: &SharedState) -> BoxedFilter<(Response,)> {
         .and(principal(s))
         .and(if_none_match())
         .and(with(s))
-        .then(|t: String, q: Result<StudentsQuery, Problem>, who: Who, inm: Option<String>, s: SharedState| async move {
-            reply(
-                async {
-                    let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
-                    let q = q?;
-                    let limit = q.limit.unwrap_or(50);
-                    if !(1..=200).contains(&limit) {
-                        return Err(Problem::bad_request("limit must be between 1 and 200"));
-                    }
-                    let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
-                    let doc = fetch_doc(
+        .then(
+            |t: String,
+             q: Result<StudentsQuery, Problem>,
+             who: Who,
+             inm: Option<String>,
+             s: SharedState| async move {
+                reply(
+                    async {
+                        let sc = scope_where(&s, who, &t, |a| a.reads_all() || a.is_student())?;
+                        let q = q?;
+                        let limit = q.limit.unwrap_or(50);
+                        if !(1..=200).contains(&limit) {
+                            return Err(Problem::bad_request("limit must be between 1 and 200"));
+                        }
+                        let only_user = sc.access.is_student().then(|| sc.p.user_id.to_string());
+                        let body = fetch_text(
                         &s,
                         &sc,
-                        scoped!(
-                            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]'::jsonb) AS doc FROM ( \
-                             SELECT * FROM students s WHERE ($3::uuid IS NULL OR s.id > $3::uuid) \
+                        scoped!(crate::sql_page!(
+                            crate::sql_student!(),
+                            "r.id",
+                            "$7::int",
+                            "SELECT * FROM students s WHERE ($3::uuid IS NULL OR s.id > $3::uuid) \
                              AND ($4::int IS NULL OR s.grade_level = $4::int) \
                              AND ($5::int IS NULL OR s.subscription_tier = $5::int) \
                              AND ($6::uuid IS NULL OR s.user_id = $6::uuid) \
-                             ORDER BY s.id LIMIT $7::int) t"
-                        ),
+                             ORDER BY s.id LIMIT $7::int"
+                        )),
                         &[
                             q.after.map(|a| json!(a.to_string())).unwrap_or(Value::Null),
                             q.grade_level.map(|g| json!(g)).unwrap_or(Value::Null),
@@ -96,13 +105,14 @@ pub fn students_list(s: &SharedState) -> BoxedFilter<(Response,)> {
                             json!(limit),
                         ],
                     )
-                    .await?;
-                    let page: wire::StudentPage = typed_page(doc, limit)?;
-                    etagged_json(&page, inm.as_deref())
-                }
-                .await,
-            )
-        })
+                    .await?
+                    .ok_or_else(Problem::internal)?;
+                        Ok(etagged(body, inm.as_deref()))
+                    }
+                    .await,
+                )
+            },
+        )
         .boxed();
     instrument(s, openapi::STUDENTS_LIST, f)
 }
