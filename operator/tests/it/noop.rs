@@ -16,7 +16,9 @@ const RESYNCS: usize = 20;
 /// Inserted + updated + deleted tuples of each database, as the statistics say.
 async fn tuple_writes(conn: &mut PgConnection, databases: &[&str]) -> Vec<(String, i64)> {
     // A fresh snapshot of the statistics, not the one this session cached.
-    conn.execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
     let mut out = Vec::new();
     for db in databases {
         let n: i64 = sqlx::query_scalar(
@@ -47,7 +49,9 @@ async fn a_resync_that_changes_nothing_writes_nothing() {
     let (server, _supervised) = private_postgres().await;
     let pg: &'static edumind_tests::PgServer = Box::leak(Box::new(server));
     let mut su = pg.admin().await;
-    su.execute("ALTER SYSTEM SET autovacuum = off").await.unwrap();
+    su.execute("ALTER SYSTEM SET autovacuum = off")
+        .await
+        .unwrap();
     su.execute("SELECT pg_reload_conf()").await.unwrap();
     // To tell background WAL records from the resyncs' own, where the server has it.
     let walinspect = su
@@ -75,7 +79,9 @@ async fn a_resync_that_changes_nothing_writes_nothing() {
     // Provisioning left dead catalog and row versions behind; a later read may prune
     // them (a WAL record the resyncs did not cause). Vacuum them away first.
     su.execute("VACUUM").await.unwrap();
-    let mut school_db = sqlx::PgConnection::connect(&pg.url(&database)).await.unwrap();
+    let mut school_db = sqlx::PgConnection::connect(&pg.url(&database))
+        .await
+        .unwrap();
     school_db.execute("VACUUM").await.unwrap();
     drop(school_db);
     let_statistics_arrive().await;
@@ -124,7 +130,10 @@ async fn a_resync_that_changes_nothing_writes_nothing() {
     if wal_after != wal_before {
         // The server's own background records (the bgwriter's standby snapshot every
         // 15 s after any WAL, a timed checkpoint) may fall into the window; nothing else.
-        assert!(walinspect, "the resyncs wrote WAL: {wal_before} -> {wal_after}");
+        assert!(
+            walinspect,
+            "the resyncs wrote WAL: {wal_before} -> {wal_after}"
+        );
         let records: Vec<(String, String)> = sqlx::query_as(
             "SELECT resource_manager, record_type FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn)",
         )
