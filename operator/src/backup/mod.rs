@@ -219,7 +219,68 @@ fn scratch_dir(work_dir: Option<&Path>) -> Result<tempfile::TempDir, BackupError
     .map_err(|e| BackupError::Storage(format!("cannot create scratch directory: {e}")))
 }
 
-/// Dumps the school database, verifies the dump, stores it, then applies retention.
+/// Chunks handed from the dump (or download) to the verifier: at most this many wait.
+const VERIFY_QUEUE: usize = 16;
+/// Bytes gathered from `pg_dump`'s pipe before they are passed on.
+const CHUNK: usize = 1024 * 1024;
+
+/// `pg_dump`'s output, read once and sent at the same time to the verifying full read
+/// (`pg_restore`) and to the store, so the run takes about as long as `pg_dump` alone.
+/// The upload is completed (the object appears under its name) only after `pg_dump`
+/// exited successfully and the full read reached the end of the archive; otherwise it is
+/// aborted and nothing is stored.
+async fn dump_verify_upload(
+    tools: &PgTools,
+    conn: &ConnectionInfo,
+    store: &BackupStore,
+    object: &str,
+    scratch: &Path,
+) -> Result<(storage::Transferred, usize), BackupError> {
+    use tokio::io::AsyncReadExt;
+    let verifier = tools.spawn_verifier()?;
+    let mut dump = tools.spawn_dump(conn, Some(scratch))?;
+    let mut output = dump
+        .output()
+        .ok_or_else(|| BackupError::Tools("pg_dump has no output pipe".into()))?;
+    let mut upload = store.start_upload(object).await?;
+    let (to_verifier, chunks) = tokio::sync::mpsc::channel::<bytes::Bytes>(VERIFY_QUEUE);
+    let pump = async {
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+        loop {
+            let n = output
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| BackupError::Failed(format!("reading pg_dump's output: {e}")))?;
+            if buf.len() >= CHUNK || (n == 0 && !buf.is_empty()) {
+                let chunk = buf.split().freeze();
+                upload.write(&chunk).await?;
+                // A verifier that has stopped still drains its queue: never blocks.
+                let _ = to_verifier.send(chunk).await;
+                buf.reserve(CHUNK);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        drop(to_verifier);
+        Ok::<(), BackupError>(())
+    };
+    let (pumped, verified) = tokio::join!(pump, verifier.run(chunks));
+    drop(output);
+    let dumped = dump.finish().await;
+    // pg_dump's own failure is the cause of whatever the verifier then saw.
+    let outcome = pumped.and(dumped).and(verified);
+    match outcome {
+        Ok(tables) => Ok((upload.finish().await?, tables)),
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Dumps the school database, verifies the dump while storing it (see
+/// [`dump_verify_upload`]), then applies retention.
 /// `now` names the dump and drives retention (tests pass a controlled clock).
 pub async fn run_backup(
     tools: &PgTools,
@@ -231,11 +292,8 @@ pub async fn run_backup(
     job.validate()?;
     let started = Instant::now();
     let scratch = scratch_dir(job.work_dir.as_deref())?;
-    let local = scratch.path().join("dump");
-    tools.dump(conn, &local).await?;
-    let tables = tools.verify(&local).await?;
     let object = store.object_name(&job.school_id, now);
-    let stored = store.upload(&local, &object).await?;
+    let (stored, tables) = dump_verify_upload(tools, conn, store, &object, scratch.path()).await?;
     drop(scratch);
     // After the dump: a manifest exists only for a complete dump. A crash in between
     // leaves a dump without one, which restores refuse like any unverifiable dump.
@@ -310,8 +368,8 @@ pub async fn run_restore_as(
 }
 
 /// Fetches `object`, checks it against its checksum manifest, verifies it with
-/// `pg_restore`, and restores it in a single transaction. Nothing touches the database
-/// before both checks pass.
+/// `pg_restore` (a full read fed while the download runs), and restores it in a single
+/// transaction. Nothing touches the database before both checks pass.
 pub async fn run_restore_with(
     tools: &PgTools,
     conn: &ConnectionInfo,
@@ -322,7 +380,7 @@ pub async fn run_restore_with(
     let started = Instant::now();
     let scratch = scratch_dir(options.work_dir)?;
     let local = scratch.path().join("dump");
-    let fetched = store.download_checked(object, &local).await?;
+    let (fetched, full_read) = download_verifying(tools, store, object, &local).await?;
     let checksum = check_checksum(store, object, &fetched.sha256).await?;
     let verified = matches!(checksum, Checksum::Verified(_));
     if let Err(refused) = checksum.require(object) {
@@ -331,7 +389,7 @@ pub async fn run_restore_with(
         }
         tracing::warn!(%object, error = %refused, "restoring an unverified dump (--allow-unverified)");
     }
-    tools.verify(&local).await?;
+    full_read?;
     tools.restore_as(conn, &local, options.role).await?;
     let size = fetched.size;
     tracing::info!(%object, size, sha256 = %fetched.sha256, verified, "restore finished");
@@ -342,6 +400,40 @@ pub async fn run_restore_with(
         verified,
         duration: started.elapsed(),
     })
+}
+
+/// Downloads `object` into `dest`, hashing it and feeding the verifying full read
+/// (`pg_restore`) at the same time. Returns what was transferred and the verifier's
+/// verdict, which the caller weighs after the checksum (a checksum refusal says more).
+async fn download_verifying(
+    tools: &PgTools,
+    store: &BackupStore,
+    object: &str,
+    dest: &Path,
+) -> Result<(storage::Transferred, Result<usize, BackupError>), BackupError> {
+    use futures::TryStreamExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = store.read_stream(object).await?;
+    let verifier = tools.spawn_verifier()?;
+    let io = |e: std::io::Error| BackupError::Storage(format!("writing {}: {e}", dest.display()));
+    let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+    let (to_verifier, chunks) = tokio::sync::mpsc::channel::<bytes::Bytes>(VERIFY_QUEUE);
+    let pump = async {
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.try_next().await? {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            let _ = to_verifier.send(chunk.clone()).await;
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        drop(to_verifier);
+        file.flush().await.map_err(io)?;
+        Ok::<_, BackupError>(storage::Transferred::new(size, hasher))
+    };
+    let (fetched, verdict) = tokio::join!(pump, verifier.run(chunks));
+    Ok((fetched?, verdict))
 }
 
 /// `latest` → the newest stored dump of `school_id`; anything else is an object name.

@@ -125,6 +125,56 @@ impl PgTools {
         run(cmd, "pg_dump").await
     }
 
+    /// `pg_dump --format=custom` of the whole database to its standard output, for
+    /// [`super::run_backup`] to send to the verifier and the store at the same time.
+    /// The password file lives in `scratch` until the returned dump is dropped.
+    pub fn spawn_dump(
+        &self,
+        conn: &ConnectionInfo,
+        scratch: Option<&Path>,
+    ) -> Result<RunningDump, BackupError> {
+        let passfile = PassFile::write(conn, scratch)?;
+        let mut cmd = self.command("pg_dump", Some(&passfile));
+        cmd.args(connection_args(conn))
+            .args([
+                "--format=custom",
+                "--no-password",
+                "--no-owner",
+                "--no-privileges",
+            ])
+            .stdout(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| BackupError::Tools(format!("cannot run pg_dump: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BackupError::Tools("pg_dump has no output pipe".into()))?;
+        Ok(RunningDump {
+            child,
+            stdout: Some(stdout),
+            _passfile: passfile,
+        })
+    }
+
+    /// A full read of a custom-format archive fed on its standard input
+    /// (`pg_restore --verbose --file=/dev/null`): what [`Self::verify`] does for a file,
+    /// while the archive is still being written or downloaded.
+    pub fn spawn_verifier(&self) -> Result<StreamVerifier, BackupError> {
+        let mut cmd = self.command("pg_restore", None);
+        cmd.args(["--verbose", "--file=/dev/null"])
+            .stdin(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| BackupError::Tools(format!("cannot run pg_restore: {e}")))?;
+        let (stdin, stderr) = (child.stdin.take(), child.stderr.take());
+        Ok(StreamVerifier {
+            child,
+            stdin,
+            stderr,
+        })
+    }
+
     /// Checks that `file` is a complete, readable custom-format dump: its table of
     /// contents lists (`pg_restore --list`), and every data block decodes to the end
     /// (`pg_restore --file=/dev/null`), which a truncated or corrupted file fails.
@@ -192,6 +242,128 @@ impl PgTools {
         ])
         .arg(file);
         run(cmd, "pg_restore").await
+    }
+}
+
+/// A `pg_dump` writing to its standard output (see [`PgTools::spawn_dump`]).
+pub struct RunningDump {
+    child: tokio::process::Child,
+    stdout: Option<tokio::process::ChildStdout>,
+    _passfile: PassFile,
+}
+
+impl RunningDump {
+    /// The archive as `pg_dump` writes it (once).
+    pub fn output(&mut self) -> Option<tokio::process::ChildStdout> {
+        self.stdout.take()
+    }
+
+    /// Waits for `pg_dump` to exit (after its output was read to the end or dropped).
+    pub async fn finish(self) -> Result<(), BackupError> {
+        let out = self
+            .child
+            .wait_with_output()
+            .await
+            .map_err(|e| BackupError::Tools(format!("cannot run pg_dump: {e}")))?;
+        exit_status(&out, "pg_dump")
+    }
+}
+
+/// A `pg_restore` reading an archive from its standard input to the end (see
+/// [`PgTools::spawn_verifier`]).
+pub struct StreamVerifier {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stderr: Option<tokio::process::ChildStderr>,
+}
+
+impl StreamVerifier {
+    /// Reads the archive from `chunks` to its end, then waits for the verdict: the
+    /// number of table-data entries read, or [`BackupError::Corrupt`] when the archive
+    /// does not decode to its end (truncated, damaged, or bytes after its end).
+    pub async fn run(
+        mut self,
+        mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) -> Result<usize, BackupError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stdin = self.stdin.take();
+        let mut stderr = self.stderr.take();
+        let feed = async {
+            let mut unread = false;
+            while let Some(chunk) = chunks.recv().await {
+                let Some(pipe) = stdin.as_mut() else {
+                    // pg_restore stopped reading: drain, so the sender never waits.
+                    unread = true;
+                    continue;
+                };
+                if pipe.write_all(&chunk).await.is_err() {
+                    stdin = None;
+                    unread = true;
+                }
+            }
+            // End of input: pg_restore sees EOF.
+            drop(stdin);
+            unread
+        };
+        let log = async {
+            let mut text = Vec::new();
+            if let Some(pipe) = stderr.as_mut() {
+                let _ = pipe.read_to_end(&mut text).await;
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        let (unread, log) = tokio::join!(feed, log);
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|e| BackupError::Tools(format!("cannot run pg_restore: {e}")))?;
+        // The verbose progress lines are noise in an error; keep what pg_restore objected to.
+        let errors = || {
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("error") || l.contains("warning"))
+                .collect();
+            if lines.is_empty() {
+                log.clone()
+            } else {
+                lines.join("\n")
+            }
+        };
+        if !status.success() {
+            return Err(BackupError::Corrupt(format!(
+                "pg_restore (full read) failed ({status}): {}",
+                errors().trim()
+            )));
+        }
+        if unread {
+            return Err(BackupError::Corrupt(
+                "pg_restore (full read) stopped before the end of the archive".into(),
+            ));
+        }
+        let tables = log
+            .lines()
+            .filter(|l| l.contains("processing data for table"))
+            .count();
+        if tables == 0 {
+            return Err(BackupError::Corrupt(
+                "the dump contains no table data".into(),
+            ));
+        }
+        Ok(tables)
+    }
+}
+
+fn exit_status(out: &std::process::Output, what: &str) -> Result<(), BackupError> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        // libpq never prints passwords; the message is safe to report.
+        Err(BackupError::Failed(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
@@ -274,16 +446,7 @@ async fn run(mut cmd: Command, what: &str) -> Result<(), BackupError> {
         .output()
         .await
         .map_err(|e| BackupError::Tools(format!("cannot run {what}: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        // libpq never prints passwords; the message is safe to report.
-        Err(BackupError::Failed(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    exit_status(&out, what)
 }
 
 /// A libpq password file holding one line for this connection, and the CA bundle when

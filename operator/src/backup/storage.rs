@@ -17,8 +17,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
@@ -150,6 +152,60 @@ pub struct BackupStore {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     description: String,
+}
+
+impl Transferred {
+    /// `size` bytes whose SHA-256 `hasher` computed.
+    pub fn new(size: u64, hasher: Sha256) -> Self {
+        Self {
+            size,
+            sha256: hex(hasher),
+        }
+    }
+}
+
+/// An upload in progress (see [`BackupStore::start_upload`]): hashes what it sends.
+pub struct Upload {
+    writer: WriteMultipart,
+    hasher: Sha256,
+    total: u64,
+    store: String,
+}
+
+impl Upload {
+    /// Queues `chunk`, waiting while too many parts are in flight.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), BackupError> {
+        self.writer
+            .wait_for_capacity(4)
+            .await
+            .map_err(|e| BackupError::Storage(format!("{}: upload failed: {e}", self.store)))?;
+        self.writer.write(chunk);
+        self.hasher.update(chunk);
+        self.total += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Completes the upload: only now does the object appear under its name.
+    pub async fn finish(self) -> Result<Transferred, BackupError> {
+        let store = self.store;
+        self.writer
+            .finish()
+            .await
+            .map_err(|e| BackupError::Storage(format!("{store}: upload failed: {e}")))?;
+        Ok(Transferred {
+            size: self.total,
+            sha256: hex(self.hasher),
+        })
+    }
+
+    /// Abandons the upload; no object appears. Best effort: a store that cannot clean
+    /// up its parts now expires them by its own rules (an S3 lifecycle rule for
+    /// incomplete multipart uploads), and they never carry a dump's name.
+    pub async fn abort(self) {
+        if let Err(e) = self.writer.abort().await {
+            tracing::warn!(store = %self.store, error = %e, "cannot abort an unfinished upload");
+        }
+    }
 }
 
 /// One stored dump.
@@ -309,40 +365,44 @@ impl BackupStore {
     /// object appears only once complete (multipart upload, or write-then-rename on a
     /// directory).
     pub async fn upload(&self, local: &Path, object: &str) -> Result<Transferred, BackupError> {
-        let location = ObjectPath::parse(object)
-            .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
         let io =
             |e: std::io::Error| BackupError::Storage(format!("reading {}: {e}", local.display()));
         let mut file = tokio::fs::File::open(local).await.map_err(io)?;
+        let mut upload = self.start_upload(object).await?;
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    upload.abort().await;
+                    return Err(io(e));
+                }
+            };
+            if let Err(e) = upload.write(&buf[..n]).await {
+                upload.abort().await;
+                return Err(e);
+            }
+        }
+        upload.finish().await
+    }
+
+    /// Starts an upload of `object`, fed chunk by chunk ([`Upload::write`]). Nothing is
+    /// visible under the name until [`Upload::finish`]; [`Upload::abort`] (or a crash)
+    /// leaves no object behind.
+    pub async fn start_upload(&self, object: &str) -> Result<Upload, BackupError> {
+        let location = ObjectPath::parse(object)
+            .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
         let upload = self
             .store
             .put_multipart(&location)
             .await
             .map_err(|e| BackupError::Storage(format!("{self:?}: cannot start upload: {e}")))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut buf = vec![0u8; 1024 * 1024];
-        let mut total = 0u64;
-        let mut hasher = Sha256::new();
-        loop {
-            let n = file.read(&mut buf).await.map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            writer
-                .wait_for_capacity(4)
-                .await
-                .map_err(|e| BackupError::Storage(format!("{self:?}: upload failed: {e}")))?;
-            writer.write(&buf[..n]);
-            hasher.update(&buf[..n]);
-            total += n as u64;
-        }
-        writer
-            .finish()
-            .await
-            .map_err(|e| BackupError::Storage(format!("{self:?}: upload failed: {e}")))?;
-        Ok(Transferred {
-            size: total,
-            sha256: hex(hasher),
+        Ok(Upload {
+            writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            hasher: Sha256::new(),
+            total: 0,
+            store: self.description.clone(),
         })
     }
 
@@ -397,7 +457,11 @@ impl BackupStore {
         Ok(self.fetch(object, Some(dest)).await?.size)
     }
 
-    async fn fetch(&self, object: &str, dest: Option<&Path>) -> Result<Transferred, BackupError> {
+    /// The bytes of `object`, as a stream of chunks.
+    pub async fn read_stream(
+        &self,
+        object: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, BackupError>>, BackupError> {
         let location = ObjectPath::parse(object)
             .map_err(|e| BackupError::Storage(format!("bad object name {object}: {e}")))?;
         let result = self.store.get(&location).await.map_err(|e| match e {
@@ -406,6 +470,15 @@ impl BackupStore {
             }
             other => BackupError::Storage(format!("{self:?}: cannot read {object}: {other}")),
         })?;
+        let what = format!("{self:?}: reading {object}");
+        Ok(result
+            .into_stream()
+            .map_err(move |e| BackupError::Storage(format!("{what}: {e}")))
+            .boxed())
+    }
+
+    async fn fetch(&self, object: &str, dest: Option<&Path>) -> Result<Transferred, BackupError> {
+        let mut stream = self.read_stream(object).await?;
         let io = |e: std::io::Error| {
             let dest = dest.map(|d| d.display().to_string()).unwrap_or_default();
             BackupError::Storage(format!("writing {dest}: {e}"))
@@ -414,14 +487,9 @@ impl BackupStore {
             Some(dest) => Some(tokio::fs::File::create(dest).await.map_err(io)?),
             None => None,
         };
-        let mut stream = result.into_stream();
         let mut total = 0u64;
         let mut hasher = Sha256::new();
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| BackupError::Storage(format!("{self:?}: reading {object}: {e}")))?
-        {
+        while let Some(chunk) = stream.try_next().await? {
             if let Some(file) = file.as_mut() {
                 file.write_all(&chunk).await.map_err(io)?;
             }

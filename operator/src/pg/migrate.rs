@@ -65,6 +65,29 @@ pub async fn migrate_school_database(
 }
 
 async fn sync_school_record(conn: &mut PgConnection, r: &SchoolRecord) -> Result<bool, PgError> {
+    // Read first: a plain SELECT takes no row lock, assigns no transaction ID and writes
+    // no WAL, so a resync of an unchanged School leaves the database as it was. Only a
+    // missing or different row goes on to the upsert below (which rechecks the values:
+    // a concurrent writer in between makes it a no-op or a correct overwrite).
+    let current: Option<bool> = sqlx::query_scalar(
+        "SELECT name = $2::text AND code = $3::text AND address = $4::text \
+             AND contact_email = $5::text AND contact_phone IS NOT DISTINCT FROM $6::text \
+             AND is_active = $7::boolean \
+         FROM schools WHERE id = $1",
+    )
+    .bind(r.id)
+    .bind(&r.name)
+    .bind(&r.code)
+    .bind(&r.address)
+    .bind(&r.contact_email)
+    .bind(r.contact_phone.as_deref())
+    .bind(r.active)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(sql("read the school's own record"))?;
+    if current == Some(true) {
+        return Ok(false);
+    }
     let written = sqlx::query(
         "INSERT INTO schools (id, name, code, address, contact_email, contact_phone, is_active) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) \

@@ -741,22 +741,46 @@ async fn a_dump_truncated_behind_pg_dumps_back_is_not_a_success() {
     let school = school().await;
     let mut conn = school_conn(&school).await;
     fill(&mut conn, 200).await;
-    // pg_dump "succeeds" but the file loses its tail (a full disk, a killed sidecar, …).
-    let (_tools_dir, tools) = wrapped_tools(
-        r#"for a in "$@"; do case "$a" in --file=*) out="${a#--file=}";; esac; done
-"$REAL" "$@" || exit $?
-size=$(wc -c < "$out"); head -c $((size / 2)) "$out" > "$out.cut" && mv "$out.cut" "$out""#,
-    );
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = BackupStore::directory(store_dir.path()).unwrap();
-    let err = backup::run_backup(&tools, &school.conn, &store, &job(&school, 7), Utc::now())
-        .await
-        .expect_err("a truncated dump must not count as a backup");
-    assert!(matches!(err, BackupError::Corrupt(_)), "{err}");
-    assert!(
-        store.list(&school.id).await.unwrap().is_empty(),
-        "nothing was stored"
-    );
+    // pg_dump "succeeds" but its output loses its tail (a full disk, a killed sidecar, …),
+    // or 64 bytes in its middle are damaged on the way.
+    let damages = [
+        r#"out=$(mktemp); "$REAL" "$@" > "$out" || exit $?
+size=$(wc -c < "$out"); head -c $((size / 2)) "$out"; rm -f "$out""#,
+        r#"out=$(mktemp); "$REAL" "$@" > "$out" || exit $?
+half=$(( $(wc -c < "$out") / 2 )); head -c $half "$out"; head -c 64 /dev/zero | tr '\0' 'Z'
+tail -c +$((half + 65)) "$out"; rm -f "$out""#,
+    ];
+    for damage in damages {
+        let (_tools_dir, tools) = wrapped_tools(damage);
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = BackupStore::directory(store_dir.path()).unwrap();
+        let err = backup::run_backup(&tools, &school.conn, &store, &job(&school, 7), Utc::now())
+            .await
+            .expect_err("a damaged dump must not count as a backup");
+        assert!(matches!(err, BackupError::Corrupt(_)), "{err}");
+        assert!(
+            store.list(&school.id).await.unwrap().is_empty(),
+            "nothing was stored"
+        );
+        let err = backup::resolve_object(&store, &school.id, backup::LATEST)
+            .await
+            .expect_err("no latest backup");
+        assert!(matches!(err, BackupError::NotFound(_)), "{err}");
+        // Not even an unfinished part or a manifest is left in the store.
+        let mut left = Vec::new();
+        let mut dirs = vec![store_dir.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    left.push(path);
+                }
+            }
+        }
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
 
 #[tokio::test]

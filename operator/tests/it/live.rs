@@ -830,7 +830,8 @@ fn cpu_and_peak(pid: u32) -> (f64, f64) {
 /// 1,000) Schools created at once against the stand-in API and the harness PostgreSQL;
 /// time until all are Ready, operator peak memory, API requests per School, reconcile
 /// p50/p99, then a minute of steady state; then `edumind-local` provisioning the same
-/// number on the same server (build it first: `cargo build -p edumind-local`).
+/// number on the same server (build it first, in the same profile: `cargo build -p
+/// edumind-local`). Prints `BENCH` lines (see docs/testing.md).
 /// `cargo test -p edumind-operator --test it -- --ignored fleet_benchmark --nocapture`
 #[tokio::test]
 #[ignore = "benchmark: minutes; run by hand"]
@@ -910,13 +911,75 @@ async fn fleet_benchmark() {
         cpu1 - cpu0
     );
     live.operators.clear();
+    let one_run = format!(
+        "one run of {n} Schools (not alternated: each side takes minutes), debug build unless \
+         built with --release, shared 2-core machine"
+    );
+    let bench = |name: &str, value: f64, unit: &str, target: &str, notes: String| {
+        println!(
+            "BENCH {}",
+            json!({"name": name, "value": value, "unit": unit, "baseline_name": null,
+                   "baseline": null, "ratio": null, "target": target, "rounds": [],
+                   "notes": notes})
+        );
+    };
+    bench(
+        "fleet-operator-peak-rss",
+        peak.max(peak_after),
+        "MiB",
+        "<= 100",
+        format!("VmHWM of `edumind-operator run` over provisioning and the idle minute; {one_run}"),
+    );
+    bench(
+        "fleet-api-requests-per-school",
+        provisioning.len() as f64 / n as f64,
+        "requests",
+        "",
+        format!("every request the operator made until settled, / {n}; {one_run}"),
+    );
+    bench(
+        "fleet-reconcile-p50",
+        quantile_seconds(&metrics, 0.5),
+        "s",
+        "",
+        format!("upper bound of the histogram bucket holding the median reconcile; {one_run}"),
+    );
+    bench(
+        "fleet-reconcile-p99",
+        quantile_seconds(&metrics, 0.99),
+        "s",
+        "",
+        format!("upper bound of the histogram bucket holding the 99th percentile; {one_run}"),
+    );
+    bench(
+        "fleet-steady-requests-per-minute",
+        steady.len() as f64,
+        "requests",
+        "watches and Lease renewals only",
+        format!("{by_verb:?}; {one_run}"),
+    );
+    bench(
+        "fleet-steady-reconcile-writes",
+        writes as f64,
+        "requests",
+        "== 0",
+        format!("writes other than Lease renewals in the idle minute; {one_run}"),
+    );
+    bench(
+        "fleet-steady-cpu",
+        cpu1 - cpu0,
+        "s CPU per minute",
+        "",
+        format!("user + system CPU of the operator in the idle minute; {one_run}"),
+    );
 
     // edumind-local on the same server, same number of Schools.
+    // Beside the operator binary: the same profile (debug or release) as this run.
     let bin = std::env::var("EDUMIND_LOCAL_BIN").unwrap_or_else(|_| {
-        format!(
-            "{}/../target/debug/edumind-local",
-            env!("CARGO_MANIFEST_DIR")
-        )
+        std::path::Path::new(env!("CARGO_BIN_EXE_edumind-operator"))
+            .with_file_name("edumind-local")
+            .display()
+            .to_string()
     });
     if !std::path::Path::new(&bin).is_file() {
         eprintln!("edumind-local not built ({bin}): cargo build -p edumind-local");
@@ -957,4 +1020,23 @@ async fn fleet_benchmark() {
         "edumind-local: {n} Schools Ready after {local:?}; operator/local = {:.2}",
         to_ready.as_secs_f64() / local.as_secs_f64()
     );
+    println!(
+        "BENCH {}",
+        json!({"name": "fleet-time-to-all-ready", "value": to_ready.as_secs_f64(), "unit": "s",
+               "baseline_name": "edumind-local provisioning the same number",
+               "baseline": local.as_secs_f64(),
+               "ratio": to_ready.as_secs_f64() / local.as_secs_f64(), "target": "<= 1.5",
+               "rounds": [[to_ready.as_secs_f64(), local.as_secs_f64()]],
+               "notes": format!("ratio = value/baseline (times, lower is better); created in \
+                   {:.1} s; {one_run}", created.as_secs_f64())})
+    );
+}
+
+/// The upper bound (seconds) of the reconcile-duration bucket holding quantile `q`.
+fn quantile_seconds(metrics: &str, q: f64) -> f64 {
+    quantile(metrics, q)
+        .trim_start_matches("≤ ")
+        .trim_end_matches(" s")
+        .parse()
+        .unwrap_or(f64::NAN)
 }

@@ -15,6 +15,7 @@ mod cel;
 mod examples;
 mod fleet;
 mod live;
+mod noop;
 mod process;
 mod rbac;
 mod reconcile;
