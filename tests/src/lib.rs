@@ -22,7 +22,7 @@
 //! like a managed service's (`docs/managed-postgres.md`) instead of the superuser.
 
 mod binaries;
-/// The Redis TLS tests' throwaway CA (files on disk); [`TestCa`] is PostgreSQL's.
+/// Throwaway CAs ([`TestCa`]) for the TLS-only servers.
 pub mod certs;
 #[cfg(feature = "kubeapi")]
 pub mod kubeapi;
@@ -39,7 +39,7 @@ pub use postgres::{
 };
 pub use redis::{RedisConfig, RedisServer, TlsFiles, redis, redis_blocking};
 pub use redis_cluster::RedisCluster;
-pub use tls::TestCa;
+pub use certs::TestCa;
 
 /// A port that was free on 127.0.0.1 a moment ago. Callers retry when it is taken
 /// before the server binds it.
