@@ -559,7 +559,9 @@ async fn a_delete_the_promoted_replica_missed_is_not_lost() {
         );
         let (c, k) = (cluster.clone(), key.clone());
         let cached = tokio::task::spawn_blocking(move || {
-            c.lock().unwrap().nodes[replica].cli(&["EXISTS", &k]).unwrap()
+            c.lock().unwrap().nodes[replica]
+                .cli(&["EXISTS", &k])
+                .unwrap()
         })
         .await
         .unwrap();

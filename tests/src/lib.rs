@@ -33,13 +33,13 @@ pub mod spans;
 pub mod supervisor;
 mod tls;
 
+pub use certs::TestCa;
 pub use postgres::{
     MANAGED_ADMIN, PgServer, PrivatePg, TestDatabase, managed_admin_requested, postgres,
     postgres_blocking,
 };
 pub use redis::{RedisConfig, RedisServer, TlsFiles, redis, redis_blocking};
 pub use redis_cluster::RedisCluster;
-pub use certs::TestCa;
 
 /// A port that was free on 127.0.0.1 a moment ago. Callers retry when it is taken
 /// before the server binds it.
