@@ -440,13 +440,16 @@ pub async fn provision(opts: &LocalOptions) -> anyhow::Result<LocalReport> {
         let server = servers
             .resolve(None)
             .context("no default target server for the self-service tenant")?;
-        let admin = ctx
-            .admin_options(server)
+        // The server's TLS settings go into the Secret too (`sslmode`, `ca.crt`, the URIs),
+        // as the controller's self-service loop writes them.
+        let (admin, tls) = ctx
+            .admin_options_and_tls(server)
             .await
             .map_err(|e| anyhow::anyhow!("self-service tenant: {e}"))?;
-        let outcome = selfservice::ensure(&client, OPERATOR_NAMESPACE, server, &admin)
-            .await
-            .map_err(|e| anyhow::anyhow!("self-service tenant: {e}"))?;
+        let outcome =
+            selfservice::ensure_with_tls(&client, OPERATOR_NAMESPACE, server, &admin, tls.as_ref())
+                .await
+                .map_err(|e| anyhow::anyhow!("self-service tenant: {e}"))?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
         let secret = secrets.get(selfservice::SECRET_NAME).await?;
         let path = opts.out.join(secret_file_name(

@@ -471,3 +471,56 @@ async fn killed_at_random_moments_provisioning_converges() {
     assert!(again.status.success(), "{shown}");
     assert!(!shown.contains("(written)"), "{shown}");
 }
+
+/// Against a TLS-only server with `sslMode: require`: the self-service Secret file
+/// carries the mode like the Schools' (`sslmode`, and in the URI), and it connects.
+#[tokio::test]
+async fn the_self_service_secret_file_carries_the_servers_tls_settings() {
+    if !edumind_tests::PgServer::ssl_supported() {
+        eprintln!("skipped: these PostgreSQL binaries were built without SSL");
+        return;
+    }
+    let ca = edumind_tests::TestCa::new("edumind-local-test-ca").unwrap();
+    let (pg, _supervised) = edumind_tests::PgServer::start_tls(&ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("servers.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "servers:\n- {{name: main, host: {}, port: {}, adminSecret: pg-admin, sslMode: require}}\n",
+            pg.host, pg.port
+        ),
+    )
+    .unwrap();
+    let schools = dir.path().join("schools");
+    std::fs::create_dir(&schools).unwrap();
+    std::fs::write(
+        schools.join("a.yaml"),
+        school("gamma", "GAMMA", "g@gamma.example"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (c, s, o) = (
+        config.to_str().unwrap(),
+        schools.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let args = ["--config", c, "--schools", s, "--out", o, "--self-service"];
+    let run = operator(&args, Some(&pg.admin_url()));
+    assert!(run.status.success(), "{}", text(&run));
+    for file in [
+        "edumind-system_edumind-selfservice.yaml",
+        "local-test_gamma-connection.yaml",
+    ] {
+        let data = secret_data(&out.join(file));
+        assert_eq!(
+            data.get("sslmode").map(String::as_str),
+            Some("require"),
+            "{file}: keys {:?}",
+            data.keys().collect::<Vec<_>>()
+        );
+        assert!(data["uri"].contains("sslmode=require"), "{file}");
+        let conn = sqlx::PgConnection::connect(&data["uri"]).await.unwrap();
+        conn.close().await.unwrap();
+    }
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use edumind_crds::connection::{SslMode, Tls};
 use edumind_operator::backup::{self, BackupJob, BackupStore, ConnectionInfo, PgTools};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
@@ -442,9 +443,42 @@ fn failure(operation: &str, e: &anyhow::Error) -> backup::RunResult {
     }
 }
 
-/// Host, port and credentials of an admin URL, for dumps taken with them. Errors never
-/// include the URL (it holds the password).
+/// Host, port, credentials and TLS settings of an admin URL, for dumps taken with them.
+/// Errors never include the URL (it holds the password).
+///
+/// The URL's `sslmode` (`disable`, `require`, `verify-ca`, `verify-full`; libpq's
+/// `allow`/`prefer` mean no setting) and `sslrootcert` (a CA bundle file; alone it means
+/// `verify-full`) reach `pg_dump` as `PGSSLMODE`/`PGSSLROOTCERT` like a connection
+/// Secret's: the dump is verified like the migration's own connections, never taken over
+/// an unverified or plaintext connection the URL did not allow.
 fn admin_connection(url: &str) -> anyhow::Result<ConnectionInfo> {
+    let mut conn = admin_endpoint(url)?;
+    let parsed = url::Url::parse(url).map_err(|_| anyhow::anyhow!("invalid admin URL"))?;
+    let param = |name: &str| {
+        parsed
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let ca_pem = match param("sslrootcert") {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the admin URL's sslrootcert file {path}"))?,
+        ),
+        None => None,
+    };
+    let mode = match param("sslmode").as_deref() {
+        None | Some("allow" | "prefer") if ca_pem.is_some() => Some(SslMode::VerifyFull),
+        None | Some("allow" | "prefer") => None,
+        Some(mode) => Some(SslMode::parse(mode).context(
+            "the admin URL's sslmode must be disable, allow, prefer, require, verify-ca or verify-full",
+        )?),
+    };
+    conn.tls = mode.map(|mode| Tls { mode, ca_pem });
+    Ok(conn)
+}
+
+fn admin_endpoint(url: &str) -> anyhow::Result<ConnectionInfo> {
     let parsed = url::Url::parse(url).map_err(|_| anyhow::anyhow!("invalid admin URL"))?;
     let host = parsed.host_str().unwrap_or("localhost");
     let password = percent_decode(parsed.password().unwrap_or_default());
@@ -483,4 +517,46 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_urls_tls_settings_reach_the_dump_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "PEM").unwrap();
+        let ca = ca.display().to_string();
+        let base = "postgres://admin:p%40ss@db.example:5433/postgres";
+
+        let conn = admin_connection(&format!("{base}?sslmode=verify-ca&sslrootcert={ca}")).unwrap();
+        let tls = conn.tls.as_ref().unwrap();
+        assert_eq!(
+            (tls.mode, tls.ca_pem.as_deref()),
+            (SslMode::VerifyCa, Some("PEM"))
+        );
+        assert_eq!((conn.host.as_str(), conn.port), ("db.example", 5433));
+
+        let conn = admin_connection(&format!("{base}?sslrootcert={ca}")).unwrap();
+        assert_eq!(
+            conn.tls.unwrap().mode,
+            SslMode::VerifyFull,
+            "a CA alone verifies fully"
+        );
+        let conn = admin_connection(&format!("{base}?sslmode=require")).unwrap();
+        assert_eq!(conn.tls.unwrap().mode, SslMode::Require);
+        assert!(admin_connection(base).unwrap().tls.is_none());
+        assert!(
+            admin_connection(&format!("{base}?sslmode=prefer"))
+                .unwrap()
+                .tls
+                .is_none()
+        );
+
+        let err = admin_connection(&format!("{base}?sslmode=bogus")).unwrap_err();
+        assert!(!format!("{err:#}").contains("p%40ss"));
+        assert!(admin_connection(&format!("{base}?sslrootcert=/nonexistent/ca")).is_err());
+    }
 }

@@ -1,6 +1,6 @@
-//! A throwaway certificate authority and a server certificate for `localhost` and
-//! `127.0.0.1`, made with the `openssl` command line in a temporary directory: for
-//! servers that only accept TLS.
+//! Throwaway certificate authorities and a server certificate each, made with the
+//! `openssl` command line in a temporary directory: for the servers that only accept TLS
+//! (PostgreSQL in `tls.rs`, Redis in `redis.rs`). The one CA helper of the harness.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,15 +21,29 @@ impl std::fmt::Debug for TestCa {
 }
 
 impl TestCa {
-    /// A new CA (P-256, valid two days) and a server certificate it signed, with
-    /// `DNS:localhost` and `IP:127.0.0.1` as subject alternative names.
-    pub fn new() -> Result<Self, HarnessError> {
+    /// A new CA whose subject is `name` (P-256, valid two days) and a server certificate it
+    /// signed for `DNS:localhost` only: connecting to `127.0.0.1` with host name
+    /// verification fails (the PostgreSQL tests check that).
+    pub fn new(name: &str) -> Result<Self, HarnessError> {
+        Self::make(name, "DNS:localhost")
+    }
+
+    /// Like [`TestCa::new`], the server certificate also valid for `IP:127.0.0.1` (the
+    /// Redis tests connect by address).
+    pub fn with_loopback_ip(name: &str) -> Result<Self, HarnessError> {
+        Self::make(name, "DNS:localhost,IP:127.0.0.1")
+    }
+
+    fn make(name: &str, san: &str) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new().prefix("edumind-ca-").tempdir()?;
         std::fs::write(
             dir.path().join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
-             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            format!(
+                "subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+            ),
         )?;
+        let subject = format!("/CN={name}");
         let steps: [&[&str]; 3] = [
             &[
                 "req",
@@ -46,7 +60,7 @@ impl TestCa {
                 "-days",
                 "2",
                 "-subj",
-                "/CN=edumind throwaway test CA",
+                &subject,
                 "-addext",
                 "basicConstraints=critical,CA:TRUE",
                 "-addext",
@@ -108,6 +122,11 @@ impl TestCa {
     /// The CA certificate (PEM): what clients trust.
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.path().join("ca.crt")
+    }
+
+    /// The CA certificate's PEM text.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_cert()).unwrap_or_default()
     }
 
     /// The server certificate (PEM).

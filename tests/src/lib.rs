@@ -22,7 +22,7 @@
 //! like a managed service's (`docs/managed-postgres.md`) instead of the superuser.
 
 mod binaries;
-/// The Redis TLS tests' throwaway CA (files on disk); [`TestCa`] is PostgreSQL's.
+/// Throwaway CAs ([`TestCa`]) for the TLS-only servers.
 pub mod certs;
 #[cfg(feature = "kubeapi")]
 pub mod kubeapi;
@@ -33,13 +33,13 @@ pub mod spans;
 pub mod supervisor;
 mod tls;
 
+pub use certs::TestCa;
 pub use postgres::{
     MANAGED_ADMIN, PgServer, PrivatePg, TestDatabase, managed_admin_requested, postgres,
     postgres_blocking,
 };
 pub use redis::{RedisConfig, RedisServer, TlsFiles, redis, redis_blocking};
 pub use redis_cluster::RedisCluster;
-pub use tls::TestCa;
 
 /// A port that was free on 127.0.0.1 a moment ago. Callers retry when it is taken
 /// before the server binds it.

@@ -112,6 +112,39 @@ impl RedisCluster {
         Err(HarnessError(format!("no live primary serves slot {slot}")))
     }
 
+    /// The index in [`nodes`](Self::nodes) of a replica of primary `primary`.
+    pub fn replica_of(&self, primary: usize) -> Result<usize, HarnessError> {
+        let id = self.nodes[primary].cli(&["CLUSTER", "MYID"])?;
+        let nodes = self.nodes[primary].cli(&["CLUSTER", "NODES"])?;
+        nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 4 && f[2].contains("slave") && f[3] == id)
+            .filter_map(|f| f[1].split(['@', ':']).nth(1)?.parse::<u16>().ok())
+            .find_map(|port| self.nodes.iter().position(|n| n.port == port))
+            .ok_or_else(|| HarnessError(format!("node {primary} has no replica")))
+    }
+
+    /// Whether every replica of primary `primary` has applied all it wrote (equal
+    /// replication offsets).
+    pub fn in_sync(&self, primary: usize) -> Result<bool, HarnessError> {
+        let field = |info: &str, name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        let replica = self.replica_of(primary)?;
+        let written = field(
+            &self.nodes[primary].cli(&["INFO", "replication"])?,
+            "master_repl_offset",
+        );
+        let applied = field(
+            &self.nodes[replica].cli(&["INFO", "replication"])?,
+            "slave_repl_offset",
+        );
+        Ok(written.is_some() && written == applied)
+    }
+
     /// Kills node `i` (SIGKILL, like a crashed machine).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].stop();

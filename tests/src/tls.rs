@@ -1,108 +1,12 @@
-//! Throwaway certificate authorities and a PostgreSQL server that accepts TLS only.
-//!
-//! Certificates are made with the `openssl` command line tool, in the test's temporary
-//! directory: a CA, and a server certificate for `localhost` signed by it.
+//! A PostgreSQL server that accepts TLS only, presenting a [`TestCa`]'s server
+//! certificate.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::HarnessError;
+use crate::certs::TestCa;
 use crate::postgres::PgServer;
 use crate::supervisor::Supervised;
-
-/// A throwaway CA and a server certificate (subjectAltName `DNS:localhost` only) it signed.
-pub struct TestCa {
-    dir: tempfile::TempDir,
-}
-
-fn openssl(args: &[&str], cwd: &Path) -> Result<(), HarnessError> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .map_err(|e| HarnessError(format!("cannot run openssl (install it): {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(HarnessError(format!(
-            "openssl {} failed: {}",
-            args.first().copied().unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr)
-        )))
-    }
-}
-
-impl TestCa {
-    /// A new CA named `name`, and a server certificate for `localhost` signed by it.
-    pub fn new(name: &str) -> Result<Self, HarnessError> {
-        let dir = tempfile::tempdir()?;
-        let d = dir.path();
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-            d,
-        )?;
-        openssl(
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-            d,
-        )?;
-        std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost\n")?;
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-                "-out",
-                "server.crt",
-            ],
-            d,
-        )?;
-        Ok(Self { dir })
-    }
-
-    /// The CA certificate (PEM).
-    pub fn ca_pem(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ca.crt")).unwrap_or_default()
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
 
 impl PgServer {
     /// Whether the server binaries were built with SSL (`pg_config --configure` names
@@ -129,9 +33,12 @@ impl PgServer {
     /// `localhost`. Stopped (directory removed) when the handle is dropped.
     pub fn start_tls(ca: &TestCa) -> Result<(PgServer, Supervised), HarnessError> {
         Self::start_configured(|dir, run_as| {
-            for (from, to) in [("server.crt", "server.crt"), ("server.key", "server.key")] {
+            for (from, to) in [
+                (ca.server_cert(), "server.crt"),
+                (ca.server_key(), "server.key"),
+            ] {
                 let dest = dir.join(to);
-                std::fs::copy(ca.file(from), &dest)?;
+                std::fs::copy(from, &dest)?;
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
                 if let Some((uid, gid)) = run_as {

@@ -149,9 +149,19 @@ impl Cache {
                 }
             }
             let n = keys.len();
-            self.run(|mut c| async move { c.del::<_, i64>(keys).await })
+            // A row goes only once every replica that could be promoted holds the delete:
+            // otherwise a failover would bring the old value back with nothing left to
+            // delete it again. Until then the tenant is not read from Redis (the caller
+            // treats this as a failed replay) and the next replay deletes again.
+            let tag = tenant_key(tenant, "cache-generation");
+            let wait_ms = (self.timeout.as_millis() as u64 / 2).max(1);
+            let replicated = self
+                .run(|mut c| async move { c.del_replicated(&tag, keys, wait_ms).await })
                 .await
                 .map_err(|_| "redis unavailable".to_string())?;
+            if !replicated {
+                return Err("invalidations not yet acknowledged by every Redis replica".into());
+            }
             outbox.acknowledge(tenant, ids).await?;
             total += n;
             if (n as i64) < crate::outbox::BATCH {

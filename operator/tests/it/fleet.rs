@@ -114,7 +114,7 @@ async fn only_one_replica_holds_the_lease_until_it_expires_or_is_released() {
 }
 
 /// A claimed school database with role, migrated up to `version` (`None`: no schema).
-async fn school_at(
+pub(crate) async fn school_at(
     pg: &edumind_tests::PgServer,
     tag: &str,
     i: usize,
@@ -152,7 +152,7 @@ async fn school_at(
     (name, id)
 }
 
-async fn version_of(pg: &edumind_tests::PgServer, name: &str) -> Option<i64> {
+pub(crate) async fn version_of(pg: &edumind_tests::PgServer, name: &str) -> Option<i64> {
     let mut conn = sqlx::PgConnection::connect(&pg.url(name)).await.unwrap();
     edumind_schema::applied_version(&mut conn).await.unwrap()
 }

@@ -215,3 +215,64 @@ async fn a_tls_only_server_serves_backs_up_and_restores_and_a_wrong_ca_or_host_f
         assert!(ready.message.contains("certificate"), "{}", ready.message);
     }
 }
+
+/// `migrate --all --backup-storage` against the TLS-only server: the admin URL's
+/// `sslmode=verify-full&sslrootcert=…` verify the migration's connections and the
+/// `pg_dump` taken before the schema change (PGSSLMODE/PGSSLROOTCERT, a private CA file);
+/// a CA that did not sign the server's certificate fails the run and moves nothing.
+#[tokio::test]
+async fn migrate_all_backs_up_over_verified_tls() {
+    if !PgServer::ssl_supported() {
+        eprintln!("skipped: these PostgreSQL binaries were built without SSL");
+        return;
+    }
+    let ca = TestCa::new("edumind-test-ca").unwrap();
+    let other = TestCa::new("some-other-ca").unwrap();
+    let (server, _supervised) = PgServer::start_tls(&ca).unwrap();
+    let pg = &server;
+    let first = edumind_schema::MIGRATOR.iter().next().unwrap().version;
+    let latest = edumind_schema::latest_version();
+    let (old, old_id) = crate::fleet::school_at(pg, "tls", 0, Some(first)).await;
+    let storage = tempfile::tempdir().unwrap();
+    let admin = pg
+        .operator_admin_url()
+        .await
+        .replace("@127.0.0.1:", "@localhost:");
+    let run = |ca: &TestCa| {
+        let url = format!(
+            "{admin}?sslmode=verify-full&sslrootcert={}",
+            ca.ca_cert().display()
+        );
+        let storage = storage.path().to_string_lossy().into_owned();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_edumind-operator"))
+                .args(["migrate", "--all", "--backup-storage", &storage])
+                .env("EDUMIND_ADMIN_URL", url)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+
+    let out = run(&other).await;
+    assert!(!out.status.success(), "a wrong CA was accepted");
+    assert_eq!(crate::fleet::version_of(pg, &old).await, Some(first));
+
+    let out = run(&ca).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(&old) && l.contains("migrated") && l.contains("(backup ")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&pg.password));
+    assert_eq!(crate::fleet::version_of(pg, &old).await, Some(latest));
+    let store = BackupStore::directory(storage.path()).unwrap();
+    assert_eq!(store.list(&old_id.to_string()).await.unwrap().len(), 1);
+}
