@@ -88,13 +88,13 @@ async fn main() {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("edumind-bench-baseline: cannot listen on {}: {e}", args.listen);
+            eprintln!(
+                "edumind-bench-baseline: cannot listen on {}: {e}",
+                args.listen
+            );
             std::process::exit(2);
         }
     };
     println!("edumind-bench-baseline listening on {}", args.listen);
-    warp::serve(bytes.or(hello))
-        .incoming(listener)
-        .run()
-        .await;
+    warp::serve(bytes.or(hello)).incoming(listener).run().await;
 }
