@@ -220,12 +220,6 @@ fn json_reply<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
     warp::reply::with_status(warp::reply::json(v), status).into_response()
 }
 
-/// [`etagged`] for a wire type.
-fn etagged_json<T: serde::Serialize>(v: &T, inm: Option<&str>) -> Result<Response, Problem> {
-    let body = serde_json::to_string(v).map_err(|_| Problem::internal())?;
-    Ok(etagged(body, inm))
-}
-
 /// Decodes a row (JSON from PostgreSQL or the cache) into its wire type: the type's
 /// fields are what goes over the wire. A row that does not fit is our fault (500).
 fn typed<T: serde::de::DeserializeOwned>(doc: Value) -> Result<T, Problem> {
