@@ -24,8 +24,8 @@ const DP_USER: &str = "edumind-dp";
 fn dp_acl(password: &str) -> String {
     format!(
         "user {DP_USER} on >{password} ~edumind:* resetchannels -@all +get +set +psetex \
-         +getex +del +pexpire +evalsha +eval +script|load +scan +ping +role +wait \
-         +cluster|nodes"
+         +getex +hget +hmget +hset +hlen +del +pexpire +evalsha +eval +script|load +scan \
+         +ping +role +wait +cluster|nodes"
     )
 }
 
