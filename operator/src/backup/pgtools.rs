@@ -269,6 +269,12 @@ impl RunningDump {
     }
 }
 
+/// How long a streaming verifier may go without reading (or, after the archive's end,
+/// without exiting) before it is killed and the archive counted as damaged. `pg_restore`
+/// can spin for ever on some damaged archives read from a pipe (seen: an altered stored
+/// dump kept it at full CPU for over ten minutes after its input had ended).
+const VERIFIER_STALL: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A `pg_restore` reading an archive from its standard input to the end (see
 /// [`PgTools::spawn_verifier`]).
 pub struct StreamVerifier {
@@ -287,37 +293,64 @@ impl StreamVerifier {
     ) -> Result<usize, BackupError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stdin = self.stdin.take();
-        let mut stderr = self.stderr.take();
-        let feed = async {
-            let mut unread = false;
-            while let Some(chunk) = chunks.recv().await {
-                let Some(pipe) = stdin.as_mut() else {
-                    // pg_restore stopped reading: drain, so the sender never waits.
-                    unread = true;
-                    continue;
-                };
-                if pipe.write_all(&chunk).await.is_err() {
-                    stdin = None;
-                    unread = true;
-                }
-            }
-            // End of input: pg_restore sees EOF.
-            drop(stdin);
-            unread
-        };
-        let log = async {
+        let stderr = self.stderr.take();
+        // stderr is read to its end in its own task: it ends only when pg_restore exits,
+        // and a pg_restore that never exits must not hold this function.
+        let log = tokio::spawn(async move {
             let mut text = Vec::new();
-            if let Some(pipe) = stderr.as_mut() {
+            if let Some(mut pipe) = stderr {
                 let _ = pipe.read_to_end(&mut text).await;
             }
             String::from_utf8_lossy(&text).into_owned()
+        });
+        let mut stalled = false;
+        let mut unread = false;
+        while let Some(chunk) = chunks.recv().await {
+            let Some(pipe) = stdin.as_mut() else {
+                // pg_restore stopped reading: drain, so the sender never waits.
+                unread = true;
+                continue;
+            };
+            match tokio::time::timeout(VERIFIER_STALL, pipe.write_all(&chunk)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    stdin = None;
+                    unread = true;
+                }
+                // pg_restore has stopped reading without exiting (it can spin on a
+                // damaged archive read from a pipe): stop feeding it.
+                Err(_) => {
+                    stdin = None;
+                    unread = true;
+                    stalled = true;
+                }
+            }
+        }
+        // End of input: pg_restore sees EOF.
+        drop(stdin);
+        let status = if stalled {
+            None
+        } else {
+            // After its input ends pg_restore has at most a pipe's worth left to read:
+            // one that has not exited by then is spinning on a damaged archive.
+            tokio::time::timeout(VERIFIER_STALL, self.child.wait())
+                .await
+                .ok()
         };
-        let (unread, log) = tokio::join!(feed, log);
-        let status = self
-            .child
-            .wait()
-            .await
-            .map_err(|e| BackupError::Tools(format!("cannot run pg_restore: {e}")))?;
+        let status = match status {
+            Some(status) => {
+                status.map_err(|e| BackupError::Tools(format!("cannot run pg_restore: {e}")))?
+            }
+            None => {
+                let _ = self.child.kill().await;
+                log.abort();
+                return Err(BackupError::Corrupt(format!(
+                    "pg_restore (full read) made no progress for {} s: the archive is damaged",
+                    VERIFIER_STALL.as_secs()
+                )));
+            }
+        };
+        let log = log.await.unwrap_or_default();
         // The verbose progress lines are noise in an error; keep what pg_restore objected to.
         let errors = || {
             let lines: Vec<&str> = log
