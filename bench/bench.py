@@ -231,6 +231,17 @@ def units_of(entries):
     return [u for u in units if not any(b in s for s, _ in u for b in BACKGROUND)]
 
 
+def pgbench_safe(sql):
+    """pgbench reads `:name` as a variable even inside string literals, so a captured
+    `to_char(…, 'HH24:MI:SS')` fails with "undefined variable MI". Inside single-quoted
+    literals a colon before a name is doubled (pgbench skips `::`): the statement does the
+    same work, its timestamps print `12::30::00`."""
+    parts = sql.split("'")
+    for i in range(1, len(parts), 2):
+        parts[i] = re.sub(r":(?=[A-Za-z_])", "::", parts[i])
+    return "'".join(parts)
+
+
 def capture(log_dir, psql_cmd_json, curl_cmd_json, out_prefix):
     """Turns PostgreSQL statement logging on, makes the request once, turns it off, and
     writes the request's SQL as a pgbench script (parameters as pgbench variables, so
@@ -274,7 +285,7 @@ def capture(log_dir, psql_cmd_json, curl_cmd_json, out_prefix):
                 defines.append(f"{var}={v}")
                 text = re.sub(rf"\${n}(?!\d)", f":{var}", text)
                 lit = re.sub(rf"\${n}(?!\d)", "'" + v.replace("'", "''") + "'", lit)
-        script.append(text + ";")
+        script.append(pgbench_safe(text) + ";")
         readable.append(lit + ";")
     open(out_prefix + ".sql", "w").write("\n".join(script) + "\n")
     open(out_prefix + ".literal.sql", "w").write("\n".join(readable) + "\n")

@@ -339,7 +339,7 @@ if [ "$EXTRA" = 1 ]; then
         say "fleet: dataplane/tests/fleet_bench.rs prints no BENCH line (not measured)"
     elif [ -f dataplane/tests/fleet_bench.rs ]; then
         say "fleet: cargo test -p edumind-dataplane --release --test fleet_bench"
-        cargo test -p edumind-dataplane --release --test fleet_bench -- --ignored --nocapture \
+        timeout 1200 cargo test -p edumind-dataplane --release --locked --test fleet_bench -- --ignored --nocapture \
             2>&1 | tee "$WORK/fleet.log" | grep '^BENCH ' >>"$RESULTS" || say "fleet_bench printed no BENCH line"
     else
         say "fleet: dataplane/tests/fleet_bench.rs is absent (not measured)"
@@ -349,7 +349,7 @@ if [ "$EXTRA" = 1 ]; then
         say "backup: operator/benches/backup_throughput.rs prints no BENCH line yet (not measured)"
     elif [ -f operator/benches/backup_throughput.rs ]; then
         say "backup: cargo bench -p edumind-operator --bench backup_throughput"
-        cargo bench -p edumind-operator --bench backup_throughput \
+        timeout 1200 cargo bench -p edumind-operator --locked --bench backup_throughput \
             2>&1 | tee "$WORK/backup.log" | grep '^BENCH ' >>"$RESULTS" || say "backup_throughput printed no BENCH line"
     else
         say "backup: operator/benches/backup_throughput.rs is absent (not measured)"
