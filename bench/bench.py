@@ -463,8 +463,12 @@ def report(results_file, meta_file, out_dir):
 
 
 def row(x):
-    ok = check(x.get("target"), x.get("ratio"), x.get("value"), x.get("p99_ms"))
-    met = {True: "yes", False: "**no**", None: "–"}[ok]
+    if "baseline" in x and x.get("ratio") is None:
+        # A ratio target whose baseline failed is not measured, never "met" by the value.
+        ok, met = None, "baseline failed: not measured"
+    else:
+        ok = check(x.get("target"), x.get("ratio"), x.get("value"), x.get("p99_ms"))
+        met = {True: "yes", False: "**no**", None: "–"}[ok]
     unit = x.get("unit", "")
     val = f"{fmt(x.get('value'))} {unit}" if x.get("value") is not None else "–"
     base = x.get("baseline")
