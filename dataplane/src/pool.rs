@@ -8,8 +8,10 @@
 //! * **Budget**: a server never sees more than `server_budget` connections from this
 //!   process, whatever the number of tenants.
 //! * **Lazy**: a tenant's first connection opens on its first request.
-//! * **Stealing**: when the budget is spent, an idle connection of another tenant on the
-//!   same server is closed to free its permit, so idle tenants never starve busy ones.
+//! * **Stealing**: when the budget is spent, the connection idle longest on the same
+//!   server (whichever tenant it belongs to) is closed to free its permit, so idle tenants
+//!   never starve busy ones. Each server keeps its idle connections in one LRU queue, so
+//!   finding that connection costs O(1) amortised, not a scan of every tenant.
 //! * **Fairness**: one tenant holds at most `per_tenant_max` connections.
 //! * **Idle close / capped cache**: a reaper closes connections idle longer than
 //!   `idle_timeout` and drops tenant entries beyond `max_cached_tenants`.
@@ -43,7 +45,7 @@
 //!   cannot hold the budget forever. So the budget never counts fewer connections than
 //!   the server does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -133,8 +135,43 @@ struct Server {
     exiting: Mutex<Vec<Exiting>>,
     /// Whether a watcher task is checking `exiting`.
     watching: AtomicBool,
-    /// The manager, for the watcher to borrow an idle connection of this server.
-    manager: Weak<Inner>,
+    /// Every idle connection of this server, oldest first (see [`Lru`]).
+    lru: Mutex<Lru>,
+}
+
+/// A server's idle connections in the order they became idle, across all its tenants:
+/// stealing takes the front (the longest idle), the exit watcher borrows from the back
+/// (the most recently used), both in amortised O(1) whatever the number of tenants.
+///
+/// Each idle connection gets a sequence number when it is pushed onto its tenant's idle
+/// list, and one entry here. An entry whose connection has since left the idle list
+/// (reused, reaped, its tenant retired) is stale: skipped and dropped when met at either
+/// end, and removed in bulk when the queue has grown to twice its size after the last
+/// compaction, so the queue stays within a constant factor of the idle connections and
+/// every entry costs O(1) amortised work. Lock order: `lru`, then a tenant's `idle`.
+#[derive(Default)]
+struct Lru {
+    queue: VecDeque<(u64, Weak<TenantPool>)>,
+    next: u64,
+    compact_at: usize,
+}
+
+impl Lru {
+    /// Minimum queue length before a compaction is considered.
+    const COMPACT_MIN: usize = 64;
+
+    /// Whether the entry `(seq, pool)` still stands for an idle connection.
+    fn live(seq: u64, pool: &Weak<TenantPool>) -> Option<Arc<TenantPool>> {
+        let pool = pool.upgrade()?;
+        let found = lock(&pool.idle).iter().any(|i| i.seq == seq);
+        found.then_some(pool)
+    }
+
+    fn compact(&mut self) {
+        self.queue
+            .retain(|(seq, pool)| Self::live(*seq, pool).is_some());
+        self.compact_at = 2 * self.queue.len() + Self::COMPACT_MIN;
+    }
 }
 
 /// A closed connection's permit, held until its backend is seen to have exited.
@@ -145,6 +182,59 @@ struct Exiting {
 }
 
 impl Server {
+    /// Closes the connection idle longest on this server (to free its permit for a
+    /// waiting tenant); `false` when there is none.
+    fn close_oldest_idle(&self) -> bool {
+        let victim = {
+            let mut lru = lock(&self.lru);
+            loop {
+                let Some((seq, pool)) = lru.queue.pop_front() else {
+                    return false;
+                };
+                let Some(pool) = pool.upgrade() else {
+                    continue;
+                };
+                let mut idle = lock(&pool.idle);
+                if let Some(pos) = idle.iter().position(|i| i.seq == seq) {
+                    break idle.remove(pos);
+                }
+            }
+        };
+        drop(victim); // closes it in the background; the permit follows the backend's exit
+        true
+    }
+
+    /// Takes the most recently used idle connection of this server (with a slot of its
+    /// tenant, so fairness holds while it is borrowed), for the exit watcher's check.
+    fn borrow_idle(&self) -> Option<(Arc<TenantPool>, OwnedSemaphorePermit, Idle)> {
+        let mut lru = lock(&self.lru);
+        loop {
+            let (seq, weak) = lru.queue.back()?.clone();
+            let Some(pool) = weak
+                .upgrade()
+                .filter(|p| !p.retired.load(Ordering::Acquire))
+            else {
+                lru.queue.pop_back();
+                continue;
+            };
+            let taken = {
+                let mut idle = lock(&pool.idle);
+                match idle.iter().position(|i| i.seq == seq) {
+                    None => None,
+                    Some(pos) => {
+                        // Its tenant is at its limit: leave the connection where it is.
+                        let slot = pool.slots.clone().try_acquire_owned().ok()?;
+                        Some((slot, idle.remove(pos)))
+                    }
+                }
+            };
+            lru.queue.pop_back();
+            if let Some((slot, idle)) = taken {
+                return Some((pool, slot, idle));
+            }
+        }
+    }
+
     /// Frees a permit of a closed connection.
     fn release(&self, permit: OwnedSemaphorePermit) {
         drop(permit);
@@ -222,8 +312,7 @@ impl Server {
     /// server borrowed for one statement; `None` when there is none to borrow or the
     /// check failed.
     async fn check(&self, pids: &[i32]) -> Option<Vec<i32>> {
-        let inner = self.manager.upgrade()?;
-        let (pool, slot, idle) = inner.borrow_idle(&self.key)?;
+        let (pool, slot, idle) = self.borrow_idle()?;
         let mut open = idle.open;
         let checked = epoch();
         let conn = open.conn.as_mut()?;
@@ -236,13 +325,7 @@ impl Server {
         .await;
         match res {
             Ok(Ok(alive)) => {
-                if !pool.retired.load(Ordering::Acquire) {
-                    lock(&pool.idle).push(Idle {
-                        open,
-                        since: idle.since,
-                        epoch: checked,
-                    });
-                }
+                pool.push_idle(open, idle.since, checked);
                 drop(slot);
                 Some(alive)
             }
@@ -327,6 +410,8 @@ struct Idle {
     since: Instant,
     /// The failure epoch in which this connection last worked.
     epoch: u64,
+    /// Its place in its server's [`Lru`].
+    seq: u64,
 }
 
 struct TenantPool {
@@ -343,6 +428,35 @@ impl TenantPool {
     fn in_use(&self) -> usize {
         self.per_tenant_max - self.slots.available_permits()
     }
+
+    /// Puts a working connection on the idle list (closes it instead when the tenant has
+    /// been retired) and at the back of its server's LRU queue.
+    fn push_idle(self: &Arc<Self>, open: Open, since: Instant, epoch: u64) {
+        let mut lru = lock(&self.server.lru);
+        {
+            let mut idle = lock(&self.idle);
+            // Checked under the idle lock: `retire` clears the list under it too, so a
+            // retired tenant can never keep a connection.
+            if self.retired.load(Ordering::Acquire) {
+                drop(idle);
+                drop(lru);
+                drop(open);
+                return;
+            }
+            let seq = lru.next;
+            lru.next += 1;
+            idle.push(Idle {
+                open,
+                since,
+                epoch,
+                seq,
+            });
+            lru.queue.push_back((seq, Arc::downgrade(self)));
+        }
+        if lru.queue.len() > lru.compact_at {
+            lru.compact();
+        }
+    }
 }
 
 struct Inner {
@@ -352,34 +466,6 @@ struct Inner {
     opened: AtomicU64,
     /// Where acquire waits and timeouts are counted (`None` in tests that need no metrics).
     metrics: Option<Arc<crate::metrics::Metrics>>,
-}
-
-impl Inner {
-    /// Takes the most recently used idle connection of `server_key` (with a slot of its
-    /// tenant, so fairness holds while it is borrowed), for the exit watcher's check.
-    fn borrow_idle(
-        &self,
-        server_key: &str,
-    ) -> Option<(Arc<TenantPool>, OwnedSemaphorePermit, Idle)> {
-        let tenants: Vec<Arc<TenantPool>> = lock(&self.tenants)
-            .values()
-            .filter(|p| p.server.key == server_key && !p.retired.load(Ordering::Acquire))
-            .cloned()
-            .collect();
-        let mut best: Option<(Instant, Arc<TenantPool>)> = None;
-        for p in tenants {
-            let since = lock(&p.idle).last().map(|i| i.since);
-            if let Some(since) = since
-                && best.as_ref().is_none_or(|(b, _)| since > *b)
-            {
-                best = Some((since, p));
-            }
-        }
-        let (_, pool) = best?;
-        let slot = pool.slots.clone().try_acquire_owned().ok()?;
-        let idle = lock(&pool.idle).pop()?;
-        Some((pool, slot, idle))
-    }
 }
 
 /// Hands out tenant connections within the per-server budgets. Cheap to clone.
@@ -436,11 +522,7 @@ impl Drop for PooledConn {
         }
         let queued = open.conn.as_ref().is_some_and(|c| c.should_flush());
         if !queued && self.epoch == epoch() {
-            lock(&self.pool.idle).push(Idle {
-                open,
-                since: Instant::now(),
-                epoch: self.epoch,
-            });
+            self.pool.push_idle(open, Instant::now(), self.epoch);
             return;
         }
         // Either a transaction was dropped without commit or rollback (sqlx only queued
@@ -455,14 +537,7 @@ impl Drop for PooledConn {
             let mut open = open;
             let checked = epoch();
             match open.ping().await {
-                Ok(()) if !pool.retired.load(Ordering::Acquire) => {
-                    lock(&pool.idle).push(Idle {
-                        open,
-                        since: Instant::now(),
-                        epoch: checked,
-                    });
-                }
-                Ok(()) => {}
+                Ok(()) => pool.push_idle(open, Instant::now(), checked),
                 Err(e) => {
                     if is_connection_error(&e) {
                         note_connection_failure();
@@ -515,7 +590,7 @@ impl PoolManager {
                     closing: std::sync::atomic::AtomicUsize::new(0),
                     exiting: Mutex::new(Vec::new()),
                     watching: AtomicBool::new(false),
-                    manager: Arc::downgrade(&self.inner),
+                    lru: Mutex::new(Lru::default()),
                 })
             })
             .clone()
@@ -639,7 +714,7 @@ impl PoolManager {
         loop {
             // A close in progress returns its permit shortly: steal only when none is.
             if server.closing.load(Ordering::Acquire) == 0 {
-                self.close_oldest_idle(&server.key);
+                server.close_oldest_idle();
             }
             let tick = (Instant::now() + Duration::from_millis(10)).min(deadline);
             tokio::select! {
@@ -651,34 +726,6 @@ impl PoolManager {
                     }
                 }
             }
-        }
-    }
-
-    fn close_oldest_idle(&self, server_key: &str) -> bool {
-        let tenants: Vec<Arc<TenantPool>> = lock(&self.inner.tenants)
-            .values()
-            .filter(|p| p.server.key == server_key)
-            .cloned()
-            .collect();
-        let mut oldest: Option<(Instant, Arc<TenantPool>)> = None;
-        for p in tenants {
-            let since = lock(&p.idle).first().map(|i| i.since);
-            if let Some(since) = since
-                && oldest.as_ref().is_none_or(|(o, _)| since < *o)
-            {
-                oldest = Some((since, p));
-            }
-        }
-        match oldest {
-            Some((_, p)) => {
-                let mut idle = lock(&p.idle);
-                if idle.is_empty() {
-                    return false;
-                }
-                drop(idle.remove(0));
-                true
-            }
-            None => false,
         }
     }
 

@@ -162,3 +162,94 @@ async fn budget_exhausted_is_503_with_retry_after() {
         .await;
     assert_eq!(s, 200, "the idle connection of B is stolen for A");
 }
+
+/// Stealing takes the connection idle longest on the server, whichever tenant holds it,
+/// and a reused connection becomes the most recently used (the per-server LRU).
+#[tokio::test]
+async fn the_longest_idle_connection_is_the_one_stolen() {
+    use edumind_dataplane::config::PoolSettings;
+    use edumind_dataplane::pool::{APPLICATION_NAME, PoolManager};
+
+    let pg = edumind_tests::postgres().await;
+    let db = pg.migrated_database().await;
+    let password = edumind_tests::random_token(20);
+    let mut admin = pg.admin().await;
+    let tag = &Uuid::new_v4().simple().to_string()[..8];
+    let names: Vec<String> = (0..5).map(|i| format!("lru_{tag}_{i}")).collect();
+    for name in &names {
+        exec(
+            &mut admin,
+            format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"),
+        )
+        .await;
+    }
+    let tenants: Vec<Tenant> = names
+        .iter()
+        .map(|name| Tenant {
+            tls: None,
+            id: TenantId::School(Uuid::new_v4()),
+            code: None,
+            host: pg.host.clone(),
+            port: pg.port,
+            dbname: db.name.clone(),
+            username: name.clone(),
+            password: Secret::new(password.clone()),
+        })
+        .collect();
+    let pools = PoolManager::new(PoolSettings {
+        server_budget: 3,
+        per_tenant_max: 1,
+        acquire_timeout_ms: 20_000,
+        idle_timeout_secs: 600,
+        max_cached_tenants: 100,
+        connect_timeout_ms: 20_000,
+    });
+    // The roles whose connections PostgreSQL holds for us, once it settles on `want`.
+    let holders = |want: Vec<usize>| {
+        let want: Vec<String> = want.into_iter().map(|i| names[i].clone()).collect();
+        let pg = &pg;
+        async move {
+            let mut c = pg.admin().await;
+            let mut seen = Vec::new();
+            for _ in 0..200 {
+                seen = sqlx::query_scalar::<_, String>(
+                    "SELECT usename::text FROM pg_stat_activity WHERE application_name = $1 \
+                     ORDER BY 1",
+                )
+                .bind(APPLICATION_NAME)
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+                if seen == want {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert_eq!(seen, want, "connections held on the server");
+        }
+    };
+    let touch = |i: usize| {
+        let (pools, t) = (&pools, &tenants[i]);
+        async move {
+            let mut conn = pools.acquire(t).await.unwrap();
+            let one: i32 = sqlx::query_scalar("SELECT 1")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(one, 1);
+        }
+    };
+    // Idle order after this: 1, 2, 0 (0 was reused last).
+    for i in [0, 1, 2, 0] {
+        touch(i).await;
+    }
+    holders(vec![0, 1, 2]).await;
+    // The budget is spent: tenant 3 steals the longest idle connection, tenant 1's.
+    touch(3).await;
+    holders(vec![0, 2, 3]).await;
+    // Idle order now: 0, 3, then 2 reused: tenant 4 steals tenant 0's.
+    touch(2).await;
+    touch(4).await;
+    holders(vec![2, 3, 4]).await;
+    assert_eq!(pools.opened_total(), 5, "reuse opened nothing");
+}
