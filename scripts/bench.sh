@@ -339,6 +339,9 @@ if [ "$EXTRA" = 1 ]; then
         say "fleet: dataplane/tests/fleet_bench.rs prints no BENCH line (not measured)"
     elif [ -f dataplane/tests/fleet_bench.rs ]; then
         say "fleet: cargo test -p edumind-dataplane --release --test fleet_bench"
+        # Built first, untimed: the timeout bounds the measurement, not a cold release build
+        # (a build inside the timeout left the first full run without any fleet line).
+        cargo test -p edumind-dataplane --release --locked --test fleet_bench --no-run >&2
         timeout 1200 cargo test -p edumind-dataplane --release --locked --test fleet_bench -- --ignored --nocapture \
             2>&1 | tee "$WORK/fleet.log" | grep '^BENCH ' >>"$RESULTS" || say "fleet_bench printed no BENCH line"
     else
@@ -349,6 +352,7 @@ if [ "$EXTRA" = 1 ]; then
         say "backup: operator/benches/backup_throughput.rs prints no BENCH line yet (not measured)"
     elif [ -f operator/benches/backup_throughput.rs ]; then
         say "backup: cargo bench -p edumind-operator --bench backup_throughput"
+        cargo bench -p edumind-operator --locked --bench backup_throughput --no-run >&2
         timeout 1200 cargo bench -p edumind-operator --locked --bench backup_throughput \
             2>&1 | tee "$WORK/backup.log" | grep '^BENCH ' >>"$RESULTS" || say "backup_throughput printed no BENCH line"
     else
