@@ -346,11 +346,67 @@ def parse_redisbench(path):
 
 
 # --------------------------------------------------------------------------- BENCH lines
+def proc_ticks(pid, reaped=False):
+    """utime + stime of one process, in clock ticks (0 when it is gone); with `reaped`,
+    plus the times of its children that have exited and been waited for."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        if reaped:
+            ticks += int(fields[13]) + int(fields[14])
+        return ticks
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def children(pid):
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def cpu(pg, redis, dp, base):
+    """Cumulative CPU seconds of each server. PostgreSQL: the postmaster, its live
+    children (backends, background workers) and the children it has reaped (backends of
+    connections that closed, pgbench's among them)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {
+        "pg": (proc_ticks(int(pg), reaped=True)
+               + sum(proc_ticks(p) for p in children(int(pg)))) / hz,
+        "redis": proc_ticks(int(redis)) / hz,
+        "dp": proc_ticks(int(dp)) / hz,
+        "base": proc_ticks(int(base)) / hz,
+    }
+    print(json.dumps(out))
+
+
+def cpu_per_request(before, after, requests):
+    """Microseconds of CPU per request for each server between two `cpu` samples (only
+    PostgreSQL backends present in both samples are counted)."""
+    if not requests:
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    per = {}
+    for k in ("dp", "redis", "base"):
+        per[k] = round((after[k] - before[k]) * 1e6 / requests, 1)
+    per["pg"] = round(max(after["pg"] - before["pg"], 0) * 1e6 / requests, 1)
+    return per
+
+
+CPU_NAMES = {"dp": "data plane", "redis": "Redis", "pg": "PostgreSQL", "base": "warp baseline"}
+
+
+def describe_cpu(per):
+    parts = [f"{CPU_NAMES[k]} {v:g} µs" for k, v in per.items() if v and v > 0]
+    return ", ".join(parts) if parts else "none measurable"
+
+
 def bench_line(name, unit, baseline_name, target, rounds_file, notes, bkey="b"):
     """rounds_file: JSON lines {"a": {...}, "b": {...}} (a = target, b (or bkey) =
     baseline), one per round, in the order measured."""
-    rounds = [json.loads(l) for l in open(rounds_file) if l.strip()]
-    rounds = [{"a": r["a"], "b": r.get(bkey)} for r in rounds]
+    rounds_raw = [json.loads(l) for l in open(rounds_file) if l.strip()]
+    rounds = [{"a": r["a"], "b": r.get(bkey)} for r in rounds_raw]
 
     def valid(m):
         # A round whose answers were more than 1 % errors measured the errors: not counted.
@@ -379,8 +435,24 @@ def bench_line(name, unit, baseline_name, target, rounds_file, notes, bkey="b"):
     badb = [r["b"].get("non2xx", 0) + r["b"].get("failed", 0) for r in rounds if r.get("b")]
     if any(badb):
         extra.append(f"baseline had {sum(badb)} non-2xx/failed")
+    # CPU per request of each server process, from the rounds that sampled it.
+    cpu_notes = {}
+    for side, label in (("a", "target"), (bkey, "baseline")):
+        for r in rounds_raw:
+            c = r.get(f"cpu_{side}")
+            m = r.get(side) or {}
+            n = m.get("requests") or m.get("transactions")
+            if c and n:
+                per = cpu_per_request(c["before"], c["after"], n)
+                if per:
+                    cpu_notes[label] = per
+                    break
+    if cpu_notes:
+        extra.append("CPU per request on the server core: " + "; ".join(
+            f"{label}: {describe_cpu(per)}" for label, per in cpu_notes.items()))
     line = {
         "name": name, "value": round(value, 1) if value else None, "unit": unit,
+        "cpu_per_request_us": cpu_notes or None,
         "baseline_name": baseline_name, "baseline": round(base, 1) if base else None,
         "ratio": round(value / base, 3) if value and base else None,
         "target": target,
@@ -458,7 +530,7 @@ def report(results_file, meta_file, out_dir):
     for x in others:
         rows.append(row(x))
     chart(lines, os.path.join(out_dir, "ratios.png"))
-    md = render(meta, rows, lines)
+    md = render(meta, rows, lines, profiles=os.path.isdir(os.path.join(out_dir, "profiles")))
     open(os.path.join(out_dir, "README.md"), "w").write(md)
 
 
@@ -529,7 +601,7 @@ def chart(lines, path):
     fig.savefig(path, dpi=100)
 
 
-def render(meta, rows, lines):
+def render(meta, rows, lines, profiles=False):
     m = meta
     out = []
     out.append("# Benchmarks (issue 15)\n")
@@ -554,6 +626,32 @@ def render(meta, rows, lines):
     out.append("|---|---|---|---|---|---|---|---|---|")
     out.extend(rows)
     out.append("")
+    cpu_lines = [l for l in lines if l.get("cpu_per_request_us")]
+    if cpu_lines:
+        out.append("## Where the server core's time goes\n")
+        out.append(
+            "Every server (PostgreSQL, Redis, the data plane, the warp baseline) shares the "
+            "pinned server CPU set, so a target's throughput is bounded by the CPU all of "
+            "them spend per request: 1 s / (sum of the µs below) per core. Sampled from "
+            "`/proc/<pid>/stat` (user + system time; PostgreSQL with its backends, live and "
+            "exited) around the first round of each side."
+            + (" The hottest data plane symbols of each target are in [profiles/](profiles/) "
+               "(`perf record` during one extra round)." if profiles else "") + "\n")
+        out.append("| what | target: µs CPU per request | bound on one core | baseline: µs CPU per request | bound on one core |")
+        out.append("|---|---|---|---|---|")
+        for l in cpu_lines:
+            c = l["cpu_per_request_us"]
+            cells = []
+            for side in ("target", "baseline"):
+                per = c.get(side)
+                if not per:
+                    cells += ["–", "–"]
+                    continue
+                total = sum(v for v in per.values() if v and v > 0)
+                cells.append(f"{total:.0f} ({describe_cpu(per)})")
+                cells.append(f"{1e6 / total:,.0f} req/s" if total else "–")
+            out.append(f"| {l['name']} | " + " | ".join(cells) + " |")
+        out.append("")
     out.append("## What each line measures\n")
     out.append(
         "- **cache-hit-\\***: `GET` of a cached reply (roster, course questions, assessment) "
@@ -586,8 +684,9 @@ def render(meta, rows, lines):
                "the release binaries, starts its own PostgreSQL and Redis on free loopback "
                "ports in a temporary directory (removed on exit, Ctrl-C included), provisions "
                "one school with `edumind-local`, loads data through the API, runs every pair "
-               "and rewrites this page, `ratios.png`, `results.txt` (every BENCH line) and "
-               "`sql/`. Other work on the machine shows in the load average above; compare "
+               "and rewrites this page, `ratios.png`, `results.txt` (every BENCH line), "
+               "`sql/` and `profiles/` (`perf` installed; `BENCH_PROFILE=0` skips them). "
+               "Other work on the machine shows in the load average above; compare "
                "ratios, not absolute figures, between runs.\n")
     return "\n".join(out) + "\n"
 
@@ -606,6 +705,8 @@ def main():
         print(json.dumps(parse_redisbench(args[0])))
     elif cmd == "line":
         bench_line(*args)
+    elif cmd == "cpu":
+        cpu(*args)
     elif cmd == "report":
         report(*args)
     else:

@@ -16,7 +16,9 @@
 #   bash scripts/bench.sh            full run (3 rounds of 8 s per side; ~10-15 min on 2 cores)
 #   bash scripts/bench.sh --quick    smoke run (2 rounds of 2 s; fleet/backup programs skipped)
 # Environment: BENCH_ROUNDS, BENCH_DURATION (s), BENCH_CONNECTIONS (50), BENCH_EXTRA=0|1
-# (run the fleet/backup programs), BENCH_OUT (docs/benchmarks).
+# (run the fleet/backup programs), BENCH_PROFILE=0|1 (perf profiles of the data plane, on
+# by default in a full run when perf is installed), BENCH_OUT (docs/benchmarks).
+# Every pair also records the CPU each server process spent per request (from /proc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -119,11 +121,13 @@ $SRV $AS_PG "$PGBIN/postgres" -D "$WORK/pg/data" -p "$PGPORT" -k "$WORK/pg" \
     -c max_locks_per_transaction=256 -c log_min_messages=warning \
     -c logging_collector=on -c log_destination=jsonlog -c log_directory="$WORK/pg/log" \
     -c log_filename=pg.log >"$WORK/pg/stdout" 2>&1 &
+PG_PID=$!
 PIDS+=($!)
 REDISPORT=$(free_port)
 # shellcheck disable=SC2086
 $SRV redis-server --port "$REDISPORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$WORK/redis" --daemonize no >"$WORK/redis/log" 2>&1 &
+REDIS_PID=$!
 PIDS+=($!)
 for _ in $(seq 1 100); do
     "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && redis-cli -p "$REDISPORT" ping >/dev/null 2>&1 && break
@@ -195,6 +199,7 @@ EOF
 chmod 600 "$WORK/dp.toml"
 # shellcheck disable=SC2086
 $SRV "$BIN/edumind-dataplane" --config "$WORK/dp.toml" >"$WORK/dp.log" 2>&1 &
+DP_PID=$!
 PIDS+=($!)
 BASE="http://127.0.0.1:$DPPORT"
 say "data plane on $BASE; loading data through the API"
@@ -208,6 +213,7 @@ S_ROSTER=$(size roster); S_QUESTIONS=$(size questions); S_ASSESSMENT=$(size asse
 # shellcheck disable=SC2086
 $SRV "$BIN/edumind-bench-baseline" --listen "127.0.0.1:$BASEPORT" \
     --size "$S_ROSTER" --size "$S_QUESTIONS" --size "$S_ASSESSMENT" >"$WORK/baseline.log" 2>&1 &
+BASE_PID=$!
 PIDS+=($!)
 for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$BASEPORT/hello" >/dev/null && break; sleep 0.1; done
 
@@ -254,6 +260,28 @@ redis_run() { # SIZE -> JSON
         >"$WORK/rb.csv" 2>/dev/null || true
     $PY redisbench "$WORK/rb.csv"
 }
+cpu_sample() { # -> JSON: cumulative CPU seconds of each server process
+    $PY cpu "$PG_PID" "$REDIS_PID" "$DP_PID" "$BASE_PID"
+}
+# BENCH_PROFILE=1 (the default in a full run when perf is present): one more round of the
+# target under `perf record` on the data plane; the hottest symbols go to profiles/NAME.txt.
+PROFILE=${BENCH_PROFILE:-$([ "$MODE" = full ] && command -v perf >/dev/null 2>&1 && echo 1 || echo 0)}
+mkdir -p "$WORK/profiles"
+profile_round() { # NAME LUA URL
+    [ "$PROFILE" = 1 ] || return 0
+    perf record -q -F 999 -g -o "$WORK/perf-$1.data" -p "$DP_PID" -- sleep "$DUR" >/dev/null 2>&1 &
+    local perf_pid=$!
+    wrk_run "$DUR" "$2" "$3" >/dev/null
+    wait "$perf_pid" 2>/dev/null || true
+    {
+        echo "# perf profile of the data plane during one extra ${DUR}-second round of $1"
+        echo "# (perf record -F 999 -g -p <data plane>; perf report --no-children --sort dso,symbol)"
+        perf report -i "$WORK/perf-$1.data" --stdio --no-children --sort dso,symbol \
+            --percent-limit 0.5 -g none 2>/dev/null | grep '%' | sed -E 's/ {2,}/  /g; s/[ -]+$//' | head -60
+    } >"$WORK/profiles/$1.txt" || true
+    rm -f "$WORK/perf-$1.data"
+}
+
 check_nonempty() { # JSON NAME
     python3 -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(0 if d.get("rps") else 1)' "$1" \
         || { say "measurement of $2 failed: $1"; return 1; }
@@ -268,13 +296,17 @@ cache_hit() {
     wrk_run "$WARM" "$WORK/teacher.lua" "http://127.0.0.1:$BASEPORT/bytes/$size" >/dev/null
     : >"$rounds"
     for r in $(seq 1 "$ROUNDS"); do
+        c0=$(cpu_sample)
         a=$(wrk_run "$DUR" "$WORK/teacher.lua" "$url")
+        c1=$(cpu_sample)
         b=$(wrk_run "$DUR" "$WORK/teacher.lua" "http://127.0.0.1:$BASEPORT/bytes/$size")
+        c2=$(cpu_sample)
         c=$(redis_run "$size")
         check_nonempty "$a" "$name" || true; check_nonempty "$b" "$name baseline" || true
-        echo "{\"a\": $a, \"b\": $b, \"c\": $c}" >>"$rounds"
+        echo "{\"a\": $a, \"b\": $b, \"c\": $c, \"cpu_a\": {\"before\": $c0, \"after\": $c1}, \"cpu_b\": {\"before\": $c1, \"after\": $c2}}" >>"$rounds"
         say "  round $r: $(echo "$a" | cut -c1-60) | warp $(echo "$b" | cut -c1-40)"
     done
+    profile_round "$name" "$WORK/teacher.lua" "$url"
     $PY line "$name" "req/s" "warp, same ${size} bytes from memory" ">= 0.5, p99 <= 10 ms" \
         "$rounds" "${size}-byte body; teacher token; ratio = value/baseline" b >>"$RESULTS"
     $PY line "redis-get-$key" "req/s" "redis-benchmark GET, ${size}-byte value" "" \
@@ -300,12 +332,16 @@ vs_pgbench() {
     pgb_run "$WARM" "$name" >/dev/null
     : >"$rounds"
     for r in $(seq 1 "$ROUNDS"); do
+        c0=$(cpu_sample)
         a=$(wrk_run "$DUR" "$lua" "$url")
+        c1=$(cpu_sample)
         b=$(pgb_run "$DUR" "$name")
+        c2=$(cpu_sample)
         check_nonempty "$a" "$name" || true; check_nonempty "$b" "$name pgbench" || true
-        echo "{\"a\": $a, \"b\": $b}" >>"$rounds"
+        echo "{\"a\": $a, \"b\": $b, \"cpu_a\": {\"before\": $c0, \"after\": $c1}, \"cpu_b\": {\"before\": $c1, \"after\": $c2}}" >>"$rounds"
         say "  round $r: $(echo "$a" | cut -c1-60) | pgbench $(echo "$b" | cut -c1-40)"
     done
+    profile_round "$name" "$lua" "$url"
     $PY line "$name" "req/s" "the same SQL as a pgbench transaction (tps)" "$target" \
         "$rounds" "$notes" b >>"$RESULTS"
 }
@@ -366,6 +402,11 @@ fi
 ELAPSED=$(( $(date +%s) - STARTED ))
 mkdir -p "$OUT/sql"
 cp "$RESULTS" "$OUT/results.txt"
+rm -rf "$OUT/profiles"
+if ls "$WORK"/profiles/*.txt >/dev/null 2>&1; then
+    mkdir -p "$OUT/profiles"
+    cp "$WORK"/profiles/*.txt "$OUT/profiles/"
+fi
 for f in "$WORK"/sql/*.literal.sql; do cp "$f" "$OUT/sql/$(basename "$f" .literal.sql).sql"; done
 python3 - "$WORK/meta.json" <<EOF
 import json, subprocess, sys
