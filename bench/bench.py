@@ -530,7 +530,8 @@ def report(results_file, meta_file, out_dir):
     for x in others:
         rows.append(row(x))
     chart(lines, os.path.join(out_dir, "ratios.png"))
-    md = render(meta, rows, lines, profiles=os.path.isdir(os.path.join(out_dir, "profiles")))
+    md = render(meta, rows, lines, profiles=os.path.isdir(os.path.join(out_dir, "profiles")),
+                analysis=os.path.isfile(os.path.join(out_dir, "analysis.md")))
     open(os.path.join(out_dir, "README.md"), "w").write(md)
 
 
@@ -601,7 +602,7 @@ def chart(lines, path):
     fig.savefig(path, dpi=100)
 
 
-def render(meta, rows, lines, profiles=False):
+def render(meta, rows, lines, profiles=False, analysis=False):
     m = meta
     out = []
     out.append("# Benchmarks (issue 15)\n")
@@ -622,6 +623,10 @@ def render(meta, rows, lines, profiles=False):
                "(server_budget 50, per_tenant_max 5).")
     out.append(f"- **Bodies measured:** {m['sizes']}\n")
     out.append("![ratios against their targets](ratios.png)\n")
+    if analysis:
+        out.append("Why each target not met is not met, from the CPU table and the profiles "
+                   "below: [analysis.md](analysis.md) (written by hand after the run it "
+                   "names).\n")
     out.append("| what | value | baseline (same run) | ratio | target | met? | p99 | rounds (A/B) | notes |")
     out.append("|---|---|---|---|---|---|---|---|---|")
     out.extend(rows)

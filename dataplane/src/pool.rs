@@ -629,7 +629,7 @@ impl PoolManager {
         let started = Instant::now();
         let result = self
             .acquire_unobserved(tenant)
-            .instrument(tracing::info_span!("pool.acquire"))
+            .instrument(tracing::debug_span!("pool.acquire"))
             .await;
         if let Some(m) = &self.inner.metrics {
             let timed_out = matches!(result, Err(PoolError::Busy));

@@ -80,7 +80,7 @@ fn principal(s: &SharedState) -> impl Filter<Extract = (Who,), Error = Infallibl
                 crate::access::verify_member(&s, &p).await?;
                 Ok(p)
             }
-            .instrument(tracing::info_span!("authenticate"))
+            .instrument(tracing::debug_span!("authenticate"))
         })
 }
 
@@ -246,7 +246,7 @@ struct Scope {
 
 fn scope(s: &SharedState, who: Who, tenant: &str) -> Result<Scope, Problem> {
     let p = who.map_err(Problem::from)?;
-    let (tenant, access) = tracing::info_span!("resolve_tenant", tenant)
+    let (tenant, access) = tracing::debug_span!("resolve_tenant", tenant)
         .in_scope(|| resolve(&s.directory, &p, tenant))?;
     tracing::Span::current().record("tenant", tracing::field::display(&tenant.id));
     Ok(Scope { p, tenant, access })
@@ -297,7 +297,7 @@ async fn in_scoped_tx<T>(
         tx.commit().await.map_err(db_problem)?;
         Ok(out)
     }
-    .instrument(tracing::info_span!("db.transaction"))
+    .instrument(tracing::debug_span!("db.transaction"))
     .await
 }
 
@@ -349,7 +349,7 @@ where
     // A row whose `doc` is NULL ("no such parent") is "nothing", like no row.
     let q = q
         .fetch_optional(&mut *conn)
-        .instrument(tracing::info_span!("db.statement"))
+        .instrument(tracing::debug_span!("db.statement"))
         .await
         .map_err(db_problem)?;
     Ok(q.flatten())

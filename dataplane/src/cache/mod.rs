@@ -344,7 +344,7 @@ impl Cache {
             let (k, v, ms) = (key.to_owned(), encode(v), ttl.as_millis() as u64);
             let _ = self
                 .run(|mut c| async move { c.pset_ex::<_, _, ()>(k, v, ms).await })
-                .instrument(tracing::info_span!("cache.set"))
+                .instrument(tracing::debug_span!("cache.set"))
                 .await;
         }
         self.land(key, &flight);
@@ -375,7 +375,7 @@ impl Cache {
     async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
         let k = key.to_owned();
         self.run(|mut c| async move { c.get::<_, Option<String>>(k).await })
-            .instrument(tracing::info_span!("cache.get"))
+            .instrument(tracing::debug_span!("cache.get"))
             .await
     }
 

@@ -220,7 +220,7 @@ impl Cache {
                     .invoke_async::<i64>(&mut c)
                     .await
             })
-            .instrument(tracing::info_span!("cache.set"))
+            .instrument(tracing::debug_span!("cache.set"))
             .await;
     }
 
@@ -238,7 +238,7 @@ impl Cache {
                     .invoke_async::<i64>(&mut c)
                     .await
             })
-            .instrument(tracing::info_span!("cache.set"))
+            .instrument(tracing::debug_span!("cache.set"))
             .await;
     }
 
@@ -255,7 +255,7 @@ impl Cache {
                         .await,
                 )
             })
-            .instrument(tracing::info_span!("cache.get"))
+            .instrument(tracing::debug_span!("cache.get"))
             .await?;
         Ok(raw.and_then(Stored::decode))
     }
@@ -281,7 +281,7 @@ impl Cache {
                         .map(Some),
                 )
             })
-            .instrument(tracing::info_span!("cache.get"))
+            .instrument(tracing::debug_span!("cache.get"))
             .await?;
         Ok(match got {
             Some((Some(b), _, _)) => (Stored::decode(b), None),
