@@ -115,7 +115,10 @@ macro_rules! scoped {
 
 /// How long a school membership answer stays cached. Changes to the user reach the
 /// cache sooner: the `users` trigger records the key in the outbox (migration
-/// `20261202130000`), and every replica replays it within `outbox::REPLAY_INTERVAL`.
+/// `20261202130000`), and every replica that serves the school replays it within
+/// `outbox::REPLAY_INTERVAL` (2 s) if it read the school in the last round and holds an
+/// idle connection to it, within `outbox::REPLAY_SWEEP` plus one round (32 s) otherwise,
+/// and before its next read if it has not read the school for a sweep.
 pub const MEMBER_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 static MEMBER_CHECK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);

@@ -22,9 +22,24 @@ use crate::pool::PooledConn;
 use crate::state::AppState;
 use crate::tenants::TenantId;
 
-/// How often each process replays the outboxes of the tenants it serves from the cache
-/// (rows of writers that crashed before their delete, and clean-up of delivered rows).
+/// How often each process runs a periodic replay round ([`crate::cache::Cache::replay_known`]):
+/// the tenants it wrote since the last round (clean-up of delivered rows) and the tenants
+/// it read since then that have an idle pooled connection are replayed every round, so
+/// rows of writers that crashed before their delete are replayed within this interval for
+/// them; the other tenants it serves from the cache within [`REPLAY_SWEEP`].
 pub const REPLAY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Every tenant a process read from the cache within this window is replayed at least
+/// once per window, spread evenly over the rounds (least recently replayed first); a
+/// tenant not read within it is forgotten and replayed again before its next read. So a
+/// crashed writer's rows are replayed on every replica that keeps reading the tenant
+/// within this plus one [`REPLAY_INTERVAL`], and idle tenants cost no replay at all.
+pub const REPLAY_SWEEP: Duration = Duration::from_secs(30);
+
+/// [`REPLAY_SWEEP`] in rounds of [`REPLAY_INTERVAL`].
+pub fn sweep_rounds() -> u64 {
+    (REPLAY_SWEEP.as_millis() / REPLAY_INTERVAL.as_millis().max(1)).max(1) as u64
+}
 
 /// Rows read per replay round.
 pub const BATCH: i64 = 1000;
@@ -55,6 +70,11 @@ pub trait TenantOutbox: Send + Sync {
         tenant: &'a str,
         ids: Vec<i64>,
     ) -> BoxFuture<'a, Result<(), String>>;
+    /// Whether a replay of `tenant` would find an idle connection (no connect needed).
+    /// Cheap, never waits. Without a pool: false.
+    fn connected(&self, _tenant: &str) -> bool {
+        false
+    }
 }
 
 static RECORDING: AtomicBool = AtomicBool::new(true);
@@ -208,10 +228,17 @@ impl TenantOutbox for DbOutbox {
             delete.await.map_err(|e| e.to_string())
         })
     }
+
+    fn connected(&self, tenant: &str) -> bool {
+        let (Some(state), Ok(id)) = (self.state.upgrade(), tenant.parse::<TenantId>()) else {
+            return false;
+        };
+        state.pools.has_idle(&id)
+    }
 }
 
-/// Replays the outboxes of the tenants this process serves from the cache every
-/// [`REPLAY_INTERVAL`], until shutdown.
+/// Runs a replay round ([`crate::cache::Cache::replay_known`]) every [`REPLAY_INTERVAL`],
+/// until shutdown.
 pub fn spawn_replayer(
     state: Arc<AppState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,

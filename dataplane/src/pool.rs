@@ -850,6 +850,14 @@ impl PoolManager {
     pub fn opened_total(&self) -> u64 {
         self.inner.opened.load(Ordering::Relaxed)
     }
+
+    /// Whether `id` has an idle connection now (using it needs no connect). Never waits.
+    pub fn has_idle(&self, id: &TenantId) -> bool {
+        let tenants = lock(&self.inner.tenants);
+        tenants
+            .get(id)
+            .is_some_and(|p| !p.retired.load(Ordering::Acquire) && !lock(&p.idle).is_empty())
+    }
 }
 
 fn retire(p: &TenantPool) {

@@ -20,8 +20,11 @@ pub(super) struct Durable {
     /// Changes whenever Redis is seen to go away or come back.
     epoch: AtomicU64,
     redis_up: AtomicBool,
-    /// Tenant → the epoch in which its outbox was last replayed.
-    replayed: Mutex<HashMap<String, u64>>,
+    /// Tenants whose outbox was replayed: in which epoch, and in which periodic round
+    /// they were last read and last replayed (see [`Cache::replay_known`]).
+    replayed: Mutex<HashMap<String, Replayed>>,
+    /// The number of periodic replay rounds started so far (the clock of `Replayed`).
+    round: AtomicU64,
     /// One replay per tenant at a time.
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// After a failed replay, readers go to PostgreSQL without retrying until then.
@@ -31,6 +34,17 @@ pub(super) struct Durable {
     written: Mutex<HashSet<String>>,
     /// Tenant → the database generation whose values Redis is known to hold.
     generations: Mutex<HashMap<String, i64>>,
+}
+
+/// One tenant in [`Durable::replayed`].
+#[derive(Clone, Copy)]
+struct Replayed {
+    /// The Redis epoch in which its outbox was replayed (readable only in that epoch).
+    epoch: u64,
+    /// The round in which its keys were last read from Redis (set on every hit).
+    read: u64,
+    /// The round in which its outbox was last replayed.
+    replayed: u64,
 }
 
 impl Durable {
@@ -88,7 +102,12 @@ impl Cache {
         let (Some(outbox), Some(tenant)) = (self.durable.outbox.get(), tenant_of(key)) else {
             return Some(epoch);
         };
-        if lock(&self.durable.replayed).get(tenant) == Some(&epoch) {
+        let round = self.durable.round.load(Ordering::Relaxed);
+        // The hit path: one lock, no allocation; notes the read for the periodic replay.
+        if let Some(r) = lock(&self.durable.replayed).get_mut(tenant)
+            && r.epoch == epoch
+        {
+            r.read = round;
             return Some(epoch);
         }
         if lock(&self.durable.retry_at)
@@ -103,12 +122,21 @@ impl Cache {
             .clone();
         let _gate = gate.lock().await;
         let epoch = self.epoch();
-        if lock(&self.durable.replayed).get(tenant) == Some(&epoch) {
+        if let Some(r) = lock(&self.durable.replayed).get_mut(tenant)
+            && r.epoch == epoch
+        {
+            r.read = round;
             return Some(epoch);
         }
         match self.replay(outbox.as_ref(), tenant).await {
             Ok(_) if self.epoch() == epoch => {
-                lock(&self.durable.replayed).insert(tenant.to_owned(), epoch);
+                let round = self.durable.round.load(Ordering::Relaxed);
+                let r = Replayed {
+                    epoch,
+                    read: round,
+                    replayed: round,
+                };
+                lock(&self.durable.replayed).insert(tenant.to_owned(), r);
                 lock(&self.durable.retry_at).remove(tenant);
                 Some(epoch)
             }
@@ -239,22 +267,71 @@ impl Cache {
         Ok(())
     }
 
-    /// Replays the outbox of every tenant this process has read from Redis or written to
-    /// since the last round (writers that died between commit and delete; delivered rows).
-    /// A tenant whose replay fails is read from PostgreSQL until a reader replays it.
+    /// One periodic replay round (every [`crate::outbox::REPLAY_INTERVAL`]). Replays:
+    /// (a) every tenant this process invalidated keys of since the last round (its
+    /// delivered rows go); (b) every tenant read from Redis since the last round that has
+    /// an idle pooled connection (the replay needs no connect); (c) of the other replayed
+    /// tenants read within [`crate::outbox::REPLAY_SWEEP`], the least recently replayed
+    /// ones, a share per round such that each is replayed at least once per sweep. A
+    /// tenant not read within the sweep (or replayed in an older Redis epoch) is
+    /// forgotten: its next read replays it first, as after a restart. So idle tenants
+    /// cost nothing, and a writer that died between its commit and its `DEL` is replayed
+    /// within one round for (b) tenants and one sweep for the others. A tenant whose
+    /// replay fails is read from PostgreSQL until a reader replays it.
     pub async fn replay_known(&self) {
         let Some(outbox) = self.durable.outbox.get() else {
             return;
         };
-        let mut tenants: HashSet<String> = lock(&self.durable.replayed).keys().cloned().collect();
-        tenants.extend(lock(&self.durable.written).drain());
+        let sweep = crate::outbox::sweep_rounds();
+        // Reads before this point carry `round`; the ones after it the next round.
+        let round = self.durable.round.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch();
+        let written: HashSet<String> = lock(&self.durable.written).drain().collect();
+        let mut fresh: Vec<(u64, String)> = Vec::new();
+        let mut others: Vec<(u64, String)> = Vec::new();
+        lock(&self.durable.replayed).retain(|tenant, r| {
+            if r.epoch != epoch || round.saturating_sub(r.read) >= sweep {
+                return false;
+            }
+            if !written.contains(tenant) {
+                if r.read == round {
+                    fresh.push((r.replayed, tenant.clone()));
+                } else {
+                    others.push((r.replayed, tenant.clone()));
+                }
+            }
+            true
+        });
+        let mut tenants: Vec<String> = written.into_iter().collect();
+        // Asked outside the `replayed` lock (it takes the pool's).
+        for (replayed, tenant) in fresh {
+            if outbox.connected(&tenant) {
+                tenants.push(tenant);
+            } else {
+                others.push((replayed, tenant));
+            }
+        }
+        // Least recently replayed first: a share of 1/sweep per round, plus any overdue.
+        others.sort_unstable();
+        let share = others.len().div_ceil(sweep.max(1) as usize);
+        let overdue = others
+            .iter()
+            .take_while(|(at, _)| round.saturating_sub(*at) >= sweep)
+            .count();
+        tenants.extend(others.into_iter().take(share.max(overdue)).map(|(_, t)| t));
         for tenant in tenants {
             let gate = lock(&self.durable.gates)
                 .entry(tenant.clone())
                 .or_default()
                 .clone();
             let _gate = gate.lock().await;
-            match self.replay(outbox.as_ref(), &tenant).await {
+            let result = self.replay(outbox.as_ref(), &tenant).await;
+            if result.is_ok()
+                && let Some(r) = lock(&self.durable.replayed).get_mut(&tenant)
+            {
+                r.replayed = round;
+            }
+            match result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(tenant, keys = n, "replayed cache invalidations"),
                 Err(why) => {

@@ -32,8 +32,12 @@
 //!   their keys in the tenant database. A process reads a tenant's keys from Redis only
 //!   after it has replayed (deleted from Redis, then removed) what that tenant's outbox
 //!   lists, and it does so again after every change of Redis's reachability (an outage,
-//!   or Redis coming back, perhaps from an old snapshot). Every [`crate::outbox::REPLAY_INTERVAL`]
-//!   it replays the tenants it serves, for writers that died before deleting.
+//!   or Redis coming back, perhaps from an old snapshot). For writers that died before
+//!   deleting, a periodic round ([`Cache::replay_known`]) replays a tenant it serves
+//!   within [`crate::outbox::REPLAY_INTERVAL`] (2 s) when it read the tenant in the last
+//!   round and holds an idle connection to it, within [`crate::outbox::REPLAY_SWEEP`] plus
+//!   one round (32 s) otherwise; a tenant not read for a sweep is forgotten and replayed
+//!   before its next read, so idle tenants cost no replay.
 //! * **After a restore**: each replay also compares the tenant database's generation
 //!   ([`crate::outbox::Pending::generation`]) with the one recorded in Redis and drops the
 //!   tenant's cached data when they differ.
