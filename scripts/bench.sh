@@ -32,6 +32,9 @@ fi
 CONN=${BENCH_CONNECTIONS:-50}
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks}
 STARTED=$(date +%s)
+# Whether the code measured differs from the commit (the run's own output, docs/benchmarks,
+# does not count: it is rewritten at the end).
+DIRTY=$(git status --porcelain --untracked-files=no -- . ":(exclude)${OUT#"$ROOT"/}" 2>/dev/null | head -1)
 say() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 # ---------------------------------------------------------------- what it needs
@@ -389,7 +392,7 @@ if [ "$EXTRA" = 1 ]; then
     elif [ -f operator/benches/backup_throughput.rs ]; then
         say "backup: cargo bench -p edumind-operator --bench backup_throughput"
         cargo bench -p edumind-operator --locked --bench backup_throughput --no-run >&2
-        timeout 1200 cargo bench -p edumind-operator --locked --bench backup_throughput \
+        timeout 1200 env -u PGPASSWORD cargo bench -p edumind-operator --locked --bench backup_throughput \
             2>&1 | tee "$WORK/backup.log" | grep '^BENCH ' >>"$RESULTS" || say "backup_throughput printed no BENCH line"
     else
         say "backup: operator/benches/backup_throughput.rs is absent (not measured)"
@@ -417,7 +420,7 @@ model = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.starts
 json.dump({
     "mode": "$MODE$extra_note", "rounds": $ROUNDS, "duration": $DUR, "warmup": $WARM,
     "connections": $CONN,
-    "commit": sh("git rev-parse --short HEAD"), "dirty": bool(sh("git status --porcelain --untracked-files=no")),
+    "commit": sh("git rev-parse --short HEAD"), "dirty": bool("""$DIRTY"""),
     "date": sh("date -u '+%Y-%m-%d %H:%M UTC'"),
     "elapsed": "%d min %02d s" % divmod($ELAPSED, 60),
     "cpu_model": model, "cores": sh("nproc"),

@@ -121,7 +121,12 @@ async fn main() {
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
     let plain = |tool: &str, args: &[&str]| {
         let started = Instant::now();
+        // Like the runner (backup/pgtools.rs): the password file only, whatever the
+        // caller's environment holds (scripts/bench.sh exports its admin's PGPASSWORD,
+        // which libpq would prefer and which failed every baseline dump).
         let status = Command::new(tools.bindir.join(tool))
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE")
             .env("PGPASSFILE", &pgpass)
             .args([
                 "-h",
